@@ -1,0 +1,119 @@
+//! Wires a validated [`Config`] into a running server: binds every listener
+//! (failing fast with the address and key at fault), starts the admin
+//! endpoint, reports readiness, and on shutdown drains within the grace period.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::task::TaskTracker;
+
+use crate::admin::Admin;
+use crate::config::Config;
+use crate::proxy::listener::Server;
+use crate::proxy::{tls, Proxy};
+use crate::shutdown::Shutdown;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("{key}: cannot listen on {addr}: {source}")]
+    Bind {
+        key: String,
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    #[error("cannot install signal handlers: {0}")]
+    Signals(std::io::Error),
+}
+
+async fn bind(key: String, addr: SocketAddr) -> Result<TcpListener, ServeError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::Bind { key, addr, source })
+}
+
+/// Runs until `shutdown` is triggered (by a signal or by the caller), then
+/// drains in-flight requests for at most `server.shutdown_grace`.
+pub async fn serve(config: Config, shutdown: Shutdown) -> Result<(), ServeError> {
+    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .map_err(|err| tracing::warn!(error = %err, "metrics recorder not installed"))
+        .ok();
+
+    let tls_acceptor = if config.server.listen.is_empty() {
+        None
+    } else {
+        let (cert, key) = (&config.server.tls_cert, &config.server.tls_key);
+        if tls::ensure_certificate(cert, key)? {
+            tracing::warn!(
+                cert = %cert.display(),
+                key = %key.display(),
+                "no TLS certificate configured: generated a self-signed one for localhost; replace it with a real certificate for production"
+            );
+        }
+        Some(TlsAcceptor::from(tls::server_config(cert, key)?))
+    };
+
+    let connections = TaskTracker::new();
+    let proxy = Arc::new(Proxy::new(&config, connections.clone())?);
+    let server = Server::new(proxy, config.server.limits, connections.clone(), shutdown.clone());
+
+    let mut accept_loops = Vec::new();
+    for (i, addr) in config.server.listen.iter().enumerate() {
+        let listener = bind(format!("server.listen[{i}]"), *addr).await?;
+        let local = listener.local_addr().unwrap_or(*addr);
+        tracing::info!(addr = %local, kind = "tls", "listening");
+        accept_loops.push(tokio::spawn(server.clone().accept_loop(listener, tls_acceptor.clone())));
+    }
+    for (i, addr) in config.server.listen_plain.iter().enumerate() {
+        let listener = bind(format!("server.listen_plain[{i}]"), *addr).await?;
+        let local = listener.local_addr().unwrap_or(*addr);
+        tracing::info!(addr = %local, kind = "plain", "listening");
+        accept_loops.push(tokio::spawn(server.clone().accept_loop(listener, None)));
+    }
+    let ready = Arc::new(AtomicBool::new(false));
+    let admin_task = match &config.admin {
+        None => None,
+        Some(admin) => {
+            let listener = bind("admin.listen".into(), admin.listen).await?;
+            let local = listener.local_addr().unwrap_or(admin.listen);
+            tracing::info!(addr = %local, kind = "admin", "listening");
+            let admin = Admin {
+                ready: Arc::clone(&ready),
+                metrics,
+            };
+            Some(tokio::spawn(admin.serve(listener, shutdown.clone())))
+        }
+    };
+    shutdown.trigger_on_signals().map_err(ServeError::Signals)?;
+    ready.store(true, Ordering::Release);
+    tracing::info!(routes = config.routes.len(), "fedgate ready");
+
+    shutdown.wait().await;
+    ready.store(false, Ordering::Release);
+    for handle in accept_loops {
+        // The loops end on the shutdown signal; a panic inside one is logged.
+        if let Err(err) = handle.await {
+            tracing::error!(error = %err, "accept loop ended abnormally");
+        }
+    }
+    connections.close();
+    let grace = config.server.shutdown_grace;
+    tracing::info!(open_connections = connections.len(), grace = ?grace, "draining");
+    if tokio::time::timeout(grace, connections.wait()).await.is_err() {
+        tracing::warn!(
+            open_connections = connections.len(),
+            "server.shutdown_grace elapsed: closing the remaining connections"
+        );
+    }
+    if let Some(task) = admin_task {
+        let _ = task.await;
+    }
+    tracing::info!("fedgate stopped");
+    Ok(())
+}

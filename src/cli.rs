@@ -1,0 +1,175 @@
+//! The `fedgate` command line (DESIGN.md, "Command line"): argument types
+//! and what each subcommand does. Output for people by default, JSON
+//! records with `--json`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use serde::Serialize;
+
+use crate::config::{Config, ConfigError, Upstream};
+use crate::logging::LogFormat;
+use crate::shutdown::Shutdown;
+
+#[derive(Debug, Parser)]
+#[command(name = "fedgate", version, about = "Federation-aware authentication proxy")]
+pub struct Cli {
+    /// Configuration file.
+    #[arg(long, global = true, default_value = "config/fedgate.toml", env = "FEDGATE_CONFIG")]
+    pub config: PathBuf,
+    /// Print records as JSON.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Log line format.
+    #[arg(long, global = true, value_enum, default_value = "human")]
+    pub log_format: LogFormat,
+    /// Log filter when RUST_LOG is not set (e.g. "debug", "info,fedgate::access=off").
+    #[arg(long, global = true, default_value = "info")]
+    pub log_level: String,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the proxy (listeners, admin endpoint).
+    Serve,
+    /// Validate the configuration and print what would listen where.
+    CheckConfig,
+}
+
+/// Exit codes: 0 success, 1 runtime failure, 2 configuration error.
+pub fn run(cli: Cli) -> ExitCode {
+    match cli.command {
+        Command::Serve => serve(&cli),
+        Command::CheckConfig => check_config(&cli),
+    }
+}
+
+fn load(cli: &Cli) -> Result<Config, ExitCode> {
+    Config::load(&cli.config).map_err(|err| {
+        report_config_error(&err);
+        ExitCode::from(2)
+    })
+}
+
+fn report_config_error(err: &ConfigError) {
+    eprintln!("fedgate: configuration error: {err}");
+}
+
+fn serve(cli: &Cli) -> ExitCode {
+    let config = match load(cli) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("fedgate: cannot start the async runtime: {err}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = runtime.block_on(crate::app::serve(config, Shutdown::new()));
+    // Connections past the grace period are dropped here, not awaited.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(100));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!(error = %err, "fedgate cannot serve");
+            eprintln!("fedgate: {err}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct ListenerView {
+    kind: &'static str,
+    addr: String,
+}
+
+#[derive(Serialize)]
+struct RouteView {
+    index: usize,
+    name: String,
+    host: String,
+    path: String,
+    upstream: String,
+    realm: &'static str,
+    identity_header: String,
+    upstream_timeout: String,
+}
+
+#[derive(Serialize)]
+struct ConfigView {
+    config: String,
+    listeners: Vec<ListenerView>,
+    tls_cert: Option<String>,
+    tls_key: Option<String>,
+    routes: Vec<RouteView>,
+}
+
+fn check_config(cli: &Cli) -> ExitCode {
+    let config = match load(cli) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let mut listeners = Vec::new();
+    for a in &config.server.listen {
+        listeners.push(ListenerView { kind: "tls", addr: a.to_string() });
+    }
+    for a in &config.server.listen_plain {
+        listeners.push(ListenerView { kind: "plain", addr: a.to_string() });
+    }
+    if let Some(admin) = &config.admin {
+        listeners.push(ListenerView { kind: "admin", addr: admin.listen.to_string() });
+    }
+    let tls = !config.server.listen.is_empty();
+    let view = ConfigView {
+        config: cli.config.display().to_string(),
+        listeners,
+        tls_cert: tls.then(|| config.server.tls_cert.display().to_string()),
+        tls_key: tls.then(|| config.server.tls_key.display().to_string()),
+        routes: config
+            .routes
+            .iter()
+            .map(|r| RouteView {
+                index: r.index,
+                name: r.name.clone(),
+                host: r.host.clone().unwrap_or_else(|| "*".into()),
+                path: r.path.clone(),
+                upstream: r.upstream.to_string(),
+                realm: r.realm.as_str(),
+                identity_header: r.identity_header.to_string(),
+                upstream_timeout: humantime::format_duration(r.upstream_timeout).to_string(),
+            })
+            .collect(),
+    };
+    if cli.json {
+        match serde_json::to_string_pretty(&view) {
+            Ok(s) => println!("{s}"),
+            Err(err) => {
+                eprintln!("fedgate: {err}");
+                return ExitCode::from(1);
+            }
+        }
+        return ExitCode::SUCCESS;
+    }
+    println!("{}: OK", view.config);
+    for l in &view.listeners {
+        println!("listen  {:<5}  {}", l.kind, l.addr);
+    }
+    if let (Some(cert), Some(key)) = (&view.tls_cert, &view.tls_key) {
+        let note = if std::path::Path::new(cert).exists() { "" } else { " (self-signed pair generated on first start)" };
+        println!("tls     cert {cert}, key {key}{note}");
+    }
+    for (r, rc) in view.routes.iter().zip(&config.routes) {
+        let upstream = match rc.upstream {
+            Upstream::Whoami => r.upstream.clone(),
+            Upstream::Http(_) => format!("{} (timeout {})", r.upstream, r.upstream_timeout),
+        };
+        println!("route[{}]  {}{}  ->  {}  realm={}", r.index, r.host, r.path, upstream, r.realm);
+    }
+    ExitCode::SUCCESS
+}

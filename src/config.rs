@@ -1,0 +1,391 @@
+//! Configuration: the TOML file as operators write it, and the validated
+//! [`Config`] the rest of fedgate runs on.
+//!
+//! Parsing and validation are two steps with two sets of types: `file::*`
+//! mirrors the TOML (unknown keys are errors), [`Config`] holds only values
+//! that have been checked. Every error names the key it is about, for example
+//! `route[1].upstream: invalid URL "htp://x"`. Route indexes count from 0 in
+//! the order the `[[route]]` tables appear.
+//!
+//! This module does not open files other than the config itself: certificate
+//! and key paths are checked for shape here and loaded by the listener.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::header::HeaderName;
+use http::Uri;
+use ipnet::IpNet;
+
+mod file;
+
+pub use file::FileConfig;
+
+/// A config problem, always tied to the key it is about.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Syntax { path: PathBuf, message: String },
+    #[error("{key}: {message}")]
+    Invalid { key: String, message: String },
+}
+
+impl ConfigError {
+    fn invalid(key: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError::Invalid {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub admin: Option<AdminConfig>,
+    pub routes: Vec<RouteConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: Vec<SocketAddr>,
+    pub listen_plain: Vec<SocketAddr>,
+    pub tls_cert: PathBuf,
+    pub tls_key: PathBuf,
+    pub trusted_proxies: Vec<IpNet>,
+    pub limits: ListenerLimits,
+    pub shutdown_grace: Duration,
+    pub upstream: UpstreamDefaults,
+}
+
+/// Protection of the listeners against slow, idle and oversized clients.
+#[derive(Debug, Clone, Copy)]
+pub struct ListenerLimits {
+    /// Time allowed for a whole request head to arrive; also bounds the TLS
+    /// handshake and a new connection's wait for its first request.
+    pub header_read_timeout: Duration,
+    /// A keep-alive connection with no request in flight is closed after this.
+    pub idle_timeout: Duration,
+    pub max_header_bytes: usize,
+    pub max_connections: usize,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct UpstreamDefaults {
+    pub connect_timeout: Duration,
+    pub timeout: Duration,
+    pub pool_idle_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Realm {
+    Cloud,
+    Onprem,
+    None,
+}
+
+impl Realm {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Realm::Cloud => "cloud",
+            Realm::Onprem => "onprem",
+            Realm::None => "none",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BrowserMode {
+    Basic,
+    Mfa,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Upstream {
+    /// An http:// or https:// origin; the request path is appended to its path.
+    Http(Uri),
+    /// `builtin:whoami`: shows what the proxy established about the request.
+    Whoami,
+}
+
+impl std::fmt::Display for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Upstream::Http(uri) => write!(f, "{uri}"),
+            Upstream::Whoami => f.write_str("builtin:whoami"),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
+    /// Position in the file, used in logs and error messages (`route[N]`).
+    pub index: usize,
+    pub name: String,
+    /// Lowercased host without port; `None` matches any host.
+    pub host: Option<String>,
+    /// Path prefix, always starting with `/`.
+    pub path: String,
+    pub upstream: Upstream,
+    pub upstream_ca_file: Option<PathBuf>,
+    pub upstream_timeout: Duration,
+    pub upstream_connect_timeout: Duration,
+    pub realm: Realm,
+    pub identity_header: HeaderName,
+    pub forward_authorization: bool,
+    pub preserve_host: bool,
+    pub browser: BrowserMode,
+}
+
+impl Config {
+    /// Reads and validates the file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Parses and validates config text; `origin` names it in error messages.
+    pub fn parse(text: &str, origin: &Path) -> Result<Config, ConfigError> {
+        let file = FileConfig::parse(text).map_err(|message| ConfigError::Syntax {
+            path: origin.to_owned(),
+            message,
+        })?;
+        Config::try_from(file)
+    }
+}
+
+impl TryFrom<FileConfig> for Config {
+    type Error = ConfigError;
+
+    fn try_from(file: FileConfig) -> Result<Self, Self::Error> {
+        let s = file.server;
+        let listen = parse_addrs("server.listen", &s.listen)?;
+        let listen_plain = parse_addrs("server.listen_plain", &s.listen_plain)?;
+        if listen.is_empty() && listen_plain.is_empty() {
+            return Err(ConfigError::invalid(
+                "server.listen",
+                "no listener: set server.listen (TLS) or server.listen_plain",
+            ));
+        }
+        let trusted_proxies = s
+            .trusted_proxies
+            .iter()
+            .enumerate()
+            .map(|(i, cidr)| parse_cidr(cidr).map_err(|m| ConfigError::invalid(format!("server.trusted_proxies[{i}]"), m)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let limits = ListenerLimits {
+            header_read_timeout: duration("server.header_read_timeout", s.header_read_timeout.as_deref(), "15s")?,
+            idle_timeout: duration("server.idle_timeout", s.idle_timeout.as_deref(), "75s")?,
+            max_header_bytes: bounded("server.max_header_bytes", s.max_header_bytes, 65536, 1024, 1 << 20)?,
+            max_connections: bounded("server.max_connections", s.max_connections, 10_000, 1, 1_000_000)?,
+        };
+        let upstream = UpstreamDefaults {
+            connect_timeout: duration("server.upstream_connect_timeout", s.upstream_connect_timeout.as_deref(), "10s")?,
+            timeout: duration("server.upstream_timeout", s.upstream_timeout.as_deref(), "3600s")?,
+            pool_idle_timeout: duration("server.upstream_pool_idle_timeout", s.upstream_pool_idle_timeout.as_deref(), "90s")?,
+        };
+        let server = ServerConfig {
+            listen,
+            listen_plain,
+            tls_cert: non_empty_path("server.tls_cert", s.tls_cert.as_deref(), "config/tls/cert.pem")?,
+            tls_key: non_empty_path("server.tls_key", s.tls_key.as_deref(), "config/tls/key.pem")?,
+            trusted_proxies,
+            limits,
+            shutdown_grace: duration("server.shutdown_grace", s.shutdown_grace.as_deref(), "30s")?,
+            upstream,
+        };
+
+        let admin = match file.admin {
+            None => None,
+            Some(a) => Some(AdminConfig {
+                listen: parse_addr("admin.listen", &a.listen)?,
+            }),
+        };
+
+        let mut routes = Vec::with_capacity(file.route.len());
+        for (index, r) in file.route.into_iter().enumerate() {
+            routes.push(route(index, r, &server.upstream)?);
+        }
+        if routes.is_empty() {
+            return Err(ConfigError::invalid("route", "no [[route]] defined: fedgate would answer 404 to everything"));
+        }
+        for (i, a) in routes.iter().enumerate() {
+            if let Some(b) = routes[..i].iter().find(|b| b.host == a.host && b.path == a.path) {
+                return Err(ConfigError::invalid(
+                    format!("route[{i}].path"),
+                    format!("same host and path as route[{}] (\"{}\")", b.index, a.path),
+                ));
+            }
+        }
+        Ok(Config { server, admin, routes })
+    }
+}
+
+fn route(index: usize, r: file::RouteFile, defaults: &UpstreamDefaults) -> Result<RouteConfig, ConfigError> {
+    let key = |k: &str| format!("route[{index}].{k}");
+    if !r.path.starts_with('/') {
+        return Err(ConfigError::invalid(key("path"), format!("must start with \"/\", got \"{}\"", r.path)));
+    }
+    if r.path.contains(['?', '#']) || r.path.chars().any(char::is_whitespace) {
+        return Err(ConfigError::invalid(key("path"), format!("must be a plain path prefix, got \"{}\"", r.path)));
+    }
+    let host = match r.host.as_deref().map(str::trim) {
+        None | Some("") | Some("*") => None,
+        Some(h) => {
+            let h = h.to_ascii_lowercase();
+            if h.contains(['/', ':', ' ']) {
+                return Err(ConfigError::invalid(key("host"), format!("expected a host name without port, got \"{h}\"")));
+            }
+            Some(h)
+        }
+    };
+    let upstream = parse_upstream(&r.upstream).map_err(|m| ConfigError::invalid(key("upstream"), m))?;
+    let upstream_ca_file = match r.upstream_ca_file.as_deref() {
+        None | Some("") => None,
+        Some(p) => {
+            if !matches!(&upstream, Upstream::Http(u) if u.scheme_str() == Some("https")) {
+                return Err(ConfigError::invalid(key("upstream_ca_file"), "only meaningful with an https:// upstream"));
+            }
+            Some(PathBuf::from(p))
+        }
+    };
+    let realm = match r.realm.as_deref().unwrap_or("cloud") {
+        "cloud" => Realm::Cloud,
+        "onprem" => Realm::Onprem,
+        "none" => Realm::None,
+        other => {
+            return Err(ConfigError::invalid(key("realm"), format!("expected \"cloud\", \"onprem\" or \"none\", got \"{other}\"")))
+        }
+    };
+    if realm != Realm::None {
+        return Err(ConfigError::invalid(
+            key("realm"),
+            format!("realm \"{}\" needs the sign-in path, which this build does not have yet; use \"none\"", realm.as_str()),
+        ));
+    }
+    let identity_header_name = r.identity_header.as_deref().unwrap_or("X-Remote-User");
+    let identity_header = HeaderName::from_bytes(identity_header_name.as_bytes())
+        .map_err(|_| ConfigError::invalid(key("identity_header"), format!("not a valid header name: \"{identity_header_name}\"")))?;
+    let browser = match r.browser.as_deref().unwrap_or("basic") {
+        "basic" => BrowserMode::Basic,
+        "mfa" => BrowserMode::Mfa,
+        other => return Err(ConfigError::invalid(key("browser"), format!("expected \"basic\" or \"mfa\", got \"{other}\""))),
+    };
+    if browser == BrowserMode::Mfa {
+        return Err(ConfigError::invalid(key("browser"), "\"mfa\" needs the portal, which this build does not have yet"));
+    }
+    Ok(RouteConfig {
+        index,
+        name: r.name.unwrap_or_else(|| r.path.clone()),
+        host,
+        path: r.path,
+        upstream,
+        upstream_ca_file,
+        upstream_timeout: optional_duration(&key("upstream_timeout"), r.upstream_timeout.as_deref())?
+            .unwrap_or(defaults.timeout),
+        upstream_connect_timeout: optional_duration(&key("upstream_connect_timeout"), r.upstream_connect_timeout.as_deref())?
+            .unwrap_or(defaults.connect_timeout),
+        realm,
+        identity_header,
+        forward_authorization: r.forward_authorization.unwrap_or(false),
+        preserve_host: r.preserve_host.unwrap_or(true),
+        browser,
+    })
+}
+
+fn parse_upstream(s: &str) -> Result<Upstream, String> {
+    if let Some(name) = s.strip_prefix("builtin:") {
+        return match name {
+            "whoami" => Ok(Upstream::Whoami),
+            _ => Err(format!("unknown built-in upstream \"{s}\" (known: \"builtin:whoami\")")),
+        };
+    }
+    let uri: Uri = s.parse().map_err(|_| format!("invalid URL \"{s}\""))?;
+    match uri.scheme_str() {
+        Some("http") | Some("https") => {}
+        _ => return Err(format!("invalid URL \"{s}\": scheme must be http:// or https://")),
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err(format!("invalid URL \"{s}\": no host"));
+    }
+    if uri.query().is_some() {
+        return Err(format!("invalid URL \"{s}\": an upstream cannot carry a query"));
+    }
+    Ok(Upstream::Http(uri))
+}
+
+fn parse_addr(key: &str, s: &str) -> Result<SocketAddr, ConfigError> {
+    s.parse()
+        .map_err(|_| ConfigError::invalid(key, format!("expected IP:PORT such as \"127.0.0.1:8443\" or \"[::]:443\", got \"{s}\"")))
+}
+
+fn parse_addrs(key: &str, list: &[String]) -> Result<Vec<SocketAddr>, ConfigError> {
+    let mut out: Vec<SocketAddr> = Vec::with_capacity(list.len());
+    for (i, s) in list.iter().enumerate() {
+        let addr = parse_addr(&format!("{key}[{i}]"), s)?;
+        if addr.port() != 0 && out.contains(&addr) {
+            return Err(ConfigError::invalid(format!("{key}[{i}]"), format!("{addr} is listed twice")));
+        }
+        out.push(addr);
+    }
+    Ok(out)
+}
+
+fn parse_cidr(s: &str) -> Result<IpNet, String> {
+    if let Ok(net) = s.parse::<IpNet>() {
+        return Ok(net.trunc());
+    }
+    s.parse::<std::net::IpAddr>()
+        .map(IpNet::from)
+        .map_err(|_| format!("expected a CIDR such as \"10.0.0.0/8\" or an IP address, got \"{s}\""))
+}
+
+/// Parses a duration string; an absent value takes `default`.
+fn duration(key: &str, value: Option<&str>, default: &str) -> Result<Duration, ConfigError> {
+    let text = value.unwrap_or(default);
+    let d = humantime::parse_duration(text.trim())
+        .map_err(|_| ConfigError::invalid(key, format!("expected a duration such as \"90s\", \"5m\" or \"1h\", got \"{text}\"")))?;
+    if d.is_zero() {
+        return Err(ConfigError::invalid(key, "must be greater than zero"));
+    }
+    Ok(d)
+}
+
+fn optional_duration(key: &str, value: Option<&str>) -> Result<Option<Duration>, ConfigError> {
+    value.map(|v| duration(key, Some(v), v)).transpose()
+}
+
+fn bounded(key: &str, value: Option<i64>, default: usize, min: usize, max: usize) -> Result<usize, ConfigError> {
+    let Some(v) = value else { return Ok(default) };
+    match usize::try_from(v) {
+        Ok(v) if (min..=max).contains(&v) => Ok(v),
+        _ => Err(ConfigError::invalid(key, format!("must be between {min} and {max}, got {v}"))),
+    }
+}
+
+fn non_empty_path(key: &str, value: Option<&str>, default: &str) -> Result<PathBuf, ConfigError> {
+    match value {
+        None => Ok(PathBuf::from(default)),
+        Some(v) if v.trim().is_empty() => Err(ConfigError::invalid(key, "must not be empty")),
+        Some(v) => Ok(PathBuf::from(v)),
+    }
+}
+
+#[cfg(test)]
+mod tests;

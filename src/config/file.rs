@@ -1,0 +1,79 @@
+//! The config file exactly as written: every table rejects keys it does not
+//! know, and the path of a bad key is reported (`route[1].upstream`).
+
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub server: ServerFile,
+    pub admin: Option<AdminFile>,
+    #[serde(default)]
+    pub route: Vec<RouteFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerFile {
+    #[serde(default)]
+    pub listen: Vec<String>,
+    #[serde(default)]
+    pub listen_plain: Vec<String>,
+    pub tls_cert: Option<String>,
+    pub tls_key: Option<String>,
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
+    pub header_read_timeout: Option<String>,
+    pub idle_timeout: Option<String>,
+    pub max_header_bytes: Option<i64>,
+    pub max_connections: Option<i64>,
+    pub shutdown_grace: Option<String>,
+    pub upstream_connect_timeout: Option<String>,
+    pub upstream_timeout: Option<String>,
+    pub upstream_pool_idle_timeout: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminFile {
+    pub listen: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteFile {
+    pub name: Option<String>,
+    pub host: Option<String>,
+    pub path: String,
+    pub upstream: String,
+    pub upstream_ca_file: Option<String>,
+    pub upstream_timeout: Option<String>,
+    pub upstream_connect_timeout: Option<String>,
+    pub realm: Option<String>,
+    pub identity_header: Option<String>,
+    pub forward_authorization: Option<bool>,
+    pub preserve_host: Option<bool>,
+    pub browser: Option<String>,
+}
+
+impl FileConfig {
+    /// Parses TOML text. The error names the offending key path and, where
+    /// the TOML parser knows it, the line.
+    pub fn parse(text: &str) -> Result<FileConfig, String> {
+        let deserializer = toml::Deserializer::new(text);
+        serde_path_to_error::deserialize(deserializer).map_err(|err| {
+            let path = err.path().to_string();
+            let inner = err.into_inner();
+            let message = inner.message().to_string();
+            let line = inner
+                .span()
+                .map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1);
+            match (path.as_str(), line) {
+                (".", Some(line)) | ("", Some(line)) => format!("line {line}: {message}"),
+                (".", None) | ("", None) => message,
+                (path, Some(line)) => format!("{path}: {message} (line {line})"),
+                (path, None) => format!("{path}: {message}"),
+            }
+        })
+    }
+}

@@ -1,0 +1,82 @@
+use super::*;
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::parse(text, Path::new("test.toml"))
+}
+
+const MINIMAL: &str = r#"
+[server]
+listen_plain = ["127.0.0.1:8080"]
+
+[[route]]
+path = "/whoami"
+upstream = "builtin:whoami"
+realm = "none"
+"#;
+
+#[test]
+fn minimal_config_gets_safe_defaults() {
+    let c = parse(MINIMAL).unwrap();
+    assert_eq!(c.server.limits.header_read_timeout, Duration::from_secs(15));
+    assert_eq!(c.server.limits.idle_timeout, Duration::from_secs(75));
+    assert_eq!(c.server.limits.max_header_bytes, 65536);
+    assert_eq!(c.server.upstream.timeout, Duration::from_secs(3600));
+    assert_eq!(c.routes[0].identity_header, "x-remote-user");
+    assert!(!c.routes[0].forward_authorization);
+}
+
+#[test]
+fn example_config_is_valid() {
+    let text = include_str!("../../config/fedgate.toml");
+    parse(text).unwrap();
+}
+
+#[test]
+fn unknown_keys_are_named() {
+    let err = parse(&MINIMAL.replace("realm = \"none\"", "realm = \"none\"\nupsteam = \"x\"")).unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("route[0]") && msg.contains("upsteam"), "{msg}");
+
+    let err = parse(&MINIMAL.replace("[server]", "[server]\nlisten_tls = []")).unwrap_err();
+    assert!(err.to_string().contains("listen_tls"), "{err}");
+}
+
+#[test]
+fn bad_values_name_their_key() {
+    let cases = [
+        (MINIMAL.replace("builtin:whoami", "htp://x"), "route[0].upstream: invalid URL \"htp://x\""),
+        (MINIMAL.replace("\"/whoami\"", "\"whoami\""), "route[0].path"),
+        (MINIMAL.replace("127.0.0.1:8080", "localhost"), "server.listen_plain[0]"),
+        (MINIMAL.replace("[server]", "[server]\nidle_timeout = \"soon\""), "server.idle_timeout"),
+        (MINIMAL.replace("[server]", "[server]\ntrusted_proxies = [\"10.0.0.0/33\"]"), "server.trusted_proxies[0]"),
+        (MINIMAL.replace("[server]", "[server]\nmax_connections = 0"), "server.max_connections"),
+        (MINIMAL.replace("realm = \"none\"", "realm = \"cluod\""), "route[0].realm"),
+        (MINIMAL.replace("realm = \"none\"", "realm = \"none\"\nidentity_header = \"bad header\""), "route[0].identity_header"),
+        (MINIMAL.replace("realm = \"none\"", "realm = \"none\"\nupstream_timeout = \"0s\""), "route[0].upstream_timeout"),
+    ];
+    for (text, want) in cases {
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.contains(want), "expected {want:?} in {err:?}");
+    }
+}
+
+#[test]
+fn a_type_error_names_the_key() {
+    let err = parse(&MINIMAL.replace("[server]", "[server]\nmax_header_bytes = \"big\"")).unwrap_err();
+    assert!(err.to_string().contains("server.max_header_bytes"), "{err}");
+}
+
+#[test]
+fn no_listener_and_no_route_are_errors() {
+    let err = parse("[server]\n[[route]]\npath=\"/\"\nupstream=\"builtin:whoami\"\nrealm=\"none\"\n").unwrap_err();
+    assert!(err.to_string().contains("server.listen"), "{err}");
+    let err = parse("[server]\nlisten_plain=[\"127.0.0.1:1\"]\n").unwrap_err();
+    assert!(err.to_string().starts_with("route:"), "{err}");
+}
+
+#[test]
+fn duplicate_routes_are_errors() {
+    let text = format!("{MINIMAL}\n[[route]]\npath = \"/whoami\"\nupstream = \"http://127.0.0.1:1\"\nrealm = \"none\"\n");
+    let err = parse(&text).unwrap_err();
+    assert!(err.to_string().contains("route[1].path"), "{err}");
+}

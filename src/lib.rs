@@ -1,0 +1,21 @@
+//! fedgate: a federation-aware authentication proxy.
+//!
+//! The binary (`src/main.rs`) only parses the command line and calls into
+//! this library. Modules, one per concept:
+//!
+//! - [`config`]: the TOML file and its validated form
+//! - [`cli`]: the subcommands
+//! - [`proxy`]: listeners, routing, forwarding, the built-in upstream
+//! - [`auth`]: the one place a request is authenticated before forwarding
+//! - [`admin`]: health, readiness and metrics
+//! - [`logging`]: tracing set-up (human or JSON)
+//! - [`shutdown`]: the shutdown signal shared by listeners and tasks
+
+pub mod admin;
+pub mod app;
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod logging;
+pub mod proxy;
+pub mod shutdown;

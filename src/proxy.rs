@@ -1,0 +1,168 @@
+//! The reverse proxy: for each request, find the route, authenticate, then
+//! answer from a built-in upstream or forward to the route's upstream.
+//!
+//! Submodules: [`listener`] (sockets, TLS, connection limits), [`route`]
+//! (matching), [`forward`] (upstream calls and header hygiene), [`whoami`]
+//! (built-in upstream), [`body`] (streaming bodies and the access log),
+//! [`tls`] (rustls set-up), [`error`] (status mapping).
+
+pub mod body;
+pub mod error;
+pub mod forward;
+pub mod listener;
+pub mod route;
+pub mod tls;
+pub mod whoami;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::{header, Request, Response};
+use hyper::body::Incoming;
+use ipnet::IpNet;
+use tokio_util::task::TaskTracker;
+
+use crate::auth;
+use crate::config::{Config, Realm, RouteConfig, Upstream as UpstreamConfig};
+use body::{AccessRecord, Logged, ProxyBody};
+use error::ProxyError;
+use forward::{ClientInfo, Upstream};
+use listener::ConnInfo;
+
+/// A route ready to serve.
+pub struct Route {
+    pub config: RouteConfig,
+    name: Arc<str>,
+    upstream_label: Arc<str>,
+    target: Target,
+}
+
+enum Target {
+    Http(Upstream),
+    Whoami,
+}
+
+pub struct Proxy {
+    router: route::Router<Arc<Route>>,
+    trusted_proxies: Vec<IpNet>,
+}
+
+impl Proxy {
+    /// Builds routes and their upstream clients. `tunnels` tracks upgraded
+    /// (WebSocket) connections so shutdown can wait for them.
+    pub fn new(config: &Config, tunnels: TaskTracker) -> Result<Proxy, tls::TlsError> {
+        let mut routes = Vec::with_capacity(config.routes.len());
+        for rc in &config.routes {
+            let target = match &rc.upstream {
+                UpstreamConfig::Whoami => Target::Whoami,
+                UpstreamConfig::Http(uri) => {
+                    Target::Http(Upstream::new(rc, uri, &config.server.upstream, tunnels.clone())?)
+                }
+            };
+            let route = Route {
+                name: Arc::from(rc.name.as_str()),
+                upstream_label: Arc::from(rc.upstream.to_string()),
+                config: rc.clone(),
+                target,
+            };
+            routes.push((rc.clone(), Arc::new(route)));
+        }
+        Ok(Proxy {
+            router: route::Router::new(routes),
+            trusted_proxies: config.server.trusted_proxies.clone(),
+        })
+    }
+
+    /// Serves one request. Never fails: every problem becomes a response.
+    pub async fn handle(&self, conn: Arc<ConnInfo>, req: Request<Incoming>) -> Response<ProxyBody> {
+        let in_flight = conn.begin_request();
+        let started = Instant::now();
+        let authority = req
+            .uri()
+            .authority()
+            .map(|a| a.as_str())
+            .or_else(|| req.headers().get(header::HOST).and_then(|h| h.to_str().ok()));
+        let host = authority.map(route::host_without_port);
+        let client = ClientInfo::resolve(conn.peer.ip(), req.headers(), &self.trusted_proxies, conn.tls, authority);
+        let mut record = AccessRecord {
+            started,
+            method: req.method().clone(),
+            host: authority.unwrap_or("-").to_string(),
+            path: req.uri().path().to_string(),
+            version: req.version(),
+            client_ip: client.ip,
+            route: None,
+            upstream: None,
+            status: 0,
+            user: None,
+            bytes: 0,
+            complete: false,
+            in_flight: Some(in_flight),
+        };
+        let route = self.router.find(host, req.uri().path()).cloned();
+        let resp = match route {
+            None => ProxyError::NoRoute.into_response(),
+            Some(route) => {
+                record.route = Some(Arc::clone(&route.name));
+                record.upstream = Some(Arc::clone(&route.upstream_label));
+                self.serve_route(&route, &conn, &client, req, &mut record).await
+            }
+        };
+        record.status = resp.status().as_u16();
+        let (parts, body) = resp.into_parts();
+        Response::from_parts(parts, Logged::wrap(body, record))
+    }
+
+    async fn serve_route(
+        &self,
+        route: &Route,
+        conn: &ConnInfo,
+        client: &ClientInfo,
+        req: Request<Incoming>,
+        record: &mut AccessRecord,
+    ) -> Response<ProxyBody> {
+        let (parts, body) = req.into_parts();
+        let identity = match auth::authenticate(&route.config, &parts).await {
+            Ok(identity) => identity,
+            Err(refusal) => return refusal,
+        };
+        record.user = identity.user().map(str::to_owned);
+        let req = Request::from_parts(parts, body);
+        match &route.target {
+            Target::Whoami => {
+                let version = format!("{:?}", req.version());
+                let who = whoami::Whoami {
+                    authenticated: identity.user().is_some(),
+                    user: identity.user(),
+                    credential: identity.credential(),
+                    client_ip: client.ip.to_string(),
+                    peer: conn.peer.to_string(),
+                    scheme: client.proto,
+                    tls: conn.tls,
+                    http_version: version,
+                    method: req.method().as_str(),
+                    host: client.host.as_deref(),
+                    path: req.uri().path(),
+                    route: &route.name,
+                    realm: route.config.realm.as_str(),
+                };
+                whoami::respond(&req, &who)
+            }
+            Target::Http(upstream) => {
+                // On pass-through routes the upstream does its own
+                // authentication, so the client's Authorization goes with the request.
+                let forward_authorization = route.config.forward_authorization || route.config.realm == Realm::None;
+                match upstream
+                    .forward(&route.config, req, client, conn.peer.ip(), identity.user(), forward_authorization)
+                    .await
+                {
+                    Ok(resp) => resp,
+                    Err(err) => {
+                        tracing::debug!(route = %route.name, error = %err, "request not forwarded");
+                        err.into_response()
+                    }
+                }
+            }
+        }
+    }
+}

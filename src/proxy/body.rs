@@ -1,0 +1,132 @@
+//! Body types and the access log.
+//!
+//! Bodies are streamed, never collected: a client's upload goes to the
+//! upstream frame by frame and the upstream's answer comes back the same way.
+//! The access-log record of a request is written when its response body has
+//! been sent completely or abandoned, so it carries the real byte count and
+//! duration of long downloads and held-open requests.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Empty, Full};
+
+use super::listener::InFlight;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The response body type of every handler.
+pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
+
+pub fn full(bytes: impl Into<Bytes>) -> ProxyBody {
+    Full::new(bytes.into()).map_err(|never| match never {}).boxed_unsync()
+}
+
+pub fn empty() -> ProxyBody {
+    Empty::new().map_err(|never| match never {}).boxed_unsync()
+}
+
+/// Everything the access-log line says about one request.
+#[derive(Debug)]
+pub struct AccessRecord {
+    pub started: Instant,
+    pub method: http::Method,
+    pub host: String,
+    pub path: String,
+    pub version: http::Version,
+    pub client_ip: std::net::IpAddr,
+    pub route: Option<Arc<str>>,
+    pub upstream: Option<Arc<str>>,
+    pub status: u16,
+    pub user: Option<String>,
+    pub bytes: u64,
+    pub complete: bool,
+    /// Held until the response is over so the connection counts as busy.
+    pub in_flight: Option<InFlight>,
+}
+
+impl Drop for AccessRecord {
+    fn drop(&mut self) {
+        let duration = self.started.elapsed();
+        let class = match self.status {
+            100..=199 => "1xx",
+            200..=299 => "2xx",
+            300..=399 => "3xx",
+            400..=499 => "4xx",
+            _ => "5xx",
+        };
+        metrics::counter!("fedgate_requests_total", "status" => class).increment(1);
+        metrics::histogram!("fedgate_request_duration_seconds").record(duration.as_secs_f64());
+        tracing::info!(
+            target: "fedgate::access",
+            method = %self.method,
+            host = %self.host,
+            path = %self.path,
+            version = ?self.version,
+            status = self.status,
+            bytes = self.bytes,
+            duration_ms = (duration.as_secs_f64() * 1e6).round() / 1e3,
+            client = %self.client_ip,
+            route = self.route.as_deref().unwrap_or("-"),
+            upstream = self.upstream.as_deref().unwrap_or("-"),
+            user = self.user.as_deref().unwrap_or("-"),
+            complete = self.complete,
+            "request"
+        );
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that counts what it sends and writes the access log
+    /// when it is finished or dropped.
+    pub struct Logged {
+        #[pin]
+        inner: ProxyBody,
+        record: AccessRecord,
+    }
+}
+
+impl Logged {
+    pub fn wrap(inner: ProxyBody, record: AccessRecord) -> ProxyBody {
+        let mut record = record;
+        if inner.is_end_stream() {
+            record.complete = true;
+        }
+        Logged { inner, record }.boxed_unsync()
+    }
+}
+
+impl Body for Logged {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.project();
+        let polled = this.inner.poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.record.bytes += data.len() as u64;
+                }
+                if this.inner.is_end_stream() {
+                    this.record.complete = true;
+                }
+            }
+            Poll::Ready(None) => this.record.complete = true,
+            Poll::Ready(Some(Err(_))) | Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -1,0 +1,484 @@
+//! Forwarding a request to an http:// or https:// upstream and its answer
+//! back: header hygiene (hop-by-hop, forwarding headers, identity header),
+//! pooled keep-alive upstream connections, timeouts, and Upgrade tunnels.
+//!
+//! Bodies are handed over as streams; nothing here buffers one.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Uri, Version};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use ipnet::IpNet;
+use tokio_util::task::TaskTracker;
+
+use super::body::ProxyBody;
+use super::error::ProxyError;
+use crate::config::{RouteConfig, UpstreamDefaults};
+
+/// What the proxy established about the client, after believing (or not)
+/// the forwarding headers of a trusted proxy in front of it.
+#[derive(Debug, Clone)]
+pub struct ClientInfo {
+    pub ip: IpAddr,
+    pub peer_trusted: bool,
+    /// `https` or `http`, as the client reached the first proxy.
+    pub proto: &'static str,
+    /// The host the client asked for, as the first proxy saw it.
+    pub host: Option<String>,
+}
+
+impl ClientInfo {
+    /// `host` is the request's own Host / authority.
+    pub fn resolve(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet], tls: bool, host: Option<&str>) -> ClientInfo {
+        let own_proto = if tls { "https" } else { "http" };
+        let peer = canonical_ip(peer);
+        if !trusted.iter().any(|net| net.contains(&peer)) {
+            return ClientInfo {
+                ip: peer,
+                peer_trusted: false,
+                proto: own_proto,
+                host: host.map(str::to_owned),
+            };
+        }
+        // Walk X-Forwarded-For from the right: the first address that is not
+        // one of our trusted proxies is the client. Anything to its left was
+        // written by the client itself and proves nothing.
+        let mut ip = peer;
+        'outer: for value in headers.get_all("x-forwarded-for").iter().rev() {
+            let Ok(text) = value.to_str() else { break };
+            for part in text.rsplit(',') {
+                match part.trim().parse::<IpAddr>() {
+                    Ok(addr) => {
+                        ip = canonical_ip(addr);
+                        if !trusted.iter().any(|net| net.contains(&ip)) {
+                            break 'outer;
+                        }
+                    }
+                    Err(_) => break 'outer,
+                }
+            }
+        }
+        let proto = match first_value(headers, "x-forwarded-proto") {
+            Some(p) if p.eq_ignore_ascii_case("https") => "https",
+            Some(p) if p.eq_ignore_ascii_case("http") => "http",
+            _ => own_proto,
+        };
+        let fwd_host = first_value(headers, "x-forwarded-host").map(str::to_owned);
+        ClientInfo {
+            ip,
+            peer_trusted: true,
+            proto,
+            host: fwd_host.or_else(|| host.map(str::to_owned)),
+        }
+    }
+}
+
+fn canonical_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+        v4 => v4,
+    }
+}
+
+fn first_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get(name)?
+        .to_str()
+        .ok()?
+        .split(',')
+        .next()
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+}
+
+/// RFC 9110 7.6.1: headers that describe one connection, never forwarded.
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+];
+
+/// Removes hop-by-hop headers, including every header the `Connection`
+/// header names. `Upgrade` is removed too; the caller re-adds it for a
+/// tunnel it is setting up.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP.iter() {
+        headers.remove(name);
+    }
+    headers.remove(header::UPGRADE);
+}
+
+/// The `Upgrade` protocol of an HTTP/1.1 upgrade request, if it is one.
+fn upgrade_protocol(req: &Request<Incoming>) -> Option<HeaderValue> {
+    if req.version() != Version::HTTP_11 {
+        return None;
+    }
+    let asks = req
+        .headers()
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    if asks {
+        req.headers().get(header::UPGRADE).cloned()
+    } else {
+        None
+    }
+}
+
+/// Removes every client-sent copy of the identity header, including the
+/// spellings with underscores that some upstream frameworks treat as the
+/// same header (`X_Remote_User` for `X-Remote-User`).
+pub fn strip_identity_header(headers: &mut HeaderMap, identity: &HeaderName) {
+    let wanted: String = identity.as_str().replace('_', "-");
+    let doomed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| k.as_str().len() == wanted.len() && k.as_str().replace('_', "-") == wanted)
+        .cloned()
+        .collect();
+    for name in doomed {
+        headers.remove(name);
+    }
+}
+
+const VIA: &str = "1.1 fedgate";
+
+fn append_via(headers: &mut HeaderMap) {
+    let value = match headers.get(header::VIA).and_then(|v| v.to_str().ok()) {
+        Some(existing) => format!("{existing}, {VIA}"),
+        None => VIA.to_string(),
+    };
+    if let Ok(v) = HeaderValue::from_str(&value) {
+        headers.insert(header::VIA, v);
+    }
+}
+
+type HttpsClient = Client<HttpsConnector<HttpConnector>, Incoming>;
+
+/// One upstream: its base URL and a pool of kept-alive connections to it.
+pub struct Upstream {
+    client: HttpsClient,
+    scheme: http::uri::Scheme,
+    authority: http::uri::Authority,
+    base_path: String,
+    timeout: Duration,
+    tunnels: TaskTracker,
+}
+
+impl Upstream {
+    pub fn new(
+        route: &RouteConfig,
+        uri: &Uri,
+        defaults: &UpstreamDefaults,
+        tunnels: TaskTracker,
+    ) -> Result<Upstream, super::tls::TlsError> {
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(route.upstream_connect_timeout));
+        // Held-open requests (ActiveSync Ping) sit silent for long stretches;
+        // TCP keep-alive notices a vanished upstream meanwhile.
+        http.set_keepalive(Some(Duration::from_secs(60)));
+        let ca_key = format!("route[{}].upstream_ca_file", route.index);
+        let tls = super::tls::client_config(route.upstream_ca_file.as_deref().map(|p| (ca_key.as_str(), p)))?;
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(defaults.pool_idle_timeout)
+            .pool_max_idle_per_host(1024)
+            .build(connector);
+        // Invariant: config validation only accepts upstream URLs with a
+        // scheme and a host, so both parts are present.
+        let scheme = uri.scheme().cloned().unwrap_or(http::uri::Scheme::HTTP);
+        let authority = uri
+            .authority()
+            .cloned()
+            .unwrap_or_else(|| http::uri::Authority::from_static("localhost"));
+        Ok(Upstream {
+            client,
+            scheme,
+            authority,
+            base_path: uri.path().trim_end_matches('/').to_string(),
+            timeout: route.upstream_timeout,
+            tunnels,
+        })
+    }
+
+    fn target(&self, original: &Uri) -> Result<Uri, ProxyError> {
+        let pq = original.path_and_query().map(|pq| pq.as_str()).unwrap_or("/");
+        let path_and_query = if self.base_path.is_empty() {
+            pq.to_string()
+        } else {
+            format!("{}{}", self.base_path, pq)
+        };
+        Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(path_and_query)
+            .build()
+            .map_err(|_| ProxyError::BadRequest("request target cannot be forwarded"))
+    }
+
+    /// Sends `req` upstream and returns the upstream's response, ready for
+    /// the client. `identity` is the authenticated user, if any.
+    pub async fn forward(
+        &self,
+        route: &RouteConfig,
+        mut req: Request<Incoming>,
+        client: &ClientInfo,
+        peer: IpAddr,
+        identity: Option<&str>,
+        forward_authorization: bool,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let upgrade = upgrade_protocol(&req);
+        let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
+
+        let original_host = req
+            .uri()
+            .authority()
+            .map(|a| a.as_str().to_owned())
+            .or_else(|| req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).map(str::to_owned));
+        let uri = self.target(req.uri())?;
+        *req.uri_mut() = uri;
+        *req.version_mut() = Version::HTTP_11;
+
+        let headers = req.headers_mut();
+        strip_hop_by_hop(headers);
+        strip_identity_header(headers, &route.identity_header);
+        if !forward_authorization {
+            headers.remove(header::AUTHORIZATION);
+        }
+        set_forwarding_headers(headers, client, peer, original_host.as_deref());
+        match (route.preserve_host, original_host.as_deref()) {
+            (true, Some(host)) => {
+                if let Ok(v) = HeaderValue::from_str(host) {
+                    headers.insert(header::HOST, v);
+                }
+            }
+            _ => {
+                if let Ok(v) = HeaderValue::from_str(self.authority.as_str()) {
+                    headers.insert(header::HOST, v);
+                }
+            }
+        }
+        if let Some(user) = identity {
+            if let Ok(v) = HeaderValue::from_str(user) {
+                headers.insert(route.identity_header.clone(), v);
+            }
+        }
+        if let Some(proto) = &upgrade {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            headers.insert(header::UPGRADE, proto.clone());
+        }
+
+        let mut resp = match tokio::time::timeout(self.timeout, self.client.request(req)).await {
+            Err(_) => return Err(ProxyError::UpstreamTimeout),
+            Ok(Err(err)) => return Err(classify(err)),
+            Ok(Ok(resp)) => resp,
+        };
+
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            if let (Some(client_upgrade), Some(proto)) = (client_upgrade, upgrade) {
+                let upstream_upgrade = hyper::upgrade::on(&mut resp);
+                self.tunnels.spawn(tunnel(client_upgrade, upstream_upgrade));
+                let mut out = Response::builder().status(StatusCode::SWITCHING_PROTOCOLS);
+                if let Some(h) = out.headers_mut() {
+                    for (k, v) in resp.headers() {
+                        if k != header::CONNECTION && k != header::UPGRADE {
+                            h.append(k, v.clone());
+                        }
+                    }
+                    strip_hop_by_hop(h);
+                    h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+                    h.insert(header::UPGRADE, proto);
+                    append_via(h);
+                }
+                return out
+                    .body(super::body::empty())
+                    .map_err(|_| ProxyError::BadGateway("invalid upgrade response"));
+            }
+            return Err(ProxyError::BadGateway("upstream switched protocols without being asked"));
+        }
+
+        let (mut parts, body) = resp.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        append_via(&mut parts.headers);
+        let body = body.map_err(|e| Box::new(e) as super::body::BoxError).boxed_unsync();
+        Ok(Response::from_parts(parts, body))
+    }
+}
+
+fn set_forwarding_headers(headers: &mut HeaderMap, client: &ClientInfo, peer: IpAddr, host: Option<&str>) {
+    let peer = canonical_ip(peer);
+    let xff = if client.peer_trusted {
+        let prior: Vec<&str> = headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        if prior.is_empty() {
+            peer.to_string()
+        } else {
+            format!("{}, {peer}", prior.join(", "))
+        }
+    } else {
+        peer.to_string()
+    };
+    let fwd_host = if client.peer_trusted {
+        client.host.clone().or_else(|| host.map(str::to_owned))
+    } else {
+        host.map(str::to_owned)
+    };
+    if !client.peer_trusted {
+        // An untrusted client's own forwarding claims are dropped, not passed on.
+        headers.remove(header::FORWARDED);
+    }
+    headers.remove("x-forwarded-host");
+    headers.remove("x-forwarded-for");
+    headers.remove("x-forwarded-proto");
+    headers.remove("x-real-ip");
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        headers.insert("x-forwarded-for", v);
+    }
+    headers.insert("x-forwarded-proto", HeaderValue::from_static(client.proto));
+    if let Some(v) = fwd_host.and_then(|h| HeaderValue::from_str(&h).ok()) {
+        headers.insert("x-forwarded-host", v);
+    }
+    append_via(headers);
+}
+
+fn classify(err: hyper_util::client::legacy::Error) -> ProxyError {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&err);
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::TimedOut {
+                return ProxyError::UpstreamTimeout;
+            }
+        }
+        source = e.source();
+    }
+    if err.is_connect() {
+        tracing::warn!(error = %err, source = ?std::error::Error::source(&err), "upstream connection failed");
+        ProxyError::UpstreamUnavailable
+    } else {
+        tracing::warn!(error = %err, "upstream request failed");
+        ProxyError::BadGateway("upstream closed the connection or sent an invalid response")
+    }
+}
+
+/// Copies bytes both ways between the upgraded client and upstream
+/// connections until either side closes.
+async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+    let (client, upstream) = match tokio::try_join!(client, upstream) {
+        Ok(pair) => pair,
+        Err(err) => {
+            tracing::debug!(error = %err, "upgrade did not complete");
+            return;
+        }
+    };
+    let mut client = TokioIo::new(client);
+    let mut upstream = TokioIo::new(upstream);
+    match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+        Ok((up, down)) => tracing::debug!(bytes_up = up, bytes_down = down, "tunnel closed"),
+        Err(err) => tracing::debug!(error = %err, "tunnel ended with an error"),
+    }
+}
+
+pub type SharedUpstream = Arc<Upstream>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_and_connection_named_headers_go() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, X-Secret-Hop"));
+        h.insert("x-secret-hop", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert("x-keep", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert!(h.contains_key("x-keep"));
+    }
+
+    #[test]
+    fn identity_header_variants_are_removed() {
+        let mut h = HeaderMap::new();
+        h.insert("x-remote-user", HeaderValue::from_static("mallory"));
+        h.insert("x_remote_user", HeaderValue::from_static("mallory"));
+        h.insert("x-remote-user-extra", HeaderValue::from_static("keep"));
+        strip_identity_header(&mut h, &HeaderName::from_static("x-remote-user"));
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-remote-user-extra"));
+    }
+
+    #[test]
+    fn forwarded_for_is_believed_only_from_trusted_proxies() {
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_static("6.6.6.6, 192.0.2.7, 10.1.1.1"));
+        h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+        let untrusted = ClientInfo::resolve("198.51.100.1".parse().unwrap(), &h, &trusted, false, Some("a"));
+        assert_eq!(untrusted.ip.to_string(), "198.51.100.1");
+        assert_eq!(untrusted.proto, "http");
+        let via_lb = ClientInfo::resolve("10.0.0.5".parse().unwrap(), &h, &trusted, false, Some("a"));
+        assert_eq!(via_lb.ip.to_string(), "192.0.2.7");
+        assert_eq!(via_lb.proto, "https");
+    }
+
+    #[test]
+    fn outgoing_forwarding_headers() {
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_static("1.2.3.4"));
+        h.insert(header::FORWARDED, HeaderValue::from_static("for=1.2.3.4"));
+        let peer: IpAddr = "198.51.100.1".parse().unwrap();
+        let info = ClientInfo::resolve(peer, &h, &trusted, true, Some("mail.example.com"));
+        set_forwarding_headers(&mut h, &info, peer, Some("mail.example.com"));
+        assert_eq!(h["x-forwarded-for"], "198.51.100.1");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h["x-forwarded-host"], "mail.example.com");
+        assert!(!h.contains_key(header::FORWARDED));
+        assert_eq!(h[header::VIA], "1.1 fedgate");
+
+        let lb: IpAddr = "10.0.0.5".parse().unwrap();
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_static("1.2.3.4"));
+        let info = ClientInfo::resolve(lb, &h, &trusted, false, Some("mail.example.com"));
+        set_forwarding_headers(&mut h, &info, lb, Some("mail.example.com"));
+        assert_eq!(h["x-forwarded-for"], "1.2.3.4, 10.0.0.5");
+    }
+}

@@ -1,0 +1,154 @@
+//! TLS for both sides: the listeners' server certificate (loaded, or
+//! generated self-signed on first start) and the rustls client used for
+//! https:// upstreams. One rustls, with the ring provider, everywhere.
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("server.tls_cert {cert} exists but server.tls_key {key} does not (or the reverse): provide both, or remove both to have a self-signed pair generated")]
+    HalfPair { cert: PathBuf, key: PathBuf },
+    #[error("cannot read {what} {path}: {message}")]
+    Read { what: &'static str, path: PathBuf, message: String },
+    #[error("cannot write generated {what} {path}: {source}")]
+    Write {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot generate a self-signed certificate: {0}")]
+    Generate(String),
+    #[error("server.tls_cert {cert} / server.tls_key {key} rejected by rustls: {source}")]
+    Rejected {
+        cert: PathBuf,
+        key: PathBuf,
+        #[source]
+        source: rustls::Error,
+    },
+    #[error("{key}: no certificate found in {path}")]
+    NoCaCerts { key: String, path: PathBuf },
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Creates a self-signed certificate for localhost when neither file exists.
+/// Returns true when it generated one.
+pub fn ensure_certificate(cert: &Path, key: &Path) -> Result<bool, TlsError> {
+    match (cert.exists(), key.exists()) {
+        (true, true) => return Ok(false),
+        (false, false) => {}
+        _ => {
+            return Err(TlsError::HalfPair {
+                cert: cert.to_owned(),
+                key: key.to_owned(),
+            })
+        }
+    }
+    let names = vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()];
+    let certified = rcgen::generate_simple_self_signed(names).map_err(|e| TlsError::Generate(e.to_string()))?;
+    write_new(key, certified.key_pair.serialize_pem().as_bytes(), 0o600, "private key")?;
+    write_new(cert, certified.cert.pem().as_bytes(), 0o644, "certificate")?;
+    Ok(true)
+}
+
+fn write_new(path: &Path, bytes: &[u8], mode: u32, what: &'static str) -> Result<(), TlsError> {
+    let err = |source| TlsError::Write {
+        what,
+        path: path.to_owned(),
+        source,
+    };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        fs::create_dir_all(dir).map_err(err)?;
+    }
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .map_err(err)?;
+    file.write_all(bytes).map_err(err)?;
+    file.sync_all().map_err(err)
+}
+
+fn read_certs(what: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let read_err = |message: String| TlsError::Read {
+        what,
+        path: path.to_owned(),
+        message,
+    };
+    CertificateDer::pem_file_iter(path)
+        .map_err(|e| read_err(e.to_string()))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| read_err(e.to_string()))
+}
+
+/// The listeners' rustls configuration: TLS 1.2 and 1.3, ALPN h2 and http/1.1.
+pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsError> {
+    let certs = read_certs("server.tls_cert", cert)?;
+    if certs.is_empty() {
+        return Err(TlsError::Read {
+            what: "server.tls_cert",
+            path: cert.to_owned(),
+            message: "no PEM certificate in it".into(),
+        });
+    }
+    let private_key = PrivateKeyDer::from_pem_file(key).map_err(|e| TlsError::Read {
+        what: "server.tls_key",
+        path: key.to_owned(),
+        message: e.to_string(),
+    })?;
+    let rejected = |source| TlsError::Rejected {
+        cert: cert.to_owned(),
+        key: key.to_owned(),
+        source,
+    };
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(rejected)?
+        .with_no_client_auth()
+        .with_single_cert(certs, private_key)
+        .map_err(rejected)?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// The client configuration for https:// upstreams: the webpki roots plus
+/// the certificates of `extra_ca` (the route's `upstream_ca_file`).
+pub fn client_config(extra_ca: Option<(&str, &Path)>) -> Result<ClientConfig, TlsError> {
+    let mut roots = RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some((key, path)) = extra_ca {
+        let certs = read_certs("upstream_ca_file", path)?;
+        if certs.is_empty() {
+            return Err(TlsError::NoCaCerts {
+                key: key.to_string(),
+                path: path.to_owned(),
+            });
+        }
+        for cert in certs {
+            roots.add(cert).map_err(|e| TlsError::Read {
+                what: "upstream_ca_file",
+                path: path.to_owned(),
+                message: e.to_string(),
+            })?;
+        }
+    }
+    let mut config = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Generate(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
