@@ -35,7 +35,11 @@ impl Admin {
             }
             (&Method::GET, "/metrics") => match &self.metrics {
                 Some(handle) => (StatusCode::OK, "text/plain; version=0.0.4", handle.render()),
-                None => (StatusCode::NOT_FOUND, "text/plain", "metrics are not enabled\n".to_string()),
+                None => (
+                    StatusCode::NOT_FOUND,
+                    "text/plain",
+                    "metrics are not enabled\n".to_string(),
+                ),
             },
             _ => (StatusCode::NOT_FOUND, "text/plain", "not found\n".to_string()),
         };

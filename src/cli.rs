@@ -117,13 +117,22 @@ fn check_config(cli: &Cli) -> ExitCode {
     };
     let mut listeners = Vec::new();
     for a in &config.server.listen {
-        listeners.push(ListenerView { kind: "tls", addr: a.to_string() });
+        listeners.push(ListenerView {
+            kind: "tls",
+            addr: a.to_string(),
+        });
     }
     for a in &config.server.listen_plain {
-        listeners.push(ListenerView { kind: "plain", addr: a.to_string() });
+        listeners.push(ListenerView {
+            kind: "plain",
+            addr: a.to_string(),
+        });
     }
     if let Some(admin) = &config.admin {
-        listeners.push(ListenerView { kind: "admin", addr: admin.listen.to_string() });
+        listeners.push(ListenerView {
+            kind: "admin",
+            addr: admin.listen.to_string(),
+        });
     }
     let tls = !config.server.listen.is_empty();
     let view = ConfigView {
@@ -161,7 +170,11 @@ fn check_config(cli: &Cli) -> ExitCode {
         println!("listen  {:<5}  {}", l.kind, l.addr);
     }
     if let (Some(cert), Some(key)) = (&view.tls_cert, &view.tls_key) {
-        let note = if std::path::Path::new(cert).exists() { "" } else { " (self-signed pair generated on first start)" };
+        let note = if std::path::Path::new(cert).exists() {
+            ""
+        } else {
+            " (self-signed pair generated on first start)"
+        };
         println!("tls     cert {cert}, key {key}{note}");
     }
     for (r, rc) in view.routes.iter().zip(&config.routes) {
@@ -169,7 +182,10 @@ fn check_config(cli: &Cli) -> ExitCode {
             Upstream::Whoami => r.upstream.clone(),
             Upstream::Http(_) => format!("{} (timeout {})", r.upstream, r.upstream_timeout),
         };
-        println!("route[{}]  {}{}  ->  {}  realm={}", r.index, r.host, r.path, upstream, r.realm);
+        println!(
+            "route[{}]  {}{}  ->  {}  realm={}",
+            r.index, r.host, r.path, upstream, r.realm
+        );
     }
     ExitCode::SUCCESS
 }

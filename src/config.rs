@@ -187,7 +187,9 @@ impl TryFrom<FileConfig> for Config {
             .trusted_proxies
             .iter()
             .enumerate()
-            .map(|(i, cidr)| parse_cidr(cidr).map_err(|m| ConfigError::invalid(format!("server.trusted_proxies[{i}]"), m)))
+            .map(|(i, cidr)| {
+                parse_cidr(cidr).map_err(|m| ConfigError::invalid(format!("server.trusted_proxies[{i}]"), m))
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let limits = ListenerLimits {
             header_read_timeout: duration("server.header_read_timeout", s.header_read_timeout.as_deref(), "15s")?,
@@ -196,9 +198,17 @@ impl TryFrom<FileConfig> for Config {
             max_connections: bounded("server.max_connections", s.max_connections, 10_000, 1, 1_000_000)?,
         };
         let upstream = UpstreamDefaults {
-            connect_timeout: duration("server.upstream_connect_timeout", s.upstream_connect_timeout.as_deref(), "10s")?,
+            connect_timeout: duration(
+                "server.upstream_connect_timeout",
+                s.upstream_connect_timeout.as_deref(),
+                "10s",
+            )?,
             timeout: duration("server.upstream_timeout", s.upstream_timeout.as_deref(), "3600s")?,
-            pool_idle_timeout: duration("server.upstream_pool_idle_timeout", s.upstream_pool_idle_timeout.as_deref(), "90s")?,
+            pool_idle_timeout: duration(
+                "server.upstream_pool_idle_timeout",
+                s.upstream_pool_idle_timeout.as_deref(),
+                "90s",
+            )?,
         };
         let server = ServerConfig {
             listen,
@@ -223,7 +233,10 @@ impl TryFrom<FileConfig> for Config {
             routes.push(route(index, r, &server.upstream)?);
         }
         if routes.is_empty() {
-            return Err(ConfigError::invalid("route", "no [[route]] defined: fedgate would answer 404 to everything"));
+            return Err(ConfigError::invalid(
+                "route",
+                "no [[route]] defined: fedgate would answer 404 to everything",
+            ));
         }
         for (i, a) in routes.iter().enumerate() {
             if let Some(b) = routes[..i].iter().find(|b| b.host == a.host && b.path == a.path) {
@@ -240,17 +253,26 @@ impl TryFrom<FileConfig> for Config {
 fn route(index: usize, r: file::RouteFile, defaults: &UpstreamDefaults) -> Result<RouteConfig, ConfigError> {
     let key = |k: &str| format!("route[{index}].{k}");
     if !r.path.starts_with('/') {
-        return Err(ConfigError::invalid(key("path"), format!("must start with \"/\", got \"{}\"", r.path)));
+        return Err(ConfigError::invalid(
+            key("path"),
+            format!("must start with \"/\", got \"{}\"", r.path),
+        ));
     }
     if r.path.contains(['?', '#']) || r.path.chars().any(char::is_whitespace) {
-        return Err(ConfigError::invalid(key("path"), format!("must be a plain path prefix, got \"{}\"", r.path)));
+        return Err(ConfigError::invalid(
+            key("path"),
+            format!("must be a plain path prefix, got \"{}\"", r.path),
+        ));
     }
     let host = match r.host.as_deref().map(str::trim) {
         None | Some("") | Some("*") => None,
         Some(h) => {
             let h = h.to_ascii_lowercase();
             if h.contains(['/', ':', ' ']) {
-                return Err(ConfigError::invalid(key("host"), format!("expected a host name without port, got \"{h}\"")));
+                return Err(ConfigError::invalid(
+                    key("host"),
+                    format!("expected a host name without port, got \"{h}\""),
+                ));
             }
             Some(h)
         }
@@ -260,7 +282,10 @@ fn route(index: usize, r: file::RouteFile, defaults: &UpstreamDefaults) -> Resul
         None | Some("") => None,
         Some(p) => {
             if !matches!(&upstream, Upstream::Http(u) if u.scheme_str() == Some("https")) {
-                return Err(ConfigError::invalid(key("upstream_ca_file"), "only meaningful with an https:// upstream"));
+                return Err(ConfigError::invalid(
+                    key("upstream_ca_file"),
+                    "only meaningful with an https:// upstream",
+                ));
             }
             Some(PathBuf::from(p))
         }
@@ -270,25 +295,43 @@ fn route(index: usize, r: file::RouteFile, defaults: &UpstreamDefaults) -> Resul
         "onprem" => Realm::Onprem,
         "none" => Realm::None,
         other => {
-            return Err(ConfigError::invalid(key("realm"), format!("expected \"cloud\", \"onprem\" or \"none\", got \"{other}\"")))
+            return Err(ConfigError::invalid(
+                key("realm"),
+                format!("expected \"cloud\", \"onprem\" or \"none\", got \"{other}\""),
+            ))
         }
     };
     if realm != Realm::None {
         return Err(ConfigError::invalid(
             key("realm"),
-            format!("realm \"{}\" needs the sign-in path, which this build does not have yet; use \"none\"", realm.as_str()),
+            format!(
+                "realm \"{}\" needs the sign-in path, which this build does not have yet; use \"none\"",
+                realm.as_str()
+            ),
         ));
     }
     let identity_header_name = r.identity_header.as_deref().unwrap_or("X-Remote-User");
-    let identity_header = HeaderName::from_bytes(identity_header_name.as_bytes())
-        .map_err(|_| ConfigError::invalid(key("identity_header"), format!("not a valid header name: \"{identity_header_name}\"")))?;
+    let identity_header = HeaderName::from_bytes(identity_header_name.as_bytes()).map_err(|_| {
+        ConfigError::invalid(
+            key("identity_header"),
+            format!("not a valid header name: \"{identity_header_name}\""),
+        )
+    })?;
     let browser = match r.browser.as_deref().unwrap_or("basic") {
         "basic" => BrowserMode::Basic,
         "mfa" => BrowserMode::Mfa,
-        other => return Err(ConfigError::invalid(key("browser"), format!("expected \"basic\" or \"mfa\", got \"{other}\""))),
+        other => {
+            return Err(ConfigError::invalid(
+                key("browser"),
+                format!("expected \"basic\" or \"mfa\", got \"{other}\""),
+            ))
+        }
     };
     if browser == BrowserMode::Mfa {
-        return Err(ConfigError::invalid(key("browser"), "\"mfa\" needs the portal, which this build does not have yet"));
+        return Err(ConfigError::invalid(
+            key("browser"),
+            "\"mfa\" needs the portal, which this build does not have yet",
+        ));
     }
     Ok(RouteConfig {
         index,
@@ -299,8 +342,11 @@ fn route(index: usize, r: file::RouteFile, defaults: &UpstreamDefaults) -> Resul
         upstream_ca_file,
         upstream_timeout: optional_duration(&key("upstream_timeout"), r.upstream_timeout.as_deref())?
             .unwrap_or(defaults.timeout),
-        upstream_connect_timeout: optional_duration(&key("upstream_connect_timeout"), r.upstream_connect_timeout.as_deref())?
-            .unwrap_or(defaults.connect_timeout),
+        upstream_connect_timeout: optional_duration(
+            &key("upstream_connect_timeout"),
+            r.upstream_connect_timeout.as_deref(),
+        )?
+        .unwrap_or(defaults.connect_timeout),
         realm,
         identity_header,
         forward_authorization: r.forward_authorization.unwrap_or(false),
@@ -331,8 +377,12 @@ fn parse_upstream(s: &str) -> Result<Upstream, String> {
 }
 
 fn parse_addr(key: &str, s: &str) -> Result<SocketAddr, ConfigError> {
-    s.parse()
-        .map_err(|_| ConfigError::invalid(key, format!("expected IP:PORT such as \"127.0.0.1:8443\" or \"[::]:443\", got \"{s}\"")))
+    s.parse().map_err(|_| {
+        ConfigError::invalid(
+            key,
+            format!("expected IP:PORT such as \"127.0.0.1:8443\" or \"[::]:443\", got \"{s}\""),
+        )
+    })
 }
 
 fn parse_addrs(key: &str, list: &[String]) -> Result<Vec<SocketAddr>, ConfigError> {
@@ -340,7 +390,10 @@ fn parse_addrs(key: &str, list: &[String]) -> Result<Vec<SocketAddr>, ConfigErro
     for (i, s) in list.iter().enumerate() {
         let addr = parse_addr(&format!("{key}[{i}]"), s)?;
         if addr.port() != 0 && out.contains(&addr) {
-            return Err(ConfigError::invalid(format!("{key}[{i}]"), format!("{addr} is listed twice")));
+            return Err(ConfigError::invalid(
+                format!("{key}[{i}]"),
+                format!("{addr} is listed twice"),
+            ));
         }
         out.push(addr);
     }
@@ -359,8 +412,12 @@ fn parse_cidr(s: &str) -> Result<IpNet, String> {
 /// Parses a duration string; an absent value takes `default`.
 fn duration(key: &str, value: Option<&str>, default: &str) -> Result<Duration, ConfigError> {
     let text = value.unwrap_or(default);
-    let d = humantime::parse_duration(text.trim())
-        .map_err(|_| ConfigError::invalid(key, format!("expected a duration such as \"90s\", \"5m\" or \"1h\", got \"{text}\"")))?;
+    let d = humantime::parse_duration(text.trim()).map_err(|_| {
+        ConfigError::invalid(
+            key,
+            format!("expected a duration such as \"90s\", \"5m\" or \"1h\", got \"{text}\""),
+        )
+    })?;
     if d.is_zero() {
         return Err(ConfigError::invalid(key, "must be greater than zero"));
     }
@@ -375,7 +432,10 @@ fn bounded(key: &str, value: Option<i64>, default: usize, min: usize, max: usize
     let Some(v) = value else { return Ok(default) };
     match usize::try_from(v) {
         Ok(v) if (min..=max).contains(&v) => Ok(v),
-        _ => Err(ConfigError::invalid(key, format!("must be between {min} and {max}, got {v}"))),
+        _ => Err(ConfigError::invalid(
+            key,
+            format!("must be between {min} and {max}, got {v}"),
+        )),
     }
 }
 

@@ -13,9 +13,13 @@
 
 pub mod admin;
 pub mod app;
+pub mod app_password;
 pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod logging;
+pub mod model;
 pub mod proxy;
+pub mod server_key;
 pub mod shutdown;
+pub mod store;

@@ -38,7 +38,7 @@ pub struct Route {
 }
 
 enum Target {
-    Http(Upstream),
+    Http(Box<Upstream>),
     Whoami,
 }
 
@@ -55,9 +55,12 @@ impl Proxy {
         for rc in &config.routes {
             let target = match &rc.upstream {
                 UpstreamConfig::Whoami => Target::Whoami,
-                UpstreamConfig::Http(uri) => {
-                    Target::Http(Upstream::new(rc, uri, &config.server.upstream, tunnels.clone())?)
-                }
+                UpstreamConfig::Http(uri) => Target::Http(Box::new(Upstream::new(
+                    rc,
+                    uri,
+                    &config.server.upstream,
+                    tunnels.clone(),
+                )?)),
             };
             let route = Route {
                 name: Arc::from(rc.name.as_str()),
@@ -83,7 +86,13 @@ impl Proxy {
             .map(|a| a.as_str())
             .or_else(|| req.headers().get(header::HOST).and_then(|h| h.to_str().ok()));
         let host = authority.map(route::host_without_port);
-        let client = ClientInfo::resolve(conn.peer.ip(), req.headers(), &self.trusted_proxies, conn.tls, authority);
+        let client = ClientInfo::resolve(
+            conn.peer.ip(),
+            req.headers(),
+            &self.trusted_proxies,
+            conn.tls,
+            authority,
+        );
         let mut record = AccessRecord {
             started,
             method: req.method().clone(),
@@ -153,7 +162,14 @@ impl Proxy {
                 // authentication, so the client's Authorization goes with the request.
                 let forward_authorization = route.config.forward_authorization || route.config.realm == Realm::None;
                 match upstream
-                    .forward(&route.config, req, client, conn.peer.ip(), identity.user(), forward_authorization)
+                    .forward(
+                        &route.config,
+                        req,
+                        client,
+                        conn.peer.ip(),
+                        identity.user(),
+                        forward_authorization,
+                    )
                     .await
                 {
                     Ok(resp) => resp,

@@ -42,7 +42,10 @@ impl Shutdown {
                 _ = int.recv() => "SIGINT",
                 _ = this.wait() => return,
             };
-            tracing::info!(signal = name, "shutdown requested: no new connections, draining in-flight requests");
+            tracing::info!(
+                signal = name,
+                "shutdown requested: no new connections, draining in-flight requests"
+            );
             this.trigger();
         });
         Ok(())

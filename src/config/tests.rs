@@ -44,15 +44,36 @@ fn unknown_keys_are_named() {
 #[test]
 fn bad_values_name_their_key() {
     let cases = [
-        (MINIMAL.replace("builtin:whoami", "htp://x"), "route[0].upstream: invalid URL \"htp://x\""),
+        (
+            MINIMAL.replace("builtin:whoami", "htp://x"),
+            "route[0].upstream: invalid URL \"htp://x\"",
+        ),
         (MINIMAL.replace("\"/whoami\"", "\"whoami\""), "route[0].path"),
         (MINIMAL.replace("127.0.0.1:8080", "localhost"), "server.listen_plain[0]"),
-        (MINIMAL.replace("[server]", "[server]\nidle_timeout = \"soon\""), "server.idle_timeout"),
-        (MINIMAL.replace("[server]", "[server]\ntrusted_proxies = [\"10.0.0.0/33\"]"), "server.trusted_proxies[0]"),
-        (MINIMAL.replace("[server]", "[server]\nmax_connections = 0"), "server.max_connections"),
-        (MINIMAL.replace("realm = \"none\"", "realm = \"cluod\""), "route[0].realm"),
-        (MINIMAL.replace("realm = \"none\"", "realm = \"none\"\nidentity_header = \"bad header\""), "route[0].identity_header"),
-        (MINIMAL.replace("realm = \"none\"", "realm = \"none\"\nupstream_timeout = \"0s\""), "route[0].upstream_timeout"),
+        (
+            MINIMAL.replace("[server]", "[server]\nidle_timeout = \"soon\""),
+            "server.idle_timeout",
+        ),
+        (
+            MINIMAL.replace("[server]", "[server]\ntrusted_proxies = [\"10.0.0.0/33\"]"),
+            "server.trusted_proxies[0]",
+        ),
+        (
+            MINIMAL.replace("[server]", "[server]\nmax_connections = 0"),
+            "server.max_connections",
+        ),
+        (
+            MINIMAL.replace("realm = \"none\"", "realm = \"cluod\""),
+            "route[0].realm",
+        ),
+        (
+            MINIMAL.replace("realm = \"none\"", "realm = \"none\"\nidentity_header = \"bad header\""),
+            "route[0].identity_header",
+        ),
+        (
+            MINIMAL.replace("realm = \"none\"", "realm = \"none\"\nupstream_timeout = \"0s\""),
+            "route[0].upstream_timeout",
+        ),
     ];
     for (text, want) in cases {
         let err = parse(&text).unwrap_err().to_string();
@@ -76,7 +97,8 @@ fn no_listener_and_no_route_are_errors() {
 
 #[test]
 fn duplicate_routes_are_errors() {
-    let text = format!("{MINIMAL}\n[[route]]\npath = \"/whoami\"\nupstream = \"http://127.0.0.1:1\"\nrealm = \"none\"\n");
+    let text =
+        format!("{MINIMAL}\n[[route]]\npath = \"/whoami\"\nupstream = \"http://127.0.0.1:1\"\nrealm = \"none\"\n");
     let err = parse(&text).unwrap_err();
     assert!(err.to_string().contains("route[1].path"), "{err}");
 }

@@ -35,8 +35,12 @@ impl ProxyError {
         let text = match &self {
             ProxyError::NoRoute => "404 Not Found: no route for this host and path\n",
             ProxyError::BadRequest(_) => "400 Bad Request\n",
-            ProxyError::UpstreamUnavailable | ProxyError::BadGateway(_) => "502 Bad Gateway: the service behind this address is unavailable\n",
-            ProxyError::UpstreamTimeout => "504 Gateway Timeout: the service behind this address did not answer in time\n",
+            ProxyError::UpstreamUnavailable | ProxyError::BadGateway(_) => {
+                "502 Bad Gateway: the service behind this address is unavailable\n"
+            }
+            ProxyError::UpstreamTimeout => {
+                "504 Gateway Timeout: the service behind this address did not answer in time\n"
+            }
         };
         text_response(status, text)
     }
@@ -46,8 +50,10 @@ impl ProxyError {
 pub fn text_response(status: StatusCode, text: &'static str) -> Response<ProxyBody> {
     let mut resp = Response::new(full(text));
     *resp.status_mut() = status;
-    resp.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     resp.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     resp

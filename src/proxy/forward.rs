@@ -262,11 +262,12 @@ impl Upstream {
         let upgrade = upgrade_protocol(&req);
         let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
 
-        let original_host = req
-            .uri()
-            .authority()
-            .map(|a| a.as_str().to_owned())
-            .or_else(|| req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).map(str::to_owned));
+        let original_host = req.uri().authority().map(|a| a.as_str().to_owned()).or_else(|| {
+            req.headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_owned)
+        });
         let uri = self.target(req.uri())?;
         *req.uri_mut() = uri;
         *req.version_mut() = Version::HTTP_11;
@@ -326,7 +327,9 @@ impl Upstream {
                     .body(super::body::empty())
                     .map_err(|_| ProxyError::BadGateway("invalid upgrade response"));
             }
-            return Err(ProxyError::BadGateway("upstream switched protocols without being asked"));
+            return Err(ProxyError::BadGateway(
+                "upstream switched protocols without being asked",
+            ));
         }
 
         let (mut parts, body) = resp.into_parts();
@@ -449,7 +452,10 @@ mod tests {
     fn forwarded_for_is_believed_only_from_trusted_proxies() {
         let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
         let mut h = HeaderMap::new();
-        h.insert("x-forwarded-for", HeaderValue::from_static("6.6.6.6, 192.0.2.7, 10.1.1.1"));
+        h.insert(
+            "x-forwarded-for",
+            HeaderValue::from_static("6.6.6.6, 192.0.2.7, 10.1.1.1"),
+        );
         h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
         let untrusted = ClientInfo::resolve("198.51.100.1".parse().unwrap(), &h, &trusted, false, Some("a"));
         assert_eq!(untrusted.ip.to_string(), "198.51.100.1");

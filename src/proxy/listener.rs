@@ -190,7 +190,11 @@ impl<IO: AsyncWrite> AsyncWrite for Watched<IO> {
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.project().io.poll_shutdown(cx)
     }
-    fn poll_write_vectored(self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
         self.project().io.poll_write_vectored(cx, bufs)
     }
     fn is_write_vectored(&self) -> bool {
@@ -279,8 +283,17 @@ impl Server {
         match tls {
             None => {
                 let state = Arc::new(ConnState::new(false));
-                self.serve_http(Watched { io: stream, state: Arc::clone(&state) }, state, peer, local, false)
-                    .await
+                self.serve_http(
+                    Watched {
+                        io: stream,
+                        state: Arc::clone(&state),
+                    },
+                    state,
+                    peer,
+                    local,
+                    false,
+                )
+                .await
             }
             Some(acceptor) => {
                 let handshake = tokio::time::timeout(self.limits.header_read_timeout, acceptor.accept(stream));
@@ -301,16 +314,31 @@ impl Server {
                 if let Some(s) = tls_stream {
                     let http2 = s.get_ref().1.alpn_protocol() == Some(b"h2");
                     let state = Arc::new(ConnState::new(http2));
-                    self.serve_http(Watched { io: s, state: Arc::clone(&state) }, state, peer, local, true)
-                        .await
+                    self.serve_http(
+                        Watched {
+                            io: s,
+                            state: Arc::clone(&state),
+                        },
+                        state,
+                        peer,
+                        local,
+                        true,
+                    )
+                    .await
                 }
             }
         }
         metrics::gauge!("fedgate_connections_open").decrement(1.0);
     }
 
-    async fn serve_http<IO>(&self, io: Watched<IO>, state: Arc<ConnState>, peer: SocketAddr, local: SocketAddr, tls: bool)
-    where
+    async fn serve_http<IO>(
+        &self,
+        io: Watched<IO>,
+        state: Arc<ConnState>,
+        peer: SocketAddr,
+        local: SocketAddr,
+        tls: bool,
+    ) where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let info = Arc::new(ConnInfo {

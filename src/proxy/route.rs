@@ -27,7 +27,15 @@ impl<T> Router<T> {
     {
         let mut entries: Vec<(RouteKey, T)> = routes
             .into_iter()
-            .map(|(r, v)| (RouteKey { host: r.host, path: r.path }, v))
+            .map(|(r, v)| {
+                (
+                    RouteKey {
+                        host: r.host,
+                        path: r.path,
+                    },
+                    v,
+                )
+            })
             .collect();
         entries.sort_by(|(a, _), (b, _)| {
             b.host
@@ -87,7 +95,9 @@ mod tests {
             if !host.is_empty() {
                 text.push_str(&format!("host = \"{host}\"\n"));
             }
-            text.push_str(&format!("path = \"{path}\"\nupstream = \"http://127.0.0.1:1\"\nrealm = \"none\"\n"));
+            text.push_str(&format!(
+                "path = \"{path}\"\nupstream = \"http://127.0.0.1:1\"\nrealm = \"none\"\n"
+            ));
         }
         let config = Config::parse(&text, Path::new("test.toml")).unwrap();
         Router::new(config.routes.into_iter().map(|r| {

@@ -17,7 +17,11 @@ pub enum TlsError {
     #[error("server.tls_cert {cert} exists but server.tls_key {key} does not (or the reverse): provide both, or remove both to have a self-signed pair generated")]
     HalfPair { cert: PathBuf, key: PathBuf },
     #[error("cannot read {what} {path}: {message}")]
-    Read { what: &'static str, path: PathBuf, message: String },
+    Read {
+        what: &'static str,
+        path: PathBuf,
+        message: String,
+    },
     #[error("cannot write generated {what} {path}: {source}")]
     Write {
         what: &'static str,
@@ -144,11 +148,11 @@ pub fn client_config(extra_ca: Option<(&str, &Path)>) -> Result<ClientConfig, Tl
             })?;
         }
     }
-    let mut config = ClientConfig::builder_with_provider(provider())
+    // ALPN is left empty: the connector sets it from the protocols it enables.
+    let config = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsError::Generate(e.to_string()))?
         .with_root_certificates(roots)
         .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(config)
 }

@@ -92,7 +92,11 @@ fn html(who: &Whoami<'_>) -> String {
     ];
     let mut table = String::new();
     for (k, v) in rows {
-        table.push_str(&format!("<tr><th scope=\"row\">{}</th><td>{}</td></tr>\n", escape(k), escape(&v)));
+        table.push_str(&format!(
+            "<tr><th scope=\"row\">{}</th><td>{}</td></tr>\n",
+            escape(k),
+            escape(&v)
+        ));
     }
     format!(
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\

@@ -1,0 +1,5 @@
+//! Integration tests: the real `fedgate` binary on loopback sockets.
+
+mod cli;
+mod proxy;
+mod support;

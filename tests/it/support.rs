@@ -1,0 +1,10 @@
+//! Test harness: the real `fedgate` binary on loopback ports chosen by the
+//! kernel, in-process upstreams, and small HTTP clients for HTTP/1.1 and
+//! HTTP/2 over plain TCP or TLS.
+
+pub mod client;
+pub mod fedgate;
+pub mod upstream;
+
+pub use client::Client;
+pub use fedgate::Fedgate;
