@@ -1,0 +1,558 @@
+//! Plain data shared by the store, the sign-in path and the command line:
+//! identifiers, user and app-password records, audit records, secrets and
+//! the clock.
+//!
+//! This module owns the *shape* and the *validation* of these values (what a
+//! UPN or an app-password name may look like, how an MFA state is spelled).
+//! It owns no I/O and no policy: who may sign in with what is decided by the
+//! auth code, and persistence lives in [`crate::store`]. Hashing and the
+//! app-password format live in [`crate::app_password`].
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use subtle::ConstantTimeEq;
+use zeroize::Zeroize;
+
+/// Longest UPN accepted, in bytes of its canonical (lowercased) form.
+pub const MAX_UPN_BYTES: usize = 256;
+/// Longest app-password name, in characters after trimming.
+pub const MAX_APP_PASSWORD_NAME_CHARS: usize = 64;
+/// Longest user name kept in an audit record, in characters.
+pub const MAX_AUDIT_UPN_CHARS: usize = 256;
+/// Longest client address kept, in characters.
+pub const MAX_AUDIT_IP_CHARS: usize = 64;
+/// Longest user agent kept in an audit record or as an app password's
+/// last-used agent, in characters.
+pub const MAX_AUDIT_USER_AGENT_CHARS: usize = 512;
+
+/// A value that is not a valid UPN, MFA state, name, ...
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ModelError {
+    #[error("user name is empty: expected a UPN such as alice@corp.example.com")]
+    UpnEmpty,
+    #[error(
+        "user name {given:?} is not a UPN: expected exactly one '@' with a name before it \
+         and a domain after it, such as alice@corp.example.com"
+    )]
+    UpnShape { given: String },
+    #[error("user name is {len} bytes long; a UPN may be at most {MAX_UPN_BYTES} bytes")]
+    UpnTooLong { len: usize },
+    #[error("user name {given:?} contains a control character")]
+    UpnControl { given: String },
+    #[error("invalid {what} {given:?}: expected {expected}")]
+    InvalidValue {
+        what: &'static str,
+        given: String,
+        expected: &'static str,
+    },
+    #[error("app-password name is empty: give the device a name such as \"alice's phone\"")]
+    AppPasswordNameEmpty,
+    #[error(
+        "app-password name is {chars} characters long; \
+         at most {MAX_APP_PASSWORD_NAME_CHARS} are allowed"
+    )]
+    AppPasswordNameTooLong { chars: usize },
+    #[error("app-password name {given:?} contains a control character")]
+    AppPasswordNameControl { given: String },
+}
+
+/// A user principal name in canonical form: trimmed and lowercased, so that
+/// `Alice@Corp.Example.com` and `alice@corp.example.com` are the same user.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Upn(String);
+
+impl Upn {
+    pub fn parse(input: &str) -> Result<Upn, ModelError> {
+        let trimmed = input.trim();
+        if trimmed.is_empty() {
+            return Err(ModelError::UpnEmpty);
+        }
+        // Checked before lowercasing so that an absurdly long input is not
+        // copied first.
+        if trimmed.len() > MAX_UPN_BYTES * 4 {
+            return Err(ModelError::UpnTooLong { len: trimmed.len() });
+        }
+        if trimmed.chars().any(char::is_control) {
+            return Err(ModelError::UpnControl {
+                given: audit_text(trimmed, 64),
+            });
+        }
+        let canonical = trimmed.to_lowercase();
+        if canonical.len() > MAX_UPN_BYTES {
+            return Err(ModelError::UpnTooLong { len: canonical.len() });
+        }
+        let mut parts = canonical.split('@');
+        let well_formed = match (parts.next(), parts.next(), parts.next()) {
+            (Some(local), Some(domain), None) => !local.is_empty() && !domain.is_empty(),
+            _ => false,
+        };
+        if !well_formed {
+            return Err(ModelError::UpnShape {
+                given: audit_text(trimmed, 64),
+            });
+        }
+        Ok(Upn(canonical))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The part before the '@'.
+    pub fn local_part(&self) -> &str {
+        // A parsed Upn always holds exactly one '@'.
+        self.0.split_once('@').map_or(&self.0[..], |(local, _)| local)
+    }
+
+    /// The part after the '@'.
+    pub fn domain(&self) -> &str {
+        self.0.split_once('@').map_or("", |(_, domain)| domain)
+    }
+}
+
+impl fmt::Display for Upn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl FromStr for Upn {
+    type Err = ModelError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Upn::parse(s)
+    }
+}
+
+impl TryFrom<String> for Upn {
+    type Error = ModelError;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        Upn::parse(&s)
+    }
+}
+
+impl From<Upn> for String {
+    fn from(upn: Upn) -> String {
+        upn.0
+    }
+}
+
+impl AsRef<str> for Upn {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A user's row id in the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct UserId(pub i64);
+
+impl fmt::Display for UserId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// An app password's row id in the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct AppPasswordId(pub i64);
+
+impl fmt::Display for AppPasswordId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// Declares a fieldless enum spelled in lowercase (snake_case) everywhere:
+/// `as_str`, `Display`, `FromStr` (case-insensitive, trimmed), serde and
+/// `ALL`. One macro so the spellings cannot drift apart.
+macro_rules! named_enum {
+    (
+        $(#[$meta:meta])*
+        $vis:vis enum $name:ident as $what:literal expecting $expected:literal {
+            $($(#[$vmeta:meta])* $variant:ident = $text:literal,)+
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        $vis enum $name {
+            $($(#[$vmeta])* #[serde(rename = $text)] $variant,)+
+        }
+
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant,)+];
+
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text,)+
+                }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = ModelError;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                let s = s.trim();
+                $(if s.eq_ignore_ascii_case($text) {
+                    return Ok($name::$variant);
+                })+
+                Err(ModelError::InvalidValue {
+                    what: $what,
+                    given: audit_text(s, 64),
+                    expected: $expected,
+                })
+            }
+        }
+    };
+}
+
+named_enum! {
+    /// Per-user MFA state (see the decision table in DESIGN.md).
+    #[derive(Default)]
+    pub enum MfaState as "MFA state" expecting "disabled, enabled or enforced" {
+        #[default]
+        Disabled = "disabled",
+        /// Enrolled, not yet registered: non-browser apps keep working.
+        Enabled = "enabled",
+        /// Non-browser apps must use app passwords.
+        Enforced = "enforced",
+    }
+}
+
+named_enum! {
+    /// Where a user comes from, and so where their org password is checked.
+    pub enum UserSource as "user source" expecting "cloud or federated" {
+        /// Created in fedgate, with an optional argon2id password hash.
+        Cloud = "cloud",
+        /// Synchronised from the directory; the password is checked by bind.
+        Federated = "federated",
+    }
+}
+
+named_enum! {
+    /// Which kind of secret a sign-in presented.
+    pub enum CredentialKind as "credential kind" expecting "none, app_password or password" {
+        None = "none",
+        AppPassword = "app_password",
+        Password = "password",
+    }
+}
+
+named_enum! {
+    /// Audit reason codes: one per row of the decision table in DESIGN.md,
+    /// plus `overloaded` when the hashing pool refused the work.
+    pub enum Reason as "audit reason" expecting "a reason code of the decision table" {
+        NoCredentials = "no_credentials",
+        Malformed = "malformed",
+        AccountDisabled = "account_disabled",
+        LockedOut = "locked_out",
+        AppPassword = "app_password",
+        AppPasswordsNotAllowed = "app_passwords_not_allowed",
+        Password = "password",
+        AppPasswordRequired = "app_password_required",
+        AppPasswordNotValidOnprem = "app_password_not_valid_onprem",
+        BadCredentials = "bad_credentials",
+        DirectoryUnavailable = "directory_unavailable",
+        Overloaded = "overloaded",
+    }
+}
+
+/// A user as the store knows it.
+#[derive(Clone, PartialEq, Eq, Serialize)]
+pub struct User {
+    pub id: UserId,
+    pub upn: Upn,
+    pub source: UserSource,
+    /// The account enabled flag (a directory disable clears it).
+    pub enabled: bool,
+    /// Deleted in the directory or by an operator. The row stays so audit
+    /// records keep their user and a returning UPN gets the same id.
+    pub deleted: bool,
+    pub mfa_state: MfaState,
+    /// When the user last completed MFA registration (unix ms).
+    pub registered_at: Option<i64>,
+    pub created_at: i64,
+    /// argon2id PHC string; cloud-only users only. Never serialised: a hash
+    /// is an offline-guessing target and has no place in `--json` output.
+    #[serde(skip_serializing)]
+    pub password_hash: Option<String>,
+}
+
+impl User {
+    /// Whether the account may sign in at all, before any credential check.
+    pub fn is_active(&self) -> bool {
+        self.enabled && !self.deleted
+    }
+}
+
+impl fmt::Debug for User {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("User")
+            .field("id", &self.id)
+            .field("upn", &self.upn)
+            .field("source", &self.source)
+            .field("enabled", &self.enabled)
+            .field("deleted", &self.deleted)
+            .field("mfa_state", &self.mfa_state)
+            .field("registered_at", &self.registered_at)
+            .field("created_at", &self.created_at)
+            .field("password_hash", &self.password_hash.as_ref().map(|_| "***"))
+            .finish()
+    }
+}
+
+/// The name a user gives an app password (usually the device), trimmed,
+/// 1 to [`MAX_APP_PASSWORD_NAME_CHARS`] characters, no control characters.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct AppPasswordName(String);
+
+impl AppPasswordName {
+    pub fn parse(input: &str) -> Result<AppPasswordName, ModelError> {
+        let name = input.trim();
+        if name.is_empty() {
+            return Err(ModelError::AppPasswordNameEmpty);
+        }
+        let chars = name.chars().count();
+        if chars > MAX_APP_PASSWORD_NAME_CHARS {
+            return Err(ModelError::AppPasswordNameTooLong { chars });
+        }
+        if name.chars().any(char::is_control) {
+            return Err(ModelError::AppPasswordNameControl {
+                given: audit_text(name, MAX_APP_PASSWORD_NAME_CHARS),
+            });
+        }
+        Ok(AppPasswordName(name.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for AppPasswordName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl TryFrom<String> for AppPasswordName {
+    type Error = ModelError;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        AppPasswordName::parse(&s)
+    }
+}
+
+impl From<AppPasswordName> for String {
+    fn from(name: AppPasswordName) -> String {
+        name.0
+    }
+}
+
+/// An app password's metadata, safe to show to its owner and to operators.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AppPassword {
+    pub id: AppPasswordId,
+    pub user_id: UserId,
+    pub name: String,
+    pub created_at: i64,
+    pub last_used_at: Option<i64>,
+    pub last_ip: Option<String>,
+    pub last_user_agent: Option<String>,
+}
+
+/// What the in-memory index needs to verify an app password: its lookup
+/// tag and its hash. Kept apart from [`AppPassword`] so metadata listings
+/// never carry hashes.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AppPasswordSecretRecord {
+    pub id: AppPasswordId,
+    pub user_id: UserId,
+    /// Carried so a successful sign-in can name the app password in its
+    /// audit record without a database read.
+    pub name: String,
+    /// HMAC-SHA256 of the canonical app password under the server key.
+    pub tag: [u8; 32],
+    /// argon2id PHC string.
+    pub hash: String,
+}
+
+impl fmt::Debug for AppPasswordSecretRecord {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AppPasswordSecretRecord")
+            .field("id", &self.id)
+            .field("user_id", &self.user_id)
+            .field("name", &self.name)
+            .field("tag", &"***")
+            .field("hash", &"***")
+            .finish()
+    }
+}
+
+/// Store-wide settings an operator switches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Settings {
+    /// Whether users may create and sign in with app passwords. Off by
+    /// default (DESIGN.md).
+    pub allow_app_passwords: bool,
+}
+
+/// One sign-in decision, as written to the audit log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AuditRecord {
+    /// unix ms
+    pub at: i64,
+    /// The user name exactly as the client sent it (see [`audit_text`]).
+    pub upn_given: String,
+    /// The user it resolved to, if any.
+    pub user_id: Option<UserId>,
+    /// The matched route's path (or name).
+    pub route: String,
+    pub credential: CredentialKind,
+    pub app_password_name: Option<String>,
+    pub client_ip: String,
+    pub user_agent: String,
+    pub success: bool,
+    pub reason: Reason,
+}
+
+impl AuditRecord {
+    /// The record with its client-supplied text bounded and made printable.
+    /// The store applies this on write, so callers need not.
+    pub fn clamped(mut self) -> AuditRecord {
+        self.upn_given = audit_text(&self.upn_given, MAX_AUDIT_UPN_CHARS);
+        self.user_agent = audit_text(&self.user_agent, MAX_AUDIT_USER_AGENT_CHARS);
+        self.route = audit_text(&self.route, MAX_AUDIT_USER_AGENT_CHARS);
+        self.client_ip = audit_text(&self.client_ip, MAX_AUDIT_IP_CHARS);
+        self.app_password_name = self
+            .app_password_name
+            .map(|name| audit_text(&name, MAX_APP_PASSWORD_NAME_CHARS));
+        self
+    }
+}
+
+/// Client-supplied text made safe to keep and to print: at most `max_chars`
+/// characters, control characters replaced by U+FFFD. A user name is chosen
+/// by whoever is knocking; a newline in it must not forge a line in
+/// `fedgate signins` output or a log.
+pub fn audit_text(input: &str, max_chars: usize) -> String {
+    input
+        .chars()
+        .take(max_chars)
+        .map(|c| if c.is_control() { '\u{FFFD}' } else { c })
+        .collect()
+}
+
+/// A secret string (password, app password, token). `Debug` and `Display`
+/// print `***`; the bytes are zeroed when it is dropped; equality takes the
+/// same time wherever the first difference is.
+#[derive(Clone, Default)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: String) -> Secret {
+        Secret(value)
+    }
+
+    /// The secret itself. Named so that every use is easy to find.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<String> for Secret {
+    fn from(value: String) -> Secret {
+        Secret(value)
+    }
+}
+
+impl From<&str> for Secret {
+    fn from(value: &str) -> Secret {
+        Secret(value.to_owned())
+    }
+}
+
+impl PartialEq for Secret {
+    fn eq(&self, other: &Secret) -> bool {
+        self.0.as_bytes().ct_eq(other.0.as_bytes()).into()
+    }
+}
+
+impl Eq for Secret {}
+
+impl Drop for Secret {
+    fn drop(&mut self) {
+        self.0.zeroize();
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// The time source for anything that decides by time, so tests can move
+/// time instead of sleeping.
+pub trait Clock: Send + Sync {
+    /// Milliseconds since the Unix epoch.
+    fn now_ms(&self) -> i64;
+}
+
+/// The wall clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_ms(&self) -> i64 {
+        // A clock set before 1970 reads as the epoch rather than failing:
+        // timestamps are for display and ordering, not for security.
+        let since_epoch = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+        i64::try_from(since_epoch.as_millis()).unwrap_or(i64::MAX)
+    }
+}
+
+/// A clock that only moves when told to; for tests.
+#[derive(Debug, Default)]
+pub struct ManualClock(AtomicI64);
+
+impl ManualClock {
+    pub fn new(now_ms: i64) -> ManualClock {
+        ManualClock(AtomicI64::new(now_ms))
+    }
+
+    pub fn set(&self, now_ms: i64) {
+        self.0.store(now_ms, Ordering::SeqCst);
+    }
+
+    pub fn advance(&self, by_ms: i64) {
+        self.0.fetch_add(by_ms, Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now_ms(&self) -> i64 {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+#[cfg(test)]
+mod tests;

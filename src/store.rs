@@ -1,0 +1,451 @@
+//! The cloud store: users, app passwords, settings, the change feed and the
+//! audit log, behind the [`Store`] trait so that a PostgreSQL backend can
+//! follow without touching business rules.
+//!
+//! A backend owns durability and atomicity: every method that returns `Ok`
+//! has committed, and every change that can grant or revoke access is
+//! written in the same transaction as a row of the change feed, which
+//! running servers poll to drop cached decisions. A backend enforces the
+//! invariants that need a transaction to be true under concurrency (at most
+//! [`MAX_APP_PASSWORDS_PER_USER`] app passwords, unique names, all-or-nothing
+//! bulk changes). It has no opinion on who may sign in with what: the
+//! decision table lives in the auth code, and the crypto in
+//! [`crate::app_password`].
+
+use std::fmt;
+use std::sync::Arc;
+
+use futures_util::future::BoxFuture;
+use serde::Serialize;
+
+use crate::app_password::MAX_APP_PASSWORDS_PER_USER;
+use crate::model::{
+    AppPassword, AppPasswordId, AppPasswordName, AppPasswordSecretRecord, AuditRecord, Clock, MfaState, Settings, Upn,
+    User, UserId,
+};
+
+mod sqlite;
+
+pub use sqlite::SqliteStore;
+
+/// What every [`Store`] method returns: a boxed future, so the trait can be
+/// used as `Arc<dyn Store>`.
+pub type StoreFuture<'a, T> = BoxFuture<'a, Result<T, StoreError>>;
+
+/// Opens the store named by a `[store] url` from the configuration.
+pub async fn open(url: &str, clock: Arc<dyn Clock>) -> Result<Arc<dyn Store>, StoreError> {
+    if url.starts_with("sqlite:") {
+        Ok(Arc::new(SqliteStore::open(url, clock).await?))
+    } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+        Err(StoreError::Unsupported {
+            url: url.to_owned(),
+            reason: "the PostgreSQL backend is not built yet; use sqlite://PATH",
+        })
+    } else {
+        Err(StoreError::Unsupported {
+            url: url.to_owned(),
+            reason: "expected sqlite://PATH, sqlite::memory: or postgres://...",
+        })
+    }
+}
+
+/// Persistence for the cloud store. Users are addressed by UPN (what
+/// operators type), app passwords by their owner's id (what the portal and
+/// the sign-in path hold).
+pub trait Store: Send + Sync + fmt::Debug {
+    // Users.
+
+    /// Creates a cloud-only user. A deleted user with this UPN is brought
+    /// back as a new cloud user (same id, no app passwords, not registered).
+    fn create_cloud_user<'a>(
+        &'a self,
+        upn: &'a Upn,
+        state: MfaState,
+        password_hash: Option<&'a str>,
+    ) -> StoreFuture<'a, User>;
+
+    /// Creates or updates a user from the directory; brings back a deleted
+    /// one. Refuses to take over a cloud-only user of the same UPN.
+    fn upsert_federated_user<'a>(&'a self, upn: &'a Upn, enabled: bool) -> StoreFuture<'a, Upserted>;
+
+    fn get_user_by_upn<'a>(&'a self, upn: &'a Upn) -> StoreFuture<'a, Option<User>>;
+
+    fn get_user(&self, id: UserId) -> StoreFuture<'_, Option<User>>;
+
+    /// Users not deleted, by UPN, optionally only those in one MFA state.
+    fn list_users(&self, state: Option<MfaState>) -> StoreFuture<'_, Vec<User>>;
+
+    /// Every user, deleted ones included, for the in-memory index.
+    fn load_all_users(&self) -> StoreFuture<'_, Vec<User>>;
+
+    fn set_mfa_state<'a>(&'a self, upn: &'a Upn, state: MfaState) -> StoreFuture<'a, User>;
+
+    /// Applies every line or none. Lines are validated here (UPN, state,
+    /// user known and not deleted, UPN not listed twice) so that one report
+    /// names every bad line: [`StoreError::BulkRejected`].
+    fn set_mfa_states<'a>(&'a self, lines: &'a [StateLine]) -> StoreFuture<'a, BulkApplied>;
+
+    fn set_enabled<'a>(&'a self, upn: &'a Upn, enabled: bool) -> StoreFuture<'a, User>;
+
+    /// Replaces (or with `None` removes) a cloud-only user's password hash.
+    fn set_password_hash<'a>(&'a self, upn: &'a Upn, password_hash: Option<&'a str>) -> StoreFuture<'a, User>;
+
+    /// Marks the user deleted, and deletes their app passwords and password
+    /// hash: a UPN that comes back later must not bring old devices back.
+    fn mark_deleted<'a>(&'a self, upn: &'a Upn) -> StoreFuture<'a, User>;
+
+    /// Makes the user register their second factor again.
+    fn require_registration<'a>(&'a self, upn: &'a Upn) -> StoreFuture<'a, User>;
+
+    fn set_registered_at<'a>(&'a self, upn: &'a Upn, at: i64) -> StoreFuture<'a, User>;
+
+    // App passwords.
+
+    /// Refuses a user's 41st app password ([`StoreError::TooManyAppPasswords`])
+    /// and a name the user already has, compared case-insensitively
+    /// ([`StoreError::DuplicateAppPasswordName`]).
+    fn create_app_password<'a>(&'a self, new: &'a NewAppPassword) -> StoreFuture<'a, AppPassword>;
+
+    /// The user's app passwords, oldest first.
+    fn list_app_passwords(&self, user: UserId) -> StoreFuture<'_, Vec<AppPassword>>;
+
+    /// Deletes the user's app password of that name (case-insensitive).
+    fn delete_app_password<'a>(&'a self, user: UserId, name: &'a str) -> StoreFuture<'a, ()>;
+
+    /// Deletes every app password of the user; returns how many there were.
+    fn revoke_app_passwords(&self, user: UserId) -> StoreFuture<'_, u64>;
+
+    /// Every app password's tag and hash, for the in-memory index.
+    fn load_all_secrets(&self) -> StoreFuture<'_, Vec<AppPasswordSecretRecord>>;
+
+    /// One user's app-password tags and hashes, to refresh the index after
+    /// a change to that user.
+    fn load_user_secrets(&self, user: UserId) -> StoreFuture<'_, Vec<AppPasswordSecretRecord>>;
+
+    /// Records when and from where app passwords were last used, in one
+    /// transaction. Called by a periodic flush, never per request. A use
+    /// older than the one recorded is ignored (batches from several nodes
+    /// may arrive out of order); unknown ids are ignored (deleted since).
+    fn record_last_used<'a>(&'a self, uses: &'a [LastUsed]) -> StoreFuture<'a, ()>;
+
+    // Settings.
+
+    fn get_settings(&self) -> StoreFuture<'_, Settings>;
+
+    fn set_allow_app_passwords(&self, allow: bool) -> StoreFuture<'_, Settings>;
+
+    // Change feed.
+
+    /// Changes with a sequence number above `seq`, oldest first.
+    fn changes_since(&self, seq: i64) -> StoreFuture<'_, Vec<Change>>;
+
+    /// The newest sequence number, 0 on an empty feed. A server reads it
+    /// before loading its caches and then polls [`Store::changes_since`].
+    fn latest_change_seq(&self) -> StoreFuture<'_, i64>;
+
+    // Audit.
+
+    /// Appends sign-in records in one transaction. Client-supplied text is
+    /// clamped ([`AuditRecord::clamped`]).
+    fn append_audit<'a>(&'a self, records: &'a [AuditRecord]) -> StoreFuture<'a, ()>;
+
+    /// Matching records, newest first.
+    fn query_audit<'a>(&'a self, filter: &'a AuditFilter) -> StoreFuture<'a, Vec<AuditRecord>>;
+
+    // Lifecycle.
+
+    /// Whether the store answers (for `/readyz`).
+    fn ping(&self) -> StoreFuture<'_, ()>;
+
+    /// Closes connections after in-flight work; later calls fail.
+    fn close(&self) -> BoxFuture<'_, ()>;
+}
+
+/// A federated user after [`Store::upsert_federated_user`], and what
+/// happened to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upserted {
+    pub user: User,
+    pub outcome: UpsertOutcome,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UpsertOutcome {
+    Created,
+    /// Enabled flag changed, or a deleted user came back.
+    Updated,
+    Unchanged,
+}
+
+/// One line of a bulk MFA-state change, as the operator wrote it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateLine {
+    /// 1-based line number (or argument position) for the report.
+    pub line: usize,
+    pub upn: String,
+    pub state: String,
+}
+
+impl StateLine {
+    /// Lines of a `upn,state` CSV file. Blank lines, `#` comments and a
+    /// `upn,state` header are skipped; anything else becomes a line, even
+    /// if malformed, so that validation can report it by number.
+    pub fn parse_csv(text: &str) -> Vec<StateLine> {
+        let mut lines = Vec::new();
+        for (index, raw) in text.lines().enumerate() {
+            let raw = raw.trim().trim_start_matches('\u{FEFF}');
+            if raw.is_empty() || raw.starts_with('#') {
+                continue;
+            }
+            let (upn, state) = raw.split_once(',').unwrap_or((raw, ""));
+            let (upn, state) = (upn.trim(), state.trim());
+            if lines.is_empty() && upn.eq_ignore_ascii_case("upn") && state.eq_ignore_ascii_case("state") {
+                continue;
+            }
+            lines.push(StateLine {
+                line: index + 1,
+                upn: upn.to_owned(),
+                state: state.to_owned(),
+            });
+        }
+        lines
+    }
+}
+
+/// A line a bulk change refused, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LineError {
+    pub line: usize,
+    pub upn: String,
+    pub reason: String,
+}
+
+impl fmt::Display for LineError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "line {}: {}", self.line, self.reason)
+    }
+}
+
+/// What an accepted bulk change did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct BulkApplied {
+    /// Users whose state changed.
+    pub changed: usize,
+    /// Users already in the requested state.
+    pub unchanged: usize,
+}
+
+/// A new app password, already hashed and tagged by
+/// [`crate::app_password`].
+#[derive(Clone)]
+pub struct NewAppPassword {
+    pub user_id: UserId,
+    pub name: AppPasswordName,
+    pub tag: [u8; 32],
+    pub hash: String,
+}
+
+impl fmt::Debug for NewAppPassword {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NewAppPassword")
+            .field("user_id", &self.user_id)
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One app password's last use, for [`Store::record_last_used`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LastUsed {
+    pub id: AppPasswordId,
+    pub at: i64,
+    pub ip: String,
+    pub user_agent: String,
+}
+
+/// What a change-feed entry is about. Each one that names a user means
+/// "drop what you cached about this user"; [`ChangeKind::SettingsChanged`]
+/// and [`ChangeKind::Unknown`] mean "drop everything".
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChangeKind {
+    UserCreated,
+    /// Federated user's enabled flag changed or a deleted user came back.
+    UserUpdated,
+    MfaStateChanged,
+    UserEnabled,
+    UserDisabled,
+    UserDeleted,
+    PasswordChanged,
+    RegistrationRequired,
+    Registered,
+    AppPasswordCreated,
+    AppPasswordDeleted,
+    AppPasswordsRevoked,
+    SettingsChanged,
+    /// Written by a newer fedgate; treated as "drop everything".
+    Unknown(String),
+}
+
+impl ChangeKind {
+    pub fn as_str(&self) -> &str {
+        match self {
+            ChangeKind::UserCreated => "user_created",
+            ChangeKind::UserUpdated => "user_updated",
+            ChangeKind::MfaStateChanged => "mfa_state_changed",
+            ChangeKind::UserEnabled => "user_enabled",
+            ChangeKind::UserDisabled => "user_disabled",
+            ChangeKind::UserDeleted => "user_deleted",
+            ChangeKind::PasswordChanged => "password_changed",
+            ChangeKind::RegistrationRequired => "registration_required",
+            ChangeKind::Registered => "registered",
+            ChangeKind::AppPasswordCreated => "app_password_created",
+            ChangeKind::AppPasswordDeleted => "app_password_deleted",
+            ChangeKind::AppPasswordsRevoked => "app_passwords_revoked",
+            ChangeKind::SettingsChanged => "settings_changed",
+            ChangeKind::Unknown(kind) => kind,
+        }
+    }
+
+    pub fn parse(text: &str) -> ChangeKind {
+        const KNOWN: &[ChangeKind] = &[
+            ChangeKind::UserCreated,
+            ChangeKind::UserUpdated,
+            ChangeKind::MfaStateChanged,
+            ChangeKind::UserEnabled,
+            ChangeKind::UserDisabled,
+            ChangeKind::UserDeleted,
+            ChangeKind::PasswordChanged,
+            ChangeKind::RegistrationRequired,
+            ChangeKind::Registered,
+            ChangeKind::AppPasswordCreated,
+            ChangeKind::AppPasswordDeleted,
+            ChangeKind::AppPasswordsRevoked,
+            ChangeKind::SettingsChanged,
+        ];
+        KNOWN
+            .iter()
+            .find(|kind| kind.as_str() == text)
+            .cloned()
+            .unwrap_or_else(|| ChangeKind::Unknown(text.to_owned()))
+    }
+}
+
+impl fmt::Display for ChangeKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One entry of the change feed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Change {
+    pub seq: i64,
+    pub at: i64,
+    pub kind: ChangeKind,
+    pub user_id: Option<UserId>,
+}
+
+/// Which audit records [`Store::query_audit`] returns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditFilter {
+    /// Records resolved to this user, or whose given name is this UPN
+    /// (failed attempts for unknown users have no user id).
+    pub user: Option<Upn>,
+    /// At or after this time (unix ms).
+    pub since: Option<i64>,
+    pub success: Option<bool>,
+    /// At most this many, newest first.
+    pub limit: u32,
+}
+
+impl Default for AuditFilter {
+    fn default() -> Self {
+        AuditFilter {
+            user: None,
+            since: None,
+            success: None,
+            limit: 100,
+        }
+    }
+}
+
+/// A store operation failed. Messages name the user, app password or file
+/// concerned so an operator can act on them.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store {url}: {reason}")]
+    Unsupported { url: String, reason: &'static str },
+    #[error("cannot open store {url}: {source}")]
+    Open {
+        url: String,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("cannot create the directory {dir} for store {url}: {source}")]
+    CreateDir {
+        url: String,
+        dir: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("store migration {version:04} ({name}) failed: {source}")]
+    Migration {
+        version: i64,
+        name: &'static str,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error(
+        "the store is at schema version {found}, newer than this fedgate knows ({known}): \
+         upgrade fedgate"
+    )]
+    SchemaTooNew { found: i64, known: i64 },
+    #[error("store: cannot {action}: {source}")]
+    Database {
+        action: &'static str,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("store holds an invalid value: {0}")]
+    Corrupt(String),
+    #[error("no user {upn}")]
+    UnknownUser { upn: Upn },
+    #[error("no user with id {id}")]
+    UnknownUserId { id: UserId },
+    #[error("user {upn} is deleted")]
+    UserDeleted { upn: Upn },
+    #[error("user {upn} already exists")]
+    UserExists { upn: Upn },
+    #[error(
+        "user {upn} is a cloud-only user in fedgate; the directory has a user of the same \
+         UPN. Delete one of them"
+    )]
+    SourceConflict { upn: Upn },
+    #[error(
+        "user {upn} comes from the directory: their password is checked by the directory, \
+         not by fedgate"
+    )]
+    NotCloudUser { upn: Upn },
+    #[error(
+        "user {upn} already has {MAX_APP_PASSWORDS_PER_USER} app passwords, the most allowed: \
+         delete one first (fedgate app-password delete {upn} NAME)"
+    )]
+    TooManyAppPasswords { upn: Upn },
+    #[error("user {upn} already has an app password named {name:?}: choose another name")]
+    DuplicateAppPasswordName { upn: Upn, name: String },
+    #[error("user {upn} has no app password named {name:?}")]
+    UnknownAppPassword { upn: Upn, name: String },
+    #[error("the generated app password collides with an existing one: generate another")]
+    TagCollision,
+    #[error(
+        "no change applied: {} line(s) refused: {}",
+        errors.len(),
+        errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+    )]
+    BulkRejected { errors: Vec<LineError> },
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,1046 @@
+//! The embedded [`Store`] backend: one SQLite file shared by the server and
+//! the CLI (WAL journal, `synchronous = FULL`, 5 s busy timeout), with
+//! versioned migrations embedded in the binary.
+//!
+//! Every write runs in a `BEGIN IMMEDIATE` transaction: it takes the write
+//! lock up front, so two processes never both read and then fail to upgrade
+//! to a write (SQLite answers that with SQLITE_BUSY at once, past the busy
+//! timeout). It also makes the change feed safe to poll: writers hold the
+//! lock from their first read to their commit, so change sequence numbers
+//! become visible in order and a poller that has seen `seq` never later
+//! finds a smaller one.
+
+use std::fmt;
+use std::path::Path;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+use sqlx::{QueryBuilder, Row, Sqlite, Transaction};
+
+use super::{
+    AuditFilter, BulkApplied, Change, ChangeKind, LastUsed, LineError, NewAppPassword, StateLine, Store, StoreError,
+    StoreFuture, UpsertOutcome, Upserted,
+};
+use crate::app_password::MAX_APP_PASSWORDS_PER_USER;
+use crate::model::{
+    audit_text, AppPassword, AppPasswordId, AppPasswordSecretRecord, AuditRecord, Clock, CredentialKind, MfaState,
+    Reason, Settings, Upn, User, UserId, UserSource, MAX_APP_PASSWORD_NAME_CHARS, MAX_AUDIT_IP_CHARS,
+    MAX_AUDIT_UPN_CHARS, MAX_AUDIT_USER_AGENT_CHARS,
+};
+
+/// A schema migration, applied once, in its own transaction.
+struct Migration {
+    version: i64,
+    name: &'static str,
+    sql: &'static str,
+}
+
+/// In version order; a new migration is a new file and a new line here,
+/// never an edit to an applied one.
+const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "init",
+    sql: include_str!("migrations/0001_init.sql"),
+}];
+
+/// The most changes one [`Store::changes_since`] call returns.
+const CHANGES_PAGE: i64 = 10_000;
+
+/// Several processes share the file; a writer waits this long for another
+/// to finish before giving up.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+const USER_COLUMNS: &str = "id, upn, source, enabled, deleted, mfa_state, registered_at, created_at, password_hash";
+const APP_PASSWORD_COLUMNS: &str = "id, user_id, name, created_at, last_used_at, last_ip, last_user_agent";
+const SECRET_COLUMNS: &str = "id, user_id, name, tag, hash";
+const AUDIT_COLUMNS: &str = "at, upn_given, user_id, route, credential, app_password_name, \
+                             client_ip, user_agent, success, reason";
+
+/// The SQLite store; share it as `Arc<dyn Store>` (see [`super::open`]).
+pub struct SqliteStore {
+    pool: SqlitePool,
+    clock: Arc<dyn Clock>,
+    url: String,
+}
+
+impl fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("url", &self.url)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating if missing, with its directory) the database at
+    /// `url` (`sqlite://PATH` or `sqlite::memory:`) and brings its schema
+    /// up to date.
+    pub async fn open(url: &str, clock: Arc<dyn Clock>) -> Result<SqliteStore, StoreError> {
+        let open_err = |source| StoreError::Open {
+            url: url.to_owned(),
+            source,
+        };
+        let options = SqliteConnectOptions::from_str(url)
+            .map_err(open_err)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(BUSY_TIMEOUT);
+
+        let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+        if !in_memory {
+            create_parent_dir(url, options.get_filename())?;
+        }
+        // An in-memory database lives as long as one connection to it: keep
+        // exactly one, forever.
+        let pool_options = if in_memory {
+            SqlitePoolOptions::new()
+                .max_connections(1)
+                .min_connections(1)
+                .idle_timeout(None)
+                .max_lifetime(None)
+        } else {
+            SqlitePoolOptions::new().max_connections(8)
+        };
+        let pool = pool_options.connect_with(options).await.map_err(open_err)?;
+        migrate(&pool, clock.now_ms()).await?;
+        Ok(SqliteStore {
+            pool,
+            clock,
+            url: url.to_owned(),
+        })
+    }
+
+    /// The schema version the database is at.
+    pub async fn schema_version(&self) -> Result<i64, StoreError> {
+        current_version(&self.pool).await
+    }
+
+    async fn write_tx(&self) -> Result<Transaction<'static, Sqlite>, StoreError> {
+        self.pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(db("begin a write transaction"))
+    }
+}
+
+fn create_parent_dir(url: &str, file: &Path) -> Result<(), StoreError> {
+    match file.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => {
+            std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
+                url: url.to_owned(),
+                dir: dir.display().to_string(),
+                source,
+            })
+        }
+        _ => Ok(()),
+    }
+}
+
+async fn current_version(pool: &SqlitePool) -> Result<i64, StoreError> {
+    sqlx::query_scalar("SELECT COALESCE(MAX(version), 0) FROM schema_version")
+        .fetch_one(pool)
+        .await
+        .map_err(db("read the schema version"))
+}
+
+async fn migrate(pool: &SqlitePool, now: i64) -> Result<(), StoreError> {
+    sqlx::query(
+        "CREATE TABLE IF NOT EXISTS schema_version (
+             version    INTEGER PRIMARY KEY,
+             name       TEXT    NOT NULL,
+             applied_at INTEGER NOT NULL
+         )",
+    )
+    .execute(pool)
+    .await
+    .map_err(db("create the schema_version table"))?;
+
+    let known = MIGRATIONS.last().map_or(0, |m| m.version);
+    let found = current_version(pool).await?;
+    if found > known {
+        return Err(StoreError::SchemaTooNew { found, known });
+    }
+    for migration in MIGRATIONS.iter().filter(|m| m.version > found) {
+        let failed = |source| StoreError::Migration {
+            version: migration.version,
+            name: migration.name,
+            source,
+        };
+        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.map_err(failed)?;
+        // Another process may have applied it since we looked.
+        let applied: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM schema_version WHERE version = ?")
+            .bind(migration.version)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(failed)?;
+        if applied > 0 {
+            continue;
+        }
+        sqlx::raw_sql(migration.sql).execute(&mut *tx).await.map_err(failed)?;
+        sqlx::query(
+            "INSERT INTO schema_version (version, name, applied_at)
+             VALUES (?, ?, ?)",
+        )
+        .bind(migration.version)
+        .bind(migration.name)
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(failed)?;
+        tx.commit().await.map_err(failed)?;
+        tracing::info!(
+            version = migration.version,
+            name = migration.name,
+            "store schema migrated"
+        );
+    }
+    Ok(())
+}
+
+/// Maps a database error to [`StoreError::Database`] saying what was being
+/// done.
+fn db(action: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
+    move |source| StoreError::Database { action, source }
+}
+
+fn corrupt(what: impl fmt::Display) -> StoreError {
+    StoreError::Corrupt(what.to_string())
+}
+
+fn user_from_row(row: &SqliteRow) -> Result<User, StoreError> {
+    let read = || db("read a user");
+    let upn: String = row.try_get("upn").map_err(read())?;
+    let source: String = row.try_get("source").map_err(read())?;
+    let mfa_state: String = row.try_get("mfa_state").map_err(read())?;
+    let invalid = |e: crate::model::ModelError| corrupt(format!("user {upn:?}: {e}"));
+    Ok(User {
+        id: UserId(row.try_get("id").map_err(read())?),
+        upn: Upn::parse(&upn).map_err(invalid)?,
+        source: source.parse::<UserSource>().map_err(invalid)?,
+        enabled: row.try_get("enabled").map_err(read())?,
+        deleted: row.try_get("deleted").map_err(read())?,
+        mfa_state: mfa_state.parse::<MfaState>().map_err(invalid)?,
+        registered_at: row.try_get("registered_at").map_err(read())?,
+        created_at: row.try_get("created_at").map_err(read())?,
+        password_hash: row.try_get("password_hash").map_err(read())?,
+    })
+}
+
+fn app_password_from_row(row: &SqliteRow) -> Result<AppPassword, StoreError> {
+    let read = || db("read an app password");
+    Ok(AppPassword {
+        id: AppPasswordId(row.try_get("id").map_err(read())?),
+        user_id: UserId(row.try_get("user_id").map_err(read())?),
+        name: row.try_get("name").map_err(read())?,
+        created_at: row.try_get("created_at").map_err(read())?,
+        last_used_at: row.try_get("last_used_at").map_err(read())?,
+        last_ip: row.try_get("last_ip").map_err(read())?,
+        last_user_agent: row.try_get("last_user_agent").map_err(read())?,
+    })
+}
+
+fn secret_from_row(row: &SqliteRow) -> Result<AppPasswordSecretRecord, StoreError> {
+    let read = || db("read an app password's tag and hash");
+    let id = AppPasswordId(row.try_get("id").map_err(read())?);
+    let tag: Vec<u8> = row.try_get("tag").map_err(read())?;
+    Ok(AppPasswordSecretRecord {
+        id,
+        user_id: UserId(row.try_get("user_id").map_err(read())?),
+        name: row.try_get("name").map_err(read())?,
+        tag: tag
+            .try_into()
+            .map_err(|_| corrupt(format!("app password {id} has a tag that is not 32 bytes")))?,
+        hash: row.try_get("hash").map_err(read())?,
+    })
+}
+
+fn change_from_row(row: &SqliteRow) -> Result<Change, StoreError> {
+    let read = || db("read the change feed");
+    let kind: String = row.try_get("kind").map_err(read())?;
+    let user_id: Option<i64> = row.try_get("user_id").map_err(read())?;
+    Ok(Change {
+        seq: row.try_get("seq").map_err(read())?,
+        at: row.try_get("at").map_err(read())?,
+        kind: ChangeKind::parse(&kind),
+        user_id: user_id.map(UserId),
+    })
+}
+
+fn audit_from_row(row: &SqliteRow) -> Result<AuditRecord, StoreError> {
+    let read = || db("read the audit log");
+    let credential: String = row.try_get("credential").map_err(read())?;
+    let reason: String = row.try_get("reason").map_err(read())?;
+    let user_id: Option<i64> = row.try_get("user_id").map_err(read())?;
+    Ok(AuditRecord {
+        at: row.try_get("at").map_err(read())?,
+        upn_given: row.try_get("upn_given").map_err(read())?,
+        user_id: user_id.map(UserId),
+        route: row.try_get("route").map_err(read())?,
+        credential: credential
+            .parse::<CredentialKind>()
+            .map_err(|e| corrupt(format!("audit record: {e}")))?,
+        app_password_name: row.try_get("app_password_name").map_err(read())?,
+        client_ip: row.try_get("client_ip").map_err(read())?,
+        user_agent: row.try_get("user_agent").map_err(read())?,
+        success: row.try_get("success").map_err(read())?,
+        reason: reason
+            .parse::<Reason>()
+            .map_err(|e| corrupt(format!("audit record: {e}")))?,
+    })
+}
+
+async fn user_by_upn(conn: &mut SqliteConnection, upn: &Upn) -> Result<Option<User>, StoreError> {
+    let row = sqlx::query(&format!("SELECT {USER_COLUMNS} FROM users WHERE upn = ?"))
+        .bind(upn.as_str())
+        .fetch_optional(conn)
+        .await
+        .map_err(db("look up a user"))?;
+    row.as_ref().map(user_from_row).transpose()
+}
+
+async fn user_by_id(conn: &mut SqliteConnection, id: UserId) -> Result<Option<User>, StoreError> {
+    let row = sqlx::query(&format!("SELECT {USER_COLUMNS} FROM users WHERE id = ?"))
+        .bind(id.0)
+        .fetch_optional(conn)
+        .await
+        .map_err(db("look up a user"))?;
+    row.as_ref().map(user_from_row).transpose()
+}
+
+/// The user named `upn`, which must exist and not be deleted.
+async fn live_user(conn: &mut SqliteConnection, upn: &Upn) -> Result<User, StoreError> {
+    match user_by_upn(conn, upn).await? {
+        None => Err(StoreError::UnknownUser { upn: upn.clone() }),
+        Some(user) if user.deleted => Err(StoreError::UserDeleted { upn: upn.clone() }),
+        Some(user) => Ok(user),
+    }
+}
+
+/// The user with `id`, which must exist and not be deleted.
+async fn live_user_by_id(conn: &mut SqliteConnection, id: UserId) -> Result<User, StoreError> {
+    match user_by_id(conn, id).await? {
+        None => Err(StoreError::UnknownUserId { id }),
+        Some(user) if user.deleted => Err(StoreError::UserDeleted { upn: user.upn }),
+        Some(user) => Ok(user),
+    }
+}
+
+/// Re-reads a user inside the transaction that just changed it.
+async fn reread(conn: &mut SqliteConnection, id: UserId) -> Result<User, StoreError> {
+    user_by_id(conn, id)
+        .await?
+        .ok_or_else(|| corrupt(format!("user {id} vanished inside its own transaction")))
+}
+
+async fn record_change(
+    conn: &mut SqliteConnection,
+    at: i64,
+    kind: ChangeKind,
+    user: Option<UserId>,
+) -> Result<(), StoreError> {
+    sqlx::query("INSERT INTO changes (at, kind, user_id) VALUES (?, ?, ?)")
+        .bind(at)
+        .bind(kind.as_str())
+        .bind(user.map(|id| id.0))
+        .execute(conn)
+        .await
+        .map_err(db("record a change"))?;
+    Ok(())
+}
+
+async fn commit(tx: Transaction<'static, Sqlite>) -> Result<(), StoreError> {
+    tx.commit().await.map_err(db("commit"))
+}
+
+impl Store for SqliteStore {
+    fn create_cloud_user<'a>(
+        &'a self,
+        upn: &'a Upn,
+        state: MfaState,
+        password_hash: Option<&'a str>,
+    ) -> StoreFuture<'a, User> {
+        Box::pin(async move {
+            let now = self.clock.now_ms();
+            let mut tx = self.write_tx().await?;
+            let id = match user_by_upn(&mut tx, upn).await? {
+                Some(user) if !user.deleted => return Err(StoreError::UserExists { upn: upn.clone() }),
+                Some(user) => {
+                    sqlx::query(
+                        "UPDATE users SET source = 'cloud', enabled = 1, deleted = 0,
+                             mfa_state = ?, registered_at = NULL, created_at = ?,
+                             updated_at = ?, password_hash = ?
+                         WHERE id = ?",
+                    )
+                    .bind(state.as_str())
+                    .bind(now)
+                    .bind(now)
+                    .bind(password_hash)
+                    .bind(user.id.0)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db("bring back a deleted user"))?;
+                    // Deleting a user deleted these already; a row written by
+                    // an older version must not bring devices back either.
+                    sqlx::query("DELETE FROM app_passwords WHERE user_id = ?")
+                        .bind(user.id.0)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(db("delete a returning user's old app passwords"))?;
+                    user.id
+                }
+                None => {
+                    let done = sqlx::query(
+                        "INSERT INTO users (upn, source, mfa_state, created_at, updated_at,
+                             password_hash)
+                         VALUES (?, 'cloud', ?, ?, ?, ?)",
+                    )
+                    .bind(upn.as_str())
+                    .bind(state.as_str())
+                    .bind(now)
+                    .bind(now)
+                    .bind(password_hash)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db("create a user"))?;
+                    UserId(done.last_insert_rowid())
+                }
+            };
+            record_change(&mut tx, now, ChangeKind::UserCreated, Some(id)).await?;
+            let user = reread(&mut tx, id).await?;
+            commit(tx).await?;
+            Ok(user)
+        })
+    }
+
+    fn upsert_federated_user<'a>(&'a self, upn: &'a Upn, enabled: bool) -> StoreFuture<'a, Upserted> {
+        Box::pin(async move {
+            let now = self.clock.now_ms();
+            let mut tx = self.write_tx().await?;
+            let (id, outcome, kind) = match user_by_upn(&mut tx, upn).await? {
+                None => {
+                    let done = sqlx::query(
+                        "INSERT INTO users (upn, source, enabled, created_at, updated_at)
+                         VALUES (?, 'federated', ?, ?, ?)",
+                    )
+                    .bind(upn.as_str())
+                    .bind(enabled)
+                    .bind(now)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db("create a user"))?;
+                    let id = UserId(done.last_insert_rowid());
+                    (id, UpsertOutcome::Created, Some(ChangeKind::UserCreated))
+                }
+                Some(user) if user.source == UserSource::Cloud && !user.deleted => {
+                    return Err(StoreError::SourceConflict { upn: upn.clone() });
+                }
+                Some(user) if user.deleted => {
+                    // The MFA state is kept: a returning user who had to use
+                    // app passwords still has to.
+                    sqlx::query(
+                        "UPDATE users SET source = 'federated', enabled = ?, deleted = 0,
+                             registered_at = NULL, password_hash = NULL, updated_at = ?
+                         WHERE id = ?",
+                    )
+                    .bind(enabled)
+                    .bind(now)
+                    .bind(user.id.0)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db("bring back a deleted user"))?;
+                    (user.id, UpsertOutcome::Updated, Some(ChangeKind::UserUpdated))
+                }
+                Some(user) if user.enabled != enabled => {
+                    sqlx::query("UPDATE users SET enabled = ?, updated_at = ? WHERE id = ?")
+                        .bind(enabled)
+                        .bind(now)
+                        .bind(user.id.0)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(db("update a user"))?;
+                    let kind = if enabled {
+                        ChangeKind::UserEnabled
+                    } else {
+                        ChangeKind::UserDisabled
+                    };
+                    (user.id, UpsertOutcome::Updated, Some(kind))
+                }
+                Some(user) => (user.id, UpsertOutcome::Unchanged, None),
+            };
+            if let Some(kind) = kind {
+                record_change(&mut tx, now, kind, Some(id)).await?;
+            }
+            let user = reread(&mut tx, id).await?;
+            commit(tx).await?;
+            Ok(Upserted { user, outcome })
+        })
+    }
+
+    fn get_user_by_upn<'a>(&'a self, upn: &'a Upn) -> StoreFuture<'a, Option<User>> {
+        Box::pin(async move {
+            let mut conn = self.pool.acquire().await.map_err(db("connect"))?;
+            user_by_upn(&mut conn, upn).await
+        })
+    }
+
+    fn get_user(&self, id: UserId) -> StoreFuture<'_, Option<User>> {
+        Box::pin(async move {
+            let mut conn = self.pool.acquire().await.map_err(db("connect"))?;
+            user_by_id(&mut conn, id).await
+        })
+    }
+
+    fn list_users(&self, state: Option<MfaState>) -> StoreFuture<'_, Vec<User>> {
+        Box::pin(async move {
+            let mut query = QueryBuilder::<Sqlite>::new(format!("SELECT {USER_COLUMNS} FROM users WHERE deleted = 0"));
+            if let Some(state) = state {
+                query.push(" AND mfa_state = ").push_bind(state.as_str());
+            }
+            query.push(" ORDER BY upn");
+            let rows = query.build().fetch_all(&self.pool).await.map_err(db("list users"))?;
+            rows.iter().map(user_from_row).collect()
+        })
+    }
+
+    fn load_all_users(&self) -> StoreFuture<'_, Vec<User>> {
+        Box::pin(async move {
+            let rows = sqlx::query(&format!("SELECT {USER_COLUMNS} FROM users ORDER BY id"))
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db("load all users"))?;
+            rows.iter().map(user_from_row).collect()
+        })
+    }
+
+    fn set_mfa_state<'a>(&'a self, upn: &'a Upn, state: MfaState) -> StoreFuture<'a, User> {
+        Box::pin(async move {
+            let now = self.clock.now_ms();
+            let mut tx = self.write_tx().await?;
+            let user = live_user(&mut tx, upn).await?;
+            if user.mfa_state == state {
+                return Ok(user);
+            }
+            update_mfa_state(&mut tx, user.id, state, now).await?;
+            let user = reread(&mut tx, user.id).await?;
+            commit(tx).await?;
+            Ok(user)
+        })
+    }
+
+    fn set_mfa_states<'a>(&'a self, lines: &'a [StateLine]) -> StoreFuture<'a, BulkApplied> {
+        Box::pin(async move {
+            let now = self.clock.now_ms();
+            // The write lock is held from validation to commit, so no user
+            // can be deleted between being found and being changed.
+            let mut tx = self.write_tx().await?;
+            let mut errors = Vec::new();
+            let mut accepted: Vec<(User, MfaState)> = Vec::with_capacity(lines.len());
+            let mut seen: std::collections::HashMap<Upn, usize> = Default::default();
+            for line in lines {
+                let mut reasons = Vec::new();
+                let state = line
+                    .state
+                    .parse::<MfaState>()
+                    .map_err(|e| reasons.push(e.to_string()))
+                    .ok();
+                let user = match Upn::parse(&line.upn) {
+                    Err(e) => {
+                        reasons.push(e.to_string());
+                        None
+                    }
+                    Ok(upn) => match seen.insert(upn.clone(), line.line) {
+                        Some(first) => {
+                            reasons.push(format!("user {upn} is already listed on line {first}"));
+                            None
+                        }
+                        None => match user_by_upn(&mut tx, &upn).await? {
+                            None => {
+                                reasons.push(format!("no user {upn}"));
+                                None
+                            }
+                            Some(user) if user.deleted => {
+                                reasons.push(format!("user {upn} is deleted"));
+                                None
+                            }
+                            Some(user) => Some(user),
+                        },
+                    },
+                };
+                match (user, state) {
+                    (Some(user), Some(state)) if reasons.is_empty() => {
+                        accepted.push((user, state));
+                    }
+                    _ => errors.push(LineError {
+                        line: line.line,
+                        upn: audit_text(&line.upn, MAX_AUDIT_UPN_CHARS),
+                        reason: reasons.join("; "),
+                    }),
+                }
+            }
+            if !errors.is_empty() {
+                // Dropping the transaction rolls it back; nothing was written.
+                return Err(StoreError::BulkRejected { errors });
+            }
+            let mut applied = BulkApplied {
+                changed: 0,
+                unchanged: 0,
+            };
+            for (user, state) in accepted {
+                if user.mfa_state == state {
+                    applied.unchanged += 1;
+                } else {
+                    update_mfa_state(&mut tx, user.id, state, now).await?;
+                    applied.changed += 1;
+                }
+            }
+            commit(tx).await?;
+            Ok(applied)
+        })
+    }
+
+    fn set_enabled<'a>(&'a self, upn: &'a Upn, enabled: bool) -> StoreFuture<'a, User> {
+        Box::pin(async move {
+            let now = self.clock.now_ms();
+            let mut tx = self.write_tx().await?;
+            let user = live_user(&mut tx, upn).await?;
+            if user.enabled == enabled {
+                return Ok(user);
+            }
+            sqlx::query("UPDATE users SET enabled = ?, updated_at = ? WHERE id = ?")
+                .bind(enabled)
+                .bind(now)
+                .bind(user.id.0)
+                .execute(&mut *tx)
+                .await
+                .map_err(db("enable or disable a user"))?;
+            let kind = if enabled {
+                ChangeKind::UserEnabled
+            } else {
+                ChangeKind::UserDisabled
+            };
+            record_change(&mut tx, now, kind, Some(user.id)).await?;
+            let user = reread(&mut tx, user.id).await?;
+            commit(tx).await?;
+            Ok(user)
+        })
+    }
+
+    fn set_password_hash<'a>(&'a self, upn: &'a Upn, password_hash: Option<&'a str>) -> StoreFuture<'a, User> {
+        Box::pin(async move {
+            let now = self.clock.now_ms();
+            let mut tx = self.write_tx().await?;
+            let user = live_user(&mut tx, upn).await?;
+            if user.source != UserSource::Cloud {
+                return Err(StoreError::NotCloudUser { upn: upn.clone() });
+            }
+            sqlx::query("UPDATE users SET password_hash = ?, updated_at = ? WHERE id = ?")
+                .bind(password_hash)
+                .bind(now)
+                .bind(user.id.0)
+                .execute(&mut *tx)
+                .await
+                .map_err(db("set a user's password"))?;
+            record_change(&mut tx, now, ChangeKind::PasswordChanged, Some(user.id)).await?;
+            let user = reread(&mut tx, user.id).await?;
+            commit(tx).await?;
+            Ok(user)
+        })
+    }
+
+    fn mark_deleted<'a>(&'a self, upn: &'a Upn) -> StoreFuture<'a, User> {
+        Box::pin(async move {
+            let now = self.clock.now_ms();
+            let mut tx = self.write_tx().await?;
+            let user = match user_by_upn(&mut tx, upn).await? {
+                None => return Err(StoreError::UnknownUser { upn: upn.clone() }),
+                // Sync may report a deletion more than once.
+                Some(user) if user.deleted => return Ok(user),
+                Some(user) => user,
+            };
+            sqlx::query(
+                "UPDATE users SET deleted = 1, password_hash = NULL, registered_at = NULL,
+                     updated_at = ?
+                 WHERE id = ?",
+            )
+            .bind(now)
+            .bind(user.id.0)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("delete a user"))?;
+            sqlx::query("DELETE FROM app_passwords WHERE user_id = ?")
+                .bind(user.id.0)
+                .execute(&mut *tx)
+                .await
+                .map_err(db("delete a deleted user's app passwords"))?;
+            record_change(&mut tx, now, ChangeKind::UserDeleted, Some(user.id)).await?;
+            let user = reread(&mut tx, user.id).await?;
+            commit(tx).await?;
+            Ok(user)
+        })
+    }
+
+    fn require_registration<'a>(&'a self, upn: &'a Upn) -> StoreFuture<'a, User> {
+        Box::pin(async move {
+            let now = self.clock.now_ms();
+            let mut tx = self.write_tx().await?;
+            let user = live_user(&mut tx, upn).await?;
+            sqlx::query("UPDATE users SET registered_at = NULL, updated_at = ? WHERE id = ?")
+                .bind(now)
+                .bind(user.id.0)
+                .execute(&mut *tx)
+                .await
+                .map_err(db("require registration"))?;
+            record_change(&mut tx, now, ChangeKind::RegistrationRequired, Some(user.id)).await?;
+            let user = reread(&mut tx, user.id).await?;
+            commit(tx).await?;
+            Ok(user)
+        })
+    }
+
+    fn set_registered_at<'a>(&'a self, upn: &'a Upn, at: i64) -> StoreFuture<'a, User> {
+        Box::pin(async move {
+            let now = self.clock.now_ms();
+            let mut tx = self.write_tx().await?;
+            let user = live_user(&mut tx, upn).await?;
+            sqlx::query("UPDATE users SET registered_at = ?, updated_at = ? WHERE id = ?")
+                .bind(at)
+                .bind(now)
+                .bind(user.id.0)
+                .execute(&mut *tx)
+                .await
+                .map_err(db("record a registration"))?;
+            record_change(&mut tx, now, ChangeKind::Registered, Some(user.id)).await?;
+            let user = reread(&mut tx, user.id).await?;
+            commit(tx).await?;
+            Ok(user)
+        })
+    }
+
+    fn create_app_password<'a>(&'a self, new: &'a NewAppPassword) -> StoreFuture<'a, AppPassword> {
+        Box::pin(async move {
+            let now = self.clock.now_ms();
+            let mut tx = self.write_tx().await?;
+            let user = live_user_by_id(&mut tx, new.user_id).await?;
+            let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM app_passwords WHERE user_id = ?")
+                .bind(user.id.0)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(db("count app passwords"))?;
+            if count >= MAX_APP_PASSWORDS_PER_USER as i64 {
+                return Err(StoreError::TooManyAppPasswords { upn: user.upn });
+            }
+            let taken: Option<String> =
+                sqlx::query_scalar("SELECT name FROM app_passwords WHERE user_id = ? AND name = ? COLLATE NOCASE")
+                    .bind(user.id.0)
+                    .bind(new.name.as_str())
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(db("look up an app password"))?;
+            if let Some(name) = taken {
+                return Err(StoreError::DuplicateAppPasswordName { upn: user.upn, name });
+            }
+            let inserted = sqlx::query(
+                "INSERT INTO app_passwords (user_id, name, tag, hash, created_at)
+                 VALUES (?, ?, ?, ?, ?)",
+            )
+            .bind(user.id.0)
+            .bind(new.name.as_str())
+            .bind(&new.tag[..])
+            .bind(&new.hash)
+            .bind(now)
+            .execute(&mut *tx)
+            .await;
+            let id = match inserted {
+                Ok(done) => AppPasswordId(done.last_insert_rowid()),
+                // The name was checked above under the write lock, so the
+                // only unique key left to collide is the tag.
+                Err(sqlx::Error::Database(e)) if e.is_unique_violation() => return Err(StoreError::TagCollision),
+                Err(e) => return Err(db("create an app password")(e)),
+            };
+            record_change(&mut tx, now, ChangeKind::AppPasswordCreated, Some(user.id)).await?;
+            let row = sqlx::query(&format!(
+                "SELECT {APP_PASSWORD_COLUMNS} FROM app_passwords WHERE id = ?"
+            ))
+            .bind(id.0)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(db("read back an app password"))?;
+            let created = app_password_from_row(&row)?;
+            commit(tx).await?;
+            Ok(created)
+        })
+    }
+
+    fn list_app_passwords(&self, user: UserId) -> StoreFuture<'_, Vec<AppPassword>> {
+        Box::pin(async move {
+            let rows = sqlx::query(&format!(
+                "SELECT {APP_PASSWORD_COLUMNS} FROM app_passwords WHERE user_id = ?
+                 ORDER BY created_at, id"
+            ))
+            .bind(user.0)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db("list app passwords"))?;
+            rows.iter().map(app_password_from_row).collect()
+        })
+    }
+
+    fn delete_app_password<'a>(&'a self, user: UserId, name: &'a str) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            let now = self.clock.now_ms();
+            let mut tx = self.write_tx().await?;
+            let owner = user_by_id(&mut tx, user)
+                .await?
+                .ok_or(StoreError::UnknownUserId { id: user })?;
+            let done = sqlx::query("DELETE FROM app_passwords WHERE user_id = ? AND name = ? COLLATE NOCASE")
+                .bind(user.0)
+                .bind(name.trim())
+                .execute(&mut *tx)
+                .await
+                .map_err(db("delete an app password"))?;
+            if done.rows_affected() == 0 {
+                return Err(StoreError::UnknownAppPassword {
+                    upn: owner.upn,
+                    name: audit_text(name.trim(), MAX_APP_PASSWORD_NAME_CHARS),
+                });
+            }
+            record_change(&mut tx, now, ChangeKind::AppPasswordDeleted, Some(user)).await?;
+            commit(tx).await
+        })
+    }
+
+    fn revoke_app_passwords(&self, user: UserId) -> StoreFuture<'_, u64> {
+        Box::pin(async move {
+            let now = self.clock.now_ms();
+            let mut tx = self.write_tx().await?;
+            if user_by_id(&mut tx, user).await?.is_none() {
+                return Err(StoreError::UnknownUserId { id: user });
+            }
+            let revoked = sqlx::query("DELETE FROM app_passwords WHERE user_id = ?")
+                .bind(user.0)
+                .execute(&mut *tx)
+                .await
+                .map_err(db("revoke app passwords"))?
+                .rows_affected();
+            if revoked > 0 {
+                record_change(&mut tx, now, ChangeKind::AppPasswordsRevoked, Some(user)).await?;
+            }
+            commit(tx).await?;
+            Ok(revoked)
+        })
+    }
+
+    fn load_all_secrets(&self) -> StoreFuture<'_, Vec<AppPasswordSecretRecord>> {
+        Box::pin(async move {
+            let rows = sqlx::query(&format!("SELECT {SECRET_COLUMNS} FROM app_passwords ORDER BY id"))
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db("load app-password tags"))?;
+            rows.iter().map(secret_from_row).collect()
+        })
+    }
+
+    fn load_user_secrets(&self, user: UserId) -> StoreFuture<'_, Vec<AppPasswordSecretRecord>> {
+        Box::pin(async move {
+            let rows = sqlx::query(&format!(
+                "SELECT {SECRET_COLUMNS} FROM app_passwords WHERE user_id = ? ORDER BY id"
+            ))
+            .bind(user.0)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db("load a user's app-password tags"))?;
+            rows.iter().map(secret_from_row).collect()
+        })
+    }
+
+    fn record_last_used<'a>(&'a self, uses: &'a [LastUsed]) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            if uses.is_empty() {
+                return Ok(());
+            }
+            let mut tx = self.write_tx().await?;
+            for used in uses {
+                sqlx::query(
+                    "UPDATE app_passwords
+                     SET last_used_at = ?, last_ip = ?, last_user_agent = ?
+                     WHERE id = ? AND (last_used_at IS NULL OR last_used_at < ?)",
+                )
+                .bind(used.at)
+                .bind(audit_text(&used.ip, MAX_AUDIT_IP_CHARS))
+                .bind(audit_text(&used.user_agent, MAX_AUDIT_USER_AGENT_CHARS))
+                .bind(used.id.0)
+                .bind(used.at)
+                .execute(&mut *tx)
+                .await
+                .map_err(db("record app-password use"))?;
+            }
+            commit(tx).await
+        })
+    }
+
+    fn get_settings(&self) -> StoreFuture<'_, Settings> {
+        Box::pin(async move {
+            let allow: bool = sqlx::query_scalar("SELECT allow_app_passwords FROM settings WHERE id = 1")
+                .fetch_one(&self.pool)
+                .await
+                .map_err(db("read settings"))?;
+            Ok(Settings {
+                allow_app_passwords: allow,
+            })
+        })
+    }
+
+    fn set_allow_app_passwords(&self, allow: bool) -> StoreFuture<'_, Settings> {
+        Box::pin(async move {
+            let now = self.clock.now_ms();
+            let mut tx = self.write_tx().await?;
+            let changed = sqlx::query(
+                "UPDATE settings SET allow_app_passwords = ? WHERE id = 1
+                     AND allow_app_passwords <> ?",
+            )
+            .bind(allow)
+            .bind(allow)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("change settings"))?
+            .rows_affected();
+            if changed > 0 {
+                record_change(&mut tx, now, ChangeKind::SettingsChanged, None).await?;
+            }
+            commit(tx).await?;
+            Ok(Settings {
+                allow_app_passwords: allow,
+            })
+        })
+    }
+
+    fn changes_since(&self, seq: i64) -> StoreFuture<'_, Vec<Change>> {
+        Box::pin(async move {
+            let rows = sqlx::query("SELECT seq, at, kind, user_id FROM changes WHERE seq > ? ORDER BY seq LIMIT ?")
+                .bind(seq)
+                .bind(CHANGES_PAGE)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db("read the change feed"))?;
+            rows.iter().map(change_from_row).collect()
+        })
+    }
+
+    fn latest_change_seq(&self) -> StoreFuture<'_, i64> {
+        Box::pin(async move {
+            sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM changes")
+                .fetch_one(&self.pool)
+                .await
+                .map_err(db("read the change feed"))
+        })
+    }
+
+    fn append_audit<'a>(&'a self, records: &'a [AuditRecord]) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            if records.is_empty() {
+                return Ok(());
+            }
+            let mut tx = self.write_tx().await?;
+            for record in records {
+                let record = record.clone().clamped();
+                sqlx::query(&format!(
+                    "INSERT INTO audit ({AUDIT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                ))
+                .bind(record.at)
+                .bind(&record.upn_given)
+                .bind(record.user_id.map(|id| id.0))
+                .bind(&record.route)
+                .bind(record.credential.as_str())
+                .bind(&record.app_password_name)
+                .bind(&record.client_ip)
+                .bind(&record.user_agent)
+                .bind(record.success)
+                .bind(record.reason.as_str())
+                .execute(&mut *tx)
+                .await
+                .map_err(db("append to the audit log"))?;
+            }
+            commit(tx).await
+        })
+    }
+
+    fn query_audit<'a>(&'a self, filter: &'a AuditFilter) -> StoreFuture<'a, Vec<AuditRecord>> {
+        Box::pin(async move {
+            let mut query = QueryBuilder::<Sqlite>::new(format!("SELECT {AUDIT_COLUMNS} FROM audit WHERE 1"));
+            if let Some(upn) = &filter.user {
+                query
+                    .push(" AND (user_id = (SELECT id FROM users WHERE upn = ")
+                    .push_bind(upn.as_str())
+                    .push(") OR upn_given = ")
+                    .push_bind(upn.as_str())
+                    .push(" COLLATE NOCASE)");
+            }
+            if let Some(since) = filter.since {
+                query.push(" AND at >= ").push_bind(since);
+            }
+            if let Some(success) = filter.success {
+                query.push(" AND success = ").push_bind(success);
+            }
+            query
+                .push(" ORDER BY at DESC, id DESC LIMIT ")
+                .push_bind(i64::from(filter.limit));
+            let rows = query
+                .build()
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db("query the audit log"))?;
+            rows.iter().map(audit_from_row).collect()
+        })
+    }
+
+    fn ping(&self) -> StoreFuture<'_, ()> {
+        Box::pin(async move {
+            sqlx::query("SELECT 1")
+                .execute(&self.pool)
+                .await
+                .map_err(db("reach the database"))?;
+            Ok(())
+        })
+    }
+
+    fn close(&self) -> BoxFuture<'_, ()> {
+        Box::pin(self.pool.close())
+    }
+}
+
+async fn update_mfa_state(
+    conn: &mut SqliteConnection,
+    user: UserId,
+    state: MfaState,
+    now: i64,
+) -> Result<(), StoreError> {
+    sqlx::query("UPDATE users SET mfa_state = ?, updated_at = ? WHERE id = ?")
+        .bind(state.as_str())
+        .bind(now)
+        .bind(user.0)
+        .execute(&mut *conn)
+        .await
+        .map_err(db("change a user's MFA state"))?;
+    record_change(conn, now, ChangeKind::MfaStateChanged, Some(user)).await
+}
+
+#[cfg(test)]
+impl SqliteStore {
+    pub(super) fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+}
+
+#[cfg(test)]
+pub(super) fn migration_versions() -> Vec<(i64, &'static str)> {
+    MIGRATIONS.iter().map(|m| (m.version, m.name)).collect()
+}

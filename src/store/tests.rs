@@ -1,0 +1,816 @@
+use std::sync::Arc;
+
+use super::*;
+use crate::model::{CredentialKind, ManualClock, Reason, UserSource};
+
+const T0: i64 = 1_700_000_000_000;
+
+fn upn(s: &str) -> Upn {
+    Upn::parse(s).unwrap()
+}
+
+async fn memory_store() -> (Arc<dyn Store>, Arc<ManualClock>) {
+    let clock = Arc::new(ManualClock::new(T0));
+    let store = open("sqlite::memory:", clock.clone()).await.unwrap();
+    (store, clock)
+}
+
+fn new_app_password(user: UserId, name: &str, n: u32) -> NewAppPassword {
+    let mut tag = [0u8; 32];
+    tag[..4].copy_from_slice(&n.to_be_bytes());
+    tag[4..8].copy_from_slice(&(user.0 as u32).to_be_bytes());
+    NewAppPassword {
+        user_id: user,
+        name: AppPasswordName::parse(name).unwrap(),
+        tag,
+        hash: format!("$argon2id$fake-{n}"),
+    }
+}
+
+async fn kinds_since(store: &dyn Store, seq: i64) -> Vec<(ChangeKind, Option<UserId>)> {
+    store
+        .changes_since(seq)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| (c.kind, c.user_id))
+        .collect()
+}
+
+fn audit(at: i64, upn_given: &str, user: Option<UserId>, success: bool) -> AuditRecord {
+    AuditRecord {
+        at,
+        upn_given: upn_given.into(),
+        user_id: user,
+        route: "/Microsoft-Server-ActiveSync".into(),
+        credential: CredentialKind::Password,
+        app_password_name: None,
+        client_ip: "192.0.2.10".into(),
+        user_agent: "Apple-iPhone/2102".into(),
+        success,
+        reason: if success {
+            Reason::Password
+        } else {
+            Reason::BadCredentials
+        },
+    }
+}
+
+#[tokio::test]
+async fn cloud_users_are_created_and_found_case_insensitively() {
+    let (store, clock) = memory_store().await;
+    let alice = store
+        .create_cloud_user(&upn("Alice@Corp.Example.com"), MfaState::Enabled, Some("$h"))
+        .await
+        .unwrap();
+    assert_eq!(alice.upn.as_str(), "alice@corp.example.com");
+    assert_eq!(alice.source, UserSource::Cloud);
+    assert!(alice.enabled && !alice.deleted);
+    assert_eq!(alice.mfa_state, MfaState::Enabled);
+    assert_eq!(alice.created_at, T0);
+    assert_eq!(alice.registered_at, None);
+    assert_eq!(alice.password_hash.as_deref(), Some("$h"));
+
+    let found = store.get_user_by_upn(&upn("ALICE@corp.example.com")).await.unwrap();
+    assert_eq!(found.as_ref(), Some(&alice));
+    assert_eq!(store.get_user(alice.id).await.unwrap(), Some(alice.clone()));
+    assert_eq!(store.get_user(UserId(999)).await.unwrap(), None);
+    assert_eq!(store.get_user_by_upn(&upn("bob@corp.example.com")).await.unwrap(), None);
+
+    clock.advance(1);
+    let err = store
+        .create_cloud_user(&upn("alice@corp.example.com"), MfaState::Disabled, None)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::UserExists { .. }));
+    assert!(err.to_string().contains("alice@corp.example.com"));
+}
+
+#[tokio::test]
+async fn list_filters_by_state_and_hides_deleted_users() {
+    let (store, _) = memory_store().await;
+    for (name, state) in [
+        ("carol@x.example", MfaState::Enforced),
+        ("alice@x.example", MfaState::Disabled),
+        ("bob@x.example", MfaState::Enforced),
+        ("dave@x.example", MfaState::Enforced),
+    ] {
+        store.create_cloud_user(&upn(name), state, None).await.unwrap();
+    }
+    store.mark_deleted(&upn("dave@x.example")).await.unwrap();
+
+    let all: Vec<String> = store
+        .list_users(None)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|u| u.upn.to_string())
+        .collect();
+    assert_eq!(all, ["alice@x.example", "bob@x.example", "carol@x.example"]);
+    let enforced: Vec<String> = store
+        .list_users(Some(MfaState::Enforced))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|u| u.upn.to_string())
+        .collect();
+    assert_eq!(enforced, ["bob@x.example", "carol@x.example"]);
+
+    let everyone = store.load_all_users().await.unwrap();
+    assert_eq!(everyone.len(), 4);
+    assert!(everyone.iter().any(|u| u.deleted));
+}
+
+#[tokio::test]
+async fn federated_upsert_creates_updates_and_leaves_alone() {
+    let (store, _) = memory_store().await;
+    let bob = upn("bob@corp.example.com");
+    let seq = store.latest_change_seq().await.unwrap();
+
+    let created = store.upsert_federated_user(&bob, true).await.unwrap();
+    assert_eq!(created.outcome, UpsertOutcome::Created);
+    assert_eq!(created.user.source, UserSource::Federated);
+    assert_eq!(created.user.mfa_state, MfaState::Disabled);
+    let id = created.user.id;
+
+    let same = store.upsert_federated_user(&bob, true).await.unwrap();
+    assert_eq!(same.outcome, UpsertOutcome::Unchanged);
+
+    let disabled = store.upsert_federated_user(&bob, false).await.unwrap();
+    assert_eq!(disabled.outcome, UpsertOutcome::Updated);
+    assert!(!disabled.user.enabled);
+
+    // A no-op writes no change: sync runs every minute over every user.
+    assert_eq!(
+        kinds_since(store.as_ref(), seq).await,
+        [
+            (ChangeKind::UserCreated, Some(id)),
+            (ChangeKind::UserDisabled, Some(id)),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn federated_upsert_does_not_take_over_a_cloud_user() {
+    let (store, _) = memory_store().await;
+    let alice = upn("alice@corp.example.com");
+    store
+        .create_cloud_user(&alice, MfaState::Disabled, Some("$h"))
+        .await
+        .unwrap();
+    let err = store.upsert_federated_user(&alice, true).await.unwrap_err();
+    assert!(matches!(err, StoreError::SourceConflict { .. }));
+    assert!(err.to_string().contains("alice@corp.example.com"));
+}
+
+#[tokio::test]
+async fn deleted_users_lose_app_passwords_and_come_back_without_them() {
+    let (store, _) = memory_store().await;
+    let bob = upn("bob@corp.example.com");
+    let user = store.upsert_federated_user(&bob, true).await.unwrap().user;
+    store.set_mfa_state(&bob, MfaState::Enforced).await.unwrap();
+    store.set_registered_at(&bob, T0 - 5).await.unwrap();
+    store
+        .create_app_password(&new_app_password(user.id, "phone", 1))
+        .await
+        .unwrap();
+
+    let seq = store.latest_change_seq().await.unwrap();
+    let deleted = store.mark_deleted(&bob).await.unwrap();
+    assert!(deleted.deleted);
+    assert_eq!(deleted.registered_at, None);
+    assert!(store.list_app_passwords(user.id).await.unwrap().is_empty());
+    assert!(store.load_all_secrets().await.unwrap().is_empty());
+    assert_eq!(
+        kinds_since(store.as_ref(), seq).await,
+        [(ChangeKind::UserDeleted, Some(user.id))]
+    );
+    // Sync may report the deletion again.
+    assert!(store.mark_deleted(&bob).await.unwrap().deleted);
+    assert_eq!(kinds_since(store.as_ref(), seq).await.len(), 1);
+
+    // Mutations on a deleted user say so.
+    for err in [
+        store.set_mfa_state(&bob, MfaState::Enabled).await.unwrap_err(),
+        store.set_enabled(&bob, false).await.unwrap_err(),
+        store.require_registration(&bob).await.unwrap_err(),
+        store
+            .create_app_password(&new_app_password(user.id, "laptop", 2))
+            .await
+            .unwrap_err(),
+    ] {
+        assert!(matches!(err, StoreError::UserDeleted { .. }), "{err}");
+    }
+
+    let back = store.upsert_federated_user(&bob, true).await.unwrap();
+    assert_eq!(back.outcome, UpsertOutcome::Updated);
+    assert_eq!(back.user.id, user.id);
+    assert!(!back.user.deleted);
+    assert_eq!(back.user.mfa_state, MfaState::Enforced);
+    assert!(store.list_app_passwords(user.id).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_deleted_upn_can_be_added_again_as_a_cloud_user() {
+    let (store, _) = memory_store().await;
+    let carol = upn("carol@corp.example.com");
+    let first = store
+        .create_cloud_user(&carol, MfaState::Enforced, Some("$old"))
+        .await
+        .unwrap();
+    store.mark_deleted(&carol).await.unwrap();
+    let again = store
+        .create_cloud_user(&carol, MfaState::Disabled, Some("$new"))
+        .await
+        .unwrap();
+    assert_eq!(again.id, first.id);
+    assert!(!again.deleted && again.enabled);
+    assert_eq!(again.mfa_state, MfaState::Disabled);
+    assert_eq!(again.password_hash.as_deref(), Some("$new"));
+}
+
+#[tokio::test]
+async fn unknown_users_are_named_in_errors() {
+    let (store, _) = memory_store().await;
+    let ghost = upn("ghost@corp.example.com");
+    for err in [
+        store.set_mfa_state(&ghost, MfaState::Enabled).await.unwrap_err(),
+        store.set_enabled(&ghost, true).await.unwrap_err(),
+        store.mark_deleted(&ghost).await.unwrap_err(),
+        store.require_registration(&ghost).await.unwrap_err(),
+        store.set_registered_at(&ghost, T0).await.unwrap_err(),
+        store.set_password_hash(&ghost, None).await.unwrap_err(),
+    ] {
+        assert!(matches!(err, StoreError::UnknownUser { .. }), "{err}");
+        assert_eq!(err.to_string(), "no user ghost@corp.example.com");
+    }
+    for err in [
+        store
+            .create_app_password(&new_app_password(UserId(42), "phone", 1))
+            .await
+            .unwrap_err(),
+        store.delete_app_password(UserId(42), "phone").await.unwrap_err(),
+        store.revoke_app_passwords(UserId(42)).await.unwrap_err(),
+    ] {
+        assert!(matches!(err, StoreError::UnknownUserId { .. }), "{err}");
+    }
+}
+
+#[tokio::test]
+async fn user_state_changes_write_the_change_feed() {
+    let (store, clock) = memory_store().await;
+    let alice = upn("alice@corp.example.com");
+    let id = store
+        .create_cloud_user(&alice, MfaState::Disabled, None)
+        .await
+        .unwrap()
+        .id;
+
+    clock.advance(10);
+    let user = store.set_mfa_state(&alice, MfaState::Enforced).await.unwrap();
+    assert_eq!(user.mfa_state, MfaState::Enforced);
+    // Setting the same state again writes nothing.
+    store.set_mfa_state(&alice, MfaState::Enforced).await.unwrap();
+
+    assert!(!store.set_enabled(&alice, false).await.unwrap().enabled);
+    store.set_enabled(&alice, false).await.unwrap();
+    assert!(store.set_enabled(&alice, true).await.unwrap().enabled);
+
+    let user = store.set_registered_at(&alice, T0 + 5).await.unwrap();
+    assert_eq!(user.registered_at, Some(T0 + 5));
+    let user = store.require_registration(&alice).await.unwrap();
+    assert_eq!(user.registered_at, None);
+    assert_eq!(user.mfa_state, MfaState::Enforced);
+
+    let user = store.set_password_hash(&alice, Some("$new")).await.unwrap();
+    assert_eq!(user.password_hash.as_deref(), Some("$new"));
+
+    let changes = store.changes_since(0).await.unwrap();
+    let kinds: Vec<_> = changes.iter().map(|c| (c.kind.clone(), c.user_id)).collect();
+    assert_eq!(
+        kinds,
+        [
+            (ChangeKind::UserCreated, Some(id)),
+            (ChangeKind::MfaStateChanged, Some(id)),
+            (ChangeKind::UserDisabled, Some(id)),
+            (ChangeKind::UserEnabled, Some(id)),
+            (ChangeKind::Registered, Some(id)),
+            (ChangeKind::RegistrationRequired, Some(id)),
+            (ChangeKind::PasswordChanged, Some(id)),
+        ]
+    );
+    assert_eq!(changes[0].at, T0);
+    assert_eq!(changes[1].at, T0 + 10);
+    assert!(changes.windows(2).all(|w| w[0].seq < w[1].seq));
+    assert_eq!(store.latest_change_seq().await.unwrap(), changes.last().unwrap().seq);
+    assert_eq!(
+        store.changes_since(changes[4].seq).await.unwrap(),
+        changes[5..].to_vec()
+    );
+}
+
+#[tokio::test]
+async fn federated_users_have_no_fedgate_password() {
+    let (store, _) = memory_store().await;
+    let bob = upn("bob@corp.example.com");
+    store.upsert_federated_user(&bob, true).await.unwrap();
+    let err = store.set_password_hash(&bob, Some("$h")).await.unwrap_err();
+    assert!(matches!(err, StoreError::NotCloudUser { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn bulk_state_change_applies_every_line() {
+    let (store, _) = memory_store().await;
+    for name in ["a@x.example", "b@x.example", "c@x.example"] {
+        store
+            .create_cloud_user(&upn(name), MfaState::Disabled, None)
+            .await
+            .unwrap();
+    }
+    let lines = StateLine::parse_csv(
+        "upn,state\n\
+         # rollout wave 1\n\
+         A@x.example, enforced\n\
+         \n\
+         b@x.example,Enabled\n\
+         c@x.example,disabled\n",
+    );
+    assert_eq!(lines.len(), 3);
+    assert_eq!(lines[0].line, 3);
+    let seq = store.latest_change_seq().await.unwrap();
+    let applied = store.set_mfa_states(&lines).await.unwrap();
+    assert_eq!(
+        applied,
+        BulkApplied {
+            changed: 2,
+            unchanged: 1
+        }
+    );
+    let a = store.get_user_by_upn(&upn("a@x.example")).await.unwrap().unwrap();
+    assert_eq!(a.mfa_state, MfaState::Enforced);
+    assert_eq!(kinds_since(store.as_ref(), seq).await.len(), 2);
+}
+
+#[tokio::test]
+async fn bulk_state_change_is_all_or_nothing_and_reports_every_bad_line() {
+    let (store, _) = memory_store().await;
+    for name in ["a@x.example", "b@x.example", "gone@x.example"] {
+        store
+            .create_cloud_user(&upn(name), MfaState::Disabled, None)
+            .await
+            .unwrap();
+    }
+    store.mark_deleted(&upn("gone@x.example")).await.unwrap();
+    let seq = store.latest_change_seq().await.unwrap();
+
+    let lines = StateLine::parse_csv(
+        "a@x.example,enforced\n\
+         nobody@x.example,enforced\n\
+         b@x.example,required\n\
+         not-a-upn,enabled\n\
+         A@X.example,enabled\n\
+         gone@x.example,enabled\n\
+         b@x.example\n",
+    );
+    let err = store.set_mfa_states(&lines).await.unwrap_err();
+    let StoreError::BulkRejected { errors } = &err else {
+        panic!("expected BulkRejected, got {err}");
+    };
+    let report: Vec<(usize, &str)> = errors.iter().map(|e| (e.line, e.reason.as_str())).collect();
+    assert_eq!(report.len(), 6, "{report:?}");
+    assert_eq!(report[0], (2, "no user nobody@x.example"));
+    assert_eq!(report[1].0, 3);
+    assert!(report[1].1.contains("\"required\""), "{}", report[1].1);
+    assert_eq!(report[2].0, 4);
+    assert!(report[2].1.contains("not-a-upn"), "{}", report[2].1);
+    assert_eq!(report[3], (5, "user a@x.example is already listed on line 1"));
+    assert_eq!(report[4], (6, "user gone@x.example is deleted"));
+    assert_eq!(report[5].0, 7);
+    assert!(report[5].1.contains("already listed on line 3"), "{}", report[5].1);
+    assert!(report[5].1.contains("MFA state \"\""), "{}", report[5].1);
+    assert!(err
+        .to_string()
+        .starts_with("no change applied: 6 line(s) refused: line 2: "));
+
+    // Line 1 was valid, but nothing was applied.
+    let a = store.get_user_by_upn(&upn("a@x.example")).await.unwrap().unwrap();
+    assert_eq!(a.mfa_state, MfaState::Disabled);
+    assert!(kinds_since(store.as_ref(), seq).await.is_empty());
+}
+
+#[tokio::test]
+async fn app_passwords_are_created_listed_and_deleted() {
+    let (store, clock) = memory_store().await;
+    let alice = upn("alice@corp.example.com");
+    let user = store.create_cloud_user(&alice, MfaState::Enforced, None).await.unwrap();
+    let seq = store.latest_change_seq().await.unwrap();
+
+    let phone = store
+        .create_app_password(&new_app_password(user.id, " Alice's iPhone ", 1))
+        .await
+        .unwrap();
+    assert_eq!(phone.name, "Alice's iPhone");
+    assert_eq!(phone.user_id, user.id);
+    assert_eq!(phone.created_at, T0);
+    assert_eq!(phone.last_used_at, None);
+    clock.advance(1);
+    store
+        .create_app_password(&new_app_password(user.id, "Thunderbird", 2))
+        .await
+        .unwrap();
+
+    let names: Vec<String> = store
+        .list_app_passwords(user.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| p.name)
+        .collect();
+    assert_eq!(names, ["Alice's iPhone", "Thunderbird"]);
+
+    let secrets = store.load_all_secrets().await.unwrap();
+    assert_eq!(secrets.len(), 2);
+    assert_eq!(secrets[0].id, phone.id);
+    assert_eq!(secrets[0].name, "Alice's iPhone");
+    assert_eq!(secrets[0].tag, new_app_password(user.id, "x", 1).tag);
+    assert_eq!(secrets[0].hash, "$argon2id$fake-1");
+    assert_eq!(store.load_user_secrets(user.id).await.unwrap(), secrets);
+    assert!(store.load_user_secrets(UserId(999)).await.unwrap().is_empty());
+
+    // Deletion by name ignores case and surrounding spaces.
+    store.delete_app_password(user.id, " alice's IPHONE").await.unwrap();
+    let err = store.delete_app_password(user.id, "Alice's iPhone").await.unwrap_err();
+    assert!(matches!(err, StoreError::UnknownAppPassword { .. }));
+    assert_eq!(
+        err.to_string(),
+        "user alice@corp.example.com has no app password named \"Alice's iPhone\""
+    );
+
+    assert_eq!(store.revoke_app_passwords(user.id).await.unwrap(), 1);
+    assert_eq!(store.revoke_app_passwords(user.id).await.unwrap(), 0);
+    assert!(store.list_app_passwords(user.id).await.unwrap().is_empty());
+
+    assert_eq!(
+        kinds_since(store.as_ref(), seq).await,
+        [
+            (ChangeKind::AppPasswordCreated, Some(user.id)),
+            (ChangeKind::AppPasswordCreated, Some(user.id)),
+            (ChangeKind::AppPasswordDeleted, Some(user.id)),
+            (ChangeKind::AppPasswordsRevoked, Some(user.id)),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn the_41st_app_password_is_refused() {
+    let (store, _) = memory_store().await;
+    let alice = upn("alice@corp.example.com");
+    let user = store.create_cloud_user(&alice, MfaState::Enforced, None).await.unwrap();
+    for n in 0..MAX_APP_PASSWORDS_PER_USER as u32 {
+        store
+            .create_app_password(&new_app_password(user.id, &format!("device {n}"), n))
+            .await
+            .unwrap();
+    }
+    let err = store
+        .create_app_password(&new_app_password(user.id, "one too many", 99))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::TooManyAppPasswords { .. }), "{err}");
+    let message = err.to_string();
+    assert!(message.contains("alice@corp.example.com"), "{message}");
+    assert!(message.contains("40"), "{message}");
+    assert!(message.contains("delete one first"), "{message}");
+    assert_eq!(store.list_app_passwords(user.id).await.unwrap().len(), 40);
+
+    // Another user is not affected by alice's count.
+    let bob = store
+        .create_cloud_user(&upn("bob@corp.example.com"), MfaState::Enforced, None)
+        .await
+        .unwrap();
+    store
+        .create_app_password(&new_app_password(bob.id, "device 0", 0))
+        .await
+        .unwrap();
+
+    // Deleting one makes room.
+    store.delete_app_password(user.id, "device 7").await.unwrap();
+    store
+        .create_app_password(&new_app_password(user.id, "one too many", 99))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn duplicate_names_and_tags_are_refused() {
+    let (store, _) = memory_store().await;
+    let user = store
+        .create_cloud_user(&upn("alice@corp.example.com"), MfaState::Enforced, None)
+        .await
+        .unwrap();
+    store
+        .create_app_password(&new_app_password(user.id, "iPhone", 1))
+        .await
+        .unwrap();
+    let err = store
+        .create_app_password(&new_app_password(user.id, "IPHONE", 2))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::DuplicateAppPasswordName { .. }), "{err}");
+    assert_eq!(
+        err.to_string(),
+        "user alice@corp.example.com already has an app password named \"iPhone\": \
+         choose another name"
+    );
+
+    let mut same_tag = new_app_password(user.id, "iPad", 1);
+    same_tag.tag = new_app_password(user.id, "x", 1).tag;
+    let err = store.create_app_password(&same_tag).await.unwrap_err();
+    assert!(matches!(err, StoreError::TagCollision), "{err}");
+    assert_eq!(store.list_app_passwords(user.id).await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn last_use_is_recorded_in_batches_and_only_moves_forward() {
+    let (store, _) = memory_store().await;
+    let user = store
+        .create_cloud_user(&upn("alice@corp.example.com"), MfaState::Enforced, None)
+        .await
+        .unwrap();
+    let phone = store
+        .create_app_password(&new_app_password(user.id, "phone", 1))
+        .await
+        .unwrap();
+    let laptop = store
+        .create_app_password(&new_app_password(user.id, "laptop", 2))
+        .await
+        .unwrap();
+    let seq = store.latest_change_seq().await.unwrap();
+
+    let used = |id, at, ip: &str| LastUsed {
+        id,
+        at,
+        ip: ip.into(),
+        user_agent: "Outlook-iOS/2.0\n".into(),
+    };
+    store
+        .record_last_used(&[
+            used(phone.id, T0 + 100, "192.0.2.1"),
+            used(laptop.id, T0 + 50, "192.0.2.2"),
+            used(AppPasswordId(999), T0, "192.0.2.3"),
+        ])
+        .await
+        .unwrap();
+    // An older report arriving late does not move the time back.
+    store
+        .record_last_used(&[used(phone.id, T0 + 10, "198.51.100.1")])
+        .await
+        .unwrap();
+    store.record_last_used(&[]).await.unwrap();
+
+    let listed = store.list_app_passwords(user.id).await.unwrap();
+    assert_eq!(listed[0].last_used_at, Some(T0 + 100));
+    assert_eq!(listed[0].last_ip.as_deref(), Some("192.0.2.1"));
+    assert_eq!(listed[0].last_user_agent.as_deref(), Some("Outlook-iOS/2.0\u{FFFD}"));
+    assert_eq!(listed[1].last_used_at, Some(T0 + 50));
+    // Use is not a grant or a revocation.
+    assert!(kinds_since(store.as_ref(), seq).await.is_empty());
+}
+
+#[tokio::test]
+async fn settings_default_off_and_changes_are_fed() {
+    let (store, _) = memory_store().await;
+    assert!(!store.get_settings().await.unwrap().allow_app_passwords);
+    let seq = store.latest_change_seq().await.unwrap();
+    assert!(store.set_allow_app_passwords(true).await.unwrap().allow_app_passwords);
+    assert!(store.get_settings().await.unwrap().allow_app_passwords);
+    store.set_allow_app_passwords(true).await.unwrap();
+    store.set_allow_app_passwords(false).await.unwrap();
+    assert_eq!(
+        kinds_since(store.as_ref(), seq).await,
+        [(ChangeKind::SettingsChanged, None), (ChangeKind::SettingsChanged, None),]
+    );
+}
+
+#[tokio::test]
+async fn audit_is_appended_and_queried_newest_first() {
+    let (store, _) = memory_store().await;
+    let alice = store
+        .create_cloud_user(&upn("alice@corp.example.com"), MfaState::Enforced, None)
+        .await
+        .unwrap();
+    let mut app = audit(T0 + 3, "Alice@Corp.Example.com", Some(alice.id), true);
+    app.credential = CredentialKind::AppPassword;
+    app.app_password_name = Some("phone".into());
+    app.reason = Reason::AppPassword;
+    let records = [
+        audit(T0 + 1, "alice@corp.example.com", Some(alice.id), false),
+        audit(T0 + 2, "mallory@corp.example.com", None, false),
+        app.clone(),
+        audit(T0 + 4, "ALICE@corp.example.com", None, false),
+    ];
+    store.append_audit(&records).await.unwrap();
+    store.append_audit(&[]).await.unwrap();
+
+    let all = store.query_audit(&AuditFilter::default()).await.unwrap();
+    let times: Vec<i64> = all.iter().map(|r| r.at - T0).collect();
+    assert_eq!(times, [4, 3, 2, 1]);
+    assert_eq!(all[1], app);
+
+    // By user: records resolved to her, and attempts under her name.
+    let hers = store
+        .query_audit(&AuditFilter {
+            user: Some(upn("alice@corp.example.com")),
+            ..AuditFilter::default()
+        })
+        .await
+        .unwrap();
+    let times: Vec<i64> = hers.iter().map(|r| r.at - T0).collect();
+    assert_eq!(times, [4, 3, 1]);
+
+    let recent_failures = store
+        .query_audit(&AuditFilter {
+            since: Some(T0 + 2),
+            success: Some(false),
+            ..AuditFilter::default()
+        })
+        .await
+        .unwrap();
+    let times: Vec<i64> = recent_failures.iter().map(|r| r.at - T0).collect();
+    assert_eq!(times, [4, 2]);
+
+    let newest = store
+        .query_audit(&AuditFilter {
+            limit: 1,
+            ..AuditFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(newest.len(), 1);
+    assert_eq!(newest[0].at, T0 + 4);
+}
+
+#[tokio::test]
+async fn audit_text_from_clients_is_clamped_on_write() {
+    let (store, _) = memory_store().await;
+    let mut record = audit(T0, &"u".repeat(5000), None, false);
+    record.user_agent = "evil\r\nX-Forged: 1".into();
+    store.append_audit(&[record]).await.unwrap();
+    let stored = &store.query_audit(&AuditFilter::default()).await.unwrap()[0];
+    assert_eq!(stored.upn_given.len(), 256);
+    assert_eq!(stored.user_agent, "evil\u{FFFD}\u{FFFD}X-Forged: 1");
+}
+
+#[tokio::test]
+async fn file_store_is_created_with_its_directory_and_reopens_idempotently() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("data/sub/fedgate.db");
+    let url = format!("sqlite://{}", path.display());
+    let clock = Arc::new(ManualClock::new(T0));
+
+    let first = SqliteStore::open(&url, clock.clone()).await.unwrap();
+    assert!(path.exists());
+    let (journal, synchronous, foreign_keys): (String, i64, i64) = {
+        let mut conn = first.pool().acquire().await.unwrap();
+        let journal = sqlx::query_scalar("PRAGMA journal_mode")
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap();
+        let synchronous = sqlx::query_scalar("PRAGMA synchronous")
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap();
+        let foreign_keys = sqlx::query_scalar("PRAGMA foreign_keys")
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap();
+        (journal, synchronous, foreign_keys)
+    };
+    assert_eq!(journal, "wal");
+    assert_eq!(synchronous, 2, "synchronous = FULL");
+    assert_eq!(foreign_keys, 1);
+    let alice = upn("alice@corp.example.com");
+    first.create_cloud_user(&alice, MfaState::Enforced, None).await.unwrap();
+    first.set_allow_app_passwords(true).await.unwrap();
+    first.close().await;
+
+    for _ in 0..2 {
+        let again = SqliteStore::open(&url, clock.clone()).await.unwrap();
+        assert_eq!(again.schema_version().await.unwrap(), 1);
+        let applied: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM schema_version")
+            .fetch_one(again.pool())
+            .await
+            .unwrap();
+        assert_eq!(applied, sqlx_migrations().len() as i64);
+        assert!(again.get_user_by_upn(&alice).await.unwrap().is_some());
+        assert!(again.get_settings().await.unwrap().allow_app_passwords);
+        again.close().await;
+    }
+}
+
+fn sqlx_migrations() -> Vec<(i64, &'static str)> {
+    sqlite::migration_versions()
+}
+
+#[test]
+fn migrations_are_numbered_from_one_without_gaps() {
+    let versions: Vec<i64> = sqlx_migrations().iter().map(|(v, _)| *v).collect();
+    let expected: Vec<i64> = (1..=versions.len() as i64).collect();
+    assert_eq!(versions, expected);
+}
+
+#[tokio::test]
+async fn a_store_from_a_newer_fedgate_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("fedgate.db").display());
+    let clock = Arc::new(ManualClock::new(T0));
+    let store = SqliteStore::open(&url, clock.clone()).await.unwrap();
+    sqlx::query("INSERT INTO schema_version (version, name, applied_at) VALUES (99, 'future', 0)")
+        .execute(store.pool())
+        .await
+        .unwrap();
+    store.close().await;
+    let err = SqliteStore::open(&url, clock).await.unwrap_err();
+    assert!(matches!(err, StoreError::SchemaTooNew { found: 99, .. }), "{err}");
+    assert!(err.to_string().contains("upgrade fedgate"));
+}
+
+#[tokio::test]
+async fn two_processes_sharing_a_file_see_each_others_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("fedgate.db").display());
+    let clock = Arc::new(ManualClock::new(T0));
+    // The server and the CLI each open their own pool on the same file.
+    let server = SqliteStore::open(&url, clock.clone()).await.unwrap();
+    let cli = SqliteStore::open(&url, clock.clone()).await.unwrap();
+
+    let seen = server.latest_change_seq().await.unwrap();
+    let bob = upn("bob@corp.example.com");
+    let user = cli.upsert_federated_user(&bob, true).await.unwrap().user;
+    cli.set_mfa_state(&bob, MfaState::Enforced).await.unwrap();
+
+    let changes = server.changes_since(seen).await.unwrap();
+    assert_eq!(changes.len(), 2);
+    assert!(changes.iter().all(|c| c.user_id == Some(user.id)));
+    assert_eq!(
+        server.get_user(user.id).await.unwrap().unwrap().mfa_state,
+        MfaState::Enforced
+    );
+
+    // Concurrent writers from both sides all commit.
+    let writes = (0..20).map(|n| {
+        let store = if n % 2 == 0 { &server } else { &cli };
+        let name = upn(&format!("user{n}@corp.example.com"));
+        async move { store.upsert_federated_user(&name, true).await.map(|_| ()) }
+    });
+    for result in futures_util::future::join_all(writes).await {
+        result.unwrap();
+    }
+    assert_eq!(cli.list_users(None).await.unwrap().len(), 21);
+}
+
+#[tokio::test]
+async fn only_sqlite_urls_open() {
+    let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(T0));
+    let err = open("postgres://localhost/fedgate", clock.clone()).await.unwrap_err();
+    assert!(matches!(err, StoreError::Unsupported { .. }), "{err}");
+    assert!(matches!(
+        open("mysql://x", clock).await.unwrap_err(),
+        StoreError::Unsupported { .. }
+    ));
+}
+
+#[test]
+fn csv_lines_keep_their_numbers_and_malformed_lines() {
+    let lines = StateLine::parse_csv("\u{FEFF}UPN,State\r\na@x.example,enabled\r\njunk\r\n");
+    assert_eq!(
+        lines,
+        [
+            StateLine {
+                line: 2,
+                upn: "a@x.example".into(),
+                state: "enabled".into()
+            },
+            StateLine {
+                line: 3,
+                upn: "junk".into(),
+                state: "".into()
+            },
+        ]
+    );
+}
+
+#[test]
+fn change_kinds_round_trip_and_unknown_kinds_survive() {
+    for kind in [
+        ChangeKind::UserCreated,
+        ChangeKind::AppPasswordsRevoked,
+        ChangeKind::SettingsChanged,
+    ] {
+        assert_eq!(ChangeKind::parse(kind.as_str()), kind);
+    }
+    assert_eq!(
+        ChangeKind::parse("totp_reset"),
+        ChangeKind::Unknown("totp_reset".into())
+    );
+}
