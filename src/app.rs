@@ -11,7 +11,10 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::task::TaskTracker;
 
 use crate::admin::Admin;
+use crate::audit::AuditSink;
+use crate::auth::Authenticator;
 use crate::config::Config;
+use crate::model::{Clock, SystemClock};
 use crate::proxy::listener::Server;
 use crate::proxy::{tls, Proxy};
 use crate::shutdown::Shutdown;
@@ -29,6 +32,10 @@ pub enum ServeError {
     Tls(#[from] tls::TlsError),
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
+    #[error("store.url: {0}")]
+    Store(#[from] crate::store::StoreError),
+    #[error("store.key_file: {0}")]
+    Key(#[from] crate::server_key::KeyError),
 }
 
 async fn bind(key: String, addr: SocketAddr) -> Result<TcpListener, ServeError> {
@@ -59,8 +66,19 @@ pub async fn serve(config: Config, shutdown: Shutdown) -> Result<(), ServeError>
         Some(TlsAcceptor::from(tls::server_config(cert, key)?))
     };
 
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let store = crate::store::open(&config.store.url, Arc::clone(&clock)).await?;
+    let key = crate::server_key::load_or_create(&config.store.key_file)?;
+    // The audit writer outlives the drain: requests finishing during the
+    // grace period still produce records.
+    let audit_stop = Shutdown::new();
+    let (audit, audit_writer) = AuditSink::start(Arc::clone(&store), audit_stop.clone());
+    let auth = Arc::new(Authenticator::new(Arc::clone(&store), key, audit, &config.auth, clock).await?);
+    let jobs = auth.start_jobs(&shutdown);
+    tracing::info!(store = %config.store.url, "store opened");
+
     let connections = TaskTracker::new();
-    let proxy = Arc::new(Proxy::new(&config, connections.clone())?);
+    let proxy = Arc::new(Proxy::new(&config, connections.clone(), Some(Arc::clone(&auth)))?);
     let server = Server::new(proxy, config.server.limits, connections.clone(), shutdown.clone());
 
     let mut accept_loops = Vec::new();
@@ -114,6 +132,15 @@ pub async fn serve(config: Config, shutdown: Shutdown) -> Result<(), ServeError>
     if let Some(task) = admin_task {
         let _ = task.await;
     }
+    for job in jobs {
+        job.join().await;
+    }
+    auth.flush().await;
+    audit_stop.trigger();
+    if let Err(err) = audit_writer.await {
+        tracing::error!(error = %err, "audit writer ended abnormally");
+    }
+    store.close().await;
     tracing::info!("fedgate stopped");
     Ok(())
 }

@@ -1,22 +1,57 @@
 //! Authentication: the one place a request is checked before it is
-//! forwarded. [`authenticate`] takes the route and the request head and
-//! either establishes who the caller is or produces the refusal to send.
+//! forwarded. [`Authenticator::authenticate`] reads the credentials, checks
+//! them (warm: one keyed hash and a map lookup; cold: one argon2
+//! verification on the bounded pool), applies the decision table, writes the
+//! audit record, and either establishes an [`Identity`] or produces the
+//! refusal to send.
 //!
-//! Routes with `realm = "none"` pass through unauthenticated; the `cloud`
-//! and `onprem` realms are refused by config validation until their sign-in
-//! paths exist, so nothing reaches this point unchecked.
+//! Submodules: [`basic`] (reading `Authorization`), [`decision`] (the
+//! decision table, pure), [`cache`] (verified credentials), [`index`] (the
+//! in-memory view of the store), [`hasher`] (the argon2 pool).
+//!
+//! Not here: the directory bind (on-premises federation), lockout and the
+//! portal's browser sessions; each plugs into [`Authenticator::verify`] or
+//! [`decision::Facts`].
 
+pub mod basic;
+pub mod cache;
+pub mod decision;
+pub mod hasher;
+pub mod index;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dashmap::DashMap;
+use http::header::{HeaderValue, RETRY_AFTER, USER_AGENT, WWW_AUTHENTICATE};
 use http::request::Parts;
-use http::Response;
+use http::{Response, StatusCode};
 
-use crate::config::{Realm, RouteConfig};
-use crate::proxy::body::ProxyBody;
+use crate::app_password::{self, CanonicalAppPassword};
+use crate::audit::AuditSink;
+use crate::config::{AuthConfig, Realm, RouteConfig};
+use crate::jobs::Job;
+use crate::model::{AppPasswordId, AuditRecord, Clock, CredentialKind, Reason, Secret, Upn, UserId, UserSource};
+use crate::proxy::body::{full, ProxyBody};
+use crate::server_key::ServerKey;
+use crate::shutdown::Shutdown;
+use crate::store::{LastUsed, Store, StoreError};
+use cache::{CachedCredential, VerifiedCache};
+use decision::{Decision, Facts, Refusal, Verified};
+use hasher::Hasher;
+use index::{Index, UserEntry};
 
 /// Who the caller is, as far as the upstream will be told.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Identity {
     /// Pass-through route: nobody was asked to sign in.
     Anonymous,
+    User {
+        upn: String,
+        credential: CredentialKind,
+        app_password: Option<String>,
+    },
 }
 
 impl Identity {
@@ -24,6 +59,7 @@ impl Identity {
     pub fn user(&self) -> Option<&str> {
         match self {
             Identity::Anonymous => None,
+            Identity::User { upn, .. } => Some(upn),
         }
     }
 
@@ -31,21 +67,404 @@ impl Identity {
     pub fn credential(&self) -> &'static str {
         match self {
             Identity::Anonymous => "none",
+            Identity::User { credential, .. } => credential.as_str(),
+        }
+    }
+
+    pub fn app_password(&self) -> Option<&str> {
+        match self {
+            Identity::Anonymous => None,
+            Identity::User { app_password, .. } => app_password.as_deref(),
         }
     }
 }
 
 /// The outcome for one request: go on as `Identity`, or answer with the
-/// response (401, 429, 503 ...) instead of forwarding.
+/// response (401, 429, 503) instead of forwarding.
 pub type Outcome = Result<Identity, Response<ProxyBody>>;
 
-pub async fn authenticate(route: &RouteConfig, _head: &Parts) -> Outcome {
-    match route.realm {
-        Realm::None => Ok(Identity::Anonymous),
-        // Invariant: config validation refuses these realms in this build.
-        Realm::Cloud | Realm::Onprem => Err(crate::proxy::error::text_response(
-            http::StatusCode::SERVICE_UNAVAILABLE,
-            "503 Service Unavailable\n",
-        )),
+/// How often the change feed is polled: revocations by any process reach
+/// this one within this interval plus the reload.
+pub const REFRESH_INTERVAL: Duration = Duration::from_millis(200);
+const LAST_USED_FLUSH: Duration = Duration::from_secs(5);
+const CACHE_SWEEP: Duration = Duration::from_secs(60);
+
+pub struct Authenticator {
+    store: Arc<dyn Store>,
+    index: Index,
+    cache: VerifiedCache,
+    hasher: Hasher,
+    key: ServerKey,
+    audit: AuditSink,
+    last_used: DashMap<AppPasswordId, LastUsed>,
+    clock: Arc<dyn Clock>,
+    ttl: Duration,
+    challenge: HeaderValue,
+}
+
+impl std::fmt::Debug for Authenticator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authenticator")
+            .field("users", &self.index.user_count())
+            .field("cache", &self.cache)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The facts about a request the sign-in path needs besides its headers.
+#[derive(Debug, Clone, Copy)]
+pub struct Client {
+    pub ip: IpAddr,
+}
+
+impl Authenticator {
+    pub async fn new(
+        store: Arc<dyn Store>,
+        key: ServerKey,
+        audit: AuditSink,
+        config: &AuthConfig,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Authenticator, StoreError> {
+        let index = Index::load(&*store).await?;
+        // Made once, before the first request, so that refusing an unknown
+        // user costs what verifying a real one does.
+        let hasher = Hasher::new(config.hash_workers, config.hash_queue);
+        let _ = tokio::task::spawn_blocking(|| app_password::dummy_hash().len()).await;
+        let realm = config.basic_realm.replace(['"', '\\'], "");
+        let challenge = HeaderValue::from_str(&format!("Basic realm=\"{realm}\", charset=\"UTF-8\""))
+            .unwrap_or_else(|_| HeaderValue::from_static("Basic realm=\"fedgate\", charset=\"UTF-8\""));
+        Ok(Authenticator {
+            store,
+            index,
+            cache: VerifiedCache::new(config.cache_max_entries),
+            hasher,
+            key,
+            audit,
+            last_used: DashMap::new(),
+            clock,
+            ttl: config.cache_ttl,
+            challenge,
+        })
+    }
+
+    pub async fn authenticate(&self, route: &RouteConfig, head: &Parts, client: Client) -> Outcome {
+        if route.realm == Realm::None {
+            return Ok(Identity::Anonymous);
+        }
+        let user_agent = head
+            .headers
+            .get(USER_AGENT)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .unwrap_or_default();
+        let mut audit = AuditRecord {
+            at: self.clock.now_ms(),
+            upn_given: String::new(),
+            user_id: None,
+            route: route.name.clone(),
+            credential: CredentialKind::None,
+            app_password_name: None,
+            client_ip: client.ip.to_string(),
+            user_agent,
+            success: false,
+            reason: Reason::NoCredentials,
+            count: 1,
+        };
+        let (user_given, secret) = match basic::parse(&head.headers) {
+            basic::Presented::None => return Err(self.refuse(audit, Refusal::Unauthorized, Reason::NoCredentials)),
+            basic::Presented::Malformed => return Err(self.refuse(audit, Refusal::Unauthorized, Reason::Malformed)),
+            basic::Presented::Basic { user, secret } => (user, secret),
+        };
+        audit.upn_given = crate::model::audit_text(&user_given, crate::model::MAX_AUDIT_UPN_CHARS);
+        let entry = Upn::parse(&user_given)
+            .ok()
+            .and_then(|upn| self.index.user_by_upn(upn.as_str()));
+        let app_password = app_password::normalize(secret.expose());
+        audit.credential = match (&app_password, secret.expose().is_empty()) {
+            (Some(_), _) => CredentialKind::AppPassword,
+            (None, true) => CredentialKind::None,
+            (None, false) => CredentialKind::Password,
+        };
+
+        let verified = self.verify(route.realm, entry.as_deref(), &secret, app_password).await;
+        if let Some(e) = &entry {
+            audit.user_id = Some(e.user.id);
+        }
+        if let Verified::AppPassword { name, .. } = &verified {
+            audit.app_password_name = Some(name.clone());
+        }
+        let decision = decision::decide(Facts {
+            realm: route.realm,
+            verified: &verified,
+            user: entry.as_ref().map(|e| &e.user),
+            allow_app_passwords: self.index.allow_app_passwords(),
+            locked_out: false,
+        });
+        match decision {
+            Decision::Allow { credential, reason } => {
+                // Invariant: the decision table allows only a resolved user.
+                let upn = entry.map(|e| e.user.upn.as_str().to_owned()).unwrap_or_default();
+                if let Verified::AppPassword { id, .. } = &verified {
+                    self.note_use(*id, &audit);
+                }
+                audit.success = true;
+                audit.reason = reason;
+                audit.credential = credential;
+                let identity = Identity::User {
+                    upn,
+                    credential,
+                    app_password: audit.app_password_name.clone(),
+                };
+                self.audit.record(audit);
+                Ok(identity)
+            }
+            Decision::Deny { refusal, reason } => Err(self.refuse(audit, refusal, reason)),
+        }
+    }
+
+    /// Checks the secret: from the cache when it was verified recently and
+    /// nothing changed since, else with one argon2 verification (a dummy one
+    /// when there is nothing to verify against, so every refusal costs the
+    /// same).
+    async fn verify(
+        &self,
+        realm: Realm,
+        entry: Option<&UserEntry>,
+        secret: &Secret,
+        app_password: Option<CanonicalAppPassword>,
+    ) -> Verified {
+        // An empty password is refused before anything else (an empty LDAP
+        // bind is an anonymous bind that directories accept).
+        if secret.expose().is_empty() || secret.expose().len() > app_password::MAX_PASSWORD_BYTES {
+            return Verified::Invalid;
+        }
+        let settings_generation = self.index.settings_generation();
+        let cache_key = entry.map(|e| self.cache.key(realm, e.user.upn.as_str(), secret.expose()));
+        if let (Some(e), Some(key)) = (entry, &cache_key) {
+            if let Some(hit) = self.cache.get(key, Instant::now()) {
+                if hit.user == e.user.id
+                    && hit.user_generation == e.generation
+                    && hit.settings_generation == settings_generation
+                {
+                    metrics::counter!("fedgate_credential_cache_total", "result" => "hit").increment(1);
+                    return match hit.credential {
+                        CachedCredential::AppPassword { id, name } => Verified::AppPassword { id, name },
+                        CachedCredential::Password => Verified::Password,
+                    };
+                }
+                self.cache.remove(key);
+            }
+        }
+        metrics::counter!("fedgate_credential_cache_total", "result" => "miss").increment(1);
+
+        let (verified, cached) = match app_password {
+            Some(candidate) => self.verify_app_password(entry, candidate).await,
+            None => self.verify_password(entry, secret).await,
+        };
+        if let (Some(e), Some(key), Some(credential)) = (entry, cache_key, cached) {
+            self.cache.insert(
+                key,
+                cache::Entry {
+                    user: e.user.id,
+                    credential,
+                    user_generation: e.generation,
+                    settings_generation,
+                    expires: Instant::now() + self.ttl,
+                },
+            );
+        }
+        verified
+    }
+
+    async fn verify_app_password(
+        &self,
+        entry: Option<&UserEntry>,
+        candidate: CanonicalAppPassword,
+    ) -> (Verified, Option<CachedCredential>) {
+        let tag = app_password::lookup_tag(&self.key, &candidate);
+        let record = self
+            .index
+            .app_password_by_tag(&tag)
+            .filter(|r| entry.is_some_and(|e| e.user.id == r.user_id));
+        let Some(record) = record else {
+            return (self.dummy_verification().await, None);
+        };
+        let hash = record.hash.clone();
+        match self.hasher.run(move || app_password::verify(&candidate, &hash)).await {
+            Err(_) => (Verified::Overloaded, None),
+            Ok(false) => (Verified::Invalid, None),
+            Ok(true) => {
+                let name = record.name.clone();
+                (
+                    Verified::AppPassword {
+                        id: record.id,
+                        name: name.clone(),
+                    },
+                    Some(CachedCredential::AppPassword { id: record.id, name }),
+                )
+            }
+        }
+    }
+
+    async fn verify_password(
+        &self,
+        entry: Option<&UserEntry>,
+        secret: &Secret,
+    ) -> (Verified, Option<CachedCredential>) {
+        let hash = match entry.map(|e| (&e.user.source, &e.user.password_hash)) {
+            Some((UserSource::Cloud, Some(hash))) => hash.clone(),
+            // Federated users' passwords are checked by the directory, which
+            // this build does not reach; unknown users have nothing to check.
+            _ => return (self.dummy_verification().await, None),
+        };
+        let secret = secret.clone();
+        match self
+            .hasher
+            .run(move || app_password::verify_password(&secret, &hash))
+            .await
+        {
+            Err(_) => (Verified::Overloaded, None),
+            Ok(false) => (Verified::Invalid, None),
+            Ok(true) => (Verified::Password, Some(CachedCredential::Password)),
+        }
+    }
+
+    /// Spends what a real verification costs, then refuses.
+    async fn dummy_verification(&self) -> Verified {
+        let candidate = app_password::generate();
+        match self
+            .hasher
+            .run(move || app_password::verify(&candidate, app_password::dummy_hash()))
+            .await
+        {
+            Err(_) => Verified::Overloaded,
+            Ok(_) => Verified::Invalid,
+        }
+    }
+
+    fn note_use(&self, id: AppPasswordId, audit: &AuditRecord) {
+        let now = audit.at;
+        // One update a second per app password is plenty for "last used".
+        if let Some(prev) = self.last_used.get(&id) {
+            if now - prev.at < 1000 {
+                return;
+            }
+        }
+        self.last_used.insert(
+            id,
+            LastUsed {
+                id,
+                at: now,
+                ip: audit.client_ip.clone(),
+                user_agent: audit.user_agent.clone(),
+            },
+        );
+    }
+
+    fn refuse(&self, mut audit: AuditRecord, refusal: Refusal, reason: Reason) -> Response<ProxyBody> {
+        audit.success = false;
+        audit.reason = reason;
+        self.audit.record(audit);
+        let (status, text, retry_after) = match refusal {
+            Refusal::Unauthorized => (StatusCode::UNAUTHORIZED, "401 Unauthorized\n", None),
+            Refusal::TooManyAttempts => (StatusCode::TOO_MANY_REQUESTS, "429 Too Many Requests\n", Some("60")),
+            Refusal::Unavailable => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "503 Service Unavailable: try again shortly\n",
+                Some(if reason == Reason::Overloaded { "1" } else { "5" }),
+            ),
+        };
+        let mut resp = Response::new(full(text));
+        *resp.status_mut() = status;
+        let h = resp.headers_mut();
+        h.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        h.insert(http::header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if status == StatusCode::UNAUTHORIZED {
+            h.insert(WWW_AUTHENTICATE, self.challenge.clone());
+        }
+        if let Some(secs) = retry_after {
+            h.insert(RETRY_AFTER, HeaderValue::from_static(secs));
+        }
+        resp
+    }
+
+    /// Applies changes committed by any process since the last call.
+    pub async fn refresh(&self) -> Result<(), StoreError> {
+        let refreshed = self.index.refresh(&*self.store).await?;
+        if refreshed.everything {
+            self.cache.clear();
+        } else {
+            for user in &refreshed.users {
+                self.cache.drop_user(*user);
+            }
+        }
+        if !refreshed.users.is_empty() || refreshed.everything {
+            tracing::debug!(
+                users = refreshed.users.len(),
+                everything = refreshed.everything,
+                "applied store changes"
+            );
+        }
+        Ok(())
+    }
+
+    async fn flush_last_used(&self) {
+        let batch: Vec<LastUsed> = {
+            let ids: Vec<AppPasswordId> = self.last_used.iter().map(|e| *e.key()).collect();
+            ids.into_iter()
+                .filter_map(|id| self.last_used.remove(&id).map(|(_, v)| v))
+                .collect()
+        };
+        if batch.is_empty() {
+            return;
+        }
+        if let Err(err) = self.store.record_last_used(&batch).await {
+            tracing::warn!(error = %err, count = batch.len(), "cannot record app-password last use");
+        }
+    }
+
+    /// Starts the background jobs: change-feed polling, last-use flushing,
+    /// cache sweeping.
+    pub fn start_jobs(self: &Arc<Self>, shutdown: &Shutdown) -> Vec<Job> {
+        let refresh = {
+            let this = Arc::clone(self);
+            Job::every("auth.refresh", REFRESH_INTERVAL, shutdown.clone(), move || {
+                let this = Arc::clone(&this);
+                async move {
+                    if let Err(err) = this.refresh().await {
+                        tracing::warn!(error = %err, "cannot read store changes; retrying");
+                    }
+                }
+            })
+        };
+        let last_used = {
+            let this = Arc::clone(self);
+            Job::every("auth.last_used", LAST_USED_FLUSH, shutdown.clone(), move || {
+                let this = Arc::clone(&this);
+                async move { this.flush_last_used().await }
+            })
+        };
+        let sweep = {
+            let this = Arc::clone(self);
+            Job::every("auth.cache_sweep", CACHE_SWEEP, shutdown.clone(), move || {
+                let this = Arc::clone(&this);
+                async move {
+                    let left = this.cache.sweep(Instant::now());
+                    metrics::gauge!("fedgate_credential_cache_entries").set(left as f64);
+                }
+            })
+        };
+        vec![refresh, last_used, sweep]
+    }
+
+    /// Writes what is still buffered; call at shutdown after the jobs ended.
+    pub async fn flush(&self) {
+        self.flush_last_used().await;
+    }
+
+    pub fn user_id_for(&self, upn: &Upn) -> Option<UserId> {
+        self.index.user_by_upn(upn.as_str()).map(|e| e.user.id)
     }
 }

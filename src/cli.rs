@@ -10,6 +10,9 @@ use serde::Serialize;
 
 use crate::config::{Config, ConfigError, Upstream};
 use crate::logging::LogFormat;
+use crate::model::MfaState;
+
+mod admin;
 use crate::shutdown::Shutdown;
 
 #[derive(Debug, Parser)]
@@ -33,17 +36,139 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the proxy (listeners, admin endpoint).
+    /// Run the proxy (listeners, admin endpoint, background jobs).
     Serve,
     /// Validate the configuration and print what would listen where.
     CheckConfig,
+    /// Manage users and their MFA state.
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Manage a user's app passwords.
+    #[command(subcommand)]
+    AppPassword(AppPasswordCommand),
+    /// Show or change store-wide settings.
+    #[command(subcommand)]
+    Settings(SettingsCommand),
+    /// Show the sign-in log, newest first.
+    Signins(SigninsArgs),
 }
 
-/// Exit codes: 0 success, 1 runtime failure, 2 configuration error.
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Create a cloud-only user (directory users come from the directory).
+    Add {
+        upn: String,
+        /// Read the user's password from standard input (else: app passwords only).
+        #[arg(long)]
+        password_stdin: bool,
+        /// MFA state: disabled, enabled or enforced.
+        #[arg(long, default_value = "disabled", value_parser = admin::parse_state)]
+        state: MfaState,
+    },
+    /// List users (deleted ones are left out).
+    List {
+        #[arg(long, value_parser = admin::parse_state)]
+        state: Option<MfaState>,
+    },
+    /// Show one user and their app passwords.
+    Show { upn: String },
+    /// Set the MFA state of users; all or nothing.
+    SetState {
+        /// disabled, enabled or enforced, for the UPNs named.
+        #[arg(long, value_parser = admin::parse_state, conflicts_with = "csv")]
+        state: Option<MfaState>,
+        /// A file of "upn,state" lines.
+        #[arg(long)]
+        csv: Option<PathBuf>,
+        upns: Vec<String>,
+    },
+    /// Delete every app password of a user.
+    RevokeAppPasswords { upn: String },
+    /// Make a user register their second factor again.
+    RequireRegistration { upn: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AppPasswordCommand {
+    /// Generate an app password; it is printed once.
+    Create {
+        upn: String,
+        /// The device it is for (1 to 64 characters, unique per user).
+        #[arg(long)]
+        name: String,
+    },
+    /// List a user's app passwords (never the passwords themselves).
+    List { upn: String },
+    /// Delete one app password by name.
+    Delete { upn: String, name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SettingsCommand {
+    Show,
+    /// Change a setting: `settings set allow-app-passwords true|false`.
+    Set {
+        name: String,
+        value: String,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct SigninsArgs {
+    /// Only this user's sign-ins (also attempts under that name by nobody known).
+    #[arg(long)]
+    pub user: Option<String>,
+    /// Only the last DURATION (e.g. 1h, 30m, 7d).
+    #[arg(long)]
+    pub since: Option<String>,
+    /// success or failure.
+    #[arg(long)]
+    pub result: Option<String>,
+    /// At most this many records.
+    #[arg(long, default_value_t = 100)]
+    pub limit: u32,
+}
+
+/// Exit codes: 0 success, 1 runtime failure, 2 configuration or input error.
 pub fn run(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Serve => serve(&cli),
         Command::CheckConfig => check_config(&cli),
+        Command::User(_) | Command::AppPassword(_) | Command::Settings(_) | Command::Signins(_) => admin_command(cli),
+    }
+}
+
+fn admin_command(cli: Cli) -> ExitCode {
+    let config = match load(&cli) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("fedgate: cannot start the async runtime: {err}");
+            return ExitCode::from(1);
+        }
+    };
+    let json = cli.json;
+    let result = runtime.block_on(async move {
+        let ctx = admin::Ctx::open(config, json).await?;
+        let result = match cli.command {
+            Command::User(cmd) => admin::user(&ctx, cmd).await,
+            Command::AppPassword(cmd) => admin::app_password_cmd(&ctx, cmd).await,
+            Command::Settings(cmd) => admin::settings(&ctx, cmd).await,
+            Command::Signins(args) => admin::signins(&ctx, args).await,
+            Command::Serve | Command::CheckConfig => Ok(()),
+        };
+        ctx.store.close().await;
+        result
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("fedgate: {err}");
+            err.exit_code()
+        }
     }
 }
 

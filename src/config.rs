@@ -51,7 +51,32 @@ impl ConfigError {
 pub struct Config {
     pub server: ServerConfig,
     pub admin: Option<AdminConfig>,
+    pub store: StoreConfig,
+    pub auth: AuthConfig,
     pub routes: Vec<RouteConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// `sqlite://PATH` (created on first start) or `sqlite::memory:`.
+    pub url: String,
+    /// The server key (HMAC of app-password lookup tags); created with mode
+    /// 0600 on first start. The CLI needs the same file.
+    pub key_file: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    /// The realm named in `WWW-Authenticate: Basic realm="..."`.
+    pub basic_realm: String,
+    /// How long a verified credential stays warm when unused changes do
+    /// not revoke it first.
+    pub cache_ttl: Duration,
+    pub cache_max_entries: usize,
+    /// argon2 verifications running at once.
+    pub hash_workers: usize,
+    /// argon2 verifications waiting; beyond this requests get 503 at once.
+    pub hash_queue: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -228,6 +253,53 @@ impl TryFrom<FileConfig> for Config {
             }),
         };
 
+        let store = match file.store {
+            None => StoreConfig {
+                url: "sqlite://data/fedgate.db".into(),
+                key_file: PathBuf::from("data/fedgate.key"),
+            },
+            Some(st) => StoreConfig {
+                url: match st.url {
+                    None => "sqlite://data/fedgate.db".into(),
+                    Some(u) if u.starts_with("sqlite:") => u,
+                    Some(u) => {
+                        return Err(ConfigError::invalid(
+                            "store.url",
+                            format!("expected \"sqlite://PATH\" or \"sqlite::memory:\", got \"{u}\""),
+                        ))
+                    }
+                },
+                key_file: non_empty_path("store.key_file", st.key_file.as_deref(), "data/fedgate.key")?,
+            },
+        };
+
+        let a = file.auth.unwrap_or(file::AuthFile {
+            basic_realm: None,
+            cache_ttl: None,
+            cache_max_entries: None,
+            hash_workers: None,
+            hash_queue: None,
+        });
+        let auth = AuthConfig {
+            basic_realm: match a.basic_realm {
+                None => "fedgate".into(),
+                Some(r) if !r.is_empty() && r.chars().all(|c| (' '..='~').contains(&c) && c != '"' && c != '\\') => r,
+                Some(r) => {
+                    return Err(ConfigError::invalid(
+                        "auth.basic_realm",
+                        format!("printable ASCII without quotes or backslashes expected, got \"{r}\""),
+                    ))
+                }
+            },
+            cache_ttl: duration("auth.cache_ttl", a.cache_ttl.as_deref(), "1h")?,
+            cache_max_entries: bounded("auth.cache_max_entries", a.cache_max_entries, 100_000, 0, 10_000_000)?,
+            hash_workers: match a.hash_workers {
+                None | Some(0) => crate::auth::hasher::Hasher::default_workers(),
+                Some(n) => bounded("auth.hash_workers", Some(n), 1, 1, 256)?,
+            },
+            hash_queue: bounded("auth.hash_queue", a.hash_queue, 64, 0, 100_000)?,
+        };
+
         let mut routes = Vec::with_capacity(file.route.len());
         for (index, r) in file.route.into_iter().enumerate() {
             routes.push(route(index, r, &server.upstream)?);
@@ -246,7 +318,13 @@ impl TryFrom<FileConfig> for Config {
                 ));
             }
         }
-        Ok(Config { server, admin, routes })
+        Ok(Config {
+            server,
+            admin,
+            store,
+            auth,
+            routes,
+        })
     }
 }
 
@@ -301,13 +379,10 @@ fn route(index: usize, r: file::RouteFile, defaults: &UpstreamDefaults) -> Resul
             ))
         }
     };
-    if realm != Realm::None {
+    if realm == Realm::Onprem {
         return Err(ConfigError::invalid(
             key("realm"),
-            format!(
-                "realm \"{}\" needs the sign-in path, which this build does not have yet; use \"none\"",
-                realm.as_str()
-            ),
+            "realm \"onprem\" needs the [directory] federation, which this build does not have yet; use \"cloud\" or \"none\"",
         ));
     }
     let identity_header_name = r.identity_header.as_deref().unwrap_or("X-Remote-User");

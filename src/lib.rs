@@ -14,9 +14,11 @@
 pub mod admin;
 pub mod app;
 pub mod app_password;
+pub mod audit;
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod jobs;
 pub mod logging;
 pub mod model;
 pub mod proxy;

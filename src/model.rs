@@ -426,6 +426,9 @@ pub struct AuditRecord {
     pub user_agent: String,
     pub success: bool,
     pub reason: Reason,
+    /// How many identical decisions this record stands for (the audit
+    /// writer folds repeats within one flush window); `at` is the first.
+    pub count: u32,
 }
 
 impl AuditRecord {

@@ -22,7 +22,7 @@ use hyper::body::Incoming;
 use ipnet::IpNet;
 use tokio_util::task::TaskTracker;
 
-use crate::auth;
+use crate::auth::{self, Authenticator, Identity};
 use crate::config::{Config, Realm, RouteConfig, Upstream as UpstreamConfig};
 use body::{AccessRecord, Logged, ProxyBody};
 use error::ProxyError;
@@ -45,12 +45,18 @@ enum Target {
 pub struct Proxy {
     router: route::Router<Arc<Route>>,
     trusted_proxies: Vec<IpNet>,
+    auth: Option<Arc<Authenticator>>,
 }
 
 impl Proxy {
     /// Builds routes and their upstream clients. `tunnels` tracks upgraded
     /// (WebSocket) connections so shutdown can wait for them.
-    pub fn new(config: &Config, tunnels: TaskTracker) -> Result<Proxy, tls::TlsError> {
+    /// `auth` is required when any route has a sign-in realm.
+    pub fn new(
+        config: &Config,
+        tunnels: TaskTracker,
+        auth: Option<Arc<Authenticator>>,
+    ) -> Result<Proxy, tls::TlsError> {
         let mut routes = Vec::with_capacity(config.routes.len());
         for rc in &config.routes {
             let target = match &rc.upstream {
@@ -73,6 +79,7 @@ impl Proxy {
         Ok(Proxy {
             router: route::Router::new(routes),
             trusted_proxies: config.server.trusted_proxies.clone(),
+            auth,
         })
     }
 
@@ -131,7 +138,17 @@ impl Proxy {
         record: &mut AccessRecord,
     ) -> Response<ProxyBody> {
         let (parts, body) = req.into_parts();
-        let identity = match auth::authenticate(&route.config, &parts).await {
+        let outcome = match (&self.auth, route.config.realm) {
+            (_, Realm::None) => Ok(Identity::Anonymous),
+            (Some(auth), _) => {
+                auth.authenticate(&route.config, &parts, auth::Client { ip: client.ip })
+                    .await
+            }
+            // Invariant: the server builds an authenticator whenever a route
+            // has a sign-in realm; refuse rather than let a request through.
+            (None, _) => Err(ProxyError::Unavailable.into_response()),
+        };
+        let identity = match outcome {
             Ok(identity) => identity,
             Err(refusal) => return refusal,
         };

@@ -8,8 +8,27 @@ use serde::Deserialize;
 pub struct FileConfig {
     pub server: ServerFile,
     pub admin: Option<AdminFile>,
+    pub store: Option<StoreFile>,
+    pub auth: Option<AuthFile>,
     #[serde(default)]
     pub route: Vec<RouteFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreFile {
+    pub url: Option<String>,
+    pub key_file: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthFile {
+    pub basic_realm: Option<String>,
+    pub cache_ttl: Option<String>,
+    pub cache_max_entries: Option<i64>,
+    pub hash_workers: Option<i64>,
+    pub hash_queue: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]

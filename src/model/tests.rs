@@ -179,6 +179,7 @@ fn audit_text_is_bounded_and_printable() {
         user_agent: format!("agent\n{}", "y".repeat(5000)),
         success: false,
         reason: Reason::BadCredentials,
+        count: 1,
     }
     .clamped();
     assert_eq!(record.upn_given.chars().count(), MAX_AUDIT_UPN_CHARS);

@@ -18,6 +18,8 @@ pub enum ProxyError {
     BadGateway(&'static str),
     #[error("upstream timed out")]
     UpstreamTimeout,
+    #[error("fedgate cannot serve this route right now")]
+    Unavailable,
 }
 
 impl ProxyError {
@@ -27,6 +29,7 @@ impl ProxyError {
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::UpstreamUnavailable | ProxyError::BadGateway(_) => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -41,6 +44,7 @@ impl ProxyError {
             ProxyError::UpstreamTimeout => {
                 "504 Gateway Timeout: the service behind this address did not answer in time\n"
             }
+            ProxyError::Unavailable => "503 Service Unavailable: try again shortly\n",
         };
         text_response(status, text)
     }

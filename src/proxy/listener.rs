@@ -121,7 +121,7 @@ impl ConnState {
         let header = limits.header_read_timeout.as_millis() as u64;
         let idle = limits.idle_timeout.as_millis() as u64;
         if self.in_flight.load(Ordering::Acquire) > 0 {
-            return Ok(limits.header_read_timeout.min(limits.idle_timeout));
+            return Ok(limits.idle_timeout);
         }
         let http2 = self.http2.load(Ordering::Acquire);
         let head_started = self.head_started_ms.load(Ordering::Acquire);
@@ -147,10 +147,15 @@ enum Expiry {
 }
 
 /// Resolves when the connection has broken one of the limits.
+///
+/// Requests start and end without waking the watchdog (that would cost every
+/// request a task wake-up); instead it looks again at least four times per
+/// shortest limit, so a limit is enforced within a quarter of it.
 async fn watchdog(state: Arc<ConnState>, limits: ListenerLimits) -> Expiry {
+    let recheck = limits.header_read_timeout.min(limits.idle_timeout) / 4;
     loop {
         match state.check(&limits) {
-            Ok(wait) => tokio::time::sleep(wait).await,
+            Ok(wait) => tokio::time::sleep(wait.min(recheck)).await,
             Err(expiry) => return expiry,
         }
     }
@@ -370,7 +375,10 @@ impl Server {
                     metrics::counter!("fedgate_connections_closed_total", "reason" => "header_timeout").increment(1);
                     return;
                 }
-                Expiry::Idle => conn.as_mut().graceful_shutdown(),
+                Expiry::Idle => {
+                    tracing::debug!(%peer, "closing connection: idle for server.idle_timeout");
+                    conn.as_mut().graceful_shutdown()
+                }
             },
             _ = self.shutdown.wait() => conn.as_mut().graceful_shutdown(),
         }

@@ -60,7 +60,7 @@ const USER_COLUMNS: &str = "id, upn, source, enabled, deleted, mfa_state, regist
 const APP_PASSWORD_COLUMNS: &str = "id, user_id, name, created_at, last_used_at, last_ip, last_user_agent";
 const SECRET_COLUMNS: &str = "id, user_id, name, tag, hash";
 const AUDIT_COLUMNS: &str = "at, upn_given, user_id, route, credential, app_password_name, \
-                             client_ip, user_agent, success, reason";
+                             client_ip, user_agent, success, reason, count";
 
 /// The SQLite store; share it as `Arc<dyn Store>` (see [`super::open`]).
 pub struct SqliteStore {
@@ -294,6 +294,7 @@ fn audit_from_row(row: &SqliteRow) -> Result<AuditRecord, StoreError> {
         reason: reason
             .parse::<Reason>()
             .map_err(|e| corrupt(format!("audit record: {e}")))?,
+        count: u32::try_from(row.try_get::<i64, _>("count").map_err(read())?).unwrap_or(u32::MAX),
     })
 }
 
@@ -953,7 +954,7 @@ impl Store for SqliteStore {
             for record in records {
                 let record = record.clone().clamped();
                 sqlx::query(&format!(
-                    "INSERT INTO audit ({AUDIT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                    "INSERT INTO audit ({AUDIT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
                 ))
                 .bind(record.at)
                 .bind(&record.upn_given)
@@ -965,6 +966,7 @@ impl Store for SqliteStore {
                 .bind(&record.user_agent)
                 .bind(record.success)
                 .bind(record.reason.as_str())
+                .bind(i64::from(record.count.max(1)))
                 .execute(&mut *tx)
                 .await
                 .map_err(db("append to the audit log"))?;

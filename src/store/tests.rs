@@ -53,6 +53,7 @@ fn audit(at: i64, upn_given: &str, user: Option<UserId>, success: bool) -> Audit
         } else {
             Reason::BadCredentials
         },
+        count: 1,
     }
 }
 

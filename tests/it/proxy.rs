@@ -460,7 +460,8 @@ async fn idle_keep_alive_connections_are_closed() {
         .expect("idle connection closed");
     assert!(
         took >= Duration::from_millis(800) && took < Duration::from_secs(4),
-        "{took:?}"
+        "{took:?}\n{}",
+        fg.raw_logs()
     );
 }
 

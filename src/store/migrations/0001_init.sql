@@ -65,7 +65,9 @@ CREATE TABLE audit (
     client_ip         TEXT    NOT NULL,
     user_agent        TEXT    NOT NULL,
     success           INTEGER NOT NULL CHECK (success IN (0, 1)),
-    reason            TEXT    NOT NULL
+    reason            TEXT    NOT NULL,
+    -- identical decisions within one flush window are one row
+    count             INTEGER NOT NULL DEFAULT 1 CHECK (count >= 1)
 );
 
 CREATE INDEX audit_at ON audit (at);

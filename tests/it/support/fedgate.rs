@@ -65,6 +65,11 @@ impl Builder {
             text.push_str(line);
             text.push('\n');
         }
+        text.push_str(&format!(
+            "[store]\nurl = \"sqlite://{}\"\nkey_file = \"{}\"\n",
+            dir.join("data/fedgate.db").display(),
+            dir.join("data/fedgate.key").display()
+        ));
         if self.admin {
             text.push_str("[admin]\nlisten = \"127.0.0.1:0\"\n");
         }

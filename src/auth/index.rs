@@ -1,0 +1,173 @@
+//! The in-memory view of the store that the sign-in path reads: users by
+//! UPN and id, app-password tags, settings. Loaded once at start, then kept
+//! current from the store's change feed, so a sign-in never waits on the
+//! database and a change made by any process (the CLI, another node) is
+//! seen within one poll interval.
+//!
+//! Every reload of a user, and every settings change, takes a fresh
+//! *generation* from one counter; the verified-credential cache compares
+//! generations to know whether an entry predates a change.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use dashmap::DashMap;
+
+use crate::model::{AppPasswordSecretRecord, User, UserId};
+use crate::store::{Change, Store, StoreError};
+
+#[derive(Debug)]
+pub struct UserEntry {
+    pub user: User,
+    pub generation: u64,
+}
+
+#[derive(Debug, Default)]
+pub struct Index {
+    users_by_upn: DashMap<String, Arc<UserEntry>>,
+    users_by_id: DashMap<UserId, Arc<UserEntry>>,
+    tags: DashMap<[u8; 32], Arc<AppPasswordSecretRecord>>,
+    tags_by_user: DashMap<UserId, Vec<[u8; 32]>>,
+    allow_app_passwords: AtomicBool,
+    settings_generation: AtomicU64,
+    generations: AtomicU64,
+    seq: AtomicI64,
+}
+
+/// Who was affected by a refresh, so caches can be trimmed.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Refreshed {
+    pub users: BTreeSet<UserId>,
+    pub everything: bool,
+}
+
+impl Index {
+    fn next_generation(&self) -> u64 {
+        self.generations.fetch_add(1, Ordering::AcqRel) + 1
+    }
+
+    /// Loads everything. The change-feed position is read first, so a change
+    /// committed during the load is applied again by the next refresh
+    /// rather than missed.
+    pub async fn load(store: &dyn Store) -> Result<Index, StoreError> {
+        let index = Index::default();
+        index.seq.store(store.latest_change_seq().await?, Ordering::Release);
+        for user in store.load_all_users().await? {
+            index.put_user(user);
+        }
+        for record in store.load_all_secrets().await? {
+            index.tags_by_user.entry(record.user_id).or_default().push(record.tag);
+            index.tags.insert(record.tag, Arc::new(record));
+        }
+        let settings = store.get_settings().await?;
+        index
+            .allow_app_passwords
+            .store(settings.allow_app_passwords, Ordering::Release);
+        index
+            .settings_generation
+            .store(index.next_generation(), Ordering::Release);
+        Ok(index)
+    }
+
+    fn put_user(&self, user: User) -> Arc<UserEntry> {
+        let entry = Arc::new(UserEntry {
+            user,
+            generation: self.next_generation(),
+        });
+        if let Some(old) = self
+            .users_by_id
+            .get(&entry.user.id)
+            .map(|e| e.user.upn.as_str().to_owned())
+        {
+            if old != entry.user.upn.as_str() {
+                self.users_by_upn.remove(&old);
+            }
+        }
+        self.users_by_upn
+            .insert(entry.user.upn.as_str().to_owned(), Arc::clone(&entry));
+        self.users_by_id.insert(entry.user.id, Arc::clone(&entry));
+        entry
+    }
+
+    fn put_secrets(&self, user: UserId, records: Vec<AppPasswordSecretRecord>) {
+        if let Some((_, old)) = self.tags_by_user.remove(&user) {
+            for tag in old {
+                self.tags.remove(&tag);
+            }
+        }
+        let tags: Vec<[u8; 32]> = records.iter().map(|r| r.tag).collect();
+        for record in records {
+            self.tags.insert(record.tag, Arc::new(record));
+        }
+        if !tags.is_empty() {
+            self.tags_by_user.insert(user, tags);
+        }
+    }
+
+    /// Applies the changes committed since the last refresh.
+    pub async fn refresh(&self, store: &dyn Store) -> Result<Refreshed, StoreError> {
+        let since = self.seq.load(Ordering::Acquire);
+        let changes: Vec<Change> = store.changes_since(since).await?;
+        let Some(last) = changes.last().map(|c| c.seq) else {
+            return Ok(Refreshed::default());
+        };
+        let mut refreshed = Refreshed::default();
+        for change in &changes {
+            match change.user_id {
+                Some(id) => {
+                    refreshed.users.insert(id);
+                }
+                None => refreshed.everything = true,
+            }
+        }
+        if refreshed.everything {
+            let settings = store.get_settings().await?;
+            self.allow_app_passwords
+                .store(settings.allow_app_passwords, Ordering::Release);
+            self.settings_generation
+                .store(self.next_generation(), Ordering::Release);
+        }
+        for id in &refreshed.users {
+            match store.get_user(*id).await? {
+                Some(user) => {
+                    let secrets = store.load_user_secrets(*id).await?;
+                    self.put_user(user);
+                    self.put_secrets(*id, secrets);
+                }
+                None => {
+                    if let Some((_, entry)) = self.users_by_id.remove(id) {
+                        self.users_by_upn.remove(entry.user.upn.as_str());
+                    }
+                    self.put_secrets(*id, Vec::new());
+                }
+            }
+        }
+        self.seq.store(last, Ordering::Release);
+        Ok(refreshed)
+    }
+
+    pub fn user_by_upn(&self, upn: &str) -> Option<Arc<UserEntry>> {
+        self.users_by_upn.get(upn).map(|e| Arc::clone(&e))
+    }
+
+    pub fn user_by_id(&self, id: UserId) -> Option<Arc<UserEntry>> {
+        self.users_by_id.get(&id).map(|e| Arc::clone(&e))
+    }
+
+    pub fn app_password_by_tag(&self, tag: &[u8; 32]) -> Option<Arc<AppPasswordSecretRecord>> {
+        self.tags.get(tag).map(|e| Arc::clone(&e))
+    }
+
+    pub fn allow_app_passwords(&self) -> bool {
+        self.allow_app_passwords.load(Ordering::Acquire)
+    }
+
+    pub fn settings_generation(&self) -> u64 {
+        self.settings_generation.load(Ordering::Acquire)
+    }
+
+    pub fn user_count(&self) -> usize {
+        self.users_by_id.len()
+    }
+}

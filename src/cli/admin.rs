@@ -1,0 +1,415 @@
+//! Store-backed admin commands: users, MFA states, app passwords, settings
+//! and the sign-in log. They write to the same store a running `fedgate
+//! serve` reads; the server sees each change through the change feed within
+//! a second.
+
+use std::io::Read;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+
+use super::{AppPasswordCommand, SettingsCommand, SigninsArgs, UserCommand};
+use crate::app_password;
+use crate::config::Config;
+use crate::model::{AppPassword, AppPasswordName, Clock, MfaState, Secret, SystemClock, Upn, User};
+use crate::store::{AuditFilter, NewAppPassword, StateLine, Store, StoreError};
+
+/// Why an admin command failed; printed as one line on stderr.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("store.key_file: {0}")]
+    Key(#[from] crate::server_key::KeyError),
+    #[error("{0}")]
+    Input(String),
+    #[error("{0}")]
+    Credential(#[from] crate::app_password::CredentialError),
+}
+
+impl CommandError {
+    pub fn exit_code(&self) -> ExitCode {
+        match self {
+            CommandError::Input(_) => ExitCode::from(2),
+            _ => ExitCode::from(1),
+        }
+    }
+}
+
+fn input(msg: impl Into<String>) -> CommandError {
+    CommandError::Input(msg.into())
+}
+
+fn upn(text: &str) -> Result<Upn, CommandError> {
+    Upn::parse(text).map_err(|e| input(format!("{text:?}: {e}")))
+}
+
+/// Formats unix milliseconds as RFC 3339 UTC, seconds precision.
+pub fn time(ms: i64) -> String {
+    let t = UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0));
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+fn opt_time(ms: Option<i64>) -> String {
+    ms.map(time).unwrap_or_else(|| "-".into())
+}
+
+pub struct Ctx {
+    pub config: Config,
+    pub store: Arc<dyn Store>,
+    pub json: bool,
+}
+
+impl Ctx {
+    pub async fn open(config: Config, json: bool) -> Result<Ctx, CommandError> {
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let store = crate::store::open(&config.store.url, clock).await?;
+        Ok(Ctx { config, store, json })
+    }
+
+    fn print<T: Serialize>(&self, value: &T, human: impl FnOnce()) {
+        if self.json {
+            // Invariant: the records printed are plain data that serialize.
+            println!("{}", serde_json::to_string_pretty(value).unwrap_or_default());
+        } else {
+            human();
+        }
+    }
+
+    async fn user(&self, text: &str) -> Result<User, CommandError> {
+        let upn = upn(text)?;
+        match self.store.get_user_by_upn(&upn).await? {
+            Some(u) if !u.deleted => Ok(u),
+            Some(_) => Err(StoreError::UserDeleted { upn }.into()),
+            None => Err(StoreError::UnknownUser { upn }.into()),
+        }
+    }
+}
+
+fn print_users(users: &[User]) {
+    println!(
+        "{:<40} {:<10} {:<9} {:<8} {:<20}",
+        "UPN", "STATE", "SOURCE", "ACCOUNT", "REGISTERED"
+    );
+    for u in users {
+        println!(
+            "{:<40} {:<10} {:<9} {:<8} {:<20}",
+            u.upn.as_str(),
+            u.mfa_state.as_str(),
+            u.source.as_str(),
+            if u.is_active() { "enabled" } else { "disabled" },
+            opt_time(u.registered_at)
+        );
+    }
+}
+
+fn print_app_passwords(list: &[AppPassword]) {
+    println!(
+        "{:<24} {:<20} {:<20} {:<16} CLIENT",
+        "NAME", "CREATED", "LAST USED", "LAST IP"
+    );
+    for a in list {
+        println!(
+            "{:<24} {:<20} {:<20} {:<16} {}",
+            a.name,
+            time(a.created_at),
+            opt_time(a.last_used_at),
+            a.last_ip.as_deref().unwrap_or("-"),
+            a.last_user_agent.as_deref().unwrap_or("-")
+        );
+    }
+}
+
+pub async fn user(ctx: &Ctx, cmd: UserCommand) -> Result<(), CommandError> {
+    match cmd {
+        UserCommand::Add {
+            upn: name,
+            password_stdin,
+            state,
+        } => {
+            let upn = upn(&name)?;
+            let hash = if password_stdin {
+                let mut text = String::new();
+                std::io::stdin()
+                    .read_to_string(&mut text)
+                    .map_err(|e| input(format!("cannot read the password from standard input: {e}")))?;
+                let password = Secret::from(text.trim_end_matches(['\r', '\n']));
+                if password.expose().is_empty() {
+                    return Err(input("the password on standard input is empty"));
+                }
+                if app_password::is_app_password_shaped(password.expose()) {
+                    return Err(input(
+                        "this password has the shape of an app password (16 letters in four groups), \
+                         which fedgate reserves for generated app passwords: choose another",
+                    ));
+                }
+                Some(
+                    tokio::task::spawn_blocking(move || app_password::hash_password(&password))
+                        .await
+                        .map_err(|e| input(format!("hashing failed: {e}")))??,
+                )
+            } else {
+                None
+            };
+            let user = ctx.store.create_cloud_user(&upn, state, hash.as_deref()).await?;
+            ctx.print(&user, || {
+                println!("created cloud user {} (MFA state {})", user.upn, user.mfa_state);
+                if hash.is_none() {
+                    println!("no password set: the user can sign in with app passwords only");
+                }
+            });
+        }
+        UserCommand::List { state } => {
+            let users = ctx.store.list_users(state).await?;
+            ctx.print(&users, || print_users(&users));
+        }
+        UserCommand::Show { upn } => {
+            let user = ctx.user(&upn).await?;
+            let app_passwords = ctx.store.list_app_passwords(user.id).await?;
+            #[derive(Serialize)]
+            struct Shown<'a> {
+                #[serde(flatten)]
+                user: &'a User,
+                app_passwords: &'a [AppPassword],
+            }
+            ctx.print(
+                &Shown {
+                    user: &user,
+                    app_passwords: &app_passwords,
+                },
+                || {
+                    println!("upn:            {}", user.upn);
+                    println!("source:         {}", user.source);
+                    println!(
+                        "account:        {}",
+                        if user.is_active() { "enabled" } else { "disabled" }
+                    );
+                    println!("mfa state:      {}", user.mfa_state);
+                    println!("registered:     {}", opt_time(user.registered_at));
+                    println!("created:        {}", time(user.created_at));
+                    println!(
+                        "password:       {}",
+                        if user.password_hash.is_some() { "set" } else { "-" }
+                    );
+                    println!("app passwords:  {}", app_passwords.len());
+                    if !app_passwords.is_empty() {
+                        print_app_passwords(&app_passwords);
+                    }
+                },
+            );
+        }
+        UserCommand::SetState { state, csv, upns } => {
+            let lines: Vec<StateLine> = match (state, csv) {
+                (Some(state), None) => {
+                    if upns.is_empty() {
+                        return Err(input("name at least one UPN, or use --csv FILE"));
+                    }
+                    upns.iter()
+                        .enumerate()
+                        .map(|(i, u)| StateLine {
+                            line: i + 1,
+                            upn: u.clone(),
+                            state: state.as_str().to_string(),
+                        })
+                        .collect()
+                }
+                (None, Some(file)) => {
+                    if !upns.is_empty() {
+                        return Err(input(
+                            "--csv takes the users from the file: name no UPN on the command line",
+                        ));
+                    }
+                    let text = std::fs::read_to_string(&file)
+                        .map_err(|e| input(format!("cannot read {}: {e}", file.display())))?;
+                    StateLine::parse_csv(&text)
+                }
+                _ => return Err(input("give either --state S with UPNs, or --csv FILE")),
+            };
+            match ctx.store.set_mfa_states(&lines).await {
+                Ok(applied) => ctx.print(
+                    &serde_json::json!({"changed": applied.changed, "unchanged": applied.unchanged}),
+                    || {
+                        println!(
+                            "{} user(s) changed, {} already in that state",
+                            applied.changed, applied.unchanged
+                        )
+                    },
+                ),
+                Err(StoreError::BulkRejected { errors }) => {
+                    if ctx.json {
+                        let report: Vec<_> = errors
+                            .iter()
+                            .map(|e| serde_json::json!({"line": e.line, "upn": e.upn, "reason": e.reason}))
+                            .collect();
+                        println!(
+                            "{}",
+                            serde_json::to_string_pretty(&serde_json::json!({"applied": false, "errors": report}))
+                                .unwrap_or_default()
+                        );
+                    } else {
+                        eprintln!("no change applied; fix these lines and run again:");
+                        for e in &errors {
+                            eprintln!("  line {}: {}: {}", e.line, e.upn, e.reason);
+                        }
+                    }
+                    return Err(input(format!("{} line(s) refused", errors.len())));
+                }
+                Err(other) => return Err(other.into()),
+            }
+        }
+        UserCommand::RevokeAppPasswords { upn } => {
+            let user = ctx.user(&upn).await?;
+            let n = ctx.store.revoke_app_passwords(user.id).await?;
+            ctx.print(&serde_json::json!({"upn": user.upn, "revoked": n}), || {
+                println!("revoked {n} app password(s) of {}", user.upn)
+            });
+        }
+        UserCommand::RequireRegistration { upn } => {
+            let user = ctx.store.require_registration(&self::upn(&upn)?).await?;
+            ctx.print(&user, || {
+                println!("{} must register their second factor again at next sign-in", user.upn)
+            });
+        }
+    }
+    Ok(())
+}
+
+pub async fn app_password_cmd(ctx: &Ctx, cmd: AppPasswordCommand) -> Result<(), CommandError> {
+    match cmd {
+        AppPasswordCommand::Create { upn, name } => {
+            let user = ctx.user(&upn).await?;
+            let name = AppPasswordName::parse(&name).map_err(|e| input(format!("--name: {e}")))?;
+            let key = crate::server_key::load_or_create(&ctx.config.store.key_file)?;
+            let (password, hash) = tokio::task::spawn_blocking(|| {
+                let password = app_password::generate();
+                let hash = app_password::hash(&password);
+                (password, hash)
+            })
+            .await
+            .map_err(|e| input(format!("hashing failed: {e}")))?;
+            let new = NewAppPassword {
+                user_id: user.id,
+                name,
+                tag: app_password::lookup_tag(&key, &password),
+                hash: hash?,
+            };
+            let created = ctx.store.create_app_password(&new).await?;
+            let shown = password.display_form();
+            if ctx.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({
+                        "upn": user.upn,
+                        "name": created.name,
+                        "created_at": created.created_at,
+                        "password": shown.expose(),
+                    }))
+                    .unwrap_or_default()
+                );
+            } else {
+                println!("app password {:?} for {}:", created.name, user.upn);
+                println!();
+                println!("    {}", shown.expose());
+                println!();
+                println!("It is shown once. Enter it in the device's mail or calendar app instead of the");
+                println!("account password; use one app password per device.");
+            }
+        }
+        AppPasswordCommand::List { upn } => {
+            let user = ctx.user(&upn).await?;
+            let list = ctx.store.list_app_passwords(user.id).await?;
+            ctx.print(&list, || print_app_passwords(&list));
+        }
+        AppPasswordCommand::Delete { upn, name } => {
+            let user = ctx.user(&upn).await?;
+            ctx.store.delete_app_password(user.id, &name).await?;
+            ctx.print(&serde_json::json!({"upn": user.upn, "deleted": name}), || {
+                println!("deleted app password {name:?} of {}", user.upn)
+            });
+        }
+    }
+    Ok(())
+}
+
+pub async fn settings(ctx: &Ctx, cmd: SettingsCommand) -> Result<(), CommandError> {
+    let settings = match cmd {
+        SettingsCommand::Show => ctx.store.get_settings().await?,
+        SettingsCommand::Set { name, value } => match name.as_str() {
+            "allow-app-passwords" | "allow_app_passwords" => {
+                let allow = match value.to_ascii_lowercase().as_str() {
+                    "true" | "on" | "yes" => true,
+                    "false" | "off" | "no" => false,
+                    other => {
+                        return Err(input(format!(
+                            "allow-app-passwords: expected true or false, got {other:?}"
+                        )))
+                    }
+                };
+                ctx.store.set_allow_app_passwords(allow).await?
+            }
+            other => return Err(input(format!("unknown setting {other:?} (known: allow-app-passwords)"))),
+        },
+    };
+    ctx.print(&settings, || {
+        println!("allow-app-passwords  {}", settings.allow_app_passwords)
+    });
+    Ok(())
+}
+
+pub async fn signins(ctx: &Ctx, args: SigninsArgs) -> Result<(), CommandError> {
+    let user = args.user.as_deref().map(upn).transpose()?;
+    let since = match args.since.as_deref() {
+        None => None,
+        Some(text) => {
+            let d = humantime::parse_duration(text)
+                .map_err(|_| input(format!("--since: expected a duration such as 1h or 30m, got {text:?}")))?;
+            let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+            Some(now.saturating_sub(d).as_millis() as i64)
+        }
+    };
+    let success = match args.result.as_deref() {
+        None => None,
+        Some("success") => Some(true),
+        Some("failure") => Some(false),
+        Some(other) => return Err(input(format!("--result: expected success or failure, got {other:?}"))),
+    };
+    let records = ctx
+        .store
+        .query_audit(&AuditFilter {
+            user,
+            since,
+            success,
+            limit: args.limit,
+        })
+        .await?;
+    ctx.print(&records, || {
+        println!(
+            "{:<20} {:<32} {:<8} {:<14} {:<28} {:<16} {:>5} ROUTE",
+            "TIME", "USER", "RESULT", "CREDENTIAL", "REASON", "CLIENT", "COUNT"
+        );
+        for r in &records {
+            println!(
+                "{:<20} {:<32} {:<8} {:<14} {:<28} {:<16} {:>5} {}",
+                time(r.at),
+                r.upn_given,
+                if r.success { "success" } else { "failure" },
+                match &r.app_password_name {
+                    Some(n) => format!("app:{n}"),
+                    None => r.credential.as_str().to_string(),
+                },
+                r.reason.as_str(),
+                r.client_ip,
+                r.count,
+                r.route
+            );
+        }
+    });
+    Ok(())
+}
+
+/// Parses an MFA state for clap.
+pub fn parse_state(s: &str) -> Result<MfaState, String> {
+    s.parse::<MfaState>().map_err(|e| e.to_string())
+}
