@@ -10,7 +10,10 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::task::TaskTracker;
 
+use std::time::Duration;
+
 use crate::admin::Admin;
+use crate::jobs::Job;
 use crate::audit::AuditSink;
 use crate::auth::Authenticator;
 use crate::config::Config;
@@ -74,7 +77,14 @@ pub async fn serve(config: Config, shutdown: Shutdown) -> Result<(), ServeError>
     let audit_stop = Shutdown::new();
     let (audit, audit_writer) = AuditSink::start(Arc::clone(&store), audit_stop.clone());
     let auth = Arc::new(Authenticator::new(Arc::clone(&store), key, audit, &config.auth, clock).await?);
-    let jobs = auth.start_jobs(&shutdown);
+    let mut jobs = auth.start_jobs(&shutdown);
+    if let Some(handle) = metrics.clone() {
+        // Histograms keep their samples until upkeep folds them in.
+        jobs.push(Job::every("metrics.upkeep", Duration::from_secs(5), shutdown.clone(), move || {
+            let handle = handle.clone();
+            async move { handle.run_upkeep() }
+        }));
+    }
     tracing::info!(store = %config.store.url, "store opened");
 
     let connections = TaskTracker::new();

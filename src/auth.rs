@@ -42,6 +42,20 @@ use decision::{Decision, Facts, Refusal, Verified};
 use hasher::Hasher;
 use index::{Index, UserEntry};
 
+struct CacheMetrics {
+    hit: metrics::Counter,
+    miss: metrics::Counter,
+}
+
+/// Registered once: the warm path pays an atomic add, not a registry lookup.
+fn cache_metrics() -> &'static CacheMetrics {
+    static METRICS: std::sync::OnceLock<CacheMetrics> = std::sync::OnceLock::new();
+    METRICS.get_or_init(|| CacheMetrics {
+        hit: metrics::counter!("fedgate_credential_cache_total", "result" => "hit"),
+        miss: metrics::counter!("fedgate_credential_cache_total", "result" => "miss"),
+    })
+}
+
 /// Who the caller is, as far as the upstream will be told.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Identity {
@@ -245,7 +259,7 @@ impl Authenticator {
                     && hit.user_generation == e.generation
                     && hit.settings_generation == settings_generation
                 {
-                    metrics::counter!("fedgate_credential_cache_total", "result" => "hit").increment(1);
+                    cache_metrics().hit.increment(1);
                     return match hit.credential {
                         CachedCredential::AppPassword { id, name } => Verified::AppPassword { id, name },
                         CachedCredential::Password => Verified::Password,
@@ -254,7 +268,7 @@ impl Authenticator {
                 self.cache.remove(key);
             }
         }
-        metrics::counter!("fedgate_credential_cache_total", "result" => "miss").increment(1);
+        cache_metrics().miss.increment(1);
 
         let (verified, cached) = match app_password {
             Some(candidate) => self.verify_app_password(entry, candidate).await,

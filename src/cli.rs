@@ -84,6 +84,10 @@ pub enum UserCommand {
     },
     /// Delete every app password of a user.
     RevokeAppPasswords { upn: String },
+    /// Block a user's sign-ins (app passwords are kept; `enable` restores them).
+    Disable { upn: String },
+    /// Allow a disabled user's sign-ins again.
+    Enable { upn: String },
     /// Make a user register their second factor again.
     RequireRegistration { upn: String },
 }

@@ -266,6 +266,14 @@ pub async fn user(ctx: &Ctx, cmd: UserCommand) -> Result<(), CommandError> {
                 println!("revoked {n} app password(s) of {}", user.upn)
             });
         }
+        UserCommand::Disable { upn: name } => {
+            let user = ctx.store.set_enabled(&upn(&name)?, false).await?;
+            ctx.print(&user, || println!("{} disabled: every sign-in is refused", user.upn));
+        }
+        UserCommand::Enable { upn: name } => {
+            let user = ctx.store.set_enabled(&upn(&name)?, true).await?;
+            ctx.print(&user, || println!("{} enabled", user.upn));
+        }
         UserCommand::RequireRegistration { upn } => {
             let user = ctx.store.require_registration(&self::upn(&upn)?).await?;
             ctx.print(&user, || {

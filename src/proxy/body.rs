@@ -7,7 +7,7 @@
 //! duration of long downloads and held-open requests.
 
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -52,15 +52,16 @@ pub struct AccessRecord {
 impl Drop for AccessRecord {
     fn drop(&mut self) {
         let duration = self.started.elapsed();
+        let m = request_metrics();
         let class = match self.status {
-            100..=199 => "1xx",
-            200..=299 => "2xx",
-            300..=399 => "3xx",
-            400..=499 => "4xx",
-            _ => "5xx",
+            100..=199 => 0,
+            200..=299 => 1,
+            300..=399 => 2,
+            400..=499 => 3,
+            _ => 4,
         };
-        metrics::counter!("fedgate_requests_total", "status" => class).increment(1);
-        metrics::histogram!("fedgate_request_duration_seconds").record(duration.as_secs_f64());
+        m.by_class[class].increment(1);
+        m.duration.record(duration.as_secs_f64());
         tracing::info!(
             target: "fedgate::access",
             method = %self.method,
@@ -78,6 +79,21 @@ impl Drop for AccessRecord {
             "request"
         );
     }
+}
+
+/// Handles registered once, so counting a request is an atomic add rather
+/// than a registry lookup.
+struct RequestMetrics {
+    by_class: [metrics::Counter; 5],
+    duration: metrics::Histogram,
+}
+
+fn request_metrics() -> &'static RequestMetrics {
+    static METRICS: OnceLock<RequestMetrics> = OnceLock::new();
+    METRICS.get_or_init(|| RequestMetrics {
+        by_class: ["1xx", "2xx", "3xx", "4xx", "5xx"].map(|class| metrics::counter!("fedgate_requests_total", "status" => class)),
+        duration: metrics::histogram!("fedgate_request_duration_seconds"),
+    })
 }
 
 pin_project_lite::pin_project! {

@@ -1,0 +1,447 @@
+# shellcheck shell=bash
+# Shared functions for the benchmarks in bench/*.sh. Source it; do not run it.
+#
+# Every benchmark follows the same shape: make a work dir, start the peers
+# and fedgate as children of the script, wait until each answers, run wrk
+# against them in alternation, and replace its own section of
+# bench/RESULTS.md. The functions below keep that shape identical across
+# benchmarks so that their figures stay comparable.
+
+# wrk settings shared by every benchmark; the peer figures in RESULTS.md were
+# taken with these, so a benchmark that changes them is no longer comparable.
+BENCH_WRK_THREADS=${BENCH_WRK_THREADS:-2}
+BENCH_WRK_CONNS=${BENCH_WRK_CONNS:-64}
+BENCH_WRK_DURATION=${BENCH_WRK_DURATION:-10s}
+BENCH_WARMUP=${BENCH_WARMUP:-3s}
+# wrk's default 2 s timeout silently drops slow requests from the latency
+# figures, which would flatter exactly the target that stalls.
+BENCH_WRK_TIMEOUT=${BENCH_WRK_TIMEOUT:-10s}
+
+BENCH_PIDS=()
+BENCH_LAST_PID=
+BENCH_WORKDIR=
+BENCH_KEEP=${BENCH_KEEP:-0}
+
+bench_log() {
+    printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2
+}
+
+bench_die() {
+    bench_log "ERROR: $*"
+    exit 1
+}
+
+# --- installation ------------------------------------------------------------
+
+# bench_need CMD:PKG[|ALT_PKG] ...
+# Installs the Debian package for each missing command. The package index is
+# refreshed only when something is missing, so a provisioned machine does not
+# touch the network at all.
+bench_need() {
+    local spec cmd pkgs missing=() updated=0 sudo=()
+    for spec in "$@"; do
+        cmd=${spec%%:*}
+        command -v "$cmd" >/dev/null 2>&1 || missing+=("$spec")
+    done
+    [ "${#missing[@]}" -eq 0 ] && return 0
+    command -v apt-get >/dev/null 2>&1 ||
+        bench_die "missing: ${missing[*]} (and no apt-get to install them)"
+    if [ "$(id -u)" -ne 0 ]; then
+        command -v sudo >/dev/null 2>&1 || bench_die "missing: ${missing[*]}; run as root to install"
+        sudo=(sudo)
+    fi
+    for spec in "${missing[@]}"; do
+        cmd=${spec%%:*}
+        pkgs=${spec#*:}
+        if [ "$updated" -eq 0 ]; then
+            bench_log "installing packages for: ${missing[*]}"
+            "${sudo[@]}" apt-get update -q >&2
+            updated=1
+        fi
+        # Alternatives cover package renames between Debian releases (e.g.
+        # nginx-light exists in bookworm, only nginx later).
+        local pkg ok=0 alts=()
+        IFS='|' read -r -a alts <<<"$pkgs"
+        for pkg in "${alts[@]}"; do
+            if "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive \
+                apt-get install -y -q --no-install-recommends "$pkg" >&2; then
+                ok=1
+                break
+            fi
+        done
+        [ "$ok" -eq 1 ] || bench_die "could not install any of: $pkgs"
+        command -v "$cmd" >/dev/null 2>&1 || hash -r
+        command -v "$cmd" >/dev/null 2>&1 || bench_die "$cmd still missing after installing $pkgs"
+    done
+}
+
+# nginx lives in /usr/sbin, which is not on PATH for every user.
+bench_nginx_bin() {
+    if command -v nginx >/dev/null 2>&1; then
+        command -v nginx
+    elif [ -x /usr/sbin/nginx ]; then
+        echo /usr/sbin/nginx
+    else
+        return 1
+    fi
+}
+
+# --- work dir and process tracking -------------------------------------------
+
+# Creates BENCH_WORKDIR and installs the cleanup trap. Everything a benchmark
+# writes at run time (configs, logs, nginx temp dirs) goes there, never under
+# /var or the repository.
+bench_init() {
+    BENCH_WORKDIR=$(mktemp -d "${TMPDIR:-/tmp}/fedgate-bench.XXXXXX")
+    # nginx workers drop to an unprivileged user when started as root; they
+    # must be able to reach their temp paths inside this dir.
+    chmod 0755 "$BENCH_WORKDIR"
+    trap bench_cleanup EXIT
+    trap 'exit 130' INT
+    trap 'exit 143' TERM
+}
+
+# Stops only the processes this script started, by PID, then removes the
+# work dir. On failure the tail of every log is shown first, since the work
+# dir (and with it the evidence) is about to disappear.
+bench_cleanup() {
+    local rc=$? pid i f
+    trap - EXIT
+    for pid in "${BENCH_PIDS[@]}"; do
+        kill -TERM "$pid" 2>/dev/null || true
+    done
+    for pid in "${BENCH_PIDS[@]}"; do
+        # Bounded wait: a process that ignores SIGTERM gets SIGKILL.
+        for ((i = 0; i < 50; i++)); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -KILL "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
+    if [ -n "$BENCH_WORKDIR" ] && [ -d "$BENCH_WORKDIR" ]; then
+        if [ "$rc" -ne 0 ]; then
+            for f in "$BENCH_WORKDIR"/*.log; do
+                [ -s "$f" ] || continue
+                case $f in *access*.log) continue ;; esac
+                printf '\n--- %s (last 20 lines) ---\n' "${f##*/}" >&2
+                tail -n 20 "$f" >&2
+            done
+        fi
+        if [ "$BENCH_KEEP" = 1 ]; then
+            bench_log "work dir kept: $BENCH_WORKDIR"
+        else
+            rm -rf "$BENCH_WORKDIR"
+        fi
+    fi
+    exit "$rc"
+}
+
+# bench_spawn LOGFILE CMD ARGS...
+# Starts CMD in the background with stdout and stderr to LOGFILE, records its
+# PID for cleanup and leaves it in BENCH_LAST_PID. Not meant for $(...): the
+# PID list must be updated in this shell.
+bench_spawn() {
+    local log=$1
+    shift
+    "$@" >>"$log" 2>&1 </dev/null &
+    BENCH_LAST_PID=$!
+    BENCH_PIDS+=("$BENCH_LAST_PID")
+}
+
+bench_alive() {
+    kill -0 "$1" 2>/dev/null
+}
+
+# --- ports and readiness -----------------------------------------------------
+
+# bench_free_port VAR
+# Assigns to VAR a loopback port nobody listens on. Ports are drawn below the
+# Linux ephemeral range (32768+) so that wrk's and the proxies' own outgoing
+# connections cannot take them between this check and the bind. Ports already
+# handed out in this run are remembered, hence a variable and not $(...).
+BENCH_PORTS_TAKEN=" "
+bench_free_port() {
+    local port i
+    for ((i = 0; i < 200; i++)); do
+        port=$((20000 + RANDOM % 12000))
+        case $BENCH_PORTS_TAKEN in *" $port "*) continue ;; esac
+        # A refused connect means nothing listens there.
+        if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+            BENCH_PORTS_TAKEN+="$port "
+            printf -v "$1" '%s' "$port"
+            return 0
+        fi
+    done
+    bench_die "no free loopback port found"
+}
+
+# bench_wait_http NAME URL PID [TRIES] [EXPECT_BODY]
+# Polls URL until it answers 2xx (and, when given, with EXPECT_BODY as the
+# body), for at most TRIES x 0.1 s. Fails at once if PID has exited, so a
+# target that crashed on start is reported as such and not as a timeout.
+bench_wait_http() {
+    local name=$1 url=$2 pid=$3 tries=${4:-100} expect=${5-} body i
+    for ((i = 0; i < tries; i++)); do
+        if ! bench_alive "$pid"; then
+            bench_log "$name (pid $pid) exited before it was ready"
+            return 1
+        fi
+        if body=$(curl -fsS --max-time 1 "$url" 2>/dev/null); then
+            if [ -z "$expect" ] || [ "$body" = "$expect" ]; then
+                bench_log "$name ready at $url"
+                return 0
+            fi
+            bench_log "$name answered with an unexpected body: ${body:0:200}"
+            return 1
+        fi
+        sleep 0.1
+    done
+    bench_log "$name not ready at $url after $tries tries"
+    return 1
+}
+
+# --- nginx -------------------------------------------------------------------
+
+# bench_nginx_conf NAME HTTP_BODY
+# Writes $BENCH_WORKDIR/NAME.conf: a complete nginx config whose http block
+# holds HTTP_BODY. Everything nginx would otherwise write under /var (pid,
+# logs, temp files) is redirected into the work dir, and it stays in the
+# foreground so that $! is the master's PID.
+bench_nginx_conf() {
+    local name=$1 body=$2
+    local dir=$BENCH_WORKDIR/nginx-$name
+    mkdir -p "$dir"
+    cat >"$BENCH_WORKDIR/$name.conf" <<EOF
+daemon off;
+master_process on;
+worker_processes ${BENCH_NGINX_WORKERS:-2};
+pid $dir/nginx.pid;
+error_log $BENCH_WORKDIR/$name-error.log warn;
+
+events {
+    worker_connections 4096;
+}
+
+http {
+    default_type text/plain;
+    client_body_temp_path $dir/client_body;
+    proxy_temp_path $dir/proxy;
+    fastcgi_temp_path $dir/fastcgi;
+    uwsgi_temp_path $dir/uwsgi;
+    scgi_temp_path $dir/scgi;
+    # The default (1000) makes wrk reconnect mid-run and measure handshakes.
+    keepalive_requests 1000000;
+    keepalive_timeout 75s;
+
+$body
+}
+EOF
+}
+
+# bench_nginx_start NAME
+# Starts nginx with $BENCH_WORKDIR/NAME.conf; the master's PID is left in
+# BENCH_LAST_PID. The config is checked first so that a syntax error is
+# reported as such.
+bench_nginx_start() {
+    local name=$1 nginx conf=$BENCH_WORKDIR/$1.conf
+    nginx=$(bench_nginx_bin) || bench_die "nginx not found"
+    "$nginx" -t -q -p "$BENCH_WORKDIR/nginx-$name" -c "$conf" \
+        -e "$BENCH_WORKDIR/$name-error.log" ||
+        bench_die "nginx config $name is invalid"
+    bench_spawn "$BENCH_WORKDIR/$name-stderr.log" \
+        "$nginx" -p "$BENCH_WORKDIR/nginx-$name" -c "$conf" \
+        -e "$BENCH_WORKDIR/$name-error.log"
+}
+
+bench_nginx_version() {
+    local nginx
+    nginx=$(bench_nginx_bin) || return 0
+    "$nginx" -v 2>&1 | sed 's|^nginx version: ||'
+}
+
+# --- CPU accounting ----------------------------------------------------------
+
+# bench_cpu_ticks PID...
+# Prints, one line per PID, the user+system CPU ticks used so far by that
+# process and its direct children (nginx workers are children of the master;
+# threads are already summed into their process). Sampled before and after
+# a run, it shows how the cores were split between wrk and the servers.
+bench_cpu_ticks() {
+    local stat p rest ppid i
+    local -a f roots=("$@") sums=()
+    for i in "${!roots[@]}"; do sums[i]=0; done
+    for stat in /proc/[0-9]*/stat; do
+        p=${stat#/proc/}
+        p=${p%/stat}
+        read -r rest 2>/dev/null <"$stat" || continue
+        # Field 2 (comm) may hold spaces; everything after ") " is fixed.
+        rest=${rest##*) }
+        read -r -a f <<<"$rest"
+        ppid=${f[1]}
+        for i in "${!roots[@]}"; do
+            if [ "$p" = "${roots[i]}" ] || [ "$ppid" = "${roots[i]}" ]; then
+                sums[i]=$((sums[i] + f[11] + f[12]))
+            fi
+        done
+    done
+    printf '%s\n' "${sums[@]}"
+}
+
+bench_clk_tck() {
+    getconf CLK_TCK 2>/dev/null || echo 100
+}
+
+# --- wrk ---------------------------------------------------------------------
+
+bench_wrk_cmd() {
+    echo "wrk -t$BENCH_WRK_THREADS -c$BENCH_WRK_CONNS -d$BENCH_WRK_DURATION --latency --timeout $BENCH_WRK_TIMEOUT"
+}
+
+# bench_wrk_warmup URL: a short discarded run, so that connection pools,
+# caches and CPU frequency settle before the measured run.
+bench_wrk_warmup() {
+    local out
+    out=$(wrk -t"$BENCH_WRK_THREADS" -c"$BENCH_WRK_CONNS" -d"$BENCH_WARMUP" \
+        --timeout "$BENCH_WRK_TIMEOUT" "$1" 2>&1) ||
+        bench_die "wrk warm-up against $1 failed: $out"
+}
+
+# bench_wrk URL OUTFILE
+# The measured run: wrk output in OUTFILE, wrk's own user+system CPU seconds
+# in OUTFILE.cpu.
+bench_wrk() {
+    local url=$1 out=$2 TIMEFORMAT='%U %S'
+    { time wrk -t"$BENCH_WRK_THREADS" -c"$BENCH_WRK_CONNS" -d"$BENCH_WRK_DURATION" \
+        --latency --timeout "$BENCH_WRK_TIMEOUT" "$url" >"$out" 2>&1; } 2>"$out.cpu" ||
+        bench_die "wrk against $url failed: $(cat "$out")"
+}
+
+# bench_wrk_parse OUTFILE
+# Prints "RPS P50_MS P99_MS ERRORS" from wrk --latency output. ERRORS counts
+# socket errors plus non-2xx/3xx answers: a target that fails fast would
+# otherwise look fast. Fails when the output has no figures.
+bench_wrk_parse() {
+    awk '
+        function ms(v,   n, u) {
+            n = v + 0
+            u = v
+            sub(/^[0-9.]+/, "", u)
+            if (u == "us") return n / 1000
+            if (u == "ms") return n
+            if (u == "s")  return n * 1000
+            if (u == "m")  return n * 60000
+            if (u == "h")  return n * 3600000
+            return -1
+        }
+        /^Requests\/sec:/              { rps = $2 }
+        /^[ \t]+50(\.0+)?%[ \t]/       { p50 = ms($2) }
+        /^[ \t]+99(\.0+)?%[ \t]/       { p99 = ms($2) }
+        /Socket errors:/ {
+            line = $0
+            while (match(line, /[0-9]+/)) {
+                err += substr(line, RSTART, RLENGTH)
+                line = substr(line, RSTART + RLENGTH)
+            }
+        }
+        /Non-2xx or 3xx responses:/    { err += $NF }
+        END {
+            if (rps == "" || p50 == "" || p99 == "" || p50 < 0 || p99 < 0) exit 1
+            printf "%.2f %.3f %.3f %d\n", rps, p50, p99, err
+        }
+    ' "$1"
+}
+
+# bench_median V...: median of the arguments (mean of the middle two for an
+# even count).
+bench_median() {
+    printf '%s\n' "$@" | sort -g | awk '
+        { v[NR] = $1 }
+        END {
+            if (NR == 0) exit 1
+            if (NR % 2) printf "%.3f\n", v[(NR + 1) / 2]
+            else        printf "%.3f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2
+        }'
+}
+
+# bench_ratio A B: A/B to two decimals, "n/a" when B is zero.
+bench_ratio() {
+    awk -v a="$1" -v b="$2" 'BEGIN { if (b + 0 == 0) print "n/a"; else printf "%.2f\n", a / b }'
+}
+
+# bench_fmt_k RPS: 12345.6 -> 12.3k, for compact tables.
+bench_fmt_k() {
+    awk -v v="$1" 'BEGIN { printf "%.1fk\n", v / 1000 }'
+}
+
+# --- machine facts and results -----------------------------------------------
+
+bench_machine_facts() {
+    local cpu
+    cpu=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo 2>/dev/null || true)
+    echo "- date: $(date -u '+%Y-%m-%d %H:%M UTC')"
+    echo "- cores (nproc): $(nproc)${cpu:+ ($cpu)}"
+    echo "- kernel: $(uname -sr)"
+    if [ -r /etc/os-release ]; then
+        echo "- os: $(. /etc/os-release && echo "${PRETTY_NAME:-unknown}")"
+    fi
+    echo "- nginx: $(bench_nginx_version)"
+    echo "- wrk: $(wrk -v 2>&1 | awk 'NR == 1 { print $2; exit }')"
+}
+
+bench_loadavg() {
+    cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo unknown
+}
+
+# bench_git_rev: the revision being measured, marked when the tree has
+# uncommitted changes.
+bench_git_rev() {
+    local rev
+    rev=$(git -C "$BENCH_ROOT" rev-parse --short HEAD 2>/dev/null) || {
+        echo "uncommitted tree"
+        return 0
+    }
+    if [ -n "$(git -C "$BENCH_ROOT" status --porcelain --untracked-files=no 2>/dev/null)" ]; then
+        rev="$rev (with local changes)"
+    fi
+    echo "$rev"
+}
+
+# bench_replace_section FILE NAME CONTENT_FILE
+# Replaces what lies between "<!-- NAME:begin -->" and "<!-- NAME:end -->" in
+# FILE with CONTENT_FILE, or appends a new marked section when there is none,
+# so each benchmark owns exactly its own part of RESULTS.md.
+bench_replace_section() {
+    local file=$1 name=$2 content=$3 tmp
+    if [ ! -f "$file" ]; then
+        cat >"$file" <<'EOF'
+# Benchmarks
+
+Generated by `scripts/bench`; each section is rewritten by its own benchmark.
+EOF
+    fi
+    tmp=$(mktemp "$file.XXXXXX")
+    awk -v begin="<!-- $name:begin -->" -v end="<!-- $name:end -->" -v content="$content" '
+        function emit(   line) {
+            print begin
+            while ((getline line < content) > 0) print line
+            close(content)
+            print end
+            done = 1
+        }
+        $0 == begin { emit(); skip = 1; next }
+        $0 == end   { skip = 0; next }
+        !skip       { print }
+        END {
+            if (skip) exit 2
+            if (!done) { print ""; emit() }
+        }
+    ' "$file" >"$tmp" || {
+        rm -f "$tmp"
+        bench_die "$file: section $name has a begin marker but no end marker"
+    }
+    # Rewritten in place rather than renamed over, so the file keeps its mode
+    # (mktemp creates 0600).
+    cat "$tmp" >"$file"
+    rm -f "$tmp"
+}
