@@ -18,8 +18,9 @@ use crate::audit::AuditSink;
 use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::model::{Clock, SystemClock};
-use crate::proxy::listener::Server;
+use crate::proxy::workers::{self, Bound, Shared, Workers};
 use crate::proxy::{tls, Proxy};
+use tokio::sync::Semaphore;
 use crate::shutdown::Shutdown;
 
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +34,8 @@ pub enum ServeError {
     },
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
+    #[error("cannot start worker threads: {0}")]
+    Threads(std::io::Error),
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
     #[error("store.url: {0}")]
@@ -41,10 +44,8 @@ pub enum ServeError {
     Key(#[from] crate::server_key::KeyError),
 }
 
-async fn bind(key: String, addr: SocketAddr) -> Result<TcpListener, ServeError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| ServeError::Bind { key, addr, source })
+fn bind(key: String, addr: SocketAddr, tls: Option<TlsAcceptor>, workers: usize) -> Result<Bound, ServeError> {
+    workers::bind(key.clone(), addr, tls, workers).map_err(|source| ServeError::Bind { key, addr, source })
 }
 
 /// Runs until `shutdown` is triggered (by a signal or by the caller), then
@@ -87,28 +88,42 @@ pub async fn serve(config: Config, shutdown: Shutdown) -> Result<(), ServeError>
     }
     tracing::info!(store = %config.store.url, "store opened");
 
-    let connections = TaskTracker::new();
-    let proxy = Arc::new(Proxy::new(&config, connections.clone(), Some(Arc::clone(&auth)))?);
-    let server = Server::new(proxy, config.server.limits, connections.clone(), shutdown.clone());
-
-    let mut accept_loops = Vec::new();
+    // Build the routes once here so that a bad route (an unreadable
+    // upstream_ca_file) stops start-up with its message; each worker then
+    // builds its own copy with its own upstream pools.
+    Proxy::new(&config, TaskTracker::new(), None)?;
+    let workers = config.server.workers;
+    let mut bound = Vec::new();
     for (i, addr) in config.server.listen.iter().enumerate() {
-        let listener = bind(format!("server.listen[{i}]"), *addr).await?;
-        let local = listener.local_addr().unwrap_or(*addr);
-        tracing::info!(addr = %local, kind = "tls", "listening");
-        accept_loops.push(tokio::spawn(server.clone().accept_loop(listener, tls_acceptor.clone())));
+        bound.push(bind(format!("server.listen[{i}]"), *addr, tls_acceptor.clone(), workers)?);
     }
     for (i, addr) in config.server.listen_plain.iter().enumerate() {
-        let listener = bind(format!("server.listen_plain[{i}]"), *addr).await?;
-        let local = listener.local_addr().unwrap_or(*addr);
-        tracing::info!(addr = %local, kind = "plain", "listening");
-        accept_loops.push(tokio::spawn(server.clone().accept_loop(listener, None)));
+        bound.push(bind(format!("server.listen_plain[{i}]"), *addr, None, workers)?);
     }
+    for b in &bound {
+        let kind = if b.tls.is_some() { "tls" } else { "plain" };
+        tracing::info!(addr = %b.local, kind, workers, "listening");
+    }
+    let config = Arc::new(config);
+    let shared = Arc::new(Shared {
+        config: Arc::clone(&config),
+        auth: Some(Arc::clone(&auth)),
+        connections: Arc::new(Semaphore::new(config.server.limits.max_connections)),
+        shutdown: shutdown.clone(),
+    });
+    let worker_threads = Workers::start(shared, bound, workers).map_err(ServeError::Threads)?;
+
     let ready = Arc::new(AtomicBool::new(false));
     let admin_task = match &config.admin {
         None => None,
         Some(admin) => {
-            let listener = bind("admin.listen".into(), admin.listen).await?;
+            let listener = TcpListener::bind(admin.listen)
+                .await
+                .map_err(|source| ServeError::Bind {
+                    key: "admin.listen".into(),
+                    addr: admin.listen,
+                    source,
+                })?;
             let local = listener.local_addr().unwrap_or(admin.listen);
             tracing::info!(addr = %local, kind = "admin", "listening");
             let admin = Admin {
@@ -124,21 +139,8 @@ pub async fn serve(config: Config, shutdown: Shutdown) -> Result<(), ServeError>
 
     shutdown.wait().await;
     ready.store(false, Ordering::Release);
-    for handle in accept_loops {
-        // The loops end on the shutdown signal; a panic inside one is logged.
-        if let Err(err) = handle.await {
-            tracing::error!(error = %err, "accept loop ended abnormally");
-        }
-    }
-    connections.close();
-    let grace = config.server.shutdown_grace;
-    tracing::info!(open_connections = connections.len(), grace = ?grace, "draining");
-    if tokio::time::timeout(grace, connections.wait()).await.is_err() {
-        tracing::warn!(
-            open_connections = connections.len(),
-            "server.shutdown_grace elapsed: closing the remaining connections"
-        );
-    }
+    tracing::info!(grace = ?config.server.shutdown_grace, "draining");
+    worker_threads.join().await;
     if let Some(task) = admin_task {
         let _ = task.await;
     }

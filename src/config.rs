@@ -89,6 +89,8 @@ pub struct ServerConfig {
     pub limits: ListenerLimits,
     pub shutdown_grace: Duration,
     pub upstream: UpstreamDefaults,
+    /// Worker threads serving the listeners (one per core by default).
+    pub workers: usize,
 }
 
 /// Protection of the listeners against slow, idle and oversized clients.
@@ -244,6 +246,10 @@ impl TryFrom<FileConfig> for Config {
             limits,
             shutdown_grace: duration("server.shutdown_grace", s.shutdown_grace.as_deref(), "30s")?,
             upstream,
+            workers: match s.workers {
+                None | Some(0) => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+                Some(n) => bounded("server.workers", Some(n), 1, 1, 1024)?,
+            },
         };
 
         let admin = match file.admin {

@@ -13,6 +13,7 @@ pub mod listener;
 pub mod route;
 pub mod tls;
 pub mod whoami;
+pub mod workers;
 
 use std::sync::Arc;
 use std::time::Instant;

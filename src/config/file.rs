@@ -47,6 +47,7 @@ pub struct ServerFile {
     pub max_header_bytes: Option<i64>,
     pub max_connections: Option<i64>,
     pub shutdown_grace: Option<String>,
+    pub workers: Option<i64>,
     pub upstream_connect_timeout: Option<String>,
     pub upstream_timeout: Option<String>,
     pub upstream_pool_idle_timeout: Option<String>,

@@ -219,7 +219,14 @@ pub struct Server {
 }
 
 impl Server {
-    pub fn new(proxy: Arc<Proxy>, limits: ListenerLimits, tracker: TaskTracker, shutdown: Shutdown) -> Self {
+    /// `connections` bounds open connections across all listeners and workers.
+    pub fn new(
+        proxy: Arc<Proxy>,
+        limits: ListenerLimits,
+        connections: Arc<Semaphore>,
+        tracker: TaskTracker,
+        shutdown: Shutdown,
+    ) -> Self {
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
             .http1()
@@ -235,7 +242,7 @@ impl Server {
         Server {
             proxy,
             limits,
-            connections: Arc::new(Semaphore::new(limits.max_connections)),
+            connections,
             tracker,
             shutdown,
             builder: Arc::new(builder),

@@ -1,0 +1,167 @@
+//! Worker threads: one single-threaded runtime per core, each accepting on
+//! its own `SO_REUSEPORT` socket of every listener, with its own upstream
+//! connection pools.
+//!
+//! A proxied request touches several tasks (client connection, upstream
+//! connection, response body); keeping them on one thread turns every
+//! hand-off into a queue push instead of a cross-thread wake-up, which is
+//! most of what a request costs on a small machine. What is shared between
+//! workers (the authenticator, its caches, the hashing pool, the audit
+//! queue) is lock-free or sharded.
+//!
+//! Not here: what a connection or a request does ([`super::listener`],
+//! [`super::Proxy`]).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::task::TaskTracker;
+
+use super::listener::Server;
+use super::Proxy;
+use crate::auth::Authenticator;
+use crate::config::Config;
+use crate::shutdown::Shutdown;
+
+/// One configured listener, bound once per worker.
+pub struct Bound {
+    /// The config key it comes from, for messages.
+    pub key: String,
+    pub local: SocketAddr,
+    pub tls: Option<TlsAcceptor>,
+    sockets: Vec<std::net::TcpListener>,
+}
+
+fn reuseport_socket(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
+}
+
+/// Binds `addr` once per worker. Port 0 is resolved by the first socket and
+/// the others join that port.
+pub fn bind(key: String, addr: SocketAddr, tls: Option<TlsAcceptor>, workers: usize) -> std::io::Result<Bound> {
+    let first = reuseport_socket(addr)?;
+    let local = first.local_addr()?;
+    let mut sockets = vec![first];
+    for _ in 1..workers {
+        sockets.push(reuseport_socket(local)?);
+    }
+    Ok(Bound {
+        key,
+        local,
+        tls,
+        sockets,
+    })
+}
+
+pub struct Workers {
+    threads: Vec<JoinHandle<()>>,
+}
+
+/// What every worker shares.
+pub struct Shared {
+    pub config: Arc<Config>,
+    pub auth: Option<Arc<Authenticator>>,
+    pub connections: Arc<Semaphore>,
+    pub shutdown: Shutdown,
+}
+
+impl Workers {
+    /// Starts one thread per socket of each listener. Each builds its own
+    /// [`Proxy`] (upstream pools belong to the thread that drives them) and
+    /// serves until shutdown, then drains its connections for at most
+    /// `server.shutdown_grace`.
+    pub fn start(shared: Arc<Shared>, listeners: Vec<Bound>, workers: usize) -> std::io::Result<Workers> {
+        let mut per_worker: Vec<Vec<(std::net::TcpListener, Option<TlsAcceptor>, String)>> =
+            (0..workers).map(|_| Vec::new()).collect();
+        for bound in listeners {
+            for (i, socket) in bound.sockets.into_iter().enumerate() {
+                per_worker[i].push((socket, bound.tls.clone(), bound.key.clone()));
+            }
+        }
+        let mut threads = Vec::with_capacity(workers);
+        for (i, sockets) in per_worker.into_iter().enumerate() {
+            let shared = Arc::clone(&shared);
+            let handle = std::thread::Builder::new()
+                .name(format!("fedgate-worker-{i}"))
+                .spawn(move || run_worker(shared, sockets))?;
+            threads.push(handle);
+        }
+        Ok(Workers { threads })
+    }
+
+    /// Waits for every worker to finish draining (after shutdown).
+    pub async fn join(self) {
+        for handle in self.threads {
+            let joined = tokio::task::spawn_blocking(move || handle.join()).await;
+            if !matches!(joined, Ok(Ok(()))) {
+                tracing::error!("a worker thread ended abnormally");
+            }
+        }
+    }
+}
+
+fn run_worker(shared: Arc<Shared>, sockets: Vec<(std::net::TcpListener, Option<TlsAcceptor>, String)>) {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(err) => {
+            tracing::error!(error = %err, "cannot start a worker runtime; shutting down");
+            shared.shutdown.trigger();
+            return;
+        }
+    };
+    runtime.block_on(async move {
+        let tracker = TaskTracker::new();
+        let proxy = match Proxy::new(&shared.config, tracker.clone(), shared.auth.clone()) {
+            Ok(p) => Arc::new(p),
+            Err(err) => {
+                tracing::error!(error = %err, "cannot build the routes; shutting down");
+                shared.shutdown.trigger();
+                return;
+            }
+        };
+        let server = Server::new(
+            proxy,
+            shared.config.server.limits,
+            Arc::clone(&shared.connections),
+            tracker.clone(),
+            shared.shutdown.clone(),
+        );
+        let mut loops = Vec::new();
+        for (socket, tls, key) in sockets {
+            match tokio::net::TcpListener::from_std(socket) {
+                Ok(listener) => loops.push(tokio::spawn(server.clone().accept_loop(listener, tls))),
+                Err(err) => {
+                    tracing::error!(%key, error = %err, "cannot use the listening socket; shutting down");
+                    shared.shutdown.trigger();
+                }
+            }
+        }
+        shared.shutdown.wait().await;
+        for l in loops {
+            let _ = l.await;
+        }
+        tracker.close();
+        if tokio::time::timeout(shared.config.server.shutdown_grace, tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                open_connections = tracker.len(),
+                "server.shutdown_grace elapsed: closing the remaining connections"
+            );
+        }
+    });
+}
