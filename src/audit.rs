@@ -1,33 +1,141 @@
-//! Audit records of sign-in decisions: emitted as tracing events at once,
-//! and written to the store in batches by a background task so the sign-in
-//! path never waits on the database.
+//! Audit records of sign-in decisions, gathered in memory and written to
+//! the store (and emitted as `fedgate::audit` log events) once a second by
+//! a background writer, so the sign-in path never waits on a database or a
+//! log formatter.
 //!
-//! Identical decisions within one flush window (same user name, route,
-//! credential, app password, client, user agent, result and reason) are
-//! written as one record with a count: a phone syncing every few seconds
-//! with the same app password is one line per window, not thousands, and a
-//! flood of identical failures cannot outgrow the store.
+//! Identical decisions within one window (same user name, route,
+//! credential, app password, client, user agent, result and reason) become
+//! one record with a count: a phone syncing every few seconds with the same
+//! app password is one line per window, not thousands, and a flood of
+//! identical failures cannot outgrow the store. Folding happens as records
+//! arrive and costs a hash and a comparison; only a new kind of record
+//! allocates.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::model::{AuditRecord, CredentialKind, Reason, UserId};
+use crate::model::{audit_text, AuditRecord, CredentialKind, Reason, UserId, MAX_AUDIT_UPN_CHARS, MAX_AUDIT_USER_AGENT_CHARS};
 use crate::shutdown::Shutdown;
 use crate::store::Store;
 
-/// How long records are gathered before a batch is written.
+/// How long decisions are gathered before they are written.
 pub const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
-/// Records waiting for the writer; beyond this, records are counted as
-/// dropped rather than slowing sign-ins.
-const QUEUE: usize = 65_536;
+/// Distinct records held per window; beyond this, records are counted as
+/// dropped rather than letting a flood of unique user names grow memory.
+const MAX_PENDING: usize = 100_000;
+
+/// One decision as the sign-in path sees it: borrowed, nothing allocated.
+#[derive(Debug, Clone, Copy)]
+pub struct Event<'a> {
+    pub at: i64,
+    pub upn_given: &'a str,
+    pub user_id: Option<UserId>,
+    pub route: &'a str,
+    pub credential: CredentialKind,
+    pub app_password_name: Option<&'a str>,
+    pub client_ip: IpAddr,
+    pub user_agent: &'a str,
+    pub success: bool,
+    pub reason: Reason,
+}
+
+impl Event<'_> {
+    fn fingerprint(&self, state: &std::hash::RandomState) -> u64 {
+        let mut h = state.build_hasher();
+        self.upn_given.hash(&mut h);
+        self.user_id.hash(&mut h);
+        self.route.hash(&mut h);
+        self.credential.as_str().hash(&mut h);
+        self.app_password_name.hash(&mut h);
+        self.client_ip.hash(&mut h);
+        self.user_agent.hash(&mut h);
+        self.success.hash(&mut h);
+        self.reason.as_str().hash(&mut h);
+        h.finish()
+    }
+
+    fn matches(&self, r: &Pending) -> bool {
+        self.upn_given == r.record.upn_given
+            && self.user_id == r.record.user_id
+            && self.route == r.record.route
+            && self.credential == r.record.credential
+            && self.app_password_name == r.record.app_password_name.as_deref()
+            && self.client_ip == r.ip
+            && self.user_agent == r.raw_user_agent
+            && self.success == r.record.success
+            && self.reason == r.record.reason
+    }
+
+    fn to_pending(self) -> Pending {
+        Pending {
+            ip: self.client_ip,
+            raw_user_agent: self.user_agent.to_owned(),
+            record: AuditRecord {
+                at: self.at,
+                upn_given: audit_text(self.upn_given, MAX_AUDIT_UPN_CHARS),
+                user_id: self.user_id,
+                route: self.route.to_owned(),
+                credential: self.credential,
+                app_password_name: self.app_password_name.map(str::to_owned),
+                client_ip: self.client_ip.to_string(),
+                user_agent: audit_text(self.user_agent, MAX_AUDIT_USER_AGENT_CHARS),
+                success: self.success,
+                reason: self.reason,
+                count: 1,
+            },
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Pending {
+    ip: IpAddr,
+    raw_user_agent: String,
+    record: AuditRecord,
+}
+
+/// The records of one window, identical decisions folded, in first-seen order.
+#[derive(Debug, Default)]
+struct Batch {
+    records: Vec<Pending>,
+    by_fingerprint: HashMap<u64, Vec<usize>>,
+    dropped: u64,
+}
+
+impl Batch {
+    fn push(&mut self, event: &Event<'_>, state: &std::hash::RandomState) {
+        let fp = event.fingerprint(state);
+        let slots = self.by_fingerprint.entry(fp).or_default();
+        for &i in slots.iter() {
+            if event.matches(&self.records[i]) {
+                let r = &mut self.records[i].record;
+                r.count = r.count.saturating_add(1);
+                return;
+            }
+        }
+        if self.records.len() >= MAX_PENDING {
+            self.dropped += 1;
+            return;
+        }
+        slots.push(self.records.len());
+        self.records.push(event.to_pending());
+    }
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    batch: Mutex<Batch>,
+    state: std::hash::RandomState,
+}
 
 #[derive(Debug, Clone)]
 pub struct AuditSink {
-    tx: mpsc::Sender<AuditRecord>,
+    shared: Arc<Shared>,
 }
 
 impl AuditSink {
@@ -35,113 +143,108 @@ impl AuditSink {
     /// the drain), then await the handle: the writer writes what it still
     /// holds and ends.
     pub fn start(store: Arc<dyn Store>, stop: Shutdown) -> (AuditSink, JoinHandle<()>) {
-        let (tx, rx) = mpsc::channel(QUEUE);
-        let handle = tokio::spawn(writer(store, rx, stop));
-        (AuditSink { tx }, handle)
+        let shared = Arc::new(Shared::default());
+        let handle = tokio::spawn(writer(store, Arc::clone(&shared), stop));
+        (AuditSink { shared }, handle)
     }
 
-    pub fn record(&self, record: AuditRecord) {
-        tracing::info!(
-            target: "fedgate::audit",
-            user = %record.upn_given,
-            user_id = record.user_id.map(|u| u.0),
-            route = %record.route,
-            credential = record.credential.as_str(),
-            app_password = record.app_password_name.as_deref().unwrap_or("-"),
-            client = %record.client_ip,
-            user_agent = %record.user_agent,
-            success = record.success,
-            reason = record.reason.as_str(),
-            "sign-in"
-        );
-        if self.tx.try_send(record).is_err() {
-            metrics::counter!("fedgate_audit_dropped_total").increment(1);
-        }
+    pub fn record(&self, event: &Event<'_>) {
+        // Invariant: the lock is held only for a push or a swap, neither of
+        // which panics; a poisoned lock still holds a consistent batch.
+        let mut batch = self.shared.batch.lock().unwrap_or_else(|p| p.into_inner());
+        batch.push(event, &self.shared.state);
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-struct Key {
-    upn_given: String,
-    user_id: Option<UserId>,
-    route: String,
-    credential: CredentialKind,
-    app_password_name: Option<String>,
-    client_ip: String,
-    user_agent: String,
-    success: bool,
-    reason: Reason,
-}
-
-fn key(r: &AuditRecord) -> Key {
-    Key {
-        upn_given: r.upn_given.clone(),
-        user_id: r.user_id,
-        route: r.route.clone(),
-        credential: r.credential,
-        app_password_name: r.app_password_name.clone(),
-        client_ip: r.client_ip.clone(),
-        user_agent: r.user_agent.clone(),
-        success: r.success,
-        reason: r.reason,
-    }
-}
-
-/// Records of one flush window, identical decisions folded into one record
-/// with a count, in first-seen order.
-#[derive(Debug, Default)]
-pub struct Batch {
-    records: Vec<AuditRecord>,
-    seen: HashMap<Key, usize>,
-}
-
-impl Batch {
-    pub fn push(&mut self, r: AuditRecord) {
-        let k = key(&r);
-        match self.seen.get(&k) {
-            Some(&i) => self.records[i].count += r.count,
-            None => {
-                self.seen.insert(k, self.records.len());
-                self.records.push(r);
-            }
-        }
-    }
-
-    pub fn take(&mut self) -> Vec<AuditRecord> {
-        self.seen.clear();
-        std::mem::take(&mut self.records)
-    }
-}
-
-async fn writer(store: Arc<dyn Store>, mut rx: mpsc::Receiver<AuditRecord>, shutdown: Shutdown) {
+async fn writer(store: Arc<dyn Store>, shared: Arc<Shared>, stop: Shutdown) {
     let mut tick = tokio::time::interval(FLUSH_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    let mut pending = Batch::default();
     loop {
         tokio::select! {
-            received = rx.recv() => match received {
-                Some(r) => pending.push(r),
-                None => break,
-            },
-            _ = tick.tick() => flush(&*store, &mut pending).await,
-            _ = shutdown.wait() => break,
+            _ = tick.tick() => flush(&*store, &shared).await,
+            _ = stop.wait() => break,
         }
     }
-    while let Ok(r) = rx.try_recv() {
-        pending.push(r);
-    }
-    flush(&*store, &mut pending).await;
+    flush(&*store, &shared).await;
 }
 
-async fn flush(store: &dyn Store, pending: &mut Batch) {
-    let batch = pending.take();
-    if batch.is_empty() {
+async fn flush(store: &dyn Store, shared: &Shared) {
+    let batch = {
+        let mut guard = shared.batch.lock().unwrap_or_else(|p| p.into_inner());
+        std::mem::take(&mut *guard)
+    };
+    if batch.dropped > 0 {
+        metrics::counter!("fedgate_audit_dropped_total").increment(batch.dropped);
+        tracing::warn!(dropped = batch.dropped, "too many distinct sign-in records in one second: some were not kept");
+    }
+    if batch.records.is_empty() {
         return;
     }
-    if let Err(err) = store.append_audit(&batch).await {
-        // The events were logged already; the store copy is lost for this
-        // batch, which the metric and the log make visible.
-        metrics::counter!("fedgate_audit_dropped_total").increment(batch.len() as u64);
-        tracing::error!(error = %err, records = batch.len(), "cannot write audit records to the store");
+    let records: Vec<AuditRecord> = batch.records.into_iter().map(|p| p.record).collect();
+    for r in &records {
+        tracing::info!(
+            target: "fedgate::audit",
+            user = %r.upn_given,
+            user_id = r.user_id.map(|u| u.0),
+            route = %r.route,
+            credential = r.credential.as_str(),
+            app_password = r.app_password_name.as_deref().unwrap_or("-"),
+            client = %r.client_ip,
+            user_agent = %r.user_agent,
+            success = r.success,
+            reason = r.reason.as_str(),
+            count = r.count,
+            "sign-in"
+        );
+    }
+    if let Err(err) = store.append_audit(&records).await {
+        // The events were logged; the store copy of this window is lost,
+        // which the metric and the log make visible.
+        metrics::counter!("fedgate_audit_dropped_total").increment(records.len() as u64);
+        tracing::error!(error = %err, records = records.len(), "cannot write sign-in records to the store");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event<'a>(user: &'a str, ua: &'a str, success: bool) -> Event<'a> {
+        Event {
+            at: 1,
+            upn_given: user,
+            user_id: None,
+            route: "/EWS",
+            credential: CredentialKind::Password,
+            app_password_name: None,
+            client_ip: "192.0.2.1".parse().unwrap(),
+            user_agent: ua,
+            success,
+            reason: if success { Reason::Password } else { Reason::BadCredentials },
+        }
+    }
+
+    #[test]
+    fn identical_decisions_fold_into_one_record() {
+        let state = std::hash::RandomState::new();
+        let mut b = Batch::default();
+        for _ in 0..3 {
+            b.push(&event("alice@x.example", "iPhone", true), &state);
+        }
+        b.push(&event("alice@x.example", "Outlook", true), &state);
+        b.push(&event("alice@x.example", "iPhone", false), &state);
+        let counts: Vec<u32> = b.records.iter().map(|p| p.record.count).collect();
+        assert_eq!(counts, vec![3, 1, 1]);
+    }
+
+    #[test]
+    fn client_text_is_clamped_and_made_printable() {
+        let state = std::hash::RandomState::new();
+        let mut b = Batch::default();
+        let long = "a".repeat(10_000);
+        b.push(&event(&long, "evil\nagent", false), &state);
+        let r = &b.records[0].record;
+        assert_eq!(r.upn_given.chars().count(), MAX_AUDIT_UPN_CHARS);
+        assert!(!r.user_agent.contains('\n'));
     }
 }

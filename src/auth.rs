@@ -29,10 +29,10 @@ use http::request::Parts;
 use http::{Response, StatusCode};
 
 use crate::app_password::{self, CanonicalAppPassword};
-use crate::audit::AuditSink;
+use crate::audit::{AuditSink, Event};
 use crate::config::{AuthConfig, Realm, RouteConfig};
 use crate::jobs::Job;
-use crate::model::{AppPasswordId, AuditRecord, Clock, CredentialKind, Reason, Secret, Upn, UserId, UserSource};
+use crate::model::{AppPasswordId, Clock, CredentialKind, Reason, Secret, Upn, UserId, UserSource};
 use crate::proxy::body::{full, ProxyBody};
 use crate::server_key::ServerKey;
 use crate::shutdown::Shutdown;
@@ -168,27 +168,26 @@ impl Authenticator {
         let user_agent = head
             .headers
             .get(USER_AGENT)
-            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-            .unwrap_or_default();
-        let mut audit = AuditRecord {
+            .map(|v| std::str::from_utf8(v.as_bytes()).unwrap_or("(not UTF-8)"))
+            .unwrap_or("");
+        let mut audit = Event {
             at: self.clock.now_ms(),
-            upn_given: String::new(),
+            upn_given: "",
             user_id: None,
-            route: route.name.clone(),
+            route: &route.name,
             credential: CredentialKind::None,
             app_password_name: None,
-            client_ip: client.ip.to_string(),
+            client_ip: client.ip,
             user_agent,
             success: false,
             reason: Reason::NoCredentials,
-            count: 1,
         };
         let (user_given, secret) = match basic::parse(&head.headers) {
             basic::Presented::None => return Err(self.refuse(audit, Refusal::Unauthorized, Reason::NoCredentials)),
             basic::Presented::Malformed => return Err(self.refuse(audit, Refusal::Unauthorized, Reason::Malformed)),
             basic::Presented::Basic { user, secret } => (user, secret),
         };
-        audit.upn_given = crate::model::audit_text(&user_given, crate::model::MAX_AUDIT_UPN_CHARS);
+        audit.upn_given = &user_given;
         let entry = Upn::parse(&user_given)
             .ok()
             .and_then(|upn| self.index.user_by_upn(upn.as_str()));
@@ -200,11 +199,9 @@ impl Authenticator {
         };
 
         let verified = self.verify(route.realm, entry.as_deref(), &secret, app_password).await;
-        if let Some(e) = &entry {
-            audit.user_id = Some(e.user.id);
-        }
+        audit.user_id = entry.as_ref().map(|e| e.user.id);
         if let Verified::AppPassword { name, .. } = &verified {
-            audit.app_password_name = Some(name.clone());
+            audit.app_password_name = Some(name);
         }
         let decision = decision::decide(Facts {
             realm: route.realm,
@@ -215,21 +212,20 @@ impl Authenticator {
         });
         match decision {
             Decision::Allow { credential, reason } => {
-                // Invariant: the decision table allows only a resolved user.
-                let upn = entry.map(|e| e.user.upn.as_str().to_owned()).unwrap_or_default();
                 if let Verified::AppPassword { id, .. } = &verified {
                     self.note_use(*id, &audit);
                 }
                 audit.success = true;
                 audit.reason = reason;
                 audit.credential = credential;
-                let identity = Identity::User {
+                self.audit.record(&audit);
+                // Invariant: the decision table allows only a resolved user.
+                let upn = entry.map(|e| e.user.upn.as_str().to_owned()).unwrap_or_default();
+                Ok(Identity::User {
                     upn,
                     credential,
-                    app_password: audit.app_password_name.clone(),
-                };
-                self.audit.record(audit);
-                Ok(identity)
+                    app_password: audit.app_password_name.map(str::to_owned),
+                })
             }
             Decision::Deny { refusal, reason } => Err(self.refuse(audit, refusal, reason)),
         }
@@ -355,7 +351,7 @@ impl Authenticator {
         }
     }
 
-    fn note_use(&self, id: AppPasswordId, audit: &AuditRecord) {
+    fn note_use(&self, id: AppPasswordId, audit: &Event<'_>) {
         let now = audit.at;
         // One update a second per app password is plenty for "last used".
         if let Some(prev) = self.last_used.get(&id) {
@@ -368,16 +364,16 @@ impl Authenticator {
             LastUsed {
                 id,
                 at: now,
-                ip: audit.client_ip.clone(),
-                user_agent: audit.user_agent.clone(),
+                ip: audit.client_ip.to_string(),
+                user_agent: audit.user_agent.to_owned(),
             },
         );
     }
 
-    fn refuse(&self, mut audit: AuditRecord, refusal: Refusal, reason: Reason) -> Response<ProxyBody> {
+    fn refuse(&self, mut audit: Event<'_>, refusal: Refusal, reason: Reason) -> Response<ProxyBody> {
         audit.success = false;
         audit.reason = reason;
-        self.audit.record(audit);
+        self.audit.record(&audit);
         let (status, text, retry_after) = match refusal {
             Refusal::Unauthorized => (StatusCode::UNAUTHORIZED, "401 Unauthorized\n", None),
             Refusal::TooManyAttempts => (StatusCode::TOO_MANY_REQUESTS, "429 Too Many Requests\n", Some("60")),
