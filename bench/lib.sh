@@ -153,6 +153,20 @@ bench_alive() {
     kill -0 "$1" 2>/dev/null
 }
 
+# bench_reap PID: waits for a process started with bench_spawn that ends on
+# its own (a bounded load generator), returns its exit status and drops it
+# from the cleanup list, so that cleanup never signals a PID that the kernel
+# may since have given to some other process.
+bench_reap() {
+    local pid=$1 rc=0 p keep=()
+    wait "$pid" || rc=$?
+    for p in "${BENCH_PIDS[@]}"; do
+        [ "$p" = "$pid" ] || keep+=("$p")
+    done
+    BENCH_PIDS=("${keep[@]}")
+    return "$rc"
+}
+
 # --- ports and readiness -----------------------------------------------------
 
 # bench_free_port VAR
@@ -181,13 +195,21 @@ bench_free_port() {
 # body), for at most TRIES x 0.1 s. Fails at once if PID has exited, so a
 # target that crashed on start is reported as such and not as a timeout.
 bench_wait_http() {
-    local name=$1 url=$2 pid=$3 tries=${4:-100} expect=${5-} body i
+    bench_wait_http_with "$1" "$2" "$3" "${4:-100}" "${5-}"
+}
+
+# bench_wait_http_with NAME URL PID TRIES EXPECT_BODY [CURL_ARG...]
+# bench_wait_http with extra curl arguments (e.g. -u USER:PASS), for targets
+# that answer 2xx only to a signed-in request. EXPECT_BODY may be empty.
+bench_wait_http_with() {
+    local name=$1 url=$2 pid=$3 tries=$4 expect=$5 body i
+    shift 5
     for ((i = 0; i < tries; i++)); do
         if ! bench_alive "$pid"; then
             bench_log "$name (pid $pid) exited before it was ready"
             return 1
         fi
-        if body=$(curl -fsS --max-time 1 "$url" 2>/dev/null); then
+        if body=$(curl -fsS --max-time 1 "$@" "$url" 2>/dev/null); then
             if [ -z "$expect" ] || [ "$body" = "$expect" ]; then
                 bench_log "$name ready at $url"
                 return 0
@@ -298,22 +320,34 @@ bench_wrk_cmd() {
     echo "wrk -t$BENCH_WRK_THREADS -c$BENCH_WRK_CONNS -d$BENCH_WRK_DURATION --latency --timeout $BENCH_WRK_TIMEOUT"
 }
 
-# bench_wrk_warmup URL: a short discarded run, so that connection pools,
-# caches and CPU frequency settle before the measured run.
+# bench_wrk_warmup URL [WRK_ARG...]: a short discarded run, so that
+# connection pools, caches and CPU frequency settle before the measured run.
+# Extra arguments (e.g. -H for a header) go to wrk as they are.
 bench_wrk_warmup() {
-    local out
+    local url=$1 out
+    shift
     out=$(wrk -t"$BENCH_WRK_THREADS" -c"$BENCH_WRK_CONNS" -d"$BENCH_WARMUP" \
-        --timeout "$BENCH_WRK_TIMEOUT" "$1" 2>&1) ||
-        bench_die "wrk warm-up against $1 failed: $out"
+        --timeout "$BENCH_WRK_TIMEOUT" "$@" "$url" 2>&1) ||
+        bench_die "wrk warm-up against $url failed: $out"
 }
 
-# bench_wrk URL OUTFILE
+# bench_wrk URL OUTFILE [WRK_ARG...]
 # The measured run: wrk output in OUTFILE, wrk's own user+system CPU seconds
 # in OUTFILE.cpu.
 bench_wrk() {
-    local url=$1 out=$2 TIMEFORMAT='%U %S'
-    { time wrk -t"$BENCH_WRK_THREADS" -c"$BENCH_WRK_CONNS" -d"$BENCH_WRK_DURATION" \
-        --latency --timeout "$BENCH_WRK_TIMEOUT" "$url" >"$out" 2>&1; } 2>"$out.cpu" ||
+    local url=$1 out=$2
+    shift 2
+    bench_wrk_sized "$BENCH_WRK_THREADS" "$BENCH_WRK_CONNS" "$BENCH_WRK_DURATION" "$url" "$out" "$@"
+}
+
+# bench_wrk_sized THREADS CONNS DURATION URL OUTFILE [WRK_ARG...]
+# bench_wrk with its own thread and connection counts and duration, for runs
+# that share the machine with a second load on purpose.
+bench_wrk_sized() {
+    local threads=$1 conns=$2 duration=$3 url=$4 out=$5 TIMEFORMAT='%U %S'
+    shift 5
+    { time wrk -t"$threads" -c"$conns" -d"$duration" \
+        --latency --timeout "$BENCH_WRK_TIMEOUT" "$@" "$url" >"$out" 2>&1; } 2>"$out.cpu" ||
         bench_die "wrk against $url failed: $(cat "$out")"
 }
 
@@ -369,6 +403,19 @@ bench_ratio() {
     awk -v a="$1" -v b="$2" 'BEGIN { if (b + 0 == 0) print "n/a"; else printf "%.2f\n", a / b }'
 }
 
+# bench_verdict VALUE OP LIMIT: "met" or "NOT met" for VALUE >= or <= LIMIT
+# (OP is ">=", "<=", ">" or "<"), "n/a" when VALUE is.
+bench_verdict() {
+    awk -v v="$1" -v op="$2" -v l="$3" 'BEGIN {
+        if (v == "n/a") { print "n/a"; exit }
+        if (op == ">=")      ok = v + 0 >= l + 0
+        else if (op == "<=") ok = v + 0 <= l + 0
+        else if (op == ">")  ok = v + 0 > l + 0
+        else                 ok = v + 0 < l + 0
+        print ok ? "met" : "NOT met"
+    }'
+}
+
 # bench_fmt_k RPS: 12345.6 -> 12.3k, for compact tables.
 bench_fmt_k() {
     awk -v v="$1" 'BEGIN { printf "%.1fk\n", v / 1000 }'
@@ -383,6 +430,8 @@ bench_machine_facts() {
     echo "- cores (nproc): $(nproc)${cpu:+ ($cpu)}"
     echo "- kernel: $(uname -sr)"
     if [ -r /etc/os-release ]; then
+        # The file differs per machine; there is nothing to check statically.
+        # shellcheck disable=SC1091
         echo "- os: $(. /etc/os-release && echo "${PRETTY_NAME:-unknown}")"
     fi
     echo "- nginx: $(bench_nginx_version)"

@@ -13,15 +13,15 @@ use tokio_util::task::TaskTracker;
 use std::time::Duration;
 
 use crate::admin::Admin;
-use crate::jobs::Job;
 use crate::audit::AuditSink;
 use crate::auth::Authenticator;
 use crate::config::Config;
+use crate::jobs::Job;
 use crate::model::{Clock, SystemClock};
 use crate::proxy::workers::{self, Bound, Shared, Workers};
 use crate::proxy::{tls, Proxy};
-use tokio::sync::Semaphore;
 use crate::shutdown::Shutdown;
+use tokio::sync::Semaphore;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -81,10 +81,15 @@ pub async fn serve(config: Config, shutdown: Shutdown) -> Result<(), ServeError>
     let mut jobs = auth.start_jobs(&shutdown);
     if let Some(handle) = metrics.clone() {
         // Histograms keep their samples until upkeep folds them in.
-        jobs.push(Job::every("metrics.upkeep", Duration::from_secs(5), shutdown.clone(), move || {
-            let handle = handle.clone();
-            async move { handle.run_upkeep() }
-        }));
+        jobs.push(Job::every(
+            "metrics.upkeep",
+            Duration::from_secs(5),
+            shutdown.clone(),
+            move || {
+                let handle = handle.clone();
+                async move { handle.run_upkeep() }
+            },
+        ));
     }
     tracing::info!(store = %config.store.url, "store opened");
 
@@ -95,7 +100,12 @@ pub async fn serve(config: Config, shutdown: Shutdown) -> Result<(), ServeError>
     let workers = config.server.workers;
     let mut bound = Vec::new();
     for (i, addr) in config.server.listen.iter().enumerate() {
-        bound.push(bind(format!("server.listen[{i}]"), *addr, tls_acceptor.clone(), workers)?);
+        bound.push(bind(
+            format!("server.listen[{i}]"),
+            *addr,
+            tls_acceptor.clone(),
+            workers,
+        )?);
     }
     for (i, addr) in config.server.listen_plain.iter().enumerate() {
         bound.push(bind(format!("server.listen_plain[{i}]"), *addr, None, workers)?);

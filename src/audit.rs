@@ -19,7 +19,9 @@ use std::time::Duration;
 
 use tokio::task::JoinHandle;
 
-use crate::model::{audit_text, AuditRecord, CredentialKind, Reason, UserId, MAX_AUDIT_UPN_CHARS, MAX_AUDIT_USER_AGENT_CHARS};
+use crate::model::{
+    audit_text, AuditRecord, CredentialKind, Reason, UserId, MAX_AUDIT_UPN_CHARS, MAX_AUDIT_USER_AGENT_CHARS,
+};
 use crate::shutdown::Shutdown;
 use crate::store::Store;
 
@@ -175,7 +177,10 @@ async fn flush(store: &dyn Store, shared: &Shared) {
     };
     if batch.dropped > 0 {
         metrics::counter!("fedgate_audit_dropped_total").increment(batch.dropped);
-        tracing::warn!(dropped = batch.dropped, "too many distinct sign-in records in one second: some were not kept");
+        tracing::warn!(
+            dropped = batch.dropped,
+            "too many distinct sign-in records in one second: some were not kept"
+        );
     }
     if batch.records.is_empty() {
         return;
@@ -220,7 +225,11 @@ mod tests {
             client_ip: "192.0.2.1".parse().unwrap(),
             user_agent: ua,
             success,
-            reason: if success { Reason::Password } else { Reason::BadCredentials },
+            reason: if success {
+                Reason::Password
+            } else {
+                Reason::BadCredentials
+            },
         }
     }
 

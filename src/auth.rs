@@ -113,6 +113,7 @@ pub struct Authenticator {
     last_used: DashMap<AppPasswordId, LastUsed>,
     clock: Arc<dyn Clock>,
     ttl: Duration,
+    failure_delay: Duration,
     challenge: HeaderValue,
 }
 
@@ -157,6 +158,7 @@ impl Authenticator {
             last_used: DashMap::new(),
             clock,
             ttl: config.cache_ttl,
+            failure_delay: config.failure_delay,
             challenge,
         })
     }
@@ -184,7 +186,10 @@ impl Authenticator {
         };
         let (user_given, secret) = match basic::parse(&head.headers) {
             basic::Presented::None => return Err(self.refuse(audit, Refusal::Unauthorized, Reason::NoCredentials)),
-            basic::Presented::Malformed => return Err(self.refuse(audit, Refusal::Unauthorized, Reason::Malformed)),
+            basic::Presented::Malformed => {
+                let refusal = self.refuse(audit, Refusal::Unauthorized, Reason::Malformed);
+                return Err(self.after_failure_delay(refusal).await);
+            }
             basic::Presented::Basic { user, secret } => (user, secret),
         };
         audit.upn_given = &user_given;
@@ -227,7 +232,10 @@ impl Authenticator {
                     app_password: audit.app_password_name.map(str::to_owned),
                 })
             }
-            Decision::Deny { refusal, reason } => Err(self.refuse(audit, refusal, reason)),
+            Decision::Deny { refusal, reason } => {
+                let refusal = self.refuse(audit, refusal, reason);
+                Err(self.after_failure_delay(refusal).await)
+            }
         }
     }
 
@@ -368,6 +376,19 @@ impl Authenticator {
                 user_agent: audit.user_agent.to_owned(),
             },
         );
+    }
+
+    /// Holds a refusal back for `auth.failure_delay` before it is sent. A
+    /// client that retries the moment it is refused (a password sprayer, a
+    /// misconfigured phone) then costs a sleeping timer instead of a core:
+    /// 200 spraying connections make at most 200 attempts a second, and warm
+    /// sign-ins keep the CPU. The plain Basic challenge (no credentials) is
+    /// not delayed: every client starts with it.
+    async fn after_failure_delay(&self, refusal: Response<ProxyBody>) -> Response<ProxyBody> {
+        if !self.failure_delay.is_zero() {
+            tokio::time::sleep(self.failure_delay).await;
+        }
+        refusal
     }
 
     fn refuse(&self, mut audit: Event<'_>, refusal: Refusal, reason: Reason) -> Response<ProxyBody> {

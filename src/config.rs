@@ -77,6 +77,8 @@ pub struct AuthConfig {
     pub hash_workers: usize,
     /// argon2 verifications waiting; beyond this requests get 503 at once.
     pub hash_queue: usize,
+    /// How long a refused sign-in waits before its answer is sent.
+    pub failure_delay: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -285,6 +287,7 @@ impl TryFrom<FileConfig> for Config {
             cache_max_entries: None,
             hash_workers: None,
             hash_queue: None,
+            failure_delay: None,
         });
         let auth = AuthConfig {
             basic_realm: match a.basic_realm {
@@ -304,6 +307,20 @@ impl TryFrom<FileConfig> for Config {
                 Some(n) => bounded("auth.hash_workers", Some(n), 1, 1, 256)?,
             },
             hash_queue: bounded("auth.hash_queue", a.hash_queue, 64, 0, 100_000)?,
+            failure_delay: match a.failure_delay.as_deref().map(str::trim) {
+                None => Duration::from_secs(1),
+                Some("0" | "0s" | "0ms") => Duration::ZERO,
+                Some(v) => {
+                    let d = duration("auth.failure_delay", Some(v), v)?;
+                    if d > Duration::from_secs(30) {
+                        return Err(ConfigError::invalid(
+                            "auth.failure_delay",
+                            "at most 30s: mail clients time out",
+                        ));
+                    }
+                    d
+                }
+            },
         };
 
         let mut routes = Vec::with_capacity(file.route.len());

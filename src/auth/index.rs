@@ -132,8 +132,12 @@ impl Index {
             match store.get_user(*id).await? {
                 Some(user) => {
                     let secrets = store.load_user_secrets(*id).await?;
-                    self.put_user(user);
+                    // Tags first: a request that sees the user's new
+                    // generation must also see the new set of tags, or it
+                    // could verify a just-revoked app password and cache it
+                    // under the new generation.
                     self.put_secrets(*id, secrets);
+                    self.put_user(user);
                 }
                 None => {
                     if let Some((_, entry)) = self.users_by_id.remove(id) {

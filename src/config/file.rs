@@ -29,6 +29,7 @@ pub struct AuthFile {
     pub cache_max_entries: Option<i64>,
     pub hash_workers: Option<i64>,
     pub hash_queue: Option<i64>,
+    pub failure_delay: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -91,7 +91,8 @@ struct RequestMetrics {
 fn request_metrics() -> &'static RequestMetrics {
     static METRICS: OnceLock<RequestMetrics> = OnceLock::new();
     METRICS.get_or_init(|| RequestMetrics {
-        by_class: ["1xx", "2xx", "3xx", "4xx", "5xx"].map(|class| metrics::counter!("fedgate_requests_total", "status" => class)),
+        by_class: ["1xx", "2xx", "3xx", "4xx", "5xx"]
+            .map(|class| metrics::counter!("fedgate_requests_total", "status" => class)),
         duration: metrics::histogram!("fedgate_request_duration_seconds"),
     })
 }

@@ -122,7 +122,15 @@ fn run_worker(shared: Arc<Shared>, sockets: Vec<(std::net::TcpListener, Option<T
             return;
         }
     };
+    crate::logging::buffer_this_thread();
     runtime.block_on(async move {
+        let flusher = tokio::spawn(async {
+            let mut tick = tokio::time::interval(std::time::Duration::from_millis(100));
+            loop {
+                tick.tick().await;
+                crate::logging::flush_this_thread();
+            }
+        });
         let tracker = TaskTracker::new();
         let proxy = match Proxy::new(&shared.config, tracker.clone(), shared.auth.clone()) {
             Ok(p) => Arc::new(p),
@@ -163,5 +171,8 @@ fn run_worker(shared: Arc<Shared>, sockets: Vec<(std::net::TcpListener, Option<T
                 "server.shutdown_grace elapsed: closing the remaining connections"
             );
         }
+        flusher.abort();
     });
+    drop(runtime);
+    crate::logging::flush_this_thread();
 }

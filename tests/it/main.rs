@@ -2,4 +2,5 @@
 
 mod cli;
 mod proxy;
+mod signin;
 mod support;

@@ -2,6 +2,7 @@
 //! kernel, in-process upstreams, and small HTTP clients for HTTP/1.1 and
 //! HTTP/2 over plain TCP or TLS.
 
+pub mod admin;
 pub mod client;
 pub mod fedgate;
 pub mod upstream;

@@ -8,8 +8,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use base64::Engine;
 use bytes::Bytes;
-use http::{header, HeaderMap, HeaderValue, Request, Response, StatusCode, Uri};
+use http::{header, HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Uri};
 use http_body::{Body, Frame};
 use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Empty, Full};
 use hyper::body::Incoming;
@@ -193,4 +194,33 @@ impl Client {
 /// One GET on a fresh plain HTTP/1.1 connection.
 pub async fn get(addr: SocketAddr, path: &str) -> (StatusCode, HeaderMap, Bytes) {
     Client::plain(addr, Proto::H1).await.get(path).await
+}
+
+/// An `Authorization: Basic` value for `user` and `password`.
+pub fn basic(user: &str, password: &str) -> HeaderValue {
+    basic_raw(format!("{user}:{password}").as_bytes())
+}
+
+/// An `Authorization: Basic` value carrying `credentials` as given, so a
+/// test can send what no well-behaved client would (no colon, not UTF-8).
+pub fn basic_raw(credentials: &[u8]) -> HeaderValue {
+    let token = base64::engine::general_purpose::STANDARD.encode(credentials);
+    HeaderValue::from_str(&format!("Basic {token}")).unwrap()
+}
+
+/// One GET with `headers` (appended in order, so a name may repeat) on a
+/// fresh plain HTTP/1.1 connection.
+pub async fn get_with(addr: SocketAddr, path: &str, headers: &[(&str, HeaderValue)]) -> (StatusCode, HeaderMap, Bytes) {
+    let mut req = Request::get(path).body(empty()).unwrap();
+    for (name, value) in headers {
+        req.headers_mut()
+            .append(HeaderName::from_bytes(name.as_bytes()).unwrap(), value.clone());
+    }
+    let resp = Client::plain(addr, Proto::H1).await.send(req).await.expect("request");
+    let (parts, body) = resp.into_parts();
+    (
+        parts.status,
+        parts.headers,
+        body.collect().await.expect("body").to_bytes(),
+    )
 }

@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use super::admin::{Admin, CliOutput};
+
 pub fn binary() -> &'static str {
     env!("CARGO_BIN_EXE_fedgate")
 }
@@ -19,6 +21,7 @@ pub struct Builder {
     tls: bool,
     admin: bool,
     server: Vec<String>,
+    auth: Vec<String>,
     routes: Vec<String>,
 }
 
@@ -35,6 +38,12 @@ impl Builder {
         self
     }
 
+    /// A raw `key = value` line for the `[auth]` table.
+    pub fn auth(mut self, line: &str) -> Self {
+        self.auth.push(line.to_string());
+        self
+    }
+
     /// A raw `key = value` line for the `[server]` table.
     pub fn server(mut self, line: &str) -> Self {
         self.server.push(line.to_string());
@@ -43,9 +52,19 @@ impl Builder {
 
     /// A route to `upstream` (a URL or `builtin:whoami`) at `path`; `extra`
     /// holds more `key = value` lines.
-    pub fn route(mut self, path: &str, upstream: &str, extra: &str) -> Self {
+    pub fn route(self, path: &str, upstream: &str, extra: &str) -> Self {
+        self.realm_route("none", path, upstream, extra)
+    }
+
+    /// Like [`Builder::route`], but every request must sign in against the
+    /// cloud store.
+    pub fn cloud_route(self, path: &str, upstream: &str, extra: &str) -> Self {
+        self.realm_route("cloud", path, upstream, extra)
+    }
+
+    fn realm_route(mut self, realm: &str, path: &str, upstream: &str, extra: &str) -> Self {
         self.routes.push(format!(
-            "[[route]]\npath = \"{path}\"\nupstream = \"{upstream}\"\nrealm = \"none\"\n{extra}\n"
+            "[[route]]\npath = \"{path}\"\nupstream = \"{upstream}\"\nrealm = \"{realm}\"\n{extra}\n"
         ));
         self
     }
@@ -70,6 +89,16 @@ impl Builder {
             dir.join("data/fedgate.db").display(),
             dir.join("data/fedgate.key").display()
         ));
+        // Refusals are answered at once unless a test asks otherwise, so
+        // tests time revocations, not the anti-spraying delay.
+        text.push_str("[auth]\n");
+        if !self.auth.iter().any(|l| l.starts_with("failure_delay")) {
+            text.push_str("failure_delay = \"0s\"\n");
+        }
+        for line in &self.auth {
+            text.push_str(line);
+            text.push('\n');
+        }
         if self.admin {
             text.push_str("[admin]\nlisten = \"127.0.0.1:0\"\n");
         }
@@ -83,7 +112,7 @@ impl Builder {
         let dir = tempfile::tempdir().expect("temp dir");
         let config = dir.path().join("fedgate.toml");
         std::fs::write(&config, self.config_text(dir.path())).expect("write config");
-        Fedgate::spawn(dir, &config)
+        Fedgate::spawn(Arc::new(dir), config)
     }
 }
 
@@ -96,7 +125,9 @@ struct LogState {
 
 pub struct Fedgate {
     child: Child,
-    pub dir: tempfile::TempDir,
+    /// Shared so that a restarted server takes over the same directory.
+    pub dir: Arc<tempfile::TempDir>,
+    config: PathBuf,
     pub plain: SocketAddr,
     pub tls: Option<SocketAddr>,
     pub admin: Option<SocketAddr>,
@@ -108,7 +139,7 @@ impl Fedgate {
         Builder::default()
     }
 
-    fn spawn(dir: tempfile::TempDir, config: &Path) -> Fedgate {
+    fn spawn(dir: Arc<tempfile::TempDir>, config: PathBuf) -> Fedgate {
         let mut child = Command::new(binary())
             .args([
                 "--log-format",
@@ -118,7 +149,7 @@ impl Fedgate {
                 "serve",
                 "--config",
             ])
-            .arg(config)
+            .arg(&config)
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -146,6 +177,7 @@ impl Fedgate {
         let mut fedgate = Fedgate {
             child,
             dir,
+            config,
             plain: "0.0.0.0:0".parse().unwrap(),
             tls: None,
             admin: None,
@@ -166,6 +198,45 @@ impl Fedgate {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    pub fn config_path(&self) -> &Path {
+        &self.config
+    }
+
+    /// The admin command line against this server's config and store.
+    pub fn admin(&self) -> Admin {
+        Admin::new(&self.config)
+    }
+
+    /// Runs `fedgate --config <this server's config> ARGS...` to completion.
+    pub fn cli(&self, args: &[&str]) -> CliOutput {
+        self.admin().run(args)
+    }
+
+    /// Stops the server with SIGTERM (asserting a clean exit) and starts a
+    /// new one on the same directory and config.
+    pub fn restart(mut self) -> Fedgate {
+        let status = self.stop("TERM");
+        assert!(
+            status.success(),
+            "fedgate exited with {status} after SIGTERM; log:\n{}",
+            self.raw_logs()
+        );
+        Fedgate::spawn(Arc::clone(&self.dir), self.config.clone())
+    }
+
+    /// Kills the server with SIGKILL, as a crash would, and starts a new
+    /// one on the same directory and config.
+    pub fn kill_and_restart(mut self) -> Fedgate {
+        self.stop("KILL");
+        Fedgate::spawn(Arc::clone(&self.dir), self.config.clone())
+    }
+
+    fn stop(&mut self, sig: &str) -> ExitStatus {
+        self.signal(sig);
+        self.wait_exit(Duration::from_secs(30))
+            .unwrap_or_else(|| panic!("fedgate still runs 30 s after SIG{sig}; log:\n{}", self.raw_logs()))
     }
 
     pub fn cert_path(&self) -> PathBuf {
