@@ -47,7 +47,7 @@ pub struct Event<'a> {
 }
 
 impl Event<'_> {
-    fn fingerprint(&self, state: &std::hash::RandomState) -> u64 {
+    fn fingerprint(&self, state: &foldhash::fast::RandomState) -> u64 {
         let mut h = state.build_hasher();
         self.upn_given.hash(&mut h);
         self.user_id.hash(&mut h);
@@ -110,7 +110,7 @@ struct Batch {
 }
 
 impl Batch {
-    fn push(&mut self, event: &Event<'_>, state: &std::hash::RandomState) {
+    fn push(&mut self, event: &Event<'_>, state: &foldhash::fast::RandomState) {
         let fp = event.fingerprint(state);
         let slots = self.by_fingerprint.entry(fp).or_default();
         for &i in slots.iter() {
@@ -132,7 +132,7 @@ impl Batch {
 #[derive(Debug, Default)]
 struct Shared {
     batch: Mutex<Batch>,
-    state: std::hash::RandomState,
+    state: foldhash::fast::RandomState,
 }
 
 #[derive(Debug, Clone)]
@@ -235,7 +235,7 @@ mod tests {
 
     #[test]
     fn identical_decisions_fold_into_one_record() {
-        let state = std::hash::RandomState::new();
+        let state = foldhash::fast::RandomState::default();
         let mut b = Batch::default();
         for _ in 0..3 {
             b.push(&event("alice@x.example", "iPhone", true), &state);
@@ -248,7 +248,7 @@ mod tests {
 
     #[test]
     fn client_text_is_clamped_and_made_printable() {
-        let state = std::hash::RandomState::new();
+        let state = foldhash::fast::RandomState::default();
         let mut b = Batch::default();
         let long = "a".repeat(10_000);
         b.push(&event(&long, "evil\nagent", false), &state);

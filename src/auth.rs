@@ -311,7 +311,7 @@ impl Authenticator {
             Err(_) => (Verified::Overloaded, None),
             Ok(false) => (Verified::Invalid, None),
             Ok(true) => {
-                let name = record.name.clone();
+                let name: Arc<str> = Arc::from(record.name.as_str());
                 (
                     Verified::AppPassword {
                         id: record.id,

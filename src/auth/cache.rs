@@ -9,6 +9,7 @@
 //! a revocation never matches again. Entries also expire after a TTL.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
@@ -23,7 +24,7 @@ pub type CacheKey = [u8; 32];
 /// What was verified.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CachedCredential {
-    AppPassword { id: AppPasswordId, name: String },
+    AppPassword { id: AppPasswordId, name: Arc<str> },
     Password,
 }
 
@@ -37,8 +38,10 @@ pub struct Entry {
 }
 
 pub struct VerifiedCache {
-    key: [u8; 32],
-    map: DashMap<CacheKey, Entry>,
+    /// Keyed once: cloning the keyed state saves re-deriving the HMAC pads
+    /// on every request.
+    mac: Hmac<Sha256>,
+    map: DashMap<CacheKey, Entry, foldhash::fast::RandomState>,
     max_entries: usize,
     len_hint: AtomicUsize,
 }
@@ -54,8 +57,10 @@ impl std::fmt::Debug for VerifiedCache {
 impl VerifiedCache {
     pub fn new(max_entries: usize) -> VerifiedCache {
         VerifiedCache {
-            key: rand::random(),
-            map: DashMap::new(),
+            // Invariant: HMAC takes keys of any length.
+            mac: <Hmac<Sha256> as Mac>::new_from_slice(&rand::random::<[u8; 32]>())
+                .expect("HMAC accepts any key length"),
+            map: DashMap::default(),
             max_entries,
             len_hint: AtomicUsize::new(0),
         }
@@ -64,8 +69,7 @@ impl VerifiedCache {
     /// The keyed hash of one credential. Length-prefixed fields, so no two
     /// (user, secret) pairs can collide by moving bytes between them.
     pub fn key(&self, realm: Realm, user: &str, secret: &str) -> CacheKey {
-        // Invariant: HMAC takes keys of any length.
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.key).expect("HMAC accepts any key length");
+        let mut mac = self.mac.clone();
         mac.update(realm.as_str().as_bytes());
         mac.update(&(user.len() as u64).to_le_bytes());
         mac.update(user.as_bytes());

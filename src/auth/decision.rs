@@ -9,7 +9,10 @@ use crate::model::{AppPasswordId, CredentialKind, MfaState, Reason, User};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verified {
     /// One of the user's app passwords (by name).
-    AppPassword { id: AppPasswordId, name: String },
+    AppPassword {
+        id: AppPasswordId,
+        name: std::sync::Arc<str>,
+    },
     /// The user's organizational password (argon2 for cloud-only users,
     /// directory bind for federated ones).
     Password,
