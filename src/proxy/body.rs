@@ -63,7 +63,7 @@ impl Drop for AccessRecord {
         m.by_class[class].increment(1);
         m.duration.record(duration.as_secs_f64());
         tracing::info!(
-            target: "fedgate::access",
+            target: crate::logging::ACCESS_TARGET,
             method = %self.method,
             host = %self.host,
             path = %self.path,
