@@ -361,6 +361,20 @@ async fn commit(tx: Transaction<'static, Sqlite>) -> Result<(), StoreError> {
     tx.commit().await.map_err(db("commit"))
 }
 
+/// The common end of a change to one user: the change-feed row in the same
+/// transaction, the user as committed, the commit.
+async fn finish_user_change(
+    mut tx: Transaction<'static, Sqlite>,
+    now: i64,
+    kind: ChangeKind,
+    id: UserId,
+) -> Result<User, StoreError> {
+    record_change(&mut tx, now, kind, Some(id)).await?;
+    let user = reread(&mut tx, id).await?;
+    commit(tx).await?;
+    Ok(user)
+}
+
 impl Store for SqliteStore {
     fn create_cloud_user<'a>(
         &'a self,
@@ -650,10 +664,7 @@ impl Store for SqliteStore {
                 .execute(&mut *tx)
                 .await
                 .map_err(db("set a user's password"))?;
-            record_change(&mut tx, now, ChangeKind::PasswordChanged, Some(user.id)).await?;
-            let user = reread(&mut tx, user.id).await?;
-            commit(tx).await?;
-            Ok(user)
+            finish_user_change(tx, now, ChangeKind::PasswordChanged, user.id).await
         })
     }
 
@@ -682,10 +693,7 @@ impl Store for SqliteStore {
                 .execute(&mut *tx)
                 .await
                 .map_err(db("delete a deleted user's app passwords"))?;
-            record_change(&mut tx, now, ChangeKind::UserDeleted, Some(user.id)).await?;
-            let user = reread(&mut tx, user.id).await?;
-            commit(tx).await?;
-            Ok(user)
+            finish_user_change(tx, now, ChangeKind::UserDeleted, user.id).await
         })
     }
 
@@ -700,10 +708,7 @@ impl Store for SqliteStore {
                 .execute(&mut *tx)
                 .await
                 .map_err(db("require registration"))?;
-            record_change(&mut tx, now, ChangeKind::RegistrationRequired, Some(user.id)).await?;
-            let user = reread(&mut tx, user.id).await?;
-            commit(tx).await?;
-            Ok(user)
+            finish_user_change(tx, now, ChangeKind::RegistrationRequired, user.id).await
         })
     }
 
@@ -719,10 +724,7 @@ impl Store for SqliteStore {
                 .execute(&mut *tx)
                 .await
                 .map_err(db("record a registration"))?;
-            record_change(&mut tx, now, ChangeKind::Registered, Some(user.id)).await?;
-            let user = reread(&mut tx, user.id).await?;
-            commit(tx).await?;
-            Ok(user)
+            finish_user_change(tx, now, ChangeKind::Registered, user.id).await
         })
     }
 
