@@ -154,12 +154,17 @@ fn upgrade_protocol(req: &Request<Incoming>) -> Option<HeaderValue> {
 /// spellings with underscores that some upstream frameworks treat as the
 /// same header (`X_Remote_User` for `X-Remote-User`).
 pub fn strip_identity_header(headers: &mut HeaderMap, identity: &HeaderName) {
-    let wanted: String = identity.as_str().replace('_', "-");
-    let doomed: Vec<HeaderName> = headers
-        .keys()
-        .filter(|k| k.as_str().len() == wanted.len() && k.as_str().replace('_', "-") == wanted)
-        .cloned()
-        .collect();
+    let dash = |b: u8| if b == b'_' { b'-' } else { b };
+    let wanted = identity.as_str().as_bytes();
+    let same = |name: &HeaderName| {
+        let name = name.as_str().as_bytes();
+        name.len() == wanted.len() && name.iter().zip(wanted).all(|(a, b)| dash(*a) == dash(*b))
+    };
+    // Header names are few; collecting only happens when a client sent one.
+    if !headers.keys().any(same) {
+        return;
+    }
+    let doomed: Vec<HeaderName> = headers.keys().filter(|k| same(k)).cloned().collect();
     for name in doomed {
         headers.remove(name);
     }
@@ -169,10 +174,10 @@ const VIA: &str = "1.1 fedgate";
 
 fn append_via(headers: &mut HeaderMap) {
     let value = match headers.get(header::VIA).and_then(|v| v.to_str().ok()) {
-        Some(existing) => format!("{existing}, {VIA}"),
-        None => VIA.to_string(),
+        Some(existing) => HeaderValue::from_str(&format!("{existing}, {VIA}")).ok(),
+        None => Some(HeaderValue::from_static(VIA)),
     };
-    if let Ok(v) = HeaderValue::from_str(&value) {
+    if let Some(v) = value {
         headers.insert(header::VIA, v);
     }
 }
@@ -234,18 +239,20 @@ impl Upstream {
     }
 
     fn target(&self, original: &Uri) -> Result<Uri, ProxyError> {
-        let pq = original.path_and_query().map(|pq| pq.as_str()).unwrap_or("/");
-        let path_and_query = if self.base_path.is_empty() {
-            pq.to_string()
-        } else {
-            format!("{}{}", self.base_path, pq)
+        const INVALID: ProxyError = ProxyError::BadRequest("request target cannot be forwarded");
+        let path_and_query = match (self.base_path.is_empty(), original.path_and_query()) {
+            // The common case reuses the request's own (shared) bytes.
+            (true, Some(pq)) => pq.clone(),
+            (_, pq) => {
+                let pq = pq.map(|pq| pq.as_str()).unwrap_or("/");
+                http::uri::PathAndQuery::try_from(format!("{}{}", self.base_path, pq)).map_err(|_| INVALID)?
+            }
         };
-        Uri::builder()
-            .scheme(self.scheme.clone())
-            .authority(self.authority.clone())
-            .path_and_query(path_and_query)
-            .build()
-            .map_err(|_| ProxyError::BadRequest("request target cannot be forwarded"))
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(self.scheme.clone());
+        parts.authority = Some(self.authority.clone());
+        parts.path_and_query = Some(path_and_query);
+        Uri::from_parts(parts).map_err(|_| INVALID)
     }
 
     /// Sends `req` upstream and returns the upstream's response, ready for

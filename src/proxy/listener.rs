@@ -259,15 +259,6 @@ impl Server {
             }
         };
         loop {
-            // Waiting for a free slot before accepting leaves excess clients in
-            // the kernel's backlog instead of accepting and dropping them.
-            let permit = tokio::select! {
-                permit = Arc::clone(&self.connections).acquire_owned() => match permit {
-                    Ok(p) => p,
-                    Err(_) => return,
-                },
-                _ = self.shutdown.wait() => return,
-            };
             let (stream, peer) = tokio::select! {
                 accepted = listener.accept() => match accepted {
                     Ok(pair) => pair,
@@ -279,6 +270,24 @@ impl Server {
                     }
                 },
                 _ = self.shutdown.wait() => return,
+            };
+            // At the limit, this connection waits (unserved) for a slot and
+            // the loop accepts nothing more meanwhile: further clients stay
+            // in the kernel's backlog. The slot is taken after accepting so
+            // an idle worker never holds one that a busy worker needs.
+            let permit = match Arc::clone(&self.connections).try_acquire_owned() {
+                Ok(p) => p,
+                Err(_) => {
+                    metrics::counter!("fedgate_connections_at_limit_total").increment(1);
+                    tracing::debug!(listener = %local, %peer, "server.max_connections reached: waiting for a free slot");
+                    tokio::select! {
+                        permit = Arc::clone(&self.connections).acquire_owned() => match permit {
+                            Ok(p) => p,
+                            Err(_) => return,
+                        },
+                        _ = self.shutdown.wait() => return,
+                    }
+                }
             };
             let _ = stream.set_nodelay(true);
             let server = self.clone();

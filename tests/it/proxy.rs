@@ -594,3 +594,16 @@ async fn max_connections_holds_extra_clients_back() {
         .unwrap();
     assert_eq!(status, StatusCode::OK);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_upstream_base_path_prefixes_the_request_path() {
+    let up = upstream::echo().await;
+    let fg = Fedgate::builder()
+        .route("/mail", &format!("{}/backend/", up.url()), "")
+        .route("/", &up.url(), "")
+        .start();
+    let (_, _, body) = client::get(fg.plain, "/mail/inbox?page=2").await;
+    assert_eq!(parse_echo(&body)["uri"], "/backend/mail/inbox?page=2");
+    let (_, _, body) = client::get(fg.plain, "/other?x=1").await;
+    assert_eq!(parse_echo(&body)["uri"], "/other?x=1");
+}
