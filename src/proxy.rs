@@ -10,6 +10,7 @@ pub mod body;
 pub mod error;
 pub mod forward;
 pub mod listener;
+pub mod pool;
 pub mod route;
 pub mod tls;
 pub mod whoami;

@@ -12,15 +12,15 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use ipnet::IpNet;
+use rustls::pki_types::ServerName;
+use tokio_rustls::TlsConnector;
 use tokio_util::task::TaskTracker;
 
 use super::body::ProxyBody;
 use super::error::ProxyError;
+use super::pool::{Pool, PoolError};
 use crate::config::{RouteConfig, UpstreamDefaults};
 
 /// What the proxy established about the client, after believing (or not)
@@ -182,12 +182,9 @@ fn append_via(headers: &mut HeaderMap) {
     }
 }
 
-type HttpsClient = Client<HttpsConnector<HttpConnector>, Incoming>;
-
 /// One upstream: its base URL and a pool of kept-alive connections to it.
 pub struct Upstream {
-    client: HttpsClient,
-    scheme: http::uri::Scheme,
+    pool: Arc<Pool>,
     authority: http::uri::Authority,
     base_path: String,
     timeout: Duration,
@@ -201,36 +198,46 @@ impl Upstream {
         defaults: &UpstreamDefaults,
         tunnels: TaskTracker,
     ) -> Result<Upstream, super::tls::TlsError> {
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(route.upstream_connect_timeout));
-        // Held-open requests (ActiveSync Ping) sit silent for long stretches;
-        // TCP keep-alive notices a vanished upstream meanwhile.
-        http.set_keepalive(Some(Duration::from_secs(60)));
         let ca_key = format!("route[{}].upstream_ca_file", route.index);
-        let tls = super::tls::client_config(route.upstream_ca_file.as_deref().map(|p| (ca_key.as_str(), p)))?;
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(defaults.pool_idle_timeout)
-            .pool_max_idle_per_host(1024)
-            .build(connector);
+        // Invariant: config validation only accepts upstream URLs with a
+        // scheme and a host.
+        let host = uri
+            .host()
+            .unwrap_or("localhost")
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
+        let https = uri.scheme_str() == Some("https");
+        let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+        let tls = if https {
+            let mut config =
+                super::tls::client_config(route.upstream_ca_file.as_deref().map(|p| (ca_key.as_str(), p)))?;
+            config.alpn_protocols = vec![b"http/1.1".to_vec()];
+            let name = ServerName::try_from(host.clone()).map_err(|_| {
+                super::tls::TlsError::Generate(format!(
+                    "route[{}].upstream: {host:?} is not a valid TLS server name",
+                    route.index
+                ))
+            })?;
+            Some((TlsConnector::from(Arc::new(config)), name))
+        } else {
+            None
+        };
+        let pool = Arc::new(Pool::new(
+            host,
+            port,
+            tls,
+            route.upstream_connect_timeout,
+            defaults.pool_idle_timeout,
+        ));
         // Invariant: config validation only accepts upstream URLs with a
         // scheme and a host, so both parts are present.
-        let scheme = uri.scheme().cloned().unwrap_or(http::uri::Scheme::HTTP);
         let authority = uri
             .authority()
             .cloned()
             .unwrap_or_else(|| http::uri::Authority::from_static("localhost"));
         Ok(Upstream {
-            client,
-            scheme,
+            pool,
             authority,
             base_path: uri.path().trim_end_matches('/').to_string(),
             timeout: route.upstream_timeout,
@@ -248,11 +255,9 @@ impl Upstream {
                 http::uri::PathAndQuery::try_from(format!("{}{}", self.base_path, pq)).map_err(|_| INVALID)?
             }
         };
-        let mut parts = http::uri::Parts::default();
-        parts.scheme = Some(self.scheme.clone());
-        parts.authority = Some(self.authority.clone());
-        parts.path_and_query = Some(path_and_query);
-        Uri::from_parts(parts).map_err(|_| INVALID)
+        // Origin form (`/path?query`), as HTTP/1.1 sends to an origin server;
+        // the Host header names the site.
+        Ok(Uri::from(path_and_query))
     }
 
     /// Sends `req` upstream and returns the upstream's response, ready for
@@ -308,7 +313,7 @@ impl Upstream {
             headers.insert(header::UPGRADE, proto.clone());
         }
 
-        let mut resp = match tokio::time::timeout(self.timeout, self.client.request(req)).await {
+        let mut resp = match tokio::time::timeout(self.timeout, self.pool.send(req)).await {
             Err(_) => return Err(ProxyError::UpstreamTimeout),
             Ok(Err(err)) => return Err(classify(err)),
             Ok(Ok(resp)) => resp,
@@ -386,18 +391,12 @@ fn set_forwarding_headers(headers: &mut HeaderMap, client: &ClientInfo, peer: Ip
     append_via(headers);
 }
 
-fn classify(err: hyper_util::client::legacy::Error) -> ProxyError {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&err);
-    while let Some(e) = source {
-        if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            if io.kind() == std::io::ErrorKind::TimedOut {
-                return ProxyError::UpstreamTimeout;
-            }
-        }
-        source = e.source();
-    }
-    if err.is_connect() {
-        tracing::warn!(error = %err, source = ?std::error::Error::source(&err), "upstream connection failed");
+fn classify(err: PoolError) -> ProxyError {
+    if err.is_timeout() {
+        tracing::warn!(error = %err, "upstream connection timed out");
+        ProxyError::UpstreamTimeout
+    } else if err.is_connect() {
+        tracing::warn!(error = %err, "upstream connection failed");
         ProxyError::UpstreamUnavailable
     } else {
         tracing::warn!(error = %err, "upstream request failed");

@@ -607,3 +607,43 @@ async fn the_upstream_base_path_prefixes_the_request_path() {
     let (_, _, body) = client::get(fg.plain, "/other?x=1").await;
     assert_eq!(parse_echo(&body)["uri"], "/other?x=1");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_upstream_is_verified_against_its_ca_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let (up, ca) = upstream::serve_tls(dir.path(), |req: Request<Incoming>| async move {
+        Response::new(client::full(format!("tls upstream saw {}", req.uri())))
+    })
+    .await;
+    let url = format!("https://localhost:{}", up.addr.port());
+    let fg = Fedgate::builder()
+        .route("/trusted", &url, &format!("upstream_ca_file = \"{}\"", ca.display()))
+        .route("/untrusted", &url, "")
+        .start();
+    for i in 0..3 {
+        let (status, _, body) = client::get(fg.plain, &format!("/trusted/{i}")).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body, format!("tls upstream saw /trusted/{i}"));
+    }
+    // Without the CA file the self-signed upstream is not trusted.
+    let (status, _, _) = client::get(fg.plain, "/untrusted").await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_connections_closed_by_the_upstream_are_not_reused() {
+    let up = upstream::serve(|_req| async {
+        Response::builder()
+            .header("connection", "close")
+            .body(client::full("bye"))
+            .unwrap()
+    })
+    .await;
+    let fg = Fedgate::builder().route("/", &up.url(), "").start();
+    let mut client = Client::plain(fg.plain, Proto::H1).await;
+    for _ in 0..10 {
+        let (status, _, body) = client.get("/").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body, "bye");
+    }
+}
