@@ -102,24 +102,17 @@ impl Pool {
         self.idle.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The most recently used live connection. It may still be finishing
+    /// the previous exchange (its response body was read to the end, but
+    /// its connection task has not yet run): the caller waits for it.
     fn checkout(&self) -> Option<SendRequest<Incoming>> {
         let mut idle = self.lock();
-        let mut busy = Vec::new();
-        let mut found = None;
         while let Some(c) = idle.pop() {
-            if c.since.elapsed() >= self.idle_timeout || c.sender.is_closed() {
-                continue;
+            if c.since.elapsed() < self.idle_timeout && !c.sender.is_closed() {
+                return Some(c.sender);
             }
-            if c.sender.is_ready() {
-                found = Some(c.sender);
-                break;
-            }
-            // Its connection has not yet noticed the last response ended;
-            // dropping the sender would close it, so it stays for later.
-            busy.push(c);
         }
-        idle.extend(busy);
-        found
+        None
     }
 
     fn put_back(&self, sender: SendRequest<Incoming>) {
@@ -206,6 +199,15 @@ impl Pool {
     /// (or the idle one turns out to be closed before the request left).
     pub async fn send(self: &Arc<Self>, mut req: Request<Incoming>) -> Result<Response<Leased>, PoolError> {
         let mut pooled = self.checkout();
+        if let Some(sender) = pooled.as_mut() {
+            // Ready at once, or within one turn of its connection task.
+            if !matches!(
+                tokio::time::timeout(Duration::from_secs(1), sender.ready()).await,
+                Ok(Ok(()))
+            ) {
+                pooled = None;
+            }
+        }
         loop {
             let fresh = pooled.is_none();
             let mut sender = match pooled.take() {
@@ -267,9 +269,17 @@ impl Body for Leased {
     type Error = hyper::Error;
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let this = self.project();
-        let polled = this.inner.poll_frame(cx);
-        if let Poll::Ready(None) = polled {
+        let mut this = self.project();
+        let polled = this.inner.as_mut().poll_frame(cx);
+        // The server stops polling once `is_end_stream` says so (a body
+        // with a length ends with its last data frame), so the end is
+        // noticed here rather than by waiting for `None`.
+        let ended = match &polled {
+            Poll::Ready(None) => true,
+            Poll::Ready(Some(Ok(_))) => this.inner.is_end_stream(),
+            _ => false,
+        };
+        if ended {
             if let Some(lease) = this.lease.take() {
                 lease.pool.put_back(lease.sender);
             }

@@ -647,3 +647,35 @@ async fn upstream_connections_closed_by_the_upstream_are_not_reused() {
         assert_eq!(body, "bye");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_connections_are_kept_alive_and_reused() {
+    let up = upstream::serve(|req: Request<Incoming>| async move {
+        // A body with a length, an empty one, and a chunked one.
+        match req.uri().path() {
+            "/empty" => Response::new(empty()),
+            "/chunked" => {
+                let (tx, body) = channel_body();
+                tokio::spawn(async move {
+                    tx.send(Bytes::from_static(b"a")).await.ok();
+                    tx.send(Bytes::from_static(b"b")).await.ok();
+                });
+                Response::new(body)
+            }
+            _ => Response::new(client::full("ok")),
+        }
+    })
+    .await;
+    let fg = Fedgate::builder().route("/", &up.url(), "").start();
+    let mut client = Client::plain(fg.plain, Proto::H1).await;
+    for i in 0..30 {
+        let path = ["/sized", "/empty", "/chunked"][i % 3];
+        let (status, _, _) = client.get(path).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    let opened = up.accepted.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        opened <= 2,
+        "30 requests on one client connection opened {opened} upstream connections"
+    );
+}

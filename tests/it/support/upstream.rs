@@ -17,6 +17,8 @@ use super::client::{full, TestBody};
 
 pub struct Upstream {
     pub addr: SocketAddr,
+    /// Connections accepted so far (plain upstreams only).
+    pub accepted: Arc<std::sync::atomic::AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -41,11 +43,14 @@ where
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let handler = Arc::new(handler);
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = Arc::clone(&accepted);
     let task = tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
                 return;
             };
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             let handler = Arc::clone(&handler);
             tokio::spawn(async move {
                 let service = service_fn(move |req| {
@@ -58,7 +63,7 @@ where
             });
         }
     });
-    Upstream { addr, task }
+    Upstream { addr, accepted, task }
 }
 
 /// Answers with a JSON description of the request it received: method, URI,
@@ -156,5 +161,6 @@ where
             });
         }
     });
-    (Upstream { addr, task }, cert_path)
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    (Upstream { addr, accepted, task }, cert_path)
 }
