@@ -120,6 +120,12 @@ impl Pool {
             return;
         }
         let mut idle = self.lock();
+        // The oldest idle connection sits first; once it has outlived the
+        // idle timeout, close every connection that has.
+        if idle.first().is_some_and(|c| c.since.elapsed() >= self.idle_timeout) {
+            let timeout = self.idle_timeout;
+            idle.retain(|c| c.since.elapsed() < timeout && !c.sender.is_closed());
+        }
         if idle.len() < self.max_idle {
             idle.push(Idle {
                 sender,
