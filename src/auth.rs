@@ -32,7 +32,7 @@ use crate::app_password::{self, CanonicalAppPassword};
 use crate::audit::{AuditSink, Event};
 use crate::config::{AuthConfig, Realm, RouteConfig};
 use crate::jobs::Job;
-use crate::model::{AppPasswordId, Clock, CredentialKind, Reason, Secret, Upn, UserId, UserSource};
+use crate::model::{AppPasswordId, Clock, CredentialKind, Reason, Secret, Upn, UserSource};
 use crate::proxy::body::{full, ProxyBody};
 use crate::server_key::ServerKey;
 use crate::shutdown::Shutdown;
@@ -493,9 +493,5 @@ impl Authenticator {
     /// Writes what is still buffered; call at shutdown after the jobs ended.
     pub async fn flush(&self) {
         self.flush_last_used().await;
-    }
-
-    pub fn user_id_for(&self, upn: &Upn) -> Option<UserId> {
-        self.index.user_by_upn(upn.as_str()).map(|e| e.user.id)
     }
 }

@@ -10,7 +10,7 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use dashmap::DashMap;
 use hmac::{Hmac, Mac};
@@ -135,13 +135,10 @@ impl VerifiedCache {
     }
 }
 
-/// The default TTL of a verified app password: revocations do not wait for
-/// it (generations do that); it only bounds how long an unused entry stays.
-pub const DEFAULT_TTL: Duration = Duration::from_secs(3600);
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn entry(user: i64, expires: Instant) -> Entry {
         Entry {

@@ -260,6 +260,8 @@ impl Server {
         };
         loop {
             let (stream, peer) = tokio::select! {
+                biased;
+                _ = self.shutdown.wait() => return,
                 accepted = listener.accept() => match accepted {
                     Ok(pair) => pair,
                     Err(err) => {
@@ -269,8 +271,11 @@ impl Server {
                         continue;
                     }
                 },
-                _ = self.shutdown.wait() => return,
             };
+            if self.shutdown.is_triggered() {
+                // Accepted in the same instant shutdown began: not served.
+                return;
+            }
             // At the limit, this connection waits (unserved) for a slot and
             // the loop accepts nothing more meanwhile: further clients stay
             // in the kernel's backlog. The slot is taken after accepting so

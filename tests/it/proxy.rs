@@ -484,9 +484,13 @@ async fn a_held_request_outlives_the_idle_and_header_clocks() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graceful_shutdown_drains_in_flight_requests() {
-    let up = upstream::serve(|_req| async {
-        tokio::time::sleep(Duration::from_millis(1500)).await;
-        Response::new(client::full("finished"))
+    let (arrived, mut arrivals) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let up = upstream::serve(move |_req| {
+        let _ = arrived.send(());
+        async {
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            Response::new(client::full("finished"))
+        }
     })
     .await;
     let mut fg = Fedgate::builder()
@@ -496,8 +500,9 @@ async fn graceful_shutdown_drains_in_flight_requests() {
         .start();
     let addr = fg.plain;
     let in_flight = tokio::spawn(async move { client::get(addr, "/slow").await });
-    // Wait until the request is in flight (it is on its way to the upstream).
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::time::timeout(Duration::from_secs(10), arrivals.recv())
+        .await
+        .expect("the request reached the upstream");
     fg.signal("TERM");
     fg.wait_log(Duration::from_secs(5), |v| v["message"] == "draining");
     // No new connections once draining.
@@ -528,9 +533,13 @@ async fn graceful_shutdown_drains_in_flight_requests() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_grace_bounds_the_drain() {
-    let up = upstream::serve(|_req| async {
-        tokio::time::sleep(Duration::from_secs(60)).await;
-        Response::new(empty())
+    let (arrived, mut arrivals) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let up = upstream::serve(move |_req| {
+        let _ = arrived.send(());
+        async {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            Response::new(empty())
+        }
     })
     .await;
     let mut fg = Fedgate::builder()
@@ -539,7 +548,9 @@ async fn shutdown_grace_bounds_the_drain() {
         .start();
     let addr = fg.plain;
     let _held = tokio::spawn(async move { client::get(addr, "/held").await });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::time::timeout(Duration::from_secs(10), arrivals.recv())
+        .await
+        .expect("the request reached the upstream");
     let started = Instant::now();
     fg.signal("INT");
     let status = tokio::task::spawn_blocking(move || fg.wait_exit(Duration::from_secs(10)))
