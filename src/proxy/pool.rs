@@ -169,15 +169,7 @@ impl Pool {
             source,
         };
         match &self.tls {
-            None => {
-                let (sender, conn) = http1::handshake(TokioIo::new(tcp)).await.map_err(http_err)?;
-                tokio::spawn(async move {
-                    if let Err(err) = conn.with_upgrades().await {
-                        tracing::debug!(error = %err, "upstream connection ended with an error");
-                    }
-                });
-                Ok(sender)
-            }
+            None => start_connection(tcp).await.map_err(http_err),
             Some((connector, name)) => {
                 let tls = tokio::time::timeout(self.connect_timeout, connector.connect(name.clone(), tcp))
                     .await
@@ -190,13 +182,7 @@ impl Pool {
                         port,
                         source,
                     })?;
-                let (sender, conn) = http1::handshake(TokioIo::new(tls)).await.map_err(http_err)?;
-                tokio::spawn(async move {
-                    if let Err(err) = conn.with_upgrades().await {
-                        tracing::debug!(error = %err, "upstream connection ended with an error");
-                    }
-                });
-                Ok(sender)
+                start_connection(tls).await.map_err(http_err)
             }
         }
     }
@@ -253,6 +239,21 @@ impl Pool {
             }
         }
     }
+}
+
+/// HTTP/1.1 handshake on an open stream; the connection is driven by a
+/// task of its own on this worker until either side closes it.
+async fn start_connection<IO>(io: IO) -> Result<SendRequest<Incoming>, hyper::Error>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, conn) = http1::handshake(TokioIo::new(io)).await?;
+    tokio::spawn(async move {
+        if let Err(err) = conn.with_upgrades().await {
+            tracing::debug!(error = %err, "upstream connection ended with an error");
+        }
+    });
+    Ok(sender)
 }
 
 struct Lease {
