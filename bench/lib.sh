@@ -405,6 +405,25 @@ bench_ratio() {
 
 # bench_verdict VALUE OP LIMIT: "met" or "NOT met" for VALUE >= or <= LIMIT
 # (OP is ">=", "<=", ">" or "<"), "n/a" when VALUE is.
+# bench_medians TARGET... : fills the global associative arrays MED_RPS,
+# MED_P50 and MED_P99 from the per-round RPS, P50 and P99 ("round,target")
+# that every benchmark records, over rounds 1..ROUNDS.
+# shellcheck disable=SC2034  # the arrays are read by the calling benchmark
+bench_medians() {
+    declare -gA MED_RPS MED_P50 MED_P99
+    local t r
+    local -a v_rps v_p50 v_p99
+    for t in "$@"; do
+        v_rps=() v_p50=() v_p99=()
+        for ((r = 1; r <= ROUNDS; r++)); do
+            v_rps+=("${RPS[$r,$t]}") v_p50+=("${P50[$r,$t]}") v_p99+=("${P99[$r,$t]}")
+        done
+        MED_RPS[$t]=$(bench_median "${v_rps[@]}")
+        MED_P50[$t]=$(bench_median "${v_p50[@]}")
+        MED_P99[$t]=$(bench_median "${v_p99[@]}")
+    done
+}
+
 bench_verdict() {
     awk -v v="$1" -v op="$2" -v l="$3" 'BEGIN {
         if (v == "n/a") { print "n/a"; exit }

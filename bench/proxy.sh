@@ -179,24 +179,9 @@ done
 
 # --- report -------------------------------------------------------------------
 declare -A MED_RPS MED_P50 MED_P99
-for t in "${NAMES[@]}"; do
-    v_rps=() v_p50=() v_p99=()
-    for ((r = 1; r <= ROUNDS; r++)); do
-        v_rps+=("${RPS[$r,$t]}") v_p50+=("${P50[$r,$t]}") v_p99+=("${P99[$r,$t]}")
-    done
-    MED_RPS[$t]=$(bench_median "${v_rps[@]}")
-    MED_P50[$t]=$(bench_median "${v_p50[@]}")
-    MED_P99[$t]=$(bench_median "${v_p99[@]}")
-done
+bench_medians "${NAMES[@]}"
 RATIO_RPS=$(bench_ratio "${MED_RPS[fedgate]}" "${MED_RPS[nginx]}")
 RATIO_P99=$(bench_ratio "${MED_P99[fedgate]}" "${MED_P99[nginx]}")
-verdict() { # verdict VALUE OP LIMIT
-    awk -v v="$1" -v op="$2" -v l="$3" 'BEGIN {
-        if (v == "n/a") { print "n/a"; exit }
-        ok = (op == ">=") ? (v + 0 >= l + 0) : (v + 0 <= l + 0)
-        print ok ? "met" : "NOT met"
-    }'
-}
 TOTAL_ERR=0
 for k in "${!ERR[@]}"; do TOTAL_ERR=$((TOTAL_ERR + ERR[$k])); done
 
@@ -223,8 +208,8 @@ EOF
         printf '| %s | %.0f | %.2f | %.2f |\n' "${LABEL[$t]}" "${MED_RPS[$t]}" "${MED_P50[$t]}" "${MED_P99[$t]}"
     done
     echo
-    echo "**fedgate / nginx**: req/s **${RATIO_RPS}x** (target >= 0.90: $(verdict "$RATIO_RPS" '>=' 0.90)),"
-    echo "p99 **${RATIO_P99}x** (target <= 1.50: $(verdict "$RATIO_P99" '<=' 1.50))."
+    echo "**fedgate / nginx**: req/s **${RATIO_RPS}x** (target >= 0.90: $(bench_verdict "$RATIO_RPS" '>=' 0.90)),"
+    echo "p99 **${RATIO_P99}x** (target <= 1.50: $(bench_verdict "$RATIO_P99" '<=' 1.50))."
     if [ "$TOTAL_ERR" -ne 0 ]; then
         echo
         echo "**Warning**: $TOTAL_ERR socket errors or non-2xx answers over the runs (see the errors column)."

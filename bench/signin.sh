@@ -422,15 +422,7 @@ done
 
 # --- report ---------------------------------------------------------------------
 declare -A MED_RPS MED_P50 MED_P99
-for t in "${RUNS[@]}"; do
-    v_rps=() v_p50=() v_p99=()
-    for ((r = 1; r <= ROUNDS; r++)); do
-        v_rps+=("${RPS[$r,$t]}") v_p50+=("${P50[$r,$t]}") v_p99+=("${P99[$r,$t]}")
-    done
-    MED_RPS[$t]=$(bench_median "${v_rps[@]}")
-    MED_P50[$t]=$(bench_median "${v_p50[@]}")
-    MED_P99[$t]=$(bench_median "${v_p99[@]}")
-done
+bench_medians "${RUNS[@]}"
 RATIO_PROXY=$(bench_ratio "${MED_RPS[fedgate]}" "${MED_RPS[nginx]}")
 RATIO_APR1=$(bench_ratio "${MED_RPS[fedgate]}" "${MED_RPS[apr1]}")
 RATIO_BCRYPT=$(bench_ratio "${MED_RPS[fedgate]}" "${MED_RPS[bcrypt]}")

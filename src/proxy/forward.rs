@@ -422,8 +422,6 @@ async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnU
     }
 }
 
-pub type SharedUpstream = Arc<Upstream>;
-
 #[cfg(test)]
 mod tests {
     use super::*;

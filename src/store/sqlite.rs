@@ -642,10 +642,7 @@ impl Store for SqliteStore {
             } else {
                 ChangeKind::UserDisabled
             };
-            record_change(&mut tx, now, kind, Some(user.id)).await?;
-            let user = reread(&mut tx, user.id).await?;
-            commit(tx).await?;
-            Ok(user)
+            finish_user_change(tx, now, kind, user.id).await
         })
     }
 
