@@ -16,6 +16,7 @@ use crate::admin::Admin;
 use crate::audit::AuditSink;
 use crate::auth::Authenticator;
 use crate::config::Config;
+use crate::directory::{Directory, LdapDirectory};
 use crate::jobs::Job;
 use crate::model::{Clock, SystemClock};
 use crate::proxy::workers::{self, Bound, Shared, Workers};
@@ -42,6 +43,8 @@ pub enum ServeError {
     Store(#[from] crate::store::StoreError),
     #[error("store.key_file: {0}")]
     Key(#[from] crate::server_key::KeyError),
+    #[error("{0}")]
+    Directory(#[from] crate::directory::client::SetupError),
 }
 
 fn bind(key: String, addr: SocketAddr, tls: Option<TlsAcceptor>, workers: usize) -> Result<Bound, ServeError> {
@@ -77,7 +80,21 @@ pub async fn serve(config: Config, shutdown: Shutdown) -> Result<(), ServeError>
     // grace period still produce records.
     let audit_stop = Shutdown::new();
     let (audit, audit_writer) = AuditSink::start(Arc::clone(&store), audit_stop.clone());
-    let auth = Arc::new(Authenticator::new(Arc::clone(&store), key, audit, &config.auth, clock).await?);
+    let directory = match &config.directory {
+        None => None,
+        Some(d) => {
+            let client: Arc<dyn Directory> = Arc::new(LdapDirectory::new(d.clone())?);
+            if !d.starttls && d.urls.iter().any(|u| u.starts_with("ldap://")) {
+                tracing::warn!(
+                    urls = ?d.urls,
+                    "directory.urls has ldap:// without starttls: passwords cross the network unencrypted; use ldaps:// or starttls = true"
+                );
+            }
+            tracing::info!(urls = ?d.urls, base_dn = %d.base_dn, "directory configured");
+            Some((client, d.cache_ttl))
+        }
+    };
+    let auth = Arc::new(Authenticator::new(Arc::clone(&store), key, audit, &config.auth, directory, clock).await?);
     let mut jobs = auth.start_jobs(&shutdown);
     if let Some(handle) = metrics.clone() {
         // Histograms keep their samples until upkeep folds them in.

@@ -9,9 +9,12 @@
 //! decision table, pure), [`cache`] (verified credentials), [`index`] (the
 //! in-memory view of the store), [`hasher`] (the argon2 pool).
 //!
-//! Not here: the directory bind (on-premises federation), lockout and the
-//! portal's browser sessions; each plugs into [`Authenticator::verify`] or
-//! [`decision::Facts`].
+//! Organizational passwords of federated users go to the directory
+//! ([`crate::directory`]) with a bind; a user the directory knows but the
+//! store does not yet is recorded on their first successful sign-in.
+//!
+//! Not here: lockout and the portal's browser sessions; each plugs into
+//! [`Authenticator::verify`] or [`decision::Facts`].
 
 pub mod basic;
 pub mod cache;
@@ -31,12 +34,13 @@ use http::{Response, StatusCode};
 use crate::app_password::{self, CanonicalAppPassword};
 use crate::audit::{AuditSink, Event};
 use crate::config::{AuthConfig, Realm, RouteConfig};
+use crate::directory::{Checked, Directory, Known, LoginName};
 use crate::jobs::Job;
-use crate::model::{AppPasswordId, Clock, CredentialKind, Reason, Secret, Upn, UserSource};
+use crate::model::{AppPasswordId, Clock, CredentialKind, FederatedUser, Reason, Secret, Upn, UserSource};
 use crate::proxy::body::{full, ProxyBody};
 use crate::server_key::ServerKey;
 use crate::shutdown::Shutdown;
-use crate::store::{LastUsed, Store, StoreError};
+use crate::store::{LastUsed, Store, StoreError, UpsertOutcome};
 use cache::{CachedCredential, VerifiedCache};
 use decision::{Decision, Facts, Refusal, Verified};
 use hasher::Hasher;
@@ -115,6 +119,26 @@ pub struct Authenticator {
     ttl: Duration,
     failure_delay: Duration,
     challenge: HeaderValue,
+    directory: Option<DirectoryAuth>,
+}
+
+/// The directory and how long a password it verified stays warm.
+struct DirectoryAuth {
+    directory: Arc<dyn Directory>,
+    ttl: Duration,
+}
+
+/// What checking a secret produced: the verdict, and the user as the
+/// directory just described them when that changed (or created) the user.
+struct Verification {
+    verified: Verified,
+    fresh: Option<Arc<UserEntry>>,
+}
+
+impl From<Verified> for Verification {
+    fn from(verified: Verified) -> Self {
+        Verification { verified, fresh: None }
+    }
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -123,6 +147,18 @@ impl std::fmt::Debug for Authenticator {
             .field("users", &self.index.user_count())
             .field("cache", &self.cache)
             .finish_non_exhaustive()
+    }
+}
+
+/// Whether the directory's view of a user differs from the store's.
+fn needs_recording(entry: Option<&UserEntry>, found: &FederatedUser) -> bool {
+    match entry {
+        None => true,
+        Some(e) => {
+            e.user.upn != found.upn
+                || e.user.directory.as_ref() != Some(&found.attributes)
+                || e.user.enabled != found.enabled
+        }
     }
 }
 
@@ -138,6 +174,7 @@ impl Authenticator {
         key: ServerKey,
         audit: AuditSink,
         config: &AuthConfig,
+        directory: Option<(Arc<dyn Directory>, Duration)>,
         clock: Arc<dyn Clock>,
     ) -> Result<Authenticator, StoreError> {
         let index = Index::load(&*store).await?;
@@ -160,6 +197,7 @@ impl Authenticator {
             ttl: config.cache_ttl,
             failure_delay: config.failure_delay,
             challenge,
+            directory: directory.map(|(directory, ttl)| DirectoryAuth { directory, ttl }),
         })
     }
 
@@ -193,9 +231,15 @@ impl Authenticator {
             basic::Presented::Basic { user, secret } => (user, secret),
         };
         audit.upn_given = &user_given;
-        let entry = Upn::parse(&user_given)
-            .ok()
-            .and_then(|upn| self.index.user_by_upn(upn.as_str()));
+        let name = match &self.directory {
+            Some(d) => LoginName::parse(&user_given, d.directory.domain()),
+            None => Upn::parse(&user_given).ok().map(LoginName::Upn),
+        };
+        let entry = match &name {
+            Some(LoginName::Upn(upn)) => self.index.user_by_upn(upn.as_str()),
+            Some(LoginName::Login(login)) => self.index.user_by_login(login),
+            None => None,
+        };
         let app_password = app_password::normalize(secret.expose());
         audit.credential = match (&app_password, secret.expose().is_empty()) {
             (Some(_), _) => CredentialKind::AppPassword,
@@ -203,7 +247,10 @@ impl Authenticator {
             (None, false) => CredentialKind::Password,
         };
 
-        let verified = self.verify(route.realm, entry.as_deref(), &secret, app_password).await;
+        let Verification { verified, fresh } = self
+            .verify(route.realm, name.as_ref(), entry.as_deref(), &secret, app_password)
+            .await;
+        let entry = fresh.or(entry);
         audit.user_id = entry.as_ref().map(|e| e.user.id);
         if let Verified::AppPassword { name, .. } = &verified {
             audit.app_password_name = Some(name);
@@ -246,14 +293,15 @@ impl Authenticator {
     async fn verify(
         &self,
         realm: Realm,
+        name: Option<&LoginName>,
         entry: Option<&UserEntry>,
         secret: &Secret,
         app_password: Option<CanonicalAppPassword>,
-    ) -> Verified {
+    ) -> Verification {
         // An empty password is refused before anything else (an empty LDAP
         // bind is an anonymous bind that directories accept).
         if secret.expose().is_empty() || secret.expose().len() > app_password::MAX_PASSWORD_BYTES {
-            return Verified::Invalid;
+            return Verified::Invalid.into();
         }
         let settings_generation = self.index.settings_generation();
         let cache_key = entry.map(|e| self.cache.key(realm, e.user.upn.as_str(), secret.expose()));
@@ -267,30 +315,36 @@ impl Authenticator {
                     return match hit.credential {
                         CachedCredential::AppPassword { id, name } => Verified::AppPassword { id, name },
                         CachedCredential::Password => Verified::Password,
-                    };
+                    }
+                    .into();
                 }
                 self.cache.remove(key);
             }
         }
         cache_metrics().miss.increment(1);
 
-        let (verified, cached) = match app_password {
-            Some(candidate) => self.verify_app_password(entry, candidate).await,
-            None => self.verify_password(entry, secret).await,
+        let (verification, cached) = match app_password {
+            Some(candidate) => {
+                let (verified, cached) = self.verify_app_password(entry, candidate).await;
+                (verified.into(), cached.map(|c| (c, self.ttl)))
+            }
+            None => self.verify_password(realm, name, entry, secret).await,
         };
-        if let (Some(e), Some(key), Some(credential)) = (entry, cache_key, cached) {
-            self.cache.insert(
-                key,
-                cache::Entry {
-                    user: e.user.id,
-                    credential,
-                    user_generation: e.generation,
-                    settings_generation,
-                    expires: Instant::now() + self.ttl,
-                },
-            );
+        if let (Some(e), Some(key), Some((credential, ttl))) = (entry, cache_key, cached) {
+            if !ttl.is_zero() {
+                self.cache.insert(
+                    key,
+                    cache::Entry {
+                        user: e.user.id,
+                        credential,
+                        user_generation: e.generation,
+                        settings_generation,
+                        expires: Instant::now() + ttl,
+                    },
+                );
+            }
         }
-        verified
+        verification
     }
 
     async fn verify_app_password(
@@ -323,26 +377,119 @@ impl Authenticator {
         }
     }
 
+    /// Checks an organizational password: against the argon2 hash of a
+    /// cloud-only user, or with a directory bind for a federated user and
+    /// for a name the store does not know (the directory may). Returns what
+    /// to cache and for how long.
     async fn verify_password(
         &self,
+        realm: Realm,
+        name: Option<&LoginName>,
         entry: Option<&UserEntry>,
         secret: &Secret,
-    ) -> (Verified, Option<CachedCredential>) {
-        let hash = match entry.map(|e| (&e.user.source, &e.user.password_hash)) {
-            Some((UserSource::Cloud, Some(hash))) => hash.clone(),
-            // Federated users' passwords are checked by the directory, which
-            // this build does not reach; unknown users have nothing to check.
-            _ => return (self.dummy_verification().await, None),
+    ) -> (Verification, Option<(CachedCredential, Duration)>) {
+        let directory = self.directory.as_ref().zip(name);
+        match entry {
+            // On-premises services know only directory accounts.
+            Some(e) if e.user.source == UserSource::Cloud && realm == Realm::Onprem => {
+                (self.dummy_verification().await.into(), None)
+            }
+            Some(e) if e.user.source == UserSource::Cloud => match &e.user.password_hash {
+                Some(hash) => {
+                    let (hash, secret) = (hash.clone(), secret.clone());
+                    let verified = match self
+                        .hasher
+                        .run(move || app_password::verify_password(&secret, &hash))
+                        .await
+                    {
+                        Err(_) => Verified::Overloaded,
+                        Ok(false) => Verified::Invalid,
+                        Ok(true) => Verified::Password,
+                    };
+                    let cached = (verified == Verified::Password).then_some((CachedCredential::Password, self.ttl));
+                    (verified.into(), cached)
+                }
+                None => (self.dummy_verification().await.into(), None),
+            },
+            // A disabled or deleted account is refused whatever the secret
+            // (the decision table): a bind would only count toward the
+            // directory's own lockout.
+            Some(e) if !e.user.is_active() => (Verified::Invalid.into(), None),
+            _ => match directory {
+                Some((d, name)) => self.verify_with_directory(d, name, entry, secret).await,
+                // Federated user without a configured directory, or a name
+                // nobody knows.
+                None => (self.dummy_verification().await.into(), None),
+            },
+        }
+    }
+
+    async fn verify_with_directory(
+        &self,
+        d: &DirectoryAuth,
+        name: &LoginName,
+        entry: Option<&UserEntry>,
+        secret: &Secret,
+    ) -> (Verification, Option<(CachedCredential, Duration)>) {
+        let known = entry.and_then(|e| {
+            e.user.directory.as_ref().map(|attrs| Known {
+                upn: &e.user.upn,
+                dn: &attrs.dn,
+            })
+        });
+        let started = Instant::now();
+        let checked = d.directory.check_password(name, known, secret).await;
+        metrics::histogram!("fedgate_directory_check_seconds").record(started.elapsed().as_secs_f64());
+        let checked = match checked {
+            Ok(checked) => checked,
+            Err(err) => {
+                tracing::warn!(user = %name, error = %err, "directory unavailable for a sign-in");
+                return (Verified::DirectoryUnavailable.into(), None);
+            }
         };
-        let secret = secret.clone();
-        match self
-            .hasher
-            .run(move || app_password::verify_password(&secret, &hash))
-            .await
-        {
-            Err(_) => (Verified::Overloaded, None),
-            Ok(false) => (Verified::Invalid, None),
-            Ok(true) => (Verified::Password, Some(CachedCredential::Password)),
+        match checked {
+            Checked::Invalid => (Verified::Invalid.into(), None),
+            Checked::Disabled => (Verified::AccountDisabled.into(), None),
+            Checked::LockedOut => (Verified::LockedOut.into(), None),
+            Checked::Valid { entry: found } => {
+                let fresh = match found {
+                    Some(found) if needs_recording(entry, &found) => match self.record_directory_user(&found).await {
+                        Ok(user) => Some(user),
+                        Err(verified) => return (verified.into(), None),
+                    },
+                    _ => None,
+                };
+                (
+                    Verification {
+                        verified: Verified::Password,
+                        fresh,
+                    },
+                    Some((CachedCredential::Password, d.ttl)),
+                )
+            }
+        }
+    }
+
+    /// Creates (first sign-in) or updates the user the directory described.
+    async fn record_directory_user(&self, found: &FederatedUser) -> Result<Arc<UserEntry>, Verified> {
+        match self.store.upsert_federated_user(found).await {
+            Ok(upserted) => {
+                if upserted.outcome == UpsertOutcome::Created {
+                    tracing::info!(upn = %upserted.user.upn, dn = %found.attributes.dn, "federated user created on first sign-in");
+                }
+                Ok(Arc::new(UserEntry {
+                    user: upserted.user,
+                    generation: 0,
+                }))
+            }
+            Err(err @ (StoreError::SourceConflict { .. } | StoreError::UpnTaken { .. })) => {
+                tracing::warn!(error = %err, "directory user conflicts with a user in fedgate: refused");
+                Err(Verified::Invalid)
+            }
+            Err(err) => {
+                tracing::error!(error = %err, upn = %found.upn, "cannot record a federated user");
+                Err(Verified::StoreUnavailable)
+            }
         }
     }
 

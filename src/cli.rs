@@ -236,7 +236,21 @@ struct ConfigView {
     listeners: Vec<ListenerView>,
     tls_cert: Option<String>,
     tls_key: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    directory: Option<DirectoryView>,
     routes: Vec<RouteView>,
+}
+
+#[derive(serde::Serialize)]
+struct DirectoryView {
+    urls: Vec<String>,
+    starttls: bool,
+    /// "search" (service account, then bind) or "direct".
+    bind: &'static str,
+    base_dn: String,
+    user_filter: String,
+    login_filter: String,
+    cache_ttl: String,
 }
 
 fn check_config(cli: &Cli) -> ExitCode {
@@ -269,6 +283,18 @@ fn check_config(cli: &Cli) -> ExitCode {
         listeners,
         tls_cert: tls.then(|| config.server.tls_cert.display().to_string()),
         tls_key: tls.then(|| config.server.tls_key.display().to_string()),
+        directory: config.directory.as_ref().map(|d| DirectoryView {
+            urls: d.urls.clone(),
+            starttls: d.starttls,
+            bind: match d.bind {
+                crate::config::DirectoryBind::Search { .. } => "search",
+                crate::config::DirectoryBind::Direct { .. } => "direct",
+            },
+            base_dn: d.base_dn.clone(),
+            user_filter: d.user_filter.to_string(),
+            login_filter: d.login_filter.to_string(),
+            cache_ttl: humantime::format_duration(d.cache_ttl).to_string(),
+        }),
         routes: config
             .routes
             .iter()
@@ -305,6 +331,14 @@ fn check_config(cli: &Cli) -> ExitCode {
             " (self-signed pair generated on first start)"
         };
         println!("tls     cert {cert}, key {key}{note}");
+    }
+    if let Some(d) = &view.directory {
+        let tls = if d.starttls { " (starttls)" } else { "" };
+        println!("directory  {}{tls}", d.urls.join(", "));
+        println!(
+            "directory  {} bind under {}, user_filter {}, login_filter {}, cache {}",
+            d.bind, d.base_dn, d.user_filter, d.login_filter, d.cache_ttl
+        );
     }
     for (r, rc) in view.routes.iter().zip(&config.routes) {
         let upstream = match rc.upstream {

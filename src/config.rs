@@ -18,6 +18,8 @@ use http::header::HeaderName;
 use http::Uri;
 use ipnet::IpNet;
 
+use crate::directory::template::{Placeholder, Template};
+
 mod file;
 
 pub use file::FileConfig;
@@ -53,7 +55,55 @@ pub struct Config {
     pub admin: Option<AdminConfig>,
     pub store: StoreConfig,
     pub auth: AuthConfig,
+    /// The on-premises directory; `None` for a cloud-only deployment.
+    pub directory: Option<DirectoryConfig>,
     pub routes: Vec<RouteConfig>,
+}
+
+/// `[directory]`: where organizational passwords of federated users are
+/// checked, and how users are found there.
+#[derive(Debug, Clone)]
+pub struct DirectoryConfig {
+    /// `ldap://` or `ldaps://` URLs, tried in order.
+    pub urls: Vec<String>,
+    /// Upgrade `ldap://` connections with StartTLS.
+    pub starttls: bool,
+    /// CA certificates (PEM) the servers are verified against; the system's
+    /// roots when unset.
+    pub ca_file: Option<PathBuf>,
+    pub bind: DirectoryBind,
+    pub base_dn: String,
+    pub user_filter: Template,
+    pub login_filter: Template,
+    pub upn_attribute: String,
+    pub login_attribute: String,
+    pub anchor_attribute: String,
+    /// Entries matching this are disabled accounts.
+    pub disabled_filter: Option<Template>,
+    /// NetBIOS domain accepted in `DOMAIN\login` names (uppercase); any
+    /// domain when unset.
+    pub domain: Option<String>,
+    /// Bounds one whole sign-in check (connect, search, bind).
+    pub timeout: Duration,
+    pub connect_timeout: Duration,
+    /// Service-account connections kept for searches.
+    pub pool_size: usize,
+    /// User binds running at once (each on its own connection).
+    pub max_binds: usize,
+    /// How long a verified org password stays warm; zero turns caching off.
+    pub cache_ttl: Duration,
+    /// A server that failed is tried last for this long.
+    pub failover_backoff: Duration,
+}
+
+/// How a user's entry is found before their password is checked.
+#[derive(Debug, Clone)]
+pub enum DirectoryBind {
+    /// Search with a service account, then bind as the entry found.
+    Search { dn: String, password_file: PathBuf },
+    /// No service account: bind as the name the template makes (AD takes
+    /// the UPN), then read the user's own entry.
+    Direct { name: Template },
 }
 
 #[derive(Debug, Clone)]
@@ -323,9 +373,11 @@ impl TryFrom<FileConfig> for Config {
             },
         };
 
+        let directory = file.directory.map(directory).transpose()?;
+
         let mut routes = Vec::with_capacity(file.route.len());
         for (index, r) in file.route.into_iter().enumerate() {
-            routes.push(route(index, r, &server.upstream)?);
+            routes.push(route(index, r, &server.upstream, directory.is_some())?);
         }
         if routes.is_empty() {
             return Err(ConfigError::invalid(
@@ -346,12 +398,181 @@ impl TryFrom<FileConfig> for Config {
             admin,
             store,
             auth,
+            directory,
             routes,
         })
     }
 }
 
-fn route(index: usize, r: file::RouteFile, defaults: &UpstreamDefaults) -> Result<RouteConfig, ConfigError> {
+fn directory(d: file::DirectoryFile) -> Result<DirectoryConfig, ConfigError> {
+    if d.urls.is_empty() {
+        return Err(ConfigError::invalid(
+            "directory.urls",
+            "no server: list at least one URL such as \"ldaps://dc1.corp.example.com\"",
+        ));
+    }
+    let starttls = d.starttls.unwrap_or(false);
+    let mut urls = Vec::with_capacity(d.urls.len());
+    for (i, url) in d.urls.iter().enumerate() {
+        let key = format!("directory.urls[{i}]");
+        let url = url.trim();
+        let rest = match url.split_once("://") {
+            Some(("ldap", rest)) => rest,
+            Some(("ldaps", rest)) => {
+                if starttls {
+                    return Err(ConfigError::invalid(
+                        key,
+                        format!("\"{url}\" is already TLS: directory.starttls applies to ldap:// URLs only"),
+                    ));
+                }
+                rest
+            }
+            _ => {
+                return Err(ConfigError::invalid(
+                    key,
+                    format!("expected ldap://HOST[:PORT] or ldaps://HOST[:PORT], got \"{url}\""),
+                ))
+            }
+        };
+        let host = rest.trim_end_matches('/');
+        if host.is_empty() || host.contains(['/', '?', ' ']) {
+            return Err(ConfigError::invalid(
+                key,
+                format!("expected ldap://HOST[:PORT] or ldaps://HOST[:PORT] without a path, got \"{url}\""),
+            ));
+        }
+        urls.push(url.trim_end_matches('/').to_owned());
+    }
+    let tls = starttls || urls.iter().any(|u| u.starts_with("ldaps://"));
+    let ca_file = match d.ca_file.as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some(_) if !tls => {
+            return Err(ConfigError::invalid(
+                "directory.ca_file",
+                "only used with ldaps:// URLs or starttls = true",
+            ))
+        }
+        Some(p) => Some(PathBuf::from(p)),
+    };
+    let text = |v: Option<String>| v.map(|s| s.trim().to_owned()).filter(|s| !s.is_empty());
+    let bind = match (text(d.bind_dn), text(d.bind_password_file)) {
+        (Some(dn), Some(file)) => {
+            if d.bind_name.is_some() {
+                return Err(ConfigError::invalid(
+                    "directory.bind_name",
+                    "only used without a service account (bind_dn): remove one of them",
+                ));
+            }
+            DirectoryBind::Search {
+                dn,
+                password_file: PathBuf::from(file),
+            }
+        }
+        (Some(_), None) => {
+            return Err(ConfigError::invalid(
+                "directory.bind_password_file",
+                "bind_dn is set: name the file holding its password",
+            ))
+        }
+        (None, Some(_)) => {
+            return Err(ConfigError::invalid(
+                "directory.bind_dn",
+                "bind_password_file is set: give the service account's DN",
+            ))
+        }
+        (None, None) => DirectoryBind::Direct {
+            name: Template::bind_name(d.bind_name.as_deref().unwrap_or("{upn}"))
+                .map_err(|m| ConfigError::invalid("directory.bind_name", m))?,
+        },
+    };
+    let base_dn = text(d.base_dn).ok_or_else(|| {
+        ConfigError::invalid(
+            "directory.base_dn",
+            "required: the subtree users are searched in, such as \"ou=people,dc=corp,dc=example,dc=com\"",
+        )
+    })?;
+    let attribute = |key: &str, value: Option<String>, default: &str| -> Result<String, ConfigError> {
+        let v = value.unwrap_or_else(|| default.to_owned());
+        let v = v.trim();
+        if v.is_empty()
+            || !v
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == ';' || c == '.')
+        {
+            return Err(ConfigError::invalid(
+                format!("directory.{key}"),
+                format!("expected an attribute name such as \"{default}\", got \"{v}\""),
+            ));
+        }
+        Ok(v.to_owned())
+    };
+    let upn_attribute = attribute("upn_attribute", d.upn_attribute, "mail")?;
+    let login_attribute = attribute("login_attribute", d.login_attribute, "uid")?;
+    let anchor_attribute = attribute("anchor_attribute", d.anchor_attribute, "entryUUID")?;
+    let user_filter = Template::filter(
+        &d.user_filter.unwrap_or_else(|| format!("({upn_attribute}={{upn}})")),
+        Placeholder::Upn,
+    )
+    .map_err(|m| ConfigError::invalid("directory.user_filter", m))?;
+    let login_filter = Template::filter(
+        &d.login_filter
+            .unwrap_or_else(|| format!("({login_attribute}={{login}})")),
+        Placeholder::Login,
+    )
+    .map_err(|m| ConfigError::invalid("directory.login_filter", m))?;
+    let disabled_filter = match d.disabled_filter.as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some(f) => Some(Template::fixed_filter(f).map_err(|m| ConfigError::invalid("directory.disabled_filter", m))?),
+    };
+    let domain = match d.domain.as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some(dom) if dom.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.') => {
+            Some(dom.to_ascii_uppercase())
+        }
+        Some(dom) => {
+            return Err(ConfigError::invalid(
+                "directory.domain",
+                format!("expected a NetBIOS domain name such as \"CORP\", got \"{dom}\""),
+            ))
+        }
+    };
+    let timeout = duration("directory.timeout", d.timeout.as_deref(), "5s")?;
+    let connect_timeout = match d.connect_timeout.as_deref() {
+        None => timeout.min(Duration::from_secs(3)),
+        Some(v) => duration("directory.connect_timeout", Some(v), v)?,
+    };
+    let cache_ttl = match d.cache_ttl.as_deref().map(str::trim) {
+        Some("0" | "0s" | "0ms") => Duration::ZERO,
+        v => duration("directory.cache_ttl", v, "5m")?,
+    };
+    Ok(DirectoryConfig {
+        urls,
+        starttls,
+        ca_file,
+        bind,
+        base_dn,
+        user_filter,
+        login_filter,
+        upn_attribute,
+        login_attribute,
+        anchor_attribute,
+        disabled_filter,
+        domain,
+        timeout,
+        connect_timeout,
+        pool_size: bounded("directory.pool_size", d.pool_size, 2, 1, 64)?,
+        max_binds: bounded("directory.max_binds", d.max_binds, 16, 1, 1024)?,
+        cache_ttl,
+        failover_backoff: duration("directory.failover_backoff", d.failover_backoff.as_deref(), "10s")?,
+    })
+}
+
+fn route(
+    index: usize,
+    r: file::RouteFile,
+    defaults: &UpstreamDefaults,
+    has_directory: bool,
+) -> Result<RouteConfig, ConfigError> {
     let key = |k: &str| format!("route[{index}].{k}");
     if !r.path.starts_with('/') {
         return Err(ConfigError::invalid(
@@ -402,10 +623,10 @@ fn route(index: usize, r: file::RouteFile, defaults: &UpstreamDefaults) -> Resul
             ))
         }
     };
-    if realm == Realm::Onprem {
+    if realm == Realm::Onprem && !has_directory {
         return Err(ConfigError::invalid(
             key("realm"),
-            "realm \"onprem\" needs the [directory] federation, which this build does not have yet; use \"cloud\" or \"none\"",
+            "realm \"onprem\" checks passwords against the directory: configure [directory]",
         ));
     }
     let identity_header_name = r.identity_header.as_deref().unwrap_or("X-Remote-User");

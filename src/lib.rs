@@ -18,6 +18,7 @@ pub mod audit;
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod directory;
 pub mod jobs;
 pub mod logging;
 pub mod model;

@@ -252,7 +252,9 @@ named_enum! {
 
 named_enum! {
     /// Audit reason codes: one per row of the decision table in DESIGN.md,
-    /// plus `overloaded` when the hashing pool refused the work.
+    /// plus `overloaded` when the hashing pool refused the work and
+    /// `store_unavailable` when a verified directory user could not be
+    /// recorded.
     pub enum Reason as "audit reason" expecting "a reason code of the decision table" {
         NoCredentials = "no_credentials",
         Malformed = "malformed",
@@ -266,6 +268,7 @@ named_enum! {
         BadCredentials = "bad_credentials",
         DirectoryUnavailable = "directory_unavailable",
         Overloaded = "overloaded",
+        StoreUnavailable = "store_unavailable",
     }
 }
 
@@ -288,6 +291,33 @@ pub struct User {
     /// is an offline-guessing target and has no place in `--json` output.
     #[serde(skip_serializing)]
     pub password_hash: Option<String>,
+    /// What the directory last said about a federated user.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub directory: Option<DirectoryAttributes>,
+}
+
+/// A directory entry's attributes that fedgate keeps for a federated user.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DirectoryAttributes {
+    /// Distinguished name, as last seen.
+    pub dn: String,
+    /// Login name (`sAMAccountName` on AD, `uid` on OpenLDAP).
+    pub login: Option<String>,
+    /// The entry's immutable id (`objectGUID` as a GUID string, `entryUUID`):
+    /// a rename or move keeps it, so the user keeps their app passwords.
+    pub anchor: Option<String>,
+    pub display_name: Option<String>,
+    pub mail: Option<String>,
+}
+
+/// A user as the directory describes them, for
+/// [`crate::store::Store::upsert_federated_user`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FederatedUser {
+    pub upn: Upn,
+    /// False when the directory says the account is disabled or expired.
+    pub enabled: bool,
+    pub attributes: DirectoryAttributes,
 }
 
 impl User {
@@ -309,6 +339,7 @@ impl fmt::Debug for User {
             .field("registered_at", &self.registered_at)
             .field("created_at", &self.created_at)
             .field("password_hash", &self.password_hash.as_ref().map(|_| "***"))
+            .field("directory", &self.directory)
             .finish()
     }
 }

@@ -20,8 +20,8 @@ use serde::Serialize;
 
 use crate::app_password::MAX_APP_PASSWORDS_PER_USER;
 use crate::model::{
-    AppPassword, AppPasswordId, AppPasswordName, AppPasswordSecretRecord, AuditRecord, Clock, MfaState, Settings, Upn,
-    User, UserId,
+    AppPassword, AppPasswordId, AppPasswordName, AppPasswordSecretRecord, AuditRecord, Clock, FederatedUser, MfaState,
+    Settings, Upn, User, UserId,
 };
 
 mod sqlite;
@@ -64,9 +64,11 @@ pub trait Store: Send + Sync + fmt::Debug {
         password_hash: Option<&'a str>,
     ) -> StoreFuture<'a, User>;
 
-    /// Creates or updates a user from the directory; brings back a deleted
-    /// one. Refuses to take over a cloud-only user of the same UPN.
-    fn upsert_federated_user<'a>(&'a self, upn: &'a Upn, enabled: bool) -> StoreFuture<'a, Upserted>;
+    /// Creates or updates a user from the directory, matched by anchor
+    /// first (a renamed entry stays the same user) and then by UPN; brings
+    /// back a deleted one. Refuses to take over a cloud-only user of the
+    /// same UPN, and a UPN another user holds.
+    fn upsert_federated_user<'a>(&'a self, user: &'a FederatedUser) -> StoreFuture<'a, Upserted>;
 
     fn get_user_by_upn<'a>(&'a self, upn: &'a Upn) -> StoreFuture<'a, Option<User>>;
 
@@ -173,7 +175,8 @@ pub struct Upserted {
 #[serde(rename_all = "snake_case")]
 pub enum UpsertOutcome {
     Created,
-    /// Enabled flag changed, or a deleted user came back.
+    /// Enabled flag or directory attributes changed, or a deleted user
+    /// came back.
     Updated,
     Unchanged,
 }
@@ -423,6 +426,11 @@ pub enum StoreError {
          UPN. Delete one of them"
     )]
     SourceConflict { upn: Upn },
+    #[error(
+        "the directory renamed a user to {upn}, but user id {holder} already has that UPN in \
+         fedgate: delete one of them"
+    )]
+    UpnTaken { upn: Upn, holder: UserId },
     #[error(
         "user {upn} comes from the directory: their password is checked by the directory, \
          not by fedgate"

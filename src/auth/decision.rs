@@ -20,6 +20,12 @@ pub enum Verified {
     Invalid,
     /// The directory could not be asked.
     DirectoryUnavailable,
+    /// The directory says the account is disabled or expired.
+    AccountDisabled,
+    /// The directory locked the account out.
+    LockedOut,
+    /// The password was right but the store could not record the user.
+    StoreUnavailable,
     /// The hashing pool refused the work.
     Overloaded,
 }
@@ -80,6 +86,9 @@ pub fn decide(f: Facts<'_>) -> Decision {
         return deny(Refusal::TooManyAttempts, Reason::LockedOut);
     }
     let user = match (f.verified, f.user) {
+        (Verified::AccountDisabled, _) => return deny(Refusal::Unauthorized, Reason::AccountDisabled),
+        (Verified::LockedOut, _) => return deny(Refusal::TooManyAttempts, Reason::LockedOut),
+        (Verified::StoreUnavailable, _) => return deny(Refusal::Unavailable, Reason::StoreUnavailable),
         (Verified::Overloaded, _) => return deny(Refusal::Unavailable, Reason::Overloaded),
         (Verified::DirectoryUnavailable, _) => return deny(Refusal::Unavailable, Reason::DirectoryUnavailable),
         (Verified::Invalid, _) | (_, None) => return deny(Refusal::Unauthorized, Reason::BadCredentials),
@@ -114,9 +123,15 @@ pub fn decide(f: Facts<'_>) -> Decision {
         // A pass-through route never asks for a decision; refuse rather than
         // let a wiring mistake through.
         (Realm::None, _) => deny(Refusal::Unauthorized, Reason::BadCredentials),
-        (_, Verified::Invalid | Verified::DirectoryUnavailable | Verified::Overloaded) => {
-            deny(Refusal::Unauthorized, Reason::BadCredentials)
-        }
+        (
+            _,
+            Verified::Invalid
+            | Verified::DirectoryUnavailable
+            | Verified::Overloaded
+            | Verified::AccountDisabled
+            | Verified::LockedOut
+            | Verified::StoreUnavailable,
+        ) => deny(Refusal::Unauthorized, Reason::BadCredentials),
     }
 }
 

@@ -30,6 +30,8 @@ pub struct UserEntry {
 #[derive(Debug, Default)]
 pub struct Index {
     users_by_upn: DashMap<String, Arc<UserEntry>, Hasher>,
+    /// Federated users by lowercased login name, for `CORP\alice` and `alice`.
+    users_by_login: DashMap<String, Arc<UserEntry>, Hasher>,
     users_by_id: DashMap<UserId, Arc<UserEntry>, Hasher>,
     tags: DashMap<[u8; 32], Arc<AppPasswordSecretRecord>, Hasher>,
     tags_by_user: DashMap<UserId, Vec<[u8; 32]>>,
@@ -44,6 +46,13 @@ pub struct Index {
 pub struct Refreshed {
     pub users: BTreeSet<UserId>,
     pub everything: bool,
+}
+
+fn login_key(user: &User) -> Option<String> {
+    user.directory
+        .as_ref()
+        .and_then(|d| d.login.as_deref())
+        .map(str::to_lowercase)
 }
 
 impl Index {
@@ -79,19 +88,26 @@ impl Index {
             user,
             generation: self.next_generation(),
         });
-        if let Some(old) = self
-            .users_by_id
-            .get(&entry.user.id)
-            .map(|e| e.user.upn.as_str().to_owned())
-        {
-            if old != entry.user.upn.as_str() {
-                self.users_by_upn.remove(&old);
-            }
+        if let Some(old) = self.users_by_id.get(&entry.user.id).map(|e| Arc::clone(&e)) {
+            self.forget_names(&old);
         }
         self.users_by_upn
             .insert(entry.user.upn.as_str().to_owned(), Arc::clone(&entry));
+        if let Some(login) = login_key(&entry.user) {
+            self.users_by_login.insert(login, Arc::clone(&entry));
+        }
         self.users_by_id.insert(entry.user.id, Arc::clone(&entry));
         entry
+    }
+
+    /// Removes the UPN and login mappings that still point at this entry
+    /// (a rename may have handed a name to another user since).
+    fn forget_names(&self, old: &Arc<UserEntry>) {
+        self.users_by_upn
+            .remove_if(old.user.upn.as_str(), |_, e| e.user.id == old.user.id);
+        if let Some(login) = login_key(&old.user) {
+            self.users_by_login.remove_if(&login, |_, e| e.user.id == old.user.id);
+        }
     }
 
     fn put_secrets(&self, user: UserId, records: Vec<AppPasswordSecretRecord>) {
@@ -145,7 +161,7 @@ impl Index {
                 }
                 None => {
                     if let Some((_, entry)) = self.users_by_id.remove(id) {
-                        self.users_by_upn.remove(entry.user.upn.as_str());
+                        self.forget_names(&entry);
                     }
                     self.put_secrets(*id, Vec::new());
                 }
@@ -157,6 +173,11 @@ impl Index {
 
     pub fn user_by_upn(&self, upn: &str) -> Option<Arc<UserEntry>> {
         self.users_by_upn.get(upn).map(|e| Arc::clone(&e))
+    }
+
+    /// A federated user by login name, compared case-insensitively.
+    pub fn user_by_login(&self, login: &str) -> Option<Arc<UserEntry>> {
+        self.users_by_login.get(&login.to_lowercase()).map(|e| Arc::clone(&e))
     }
 
     pub fn user_by_id(&self, id: UserId) -> Option<Arc<UserEntry>> {

@@ -10,6 +10,7 @@ pub struct FileConfig {
     pub admin: Option<AdminFile>,
     pub store: Option<StoreFile>,
     pub auth: Option<AuthFile>,
+    pub directory: Option<DirectoryFile>,
     #[serde(default)]
     pub route: Vec<RouteFile>,
 }
@@ -30,6 +31,32 @@ pub struct AuthFile {
     pub hash_workers: Option<i64>,
     pub hash_queue: Option<i64>,
     pub failure_delay: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DirectoryFile {
+    #[serde(default)]
+    pub urls: Vec<String>,
+    pub starttls: Option<bool>,
+    pub ca_file: Option<String>,
+    pub bind_dn: Option<String>,
+    pub bind_password_file: Option<String>,
+    pub bind_name: Option<String>,
+    pub base_dn: Option<String>,
+    pub user_filter: Option<String>,
+    pub login_filter: Option<String>,
+    pub upn_attribute: Option<String>,
+    pub login_attribute: Option<String>,
+    pub anchor_attribute: Option<String>,
+    pub disabled_filter: Option<String>,
+    pub domain: Option<String>,
+    pub timeout: Option<String>,
+    pub connect_timeout: Option<String>,
+    pub pool_size: Option<i64>,
+    pub max_binds: Option<i64>,
+    pub cache_ttl: Option<String>,
+    pub failover_backoff: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

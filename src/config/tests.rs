@@ -102,3 +102,103 @@ fn duplicate_routes_are_errors() {
     let err = parse(&text).unwrap_err();
     assert!(err.to_string().contains("route[1].path"), "{err}");
 }
+
+const DIRECTORY: &str = r#"
+[directory]
+urls = ["ldaps://dc1.corp.example.com", "ldaps://dc2.corp.example.com:636"]
+ca_file = "config/corp-ca.pem"
+bind_dn = "cn=fedgate,ou=services,dc=corp,dc=example,dc=com"
+bind_password_file = "config/ldap.password"
+base_dn = "ou=people,dc=corp,dc=example,dc=com"
+"#;
+
+fn with_directory(extra: &str) -> String {
+    format!("{MINIMAL}{DIRECTORY}{extra}")
+}
+
+#[test]
+fn directory_defaults_follow_the_attributes() {
+    let c = parse(&with_directory("")).unwrap();
+    let d = c.directory.unwrap();
+    assert_eq!(d.urls.len(), 2);
+    assert_eq!(d.user_filter.to_string(), "(mail={upn})");
+    assert_eq!(d.login_filter.to_string(), "(uid={login})");
+    assert_eq!(d.timeout, Duration::from_secs(5));
+    assert_eq!(d.cache_ttl, Duration::from_secs(300));
+    assert!(matches!(d.bind, DirectoryBind::Search { .. }));
+
+    let ad = parse(&with_directory(
+        "upn_attribute = \"userPrincipalName\"\nlogin_attribute = \"sAMAccountName\"\ncache_ttl = \"0s\"\ndomain = \"corp\"",
+    ))
+    .unwrap()
+    .directory
+    .unwrap();
+    assert_eq!(ad.user_filter.to_string(), "(userPrincipalName={upn})");
+    assert_eq!(ad.login_filter.to_string(), "(sAMAccountName={login})");
+    assert_eq!(ad.cache_ttl, Duration::ZERO);
+    assert_eq!(ad.domain.as_deref(), Some("CORP"));
+
+    let direct = MINIMAL.to_string() + "[directory]\nurls = [\"ldaps://dc1\"]\nbase_dn = \"dc=corp\"\n";
+    let d = parse(&direct).unwrap().directory.unwrap();
+    assert!(matches!(d.bind, DirectoryBind::Direct { ref name } if name.to_string() == "{upn}"));
+}
+
+#[test]
+fn onprem_routes_need_a_directory() {
+    let onprem = MINIMAL.replace("realm = \"none\"", "realm = \"onprem\"");
+    let err = parse(&onprem).unwrap_err().to_string();
+    assert!(err.contains("route[0].realm") && err.contains("[directory]"), "{err}");
+    assert!(parse(&format!("{onprem}{DIRECTORY}")).is_ok());
+}
+
+#[test]
+fn bad_directory_values_name_their_key() {
+    let cases = [
+        (
+            with_directory("").replace("ldaps://dc1", "http://dc1"),
+            "directory.urls[0]",
+        ),
+        (with_directory("starttls = true"), "directory.urls[0]"),
+        (
+            with_directory("").replace(
+                "ldaps://dc1.corp.example.com\", \"ldaps://dc2.corp.example.com:636",
+                "ldap://dc1",
+            ),
+            "directory.ca_file",
+        ),
+        (
+            with_directory("").replace("bind_dn = \"cn=fedgate,ou=services,dc=corp,dc=example,dc=com\"", ""),
+            "directory.bind_dn",
+        ),
+        (
+            with_directory("user_filter = \"(mail=alice)\""),
+            "directory.user_filter",
+        ),
+        (
+            with_directory("user_filter = \"(&(mail={upn})\""),
+            "directory.user_filter",
+        ),
+        (
+            with_directory("login_filter = \"(uid={user})\""),
+            "directory.login_filter",
+        ),
+        (
+            with_directory("disabled_filter = \"(uid={login})\""),
+            "directory.disabled_filter",
+        ),
+        (with_directory("upn_attribute = \"mail)(x\""), "directory.upn_attribute"),
+        (with_directory("timeout = \"0s\""), "directory.timeout"),
+        (with_directory("max_binds = 0"), "directory.max_binds"),
+        (with_directory("domain = \"CORP\\\\X\""), "directory.domain"),
+        (with_directory("bind_name = \"{upn}\""), "directory.bind_name"),
+        (with_directory("bogus = 1"), "directory.bogus"),
+        (
+            with_directory("").replace("base_dn = \"ou=people,dc=corp,dc=example,dc=com\"", ""),
+            "directory.base_dn",
+        ),
+    ];
+    for (text, want) in cases {
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.contains(want), "expected {want:?} in {err:?}");
+    }
+}

@@ -85,6 +85,7 @@ fn reasons_are_the_decision_table_codes() {
             "bad_credentials",
             "directory_unavailable",
             "overloaded",
+            "store_unavailable",
         ]
     );
     for reason in Reason::ALL {
@@ -140,6 +141,7 @@ fn user_hash_is_not_printed_or_serialised() {
         registered_at: None,
         created_at: 1,
         password_hash: Some("$argon2id$secret-ish".into()),
+        directory: None,
     };
     assert!(!format!("{user:?}").contains("argon2"));
     let json = serde_json::to_string(&user).unwrap();

@@ -133,7 +133,7 @@ pub fn client_config(extra_ca: Option<(&str, &Path)>) -> Result<ClientConfig, Tl
     let mut roots = RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     if let Some((key, path)) = extra_ca {
-        let certs = read_certs("upstream_ca_file", path)?;
+        let certs = read_certs("CA file", path)?;
         if certs.is_empty() {
             return Err(TlsError::NoCaCerts {
                 key: key.to_string(),
@@ -142,7 +142,7 @@ pub fn client_config(extra_ca: Option<(&str, &Path)>) -> Result<ClientConfig, Tl
         }
         for cert in certs {
             roots.add(cert).map_err(|e| TlsError::Read {
-                what: "upstream_ca_file",
+                what: "CA file",
                 path: path.to_owned(),
                 message: e.to_string(),
             })?;

@@ -29,9 +29,9 @@ use super::{
 };
 use crate::app_password::MAX_APP_PASSWORDS_PER_USER;
 use crate::model::{
-    audit_text, AppPassword, AppPasswordId, AppPasswordSecretRecord, AuditRecord, Clock, CredentialKind, MfaState,
-    Reason, Settings, Upn, User, UserId, UserSource, MAX_APP_PASSWORD_NAME_CHARS, MAX_AUDIT_IP_CHARS,
-    MAX_AUDIT_UPN_CHARS, MAX_AUDIT_USER_AGENT_CHARS,
+    audit_text, AppPassword, AppPasswordId, AppPasswordSecretRecord, AuditRecord, Clock, CredentialKind,
+    DirectoryAttributes, FederatedUser, MfaState, Reason, Settings, Upn, User, UserId, UserSource,
+    MAX_APP_PASSWORD_NAME_CHARS, MAX_AUDIT_IP_CHARS, MAX_AUDIT_UPN_CHARS, MAX_AUDIT_USER_AGENT_CHARS,
 };
 
 /// A schema migration, applied once, in its own transaction.
@@ -43,11 +43,18 @@ struct Migration {
 
 /// In version order; a new migration is a new file and a new line here,
 /// never an edit to an applied one.
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "init",
-    sql: include_str!("migrations/0001_init.sql"),
-}];
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "init",
+        sql: include_str!("migrations/0001_init.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "directory",
+        sql: include_str!("migrations/0002_directory.sql"),
+    },
+];
 
 /// The most changes one [`Store::changes_since`] call returns.
 const CHANGES_PAGE: i64 = 10_000;
@@ -56,7 +63,8 @@ const CHANGES_PAGE: i64 = 10_000;
 /// to finish before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
-const USER_COLUMNS: &str = "id, upn, source, enabled, deleted, mfa_state, registered_at, created_at, password_hash";
+const USER_COLUMNS: &str = "id, upn, source, enabled, deleted, mfa_state, registered_at, created_at, password_hash, \
+                            dn, login, anchor, display_name, mail";
 const APP_PASSWORD_COLUMNS: &str = "id, user_id, name, created_at, last_used_at, last_ip, last_user_agent";
 const SECRET_COLUMNS: &str = "id, user_id, name, tag, hash";
 const AUDIT_COLUMNS: &str = "at, upn_given, user_id, route, credential, app_password_name, \
@@ -231,6 +239,16 @@ fn user_from_row(row: &SqliteRow) -> Result<User, StoreError> {
         registered_at: row.try_get("registered_at").map_err(read())?,
         created_at: row.try_get("created_at").map_err(read())?,
         password_hash: row.try_get("password_hash").map_err(read())?,
+        directory: match row.try_get::<Option<String>, _>("dn").map_err(read())? {
+            None => None,
+            Some(dn) => Some(DirectoryAttributes {
+                dn,
+                login: row.try_get("login").map_err(read())?,
+                anchor: row.try_get("anchor").map_err(read())?,
+                display_name: row.try_get("display_name").map_err(read())?,
+                mail: row.try_get("mail").map_err(read())?,
+            }),
+        },
     })
 }
 
@@ -304,6 +322,15 @@ async fn user_by_upn(conn: &mut SqliteConnection, upn: &Upn) -> Result<Option<Us
         .fetch_optional(conn)
         .await
         .map_err(db("look up a user"))?;
+    row.as_ref().map(user_from_row).transpose()
+}
+
+async fn user_by_anchor(conn: &mut SqliteConnection, anchor: &str) -> Result<Option<User>, StoreError> {
+    let row = sqlx::query(&format!("SELECT {USER_COLUMNS} FROM users WHERE anchor = ?"))
+        .bind(anchor)
+        .fetch_optional(conn)
+        .await
+        .map_err(db("look up a user by directory anchor"))?;
     row.as_ref().map(user_from_row).transpose()
 }
 
@@ -435,19 +462,42 @@ impl Store for SqliteStore {
         })
     }
 
-    fn upsert_federated_user<'a>(&'a self, upn: &'a Upn, enabled: bool) -> StoreFuture<'a, Upserted> {
+    fn upsert_federated_user<'a>(&'a self, new: &'a FederatedUser) -> StoreFuture<'a, Upserted> {
         Box::pin(async move {
             let now = self.clock.now_ms();
+            let attrs = &new.attributes;
             let mut tx = self.write_tx().await?;
-            let (id, outcome, kind) = match user_by_upn(&mut tx, upn).await? {
+            // The anchor survives renames and moves: match on it first, so a
+            // renamed user keeps their id, MFA state and app passwords.
+            let by_anchor = match &attrs.anchor {
+                Some(anchor) => user_by_anchor(&mut tx, anchor).await?,
+                None => None,
+            };
+            let by_upn = user_by_upn(&mut tx, &new.upn).await?;
+            if let (Some(a), Some(u)) = (&by_anchor, &by_upn) {
+                if a.id != u.id {
+                    return Err(StoreError::UpnTaken {
+                        upn: new.upn.clone(),
+                        holder: u.id,
+                    });
+                }
+            }
+            let (id, outcome, kind) = match by_anchor.or(by_upn) {
                 None => {
                     let done = sqlx::query(
-                        "INSERT INTO users (upn, source, enabled, created_at, updated_at)
-                         VALUES (?, 'federated', ?, ?, ?)",
+                        "INSERT INTO users (upn, source, enabled, created_at, updated_at, dn, login, anchor,
+                                            display_name, mail, directory_seen_at)
+                         VALUES (?, 'federated', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     )
-                    .bind(upn.as_str())
-                    .bind(enabled)
+                    .bind(new.upn.as_str())
+                    .bind(new.enabled)
                     .bind(now)
+                    .bind(now)
+                    .bind(&attrs.dn)
+                    .bind(&attrs.login)
+                    .bind(&attrs.anchor)
+                    .bind(&attrs.display_name)
+                    .bind(&attrs.mail)
                     .bind(now)
                     .execute(&mut *tx)
                     .await
@@ -456,40 +506,53 @@ impl Store for SqliteStore {
                     (id, UpsertOutcome::Created, Some(ChangeKind::UserCreated))
                 }
                 Some(user) if user.source == UserSource::Cloud && !user.deleted => {
-                    return Err(StoreError::SourceConflict { upn: upn.clone() });
+                    return Err(StoreError::SourceConflict { upn: new.upn.clone() });
                 }
-                Some(user) if user.deleted => {
-                    // The MFA state is kept: a returning user who had to use
-                    // app passwords still has to.
+                Some(user) => {
+                    let kind = if user.deleted {
+                        // The MFA state is kept: a returning user who had to
+                        // use app passwords still has to.
+                        Some(ChangeKind::UserUpdated)
+                    } else if user.enabled != new.enabled {
+                        Some(if new.enabled {
+                            ChangeKind::UserEnabled
+                        } else {
+                            ChangeKind::UserDisabled
+                        })
+                    } else if user.upn != new.upn || user.directory.as_ref() != Some(attrs) {
+                        Some(ChangeKind::UserUpdated)
+                    } else {
+                        None
+                    };
                     sqlx::query(
-                        "UPDATE users SET source = 'federated', enabled = ?, deleted = 0,
-                             registered_at = NULL, password_hash = NULL, updated_at = ?
+                        "UPDATE users SET upn = ?, source = 'federated', enabled = ?, deleted = 0,
+                             registered_at = CASE WHEN deleted = 1 THEN NULL ELSE registered_at END,
+                             password_hash = NULL, dn = ?, login = ?, anchor = COALESCE(?, anchor),
+                             display_name = ?, mail = ?, directory_seen_at = ?,
+                             updated_at = CASE WHEN ? THEN ? ELSE updated_at END
                          WHERE id = ?",
                     )
-                    .bind(enabled)
+                    .bind(new.upn.as_str())
+                    .bind(new.enabled)
+                    .bind(&attrs.dn)
+                    .bind(&attrs.login)
+                    .bind(&attrs.anchor)
+                    .bind(&attrs.display_name)
+                    .bind(&attrs.mail)
+                    .bind(now)
+                    .bind(kind.is_some())
                     .bind(now)
                     .bind(user.id.0)
                     .execute(&mut *tx)
                     .await
-                    .map_err(db("bring back a deleted user"))?;
-                    (user.id, UpsertOutcome::Updated, Some(ChangeKind::UserUpdated))
-                }
-                Some(user) if user.enabled != enabled => {
-                    sqlx::query("UPDATE users SET enabled = ?, updated_at = ? WHERE id = ?")
-                        .bind(enabled)
-                        .bind(now)
-                        .bind(user.id.0)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(db("update a user"))?;
-                    let kind = if enabled {
-                        ChangeKind::UserEnabled
+                    .map_err(db("update a user from the directory"))?;
+                    let outcome = if kind.is_some() {
+                        UpsertOutcome::Updated
                     } else {
-                        ChangeKind::UserDisabled
+                        UpsertOutcome::Unchanged
                     };
-                    (user.id, UpsertOutcome::Updated, Some(kind))
+                    (user.id, outcome, kind)
                 }
-                Some(user) => (user.id, UpsertOutcome::Unchanged, None),
             };
             if let Some(kind) = kind {
                 record_change(&mut tx, now, kind, Some(id)).await?;

@@ -1,12 +1,28 @@
 use std::sync::Arc;
 
 use super::*;
-use crate::model::{CredentialKind, ManualClock, Reason, UserSource};
+use crate::model::{CredentialKind, DirectoryAttributes, FederatedUser, ManualClock, Reason, UserSource};
 
 const T0: i64 = 1_700_000_000_000;
 
 fn upn(s: &str) -> Upn {
     Upn::parse(s).unwrap()
+}
+
+/// A directory user as sign-in or sync reports them.
+fn federated(upn: &Upn, enabled: bool) -> FederatedUser {
+    let login = upn.local_part().to_owned();
+    FederatedUser {
+        upn: upn.clone(),
+        enabled,
+        attributes: DirectoryAttributes {
+            dn: format!("uid={login},ou=people,dc=example,dc=com"),
+            anchor: Some(format!("anchor-{login}")),
+            login: Some(login),
+            display_name: None,
+            mail: Some(upn.to_string()),
+        },
+    }
 }
 
 async fn memory_store() -> (Arc<dyn Store>, Arc<ManualClock>) {
@@ -128,16 +144,16 @@ async fn federated_upsert_creates_updates_and_leaves_alone() {
     let bob = upn("bob@corp.example.com");
     let seq = store.latest_change_seq().await.unwrap();
 
-    let created = store.upsert_federated_user(&bob, true).await.unwrap();
+    let created = store.upsert_federated_user(&federated(&bob, true)).await.unwrap();
     assert_eq!(created.outcome, UpsertOutcome::Created);
     assert_eq!(created.user.source, UserSource::Federated);
     assert_eq!(created.user.mfa_state, MfaState::Disabled);
     let id = created.user.id;
 
-    let same = store.upsert_federated_user(&bob, true).await.unwrap();
+    let same = store.upsert_federated_user(&federated(&bob, true)).await.unwrap();
     assert_eq!(same.outcome, UpsertOutcome::Unchanged);
 
-    let disabled = store.upsert_federated_user(&bob, false).await.unwrap();
+    let disabled = store.upsert_federated_user(&federated(&bob, false)).await.unwrap();
     assert_eq!(disabled.outcome, UpsertOutcome::Updated);
     assert!(!disabled.user.enabled);
 
@@ -159,16 +175,56 @@ async fn federated_upsert_does_not_take_over_a_cloud_user() {
         .create_cloud_user(&alice, MfaState::Disabled, Some("$h"))
         .await
         .unwrap();
-    let err = store.upsert_federated_user(&alice, true).await.unwrap_err();
+    let err = store.upsert_federated_user(&federated(&alice, true)).await.unwrap_err();
     assert!(matches!(err, StoreError::SourceConflict { .. }));
     assert!(err.to_string().contains("alice@corp.example.com"));
+}
+
+#[tokio::test]
+async fn federated_upsert_follows_a_rename_by_anchor() {
+    let (store, _) = memory_store().await;
+    let bob = upn("bob@corp.example.com");
+    let user = store.upsert_federated_user(&federated(&bob, true)).await.unwrap().user;
+    store
+        .create_app_password(&new_app_password(user.id, "phone", 1))
+        .await
+        .unwrap();
+    let seq = store.latest_change_seq().await.unwrap();
+
+    let mut renamed = federated(&upn("robert@corp.example.com"), true);
+    renamed.attributes.anchor = Some("anchor-bob".into());
+    let after = store.upsert_federated_user(&renamed).await.unwrap();
+    assert_eq!(after.outcome, UpsertOutcome::Updated);
+    assert_eq!(after.user.id, user.id);
+    assert_eq!(after.user.upn.as_str(), "robert@corp.example.com");
+    assert_eq!(after.user.directory.as_ref().unwrap().login.as_deref(), Some("robert"));
+    assert_eq!(store.list_app_passwords(user.id).await.unwrap().len(), 1);
+    assert!(store.get_user_by_upn(&bob).await.unwrap().is_none());
+    assert_eq!(
+        kinds_since(store.as_ref(), seq).await,
+        [(ChangeKind::UserUpdated, Some(user.id))]
+    );
+
+    // A UPN that another user holds is refused, not merged.
+    let carol = store
+        .upsert_federated_user(&federated(&upn("carol@corp.example.com"), true))
+        .await
+        .unwrap()
+        .user;
+    let mut clash = federated(&upn("carol@corp.example.com"), true);
+    clash.attributes.anchor = Some("anchor-bob".into());
+    let err = store.upsert_federated_user(&clash).await.unwrap_err();
+    assert!(
+        matches!(err, StoreError::UpnTaken { holder, .. } if holder == carol.id),
+        "{err}"
+    );
 }
 
 #[tokio::test]
 async fn deleted_users_lose_app_passwords_and_come_back_without_them() {
     let (store, _) = memory_store().await;
     let bob = upn("bob@corp.example.com");
-    let user = store.upsert_federated_user(&bob, true).await.unwrap().user;
+    let user = store.upsert_federated_user(&federated(&bob, true)).await.unwrap().user;
     store.set_mfa_state(&bob, MfaState::Enforced).await.unwrap();
     store.set_registered_at(&bob, T0 - 5).await.unwrap();
     store
@@ -203,7 +259,7 @@ async fn deleted_users_lose_app_passwords_and_come_back_without_them() {
         assert!(matches!(err, StoreError::UserDeleted { .. }), "{err}");
     }
 
-    let back = store.upsert_federated_user(&bob, true).await.unwrap();
+    let back = store.upsert_federated_user(&federated(&bob, true)).await.unwrap();
     assert_eq!(back.outcome, UpsertOutcome::Updated);
     assert_eq!(back.user.id, user.id);
     assert!(!back.user.deleted);
@@ -314,7 +370,7 @@ async fn user_state_changes_write_the_change_feed() {
 async fn federated_users_have_no_fedgate_password() {
     let (store, _) = memory_store().await;
     let bob = upn("bob@corp.example.com");
-    store.upsert_federated_user(&bob, true).await.unwrap();
+    store.upsert_federated_user(&federated(&bob, true)).await.unwrap();
     let err = store.set_password_hash(&bob, Some("$h")).await.unwrap_err();
     assert!(matches!(err, StoreError::NotCloudUser { .. }), "{err}");
 }
@@ -697,7 +753,8 @@ async fn file_store_is_created_with_its_directory_and_reopens_idempotently() {
 
     for _ in 0..2 {
         let again = SqliteStore::open(&url, clock.clone()).await.unwrap();
-        assert_eq!(again.schema_version().await.unwrap(), 1);
+        let latest = sqlite::migration_versions().last().unwrap().0;
+        assert_eq!(again.schema_version().await.unwrap(), latest);
         let applied: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM schema_version")
             .fetch_one(again.pool())
             .await
@@ -747,7 +804,7 @@ async fn two_processes_sharing_a_file_see_each_others_changes() {
 
     let seen = server.latest_change_seq().await.unwrap();
     let bob = upn("bob@corp.example.com");
-    let user = cli.upsert_federated_user(&bob, true).await.unwrap().user;
+    let user = cli.upsert_federated_user(&federated(&bob, true)).await.unwrap().user;
     cli.set_mfa_state(&bob, MfaState::Enforced).await.unwrap();
 
     let changes = server.changes_since(seen).await.unwrap();
@@ -762,7 +819,7 @@ async fn two_processes_sharing_a_file_see_each_others_changes() {
     let writes = (0..20).map(|n| {
         let store = if n % 2 == 0 { &server } else { &cli };
         let name = upn(&format!("user{n}@corp.example.com"));
-        async move { store.upsert_federated_user(&name, true).await.map(|_| ()) }
+        async move { store.upsert_federated_user(&federated(&name, true)).await.map(|_| ()) }
     });
     for result in futures_util::future::join_all(writes).await {
         result.unwrap();

@@ -12,6 +12,7 @@ fn user(state: MfaState, enabled: bool, deleted: bool) -> User {
         registered_at: None,
         created_at: 0,
         password_hash: None,
+        directory: None,
     }
 }
 
@@ -81,6 +82,22 @@ fn the_decision_table() {
             run(Cloud, Verified::Overloaded, Some(&u), true, false),
             d503(Reason::Overloaded)
         );
+        // what the directory says about the account beats the secret
+        assert_eq!(
+            run(Onprem, Verified::AccountDisabled, Some(&u), true, false),
+            d401(Reason::AccountDisabled)
+        );
+        assert_eq!(
+            run(Cloud, Verified::LockedOut, Some(&u), true, false),
+            Decision::Deny {
+                refusal: Refusal::TooManyAttempts,
+                reason: Reason::LockedOut
+            }
+        );
+        assert_eq!(
+            run(Cloud, Verified::StoreUnavailable, Some(&u), true, false),
+            d503(Reason::StoreUnavailable)
+        );
         // locked out
         assert_eq!(
             run(Cloud, app(), Some(&u), true, true),
@@ -125,6 +142,15 @@ fn the_decision_table() {
     assert_eq!(
         run(Cloud, Verified::Invalid, None, true, false),
         d401(Reason::BadCredentials)
+    );
+    // a directory account not yet in the store, disabled there
+    assert_eq!(
+        run(Onprem, Verified::AccountDisabled, None, true, false),
+        d401(Reason::AccountDisabled)
+    );
+    assert_eq!(
+        run(Cloud, Verified::DirectoryUnavailable, None, true, false),
+        d503(Reason::DirectoryUnavailable)
     );
     // disabled or deleted accounts: refused whatever is presented
     for u in [user(Disabled, false, false), user(Enforced, true, true)] {

@@ -1,0 +1,741 @@
+//! [`LdapDirectory`]: the [`Directory`] over ldap3.
+//!
+//! Connections:
+//! - *servers* are the configured URLs, tried in order; one that fails to
+//!   connect is tried last for `failover_backoff`, so a dead primary costs
+//!   one failed connect per back-off period rather than one per sign-in;
+//! - *service connections* (`pool_size`, bound as `bind_dn`) carry searches;
+//!   ldap3 multiplexes operations on one connection, so a handful serve any
+//!   load. A connection the server dropped is replaced (and bound again) on
+//!   next use;
+//! - *bind connections* carry user binds, one at a time each (a bind changes
+//!   who the connection is). At most `max_binds` exist; idle ones are kept
+//!   and bound again as the next user, which saves a TCP (and TLS) setup per
+//!   cold sign-in.
+//!
+//! Every check runs under one deadline (`timeout`): whatever the servers do
+//! (refuse, hang, answer garbage), the caller gets an answer by then.
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::future::BoxFuture;
+use ldap3::{Ldap, LdapConnAsync, LdapConnSettings, LdapError, ResultEntry, Scope, SearchEntry, SearchOptions};
+use tokio::sync::Semaphore;
+
+use super::ad::{self, BindFailure};
+use super::template::Values;
+use super::{Checked, Directory, DirectoryError, Known, LoginName};
+use crate::app_password;
+use crate::config::{DirectoryBind, DirectoryConfig};
+use crate::model::{DirectoryAttributes, FederatedUser, Secret, Upn};
+
+/// LDAP result codes this client tells apart.
+mod rc {
+    pub const SUCCESS: u32 = 0;
+    pub const SIZE_LIMIT_EXCEEDED: u32 = 4;
+    pub const REFERRAL: u32 = 10;
+    pub const NO_SUCH_OBJECT: u32 = 32;
+    pub const INVALID_CREDENTIALS: u32 = 49;
+}
+
+/// Problems found when the directory client is built from the config.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("cannot read directory.bind_password_file {path}: {source}")]
+    PasswordFile {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("directory.bind_password_file {path} is empty")]
+    EmptyPassword { path: std::path::PathBuf },
+    #[error("directory.ca_file: {0}")]
+    Tls(#[from] crate::proxy::tls::TlsError),
+}
+
+struct Server {
+    url: String,
+    /// Until when this server is tried only after the others.
+    down_until: Mutex<Option<Instant>>,
+    /// Whether the last attempt failed, so that an outage is logged once.
+    failing: AtomicBool,
+}
+
+impl Server {
+    fn backing_off(&self, now: Instant) -> bool {
+        lock(&self.down_until).is_some_and(|until| until > now)
+    }
+}
+
+/// A connection and the server it goes to.
+#[derive(Clone)]
+struct Conn {
+    ldap: Ldap,
+    server: usize,
+    /// Tells connections apart, to replace the one found broken.
+    id: u64,
+}
+
+/// Locks a mutex whose data stays valid even if a holder panicked (every
+/// critical section here is a plain read or write).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+pub struct LdapDirectory {
+    config: DirectoryConfig,
+    servers: Vec<Server>,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    service_password: Option<Secret>,
+    service: Vec<tokio::sync::Mutex<Option<Conn>>>,
+    next_service: AtomicUsize,
+    next_conn_id: AtomicU64,
+    binds: Semaphore,
+    idle_binds: Mutex<Vec<Conn>>,
+    attributes: Vec<String>,
+}
+
+impl std::fmt::Debug for LdapDirectory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LdapDirectory")
+            .field("urls", &self.config.urls)
+            .field("base_dn", &self.config.base_dn)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What one search for a user found.
+enum Found {
+    One(Box<SearchEntry>),
+    None,
+    /// Several entries match: the filter is too loose for this name.
+    Ambiguous,
+}
+
+/// How a failed operation should be treated.
+enum OpError {
+    /// The connection is unusable (closed, timed out, garbage): drop it; the
+    /// operation may be retried on a new one.
+    Connection(String),
+    /// The server answered with an error that a retry will not change.
+    Answer(String),
+}
+
+impl OpError {
+    fn from_ldap(err: LdapError) -> OpError {
+        match err {
+            LdapError::LdapResult { result } => OpError::Answer(format!("result code {}: {}", result.rc, result.text)),
+            other => OpError::Connection(other.to_string()),
+        }
+    }
+
+    fn message(self) -> String {
+        match self {
+            OpError::Connection(m) | OpError::Answer(m) => m,
+        }
+    }
+}
+
+impl LdapDirectory {
+    pub fn new(config: DirectoryConfig) -> Result<LdapDirectory, SetupError> {
+        let service_password = match &config.bind {
+            DirectoryBind::Search { password_file, .. } => {
+                let text = std::fs::read_to_string(password_file).map_err(|source| SetupError::PasswordFile {
+                    path: password_file.clone(),
+                    source,
+                })?;
+                // A trailing newline is what editors and `echo` leave.
+                let password = text.strip_suffix('\n').unwrap_or(&text);
+                let password = password.strip_suffix('\r').unwrap_or(password);
+                if password.is_empty() {
+                    return Err(SetupError::EmptyPassword {
+                        path: password_file.clone(),
+                    });
+                }
+                Some(Secret::from(password))
+            }
+            DirectoryBind::Direct { .. } => None,
+        };
+        let uses_tls = config.starttls || config.urls.iter().any(|u| u.starts_with("ldaps://"));
+        let tls = if uses_tls {
+            let extra = config.ca_file.as_deref().map(|p| ("directory.ca_file", p));
+            Some(Arc::new(crate::proxy::tls::client_config(extra)?))
+        } else {
+            None
+        };
+        let servers = config
+            .urls
+            .iter()
+            .map(|url| Server {
+                url: url.clone(),
+                down_until: Mutex::new(None),
+                failing: AtomicBool::new(false),
+            })
+            .collect();
+        let mut attributes: Vec<String> = vec![
+            config.upn_attribute.clone(),
+            config.login_attribute.clone(),
+            config.anchor_attribute.clone(),
+            "displayName".into(),
+            "mail".into(),
+        ];
+        attributes.sort_by_key(|a| a.to_ascii_lowercase());
+        attributes.dedup_by(|a, b| a.eq_ignore_ascii_case(b));
+        Ok(LdapDirectory {
+            service: (0..config.pool_size).map(|_| tokio::sync::Mutex::new(None)).collect(),
+            next_service: AtomicUsize::new(0),
+            next_conn_id: AtomicU64::new(0),
+            binds: Semaphore::new(config.max_binds),
+            idle_binds: Mutex::new(Vec::new()),
+            servers,
+            tls,
+            service_password,
+            attributes,
+            config,
+        })
+    }
+
+    fn remaining(deadline: Instant) -> Option<Duration> {
+        deadline.checked_duration_since(Instant::now()).filter(|d| !d.is_zero())
+    }
+
+    /// Opens a connection to the first server that accepts one: servers not
+    /// backing off first, in the configured order, then the others.
+    async fn connect(&self, deadline: Instant) -> Result<Conn, DirectoryError> {
+        let now = Instant::now();
+        let (mut order, later): (Vec<usize>, Vec<usize>) =
+            (0..self.servers.len()).partition(|&i| !self.servers[i].backing_off(now));
+        order.extend(later);
+        let mut last = None;
+        for index in order {
+            let server = &self.servers[index];
+            let Some(remaining) = Self::remaining(deadline) else {
+                break;
+            };
+            let mut settings = LdapConnSettings::new().set_conn_timeout(self.config.connect_timeout.min(remaining));
+            if let Some(tls) = &self.tls {
+                settings = settings.set_config(Arc::clone(tls)).set_starttls(self.config.starttls);
+            }
+            let attempt = tokio::time::timeout(remaining, LdapConnAsync::with_settings(settings, &server.url)).await;
+            let reason = match attempt {
+                Ok(Ok((conn, ldap))) => {
+                    let url = server.url.clone();
+                    tokio::spawn(async move {
+                        if let Err(err) = conn.drive().await {
+                            tracing::debug!(server = %url, error = %err, "directory connection ended");
+                        }
+                    });
+                    *lock(&server.down_until) = None;
+                    if server.failing.swap(false, Ordering::AcqRel) {
+                        tracing::info!(server = %server.url, "directory server reachable again");
+                    }
+                    return Ok(Conn {
+                        ldap,
+                        server: index,
+                        id: self.next_conn_id.fetch_add(1, Ordering::Relaxed),
+                    });
+                }
+                Ok(Err(err)) => err.to_string(),
+                Err(_) => format!("no connection within {remaining:?}"),
+            };
+            *lock(&server.down_until) = Some(Instant::now() + self.config.failover_backoff);
+            if !server.failing.swap(true, Ordering::AcqRel) {
+                tracing::warn!(
+                    server = %server.url,
+                    error = %reason,
+                    backoff = ?self.config.failover_backoff,
+                    "directory server unreachable; trying the next one"
+                );
+            }
+            last = Some(DirectoryError::Unavailable {
+                server: server.url.clone(),
+                reason,
+            });
+        }
+        Err(last.unwrap_or(DirectoryError::Timeout(self.config.timeout)))
+    }
+
+    fn url(&self, conn: &Conn) -> &str {
+        &self.servers[conn.server].url
+    }
+
+    fn unavailable(&self, conn: &Conn, reason: String) -> DirectoryError {
+        DirectoryError::Unavailable {
+            server: self.url(conn).to_owned(),
+            reason,
+        }
+    }
+
+    /// A connection bound as the service account, from the pool. The slot's
+    /// lock is held while a replacement connects, so a burst of sign-ins
+    /// after an outage opens one connection per slot, not one per sign-in.
+    async fn service_conn(&self, deadline: Instant, replace: Option<&Conn>) -> Result<Conn, DirectoryError> {
+        let DirectoryBind::Search { dn, .. } = &self.config.bind else {
+            unreachable!("service connections exist only with a service account");
+        };
+        let slot = self.next_service.fetch_add(1, Ordering::Relaxed) % self.service.len();
+        let mut guard = self.service[slot].lock().await;
+        if let Some(conn) = guard.as_mut() {
+            let broken = replace.is_some_and(|r| r.id == conn.id);
+            if !broken && !conn.ldap.is_closed() {
+                return Ok(conn.clone());
+            }
+        }
+        *guard = None;
+        let mut conn = self.connect(deadline).await?;
+        let remaining = Self::remaining(deadline).ok_or(DirectoryError::Timeout(self.config.timeout))?;
+        // Invariant: a Search bind always has its password (read in `new`).
+        let password = self.service_password.as_ref().map_or("", Secret::expose);
+        let result = conn.ldap.with_timeout(remaining).simple_bind(dn, password).await;
+        match result {
+            Ok(r) if r.rc == rc::SUCCESS => {
+                *guard = Some(conn.clone());
+                Ok(conn)
+            }
+            Ok(r) => {
+                let err = DirectoryError::ServiceBind {
+                    server: self.url(&conn).to_owned(),
+                    dn: dn.clone(),
+                    reason: format!("result code {}: {}", r.rc, r.text),
+                };
+                tracing::error!(error = %err, "directory service account refused");
+                Err(err)
+            }
+            Err(err) => Err(self.unavailable(&conn, err.to_string())),
+        }
+    }
+
+    /// Searches `base_dn` for the one entry matching `filter`.
+    async fn search_user(&self, ldap: &mut Ldap, filter: &str, deadline: Instant) -> Result<Found, OpError> {
+        self.search_one(ldap, &self.config.base_dn, Scope::Subtree, filter, deadline)
+            .await
+    }
+
+    /// Searches for the one entry matching `filter` at or under `base`.
+    async fn search_one(
+        &self,
+        ldap: &mut Ldap,
+        base: &str,
+        scope: Scope,
+        filter: &str,
+        deadline: Instant,
+    ) -> Result<Found, OpError> {
+        let remaining = Self::remaining(deadline).ok_or_else(|| OpError::Connection("timed out".into()))?;
+        let result = ldap
+            .with_timeout(remaining)
+            .with_search_options(
+                SearchOptions::new()
+                    .sizelimit(2)
+                    .timelimit(i32::try_from(remaining.as_secs().max(1)).unwrap_or(i32::MAX)),
+            )
+            .search(base, scope, filter, &self.attributes)
+            .await
+            .map_err(OpError::from_ldap)?;
+        let (entries, result) = (result.0, result.1);
+        match result.rc {
+            rc::SUCCESS | rc::SIZE_LIMIT_EXCEEDED => {}
+            // The base is elsewhere: referrals are not chased (their hosts
+            // often do not resolve from here).
+            rc::REFERRAL => return Ok(Found::None),
+            rc::NO_SUCH_OBJECT if scope == Scope::Base => return Ok(Found::None),
+            rc::NO_SUCH_OBJECT => return Err(OpError::Answer(format!(
+                "directory.base_dn \"{base}\" does not exist on this server (or the account searching may not see it)"
+            ))),
+            code => {
+                return Err(OpError::Answer(format!(
+                    "search failed with result code {code}: {}",
+                    result.text
+                )))
+            }
+        }
+        let mut found: Vec<SearchEntry> = Vec::with_capacity(1);
+        for entry in entries.into_iter().filter(|e| !e.is_ref() && !e.is_intermediate()) {
+            found.push(construct(entry).ok_or_else(|| OpError::Connection("malformed search entry".into()))?);
+        }
+        Ok(match found.len() {
+            0 if result.rc == rc::SIZE_LIMIT_EXCEEDED => Found::Ambiguous,
+            0 => Found::None,
+            1 if result.rc == rc::SUCCESS => Found::One(Box::new(found.remove(0))),
+            _ => Found::Ambiguous,
+        })
+    }
+
+    /// Whether the entry at `dn` matches `disabled_filter`.
+    async fn is_disabled(&self, ldap: &mut Ldap, dn: &str, deadline: Instant) -> Result<bool, OpError> {
+        let Some(filter) = &self.config.disabled_filter else {
+            return Ok(false);
+        };
+        let remaining = Self::remaining(deadline).ok_or_else(|| OpError::Connection("timed out".into()))?;
+        let filter = filter.render(Values { upn: "", login: "" });
+        let result = ldap
+            .with_timeout(remaining)
+            .search(dn, Scope::Base, &filter, ["1.1"])
+            .await
+            .map_err(OpError::from_ldap)?;
+        match result.1.rc {
+            rc::SUCCESS => Ok(result.0.iter().any(|e| !e.is_ref())),
+            // Gone since the search: nothing to say it is disabled; the bind
+            // will fail anyway.
+            rc::NO_SUCH_OBJECT => Ok(false),
+            code => Err(OpError::Answer(format!(
+                "search failed with result code {code}: {}",
+                result.1.text
+            ))),
+        }
+    }
+
+    async fn disabled_check(&self, dn: &str, deadline: Instant) -> Result<bool, DirectoryError> {
+        if self.config.disabled_filter.is_none() {
+            return Ok(false);
+        }
+        self.with_service(deadline, |mut ldap| async move {
+            self.is_disabled(&mut ldap, dn, deadline).await
+        })
+        .await
+    }
+
+    /// Runs `op` on a service connection, once more on a fresh connection
+    /// if the first one turns out to be broken.
+    async fn with_service<T, F, Fut>(&self, deadline: Instant, op: F) -> Result<T, DirectoryError>
+    where
+        F: Fn(Ldap) -> Fut,
+        Fut: Future<Output = Result<T, OpError>>,
+    {
+        let mut conn = self.service_conn(deadline, None).await?;
+        match op(conn.ldap.clone()).await {
+            Ok(v) => return Ok(v),
+            Err(OpError::Answer(m)) => return Err(self.unavailable(&conn, m)),
+            Err(OpError::Connection(m)) => {
+                tracing::debug!(server = %self.url(&conn), error = %m, "directory connection broken; reconnecting");
+            }
+        }
+        conn = self.service_conn(deadline, Some(&conn)).await?;
+        op(conn.ldap.clone())
+            .await
+            .map_err(|e| self.unavailable(&conn, e.message()))
+    }
+
+    /// Binds as `name` on a bind connection. `Ok(None)` is a refused bind
+    /// (with why); the connection goes back to the pool either way unless
+    /// it broke.
+    async fn bind_as(
+        &self,
+        name: &str,
+        password: &Secret,
+        deadline: Instant,
+    ) -> Result<(Result<(), BindFailure>, Conn), DirectoryError> {
+        let remaining = Self::remaining(deadline).ok_or(DirectoryError::Timeout(self.config.timeout))?;
+        let _permit = tokio::time::timeout(remaining, self.binds.acquire())
+            .await
+            .map_err(|_| DirectoryError::Busy)?
+            .map_err(|_| DirectoryError::Busy)?;
+        let mut reused = true;
+        loop {
+            let idle = lock(&self.idle_binds).pop();
+            let mut conn = match idle {
+                Some(mut conn) => {
+                    if conn.ldap.is_closed() {
+                        continue;
+                    }
+                    conn
+                }
+                None => {
+                    reused = false;
+                    self.connect(deadline).await?
+                }
+            };
+            let remaining = Self::remaining(deadline).ok_or(DirectoryError::Timeout(self.config.timeout))?;
+            match conn
+                .ldap
+                .with_timeout(remaining)
+                .simple_bind(name, password.expose())
+                .await
+            {
+                Ok(r) => {
+                    let outcome = match r.rc {
+                        rc::SUCCESS => Ok(()),
+                        rc::INVALID_CREDENTIALS => Err(ad::bind_failure(&r.text)),
+                        code => {
+                            return Err(
+                                self.unavailable(&conn, format!("bind failed with result code {code}: {}", r.text))
+                            )
+                        }
+                    };
+                    return Ok((outcome, conn));
+                }
+                Err(err) if reused => {
+                    // The server may have closed an idle connection: try
+                    // once more on a new one.
+                    tracing::debug!(server = %self.url(&conn), error = %err, "idle directory connection broken");
+                    reused = false;
+                    if lock(&self.idle_binds).is_empty() {
+                        continue;
+                    }
+                }
+                Err(err) => return Err(self.unavailable(&conn, err.to_string())),
+            }
+        }
+    }
+
+    fn return_bind_conn(&self, conn: Conn) {
+        let mut idle = lock(&self.idle_binds);
+        if idle.len() < self.config.max_binds {
+            idle.push(conn);
+        }
+    }
+
+    /// Reads the UPN and directory attributes of a found entry; `None` when
+    /// it has no usable UPN (a group or computer matched a loose filter).
+    fn federated_user(&self, entry: &SearchEntry, enabled: bool) -> Option<FederatedUser> {
+        let upn = attribute(entry, &self.config.upn_attribute).and_then(|v| Upn::parse(&v).ok())?;
+        let anchor = attribute(entry, &self.config.anchor_attribute).or_else(|| {
+            binary_attribute(entry, &self.config.anchor_attribute).map(|bytes| {
+                ad::guid_string(&bytes).unwrap_or_else(|| bytes.iter().map(|b| format!("{b:02x}")).collect())
+            })
+        });
+        Some(FederatedUser {
+            upn,
+            enabled,
+            attributes: DirectoryAttributes {
+                dn: entry.dn.clone(),
+                login: attribute(entry, &self.config.login_attribute),
+                anchor,
+                display_name: attribute(entry, "displayName"),
+                mail: attribute(entry, "mail"),
+            },
+        })
+    }
+
+    fn filter_for(&self, name: &LoginName) -> String {
+        match name {
+            LoginName::Upn(upn) => self.config.user_filter.render(Values {
+                upn: upn.as_str(),
+                login: upn.local_part(),
+            }),
+            LoginName::Login(login) => self.config.login_filter.render(Values { upn: "", login }),
+        }
+    }
+
+    async fn check_search_mode(
+        &self,
+        name: &LoginName,
+        known: Option<Known<'_>>,
+        password: &Secret,
+        deadline: Instant,
+    ) -> Result<Checked, DirectoryError> {
+        // A user fedgate knows is bound by DN straight away; the search
+        // runs only when it fails (the entry may have moved) or for users
+        // seen for the first time.
+        if let Some(known) = known {
+            let dn = known.dn.to_owned();
+            let (bound, disabled) = tokio::join!(
+                self.bind_as(&dn, password, deadline),
+                self.disabled_check(&dn, deadline)
+            );
+            let (outcome, conn) = bound?;
+            self.return_bind_conn(conn);
+            if disabled? {
+                return Ok(Checked::Disabled);
+            }
+            match outcome {
+                Ok(()) => return Ok(Checked::Valid { entry: None }),
+                Err(BindFailure::InvalidCredentials) => {}
+                Err(other) => return Ok(refused(other)),
+            }
+        }
+        let filter = self.filter_for(name);
+        let filter_ref = filter.as_str();
+        let found = self
+            .with_service(deadline, |mut ldap| async move {
+                self.search_user(&mut ldap, filter_ref, deadline).await
+            })
+            .await?;
+        let entry = match found {
+            Found::One(entry) => entry,
+            Found::None => return Ok(Checked::Invalid),
+            Found::Ambiguous => {
+                tracing::warn!(
+                    user = %name,
+                    filter = %filter,
+                    "several directory entries match this user name: refused; make directory.user_filter / login_filter match one entry"
+                );
+                return Ok(Checked::Invalid);
+            }
+        };
+        if known.is_some_and(|k| k.dn.eq_ignore_ascii_case(&entry.dn)) {
+            // Same entry, already bound and refused: the password is wrong.
+            return Ok(Checked::Invalid);
+        }
+        let dn = entry.dn.clone();
+        let (bound, disabled) = tokio::join!(
+            self.bind_as(&dn, password, deadline),
+            self.disabled_check(&dn, deadline)
+        );
+        let (outcome, conn) = bound?;
+        self.return_bind_conn(conn);
+        let disabled = disabled?;
+        if disabled {
+            return Ok(Checked::Disabled);
+        }
+        match outcome {
+            Ok(()) => match self.federated_user(&entry, !disabled) {
+                Some(user) => Ok(Checked::Valid { entry: Some(user) }),
+                None => {
+                    tracing::warn!(
+                        dn = %entry.dn,
+                        attribute = %self.config.upn_attribute,
+                        "directory entry has no usable UPN attribute: refused"
+                    );
+                    Ok(Checked::Invalid)
+                }
+            },
+            Err(failure) => Ok(refused(failure)),
+        }
+    }
+
+    /// No service account: bind as the name the template makes, then read
+    /// the user's own entry over the same connection.
+    async fn check_direct_mode(
+        &self,
+        name: &LoginName,
+        known: Option<Known<'_>>,
+        password: &Secret,
+        deadline: Instant,
+    ) -> Result<Checked, DirectoryError> {
+        let DirectoryBind::Direct { name: template } = &self.config.bind else {
+            unreachable!("direct mode without a bind_name");
+        };
+        let upn = match (name, known) {
+            (LoginName::Upn(upn), _) => Some(upn),
+            (LoginName::Login(_), Some(k)) => Some(k.upn),
+            (LoginName::Login(_), None) => None,
+        };
+        let upn = match upn {
+            Some(upn) => upn.as_str(),
+            None if template.uses(super::template::Placeholder::Upn) => {
+                // Nothing to bind as: the UPN is not known yet.
+                tracing::debug!(user = %name, "direct bind needs a UPN; refused a login name not seen before");
+                return Ok(Checked::Invalid);
+            }
+            None => "",
+        };
+        let bind_name = template.render(Values {
+            upn,
+            login: name.login(),
+        });
+        let (outcome, mut conn) = self.bind_as(&bind_name, password, deadline).await?;
+        if let Err(failure) = outcome {
+            self.return_bind_conn(conn);
+            return Ok(refused(failure));
+        }
+        // A DN template names the entry itself: read it. Otherwise (a UPN
+        // bind on AD) search for it like a service account would.
+        let filter = self.filter_for(name);
+        let search = if template.is_dn() {
+            self.search_one(&mut conn.ldap, &bind_name, Scope::Base, &filter, deadline)
+                .await
+        } else {
+            self.search_user(&mut conn.ldap, &filter, deadline).await
+        };
+        let looked_up = match search {
+            Ok(Found::One(entry)) => match self.is_disabled(&mut conn.ldap, &entry.dn, deadline).await {
+                Ok(true) => Ok(Checked::Disabled),
+                Ok(false) => Ok(Checked::Valid {
+                    entry: known.is_none().then(|| self.federated_user(&entry, true)).flatten(),
+                }),
+                Err(e) => Err(e),
+            },
+            // The bind succeeded but the user cannot read their own entry:
+            // the bind is what counts.
+            Ok(Found::None | Found::Ambiguous) if known.is_some() => Ok(Checked::Valid { entry: None }),
+            Ok(Found::None | Found::Ambiguous) => {
+                tracing::warn!(
+                    user = %name,
+                    filter = %filter,
+                    "bound, but cannot read exactly one own entry with directory.user_filter: refused"
+                );
+                Ok(Checked::Invalid)
+            }
+            Err(e) => Err(e),
+        };
+        match looked_up {
+            Ok(checked) => {
+                self.return_bind_conn(conn);
+                Ok(checked)
+            }
+            Err(e) => Err(self.unavailable(&conn, e.message())),
+        }
+    }
+}
+
+fn refused(failure: BindFailure) -> Checked {
+    match failure {
+        BindFailure::InvalidCredentials | BindFailure::PasswordExpired => Checked::Invalid,
+        BindFailure::Disabled => Checked::Disabled,
+        BindFailure::LockedOut => Checked::LockedOut,
+    }
+}
+
+/// ldap3 panics on an entry it cannot decode; a server sending one must
+/// not take a worker thread down.
+fn construct(entry: ResultEntry) -> Option<SearchEntry> {
+    std::panic::catch_unwind(AssertUnwindSafe(|| SearchEntry::construct(entry))).ok()
+}
+
+/// An attribute's first value, matching its name case-insensitively
+/// (servers answer `entryuuid` to a request for `entryUUID`).
+fn attribute(entry: &SearchEntry, name: &str) -> Option<String> {
+    entry
+        .attrs
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .and_then(|(_, v)| v.first())
+        .map(|v| v.trim().to_owned())
+        .filter(|v| !v.is_empty())
+}
+
+fn binary_attribute(entry: &SearchEntry, name: &str) -> Option<Vec<u8>> {
+    entry
+        .bin_attrs
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .and_then(|(_, v)| v.first())
+        .cloned()
+}
+
+impl Directory for LdapDirectory {
+    fn check_password<'a>(
+        &'a self,
+        name: &'a LoginName,
+        known: Option<Known<'a>>,
+        password: &'a Secret,
+    ) -> BoxFuture<'a, Result<Checked, DirectoryError>> {
+        Box::pin(async move {
+            // An empty password is an unauthenticated bind that servers
+            // accept; an app password is never a directory password, and a
+            // failed bind would count toward the account's lockout.
+            if password.expose().is_empty() || app_password::normalize(password.expose()).is_some() {
+                return Ok(Checked::Invalid);
+            }
+            let deadline = Instant::now() + self.config.timeout;
+            let check = async {
+                match self.config.bind {
+                    DirectoryBind::Search { .. } => self.check_search_mode(name, known, password, deadline).await,
+                    DirectoryBind::Direct { .. } => self.check_direct_mode(name, known, password, deadline).await,
+                }
+            };
+            match tokio::time::timeout(self.config.timeout, check).await {
+                Ok(result) => result,
+                Err(_) => Err(DirectoryError::Timeout(self.config.timeout)),
+            }
+        })
+    }
+
+    fn domain(&self) -> Option<&str> {
+        self.config.domain.as_deref()
+    }
+}
