@@ -1,6 +1,7 @@
 //! Integration tests: the real `fedgate` binary on loopback sockets.
 
 mod cli;
+mod directory;
 mod proxy;
 mod signin;
 mod support;

@@ -21,19 +21,19 @@ use crate::support::client::{basic, basic_raw, get_with};
 use crate::support::upstream::{self, parse_echo};
 use crate::support::Fedgate;
 
-const CHALLENGE: &str = "Basic realm=\"fedgate\", charset=\"UTF-8\"";
+pub(crate) const CHALLENGE: &str = "Basic realm=\"fedgate\", charset=\"UTF-8\"";
 const PASSWORD: &str = "Correct horse 7";
 /// How often a test asks again while waiting for the server to see a change.
 const POLL: Duration = Duration::from_millis(50);
 /// DESIGN.md: a revoking change takes effect on a running server within 1 s.
 const REVOCATION_LIMIT: Duration = Duration::from_secs(1);
 
-type Answer = (StatusCode, HeaderMap, Bytes);
+pub(crate) type Answer = (StatusCode, HeaderMap, Bytes);
 
 /// Sign-in requests as one client would send them. The user agent names
 /// the test case so that its audit record can be told apart.
 #[derive(Debug, Clone, Copy)]
-struct SignIn<'a> {
+pub(crate) struct SignIn<'a> {
     addr: SocketAddr,
     path: &'a str,
     user: &'a str,
@@ -42,7 +42,7 @@ struct SignIn<'a> {
 }
 
 impl<'a> SignIn<'a> {
-    fn new(addr: SocketAddr, user: &'a str, password: &'a str) -> Self {
+    pub(crate) fn new(addr: SocketAddr, user: &'a str, password: &'a str) -> Self {
         SignIn {
             addr,
             path: "/whoami",
@@ -52,11 +52,15 @@ impl<'a> SignIn<'a> {
         }
     }
 
-    fn agent(self, agent: &'a str) -> Self {
+    pub(crate) fn agent(self, agent: &'a str) -> Self {
         SignIn { agent, ..self }
     }
 
-    async fn send(&self) -> Answer {
+    pub(crate) fn path(self, path: &'a str) -> Self {
+        SignIn { path, ..self }
+    }
+
+    pub(crate) async fn send(&self) -> Answer {
         get_with(
             self.addr,
             self.path,
@@ -70,7 +74,7 @@ impl<'a> SignIn<'a> {
 
     /// Repeats the request every `every` until it is answered with `want`;
     /// returns how long that took.
-    async fn until(&self, want: StatusCode, every: Duration) -> Duration {
+    pub(crate) async fn until(&self, want: StatusCode, every: Duration) -> Duration {
         let start = Instant::now();
         loop {
             let (status, _, body) = self.send().await;
@@ -93,7 +97,7 @@ fn agent(name: &'static str) -> (&'static str, HeaderValue) {
     ("user-agent", HeaderValue::from_static(name))
 }
 
-fn assert_unauthorized(answer: &Answer, case: &str) {
+pub(crate) fn assert_unauthorized(answer: &Answer, case: &str) {
     let (status, headers, body) = answer;
     assert_eq!(
         *status,
@@ -105,7 +109,7 @@ fn assert_unauthorized(answer: &Answer, case: &str) {
 }
 
 /// The whoami answer of a successful sign-in.
-fn signed_in(answer: &Answer, case: &str) -> Value {
+pub(crate) fn signed_in(answer: &Answer, case: &str) -> Value {
     let (status, _, body) = answer;
     assert_eq!(*status, StatusCode::OK, "{case}: {}", String::from_utf8_lossy(body));
     let who: Value = serde_json::from_slice(body).unwrap();
@@ -113,14 +117,14 @@ fn signed_in(answer: &Answer, case: &str) -> Value {
     who
 }
 
-fn newest_for<'r>(records: &'r [Value], agent: &str) -> Option<&'r Value> {
+pub(crate) fn newest_for<'r>(records: &'r [Value], agent: &str) -> Option<&'r Value> {
     // Records come newest first.
     records.iter().find(|r| r["user_agent"] == agent)
 }
 
 /// Waits until the newest audit record of each user agent carries the
 /// expected reason, then checks its result agrees with the reason.
-fn expect_reasons(admin: &Admin, want: &[(&str, &str)]) {
+pub(crate) fn expect_reasons(admin: &Admin, want: &[(&str, &str)]) {
     let records = admin.wait_signins("the expected reasons", |records| {
         want.iter()
             .all(|(agent, reason)| newest_for(records, agent).is_some_and(|r| r["reason"] == *reason))

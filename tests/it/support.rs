@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod client;
 pub mod fedgate;
+pub mod slapd;
 pub mod upstream;
 
 pub use client::Client;

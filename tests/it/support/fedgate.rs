@@ -22,6 +22,7 @@ pub struct Builder {
     admin: bool,
     server: Vec<String>,
     auth: Vec<String>,
+    sections: Vec<String>,
     routes: Vec<String>,
 }
 
@@ -42,6 +43,17 @@ impl Builder {
     pub fn auth(mut self, line: &str) -> Self {
         self.auth.push(line.to_string());
         self
+    }
+
+    /// A whole table (such as `[directory]` with its keys), as written.
+    pub fn section(mut self, text: &str) -> Self {
+        self.sections.push(text.to_string());
+        self
+    }
+
+    /// A route whose realm is `realm` (`cloud`, `onprem`, `none`).
+    pub fn route_in(self, realm: &str, path: &str, upstream: &str, extra: &str) -> Self {
+        self.realm_route(realm, path, upstream, extra)
     }
 
     /// A raw `key = value` line for the `[server]` table.
@@ -101,6 +113,10 @@ impl Builder {
         }
         if self.admin {
             text.push_str("[admin]\nlisten = \"127.0.0.1:0\"\n");
+        }
+        for section in &self.sections {
+            text.push_str(section);
+            text.push('\n');
         }
         for r in &self.routes {
             text.push_str(r);
