@@ -342,9 +342,11 @@ impl LdapDirectory {
             // often do not resolve from here).
             rc::REFERRAL => return Ok(Found::None),
             rc::NO_SUCH_OBJECT if scope == Scope::Base => return Ok(Found::None),
-            rc::NO_SUCH_OBJECT => return Err(OpError::Answer(format!(
+            rc::NO_SUCH_OBJECT => {
+                return Err(OpError::Answer(format!(
                 "directory.base_dn \"{base}\" does not exist on this server (or the account searching may not see it)"
-            ))),
+            )))
+            }
             code => {
                 return Err(OpError::Answer(format!(
                     "search failed with result code {code}: {}",
