@@ -22,6 +22,7 @@ use crate::model::{Clock, SystemClock};
 use crate::proxy::workers::{self, Bound, Shared, Workers};
 use crate::proxy::{tls, Proxy};
 use crate::shutdown::Shutdown;
+use crate::sync::Syncer;
 use tokio::sync::Semaphore;
 
 #[derive(Debug, thiserror::Error)]
@@ -80,10 +81,13 @@ pub async fn serve(config: Config, shutdown: Shutdown) -> Result<(), ServeError>
     // grace period still produce records.
     let audit_stop = Shutdown::new();
     let (audit, audit_writer) = AuditSink::start(Arc::clone(&store), audit_stop.clone());
-    let directory = match &config.directory {
+    let ldap = match &config.directory {
         None => None,
-        Some(d) => {
-            let client: Arc<dyn Directory> = Arc::new(LdapDirectory::new(d.clone())?);
+        Some(d) => Some(Arc::new(LdapDirectory::new(d.clone())?)),
+    };
+    let directory = match (&config.directory, &ldap) {
+        (Some(d), Some(ldap)) => {
+            let client: Arc<dyn Directory> = Arc::clone(ldap) as Arc<dyn Directory>;
             if !d.starttls && d.urls.iter().any(|u| u.starts_with("ldap://")) {
                 tracing::warn!(
                     urls = ?d.urls,
@@ -93,9 +97,20 @@ pub async fn serve(config: Config, shutdown: Shutdown) -> Result<(), ServeError>
             tracing::info!(urls = ?d.urls, base_dn = %d.base_dn, "directory configured");
             Some((client, d.cache_ttl))
         }
+        _ => None,
     };
     let auth = Arc::new(Authenticator::new(Arc::clone(&store), key, audit, &config.auth, directory, clock).await?);
     let mut jobs = auth.start_jobs(&shutdown);
+    if let (Some(sync), Some(ldap)) = (&config.sync, &ldap) {
+        let syncer = Arc::new(Syncer::new(
+            Arc::clone(ldap),
+            Arc::clone(&store),
+            sync.clone(),
+            Arc::new(SystemClock),
+        ));
+        tracing::info!(interval = ?sync.interval, full_every = ?sync.full_every, "directory sync scheduled");
+        jobs.push(syncer.start_job(&shutdown));
+    }
     if let Some(handle) = metrics.clone() {
         // Histograms keep their samples until upkeep folds them in.
         jobs.push(Job::every(

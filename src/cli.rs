@@ -51,6 +51,27 @@ pub enum Command {
     Settings(SettingsCommand),
     /// Show the sign-in log, newest first.
     Signins(SigninsArgs),
+    /// Run a directory sync pass now, or show how the passes went.
+    #[command(subcommand)]
+    Sync(SyncCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SyncCommand {
+    /// Run one pass (a full one unless --incremental); exits 1 when it
+    /// failed or the mass-change guard stopped it.
+    Run {
+        /// Apply a pass even if it disables or deletes more users than the
+        /// guard allows (`sync.max_change_share`).
+        #[arg(long)]
+        force: bool,
+        /// Only entries changed since the last pass.
+        #[arg(long)]
+        incremental: bool,
+    },
+    /// The last incremental and full passes, and the lag since the last
+    /// completed one.
+    Status,
 }
 
 #[derive(Debug, Subcommand)]
@@ -138,7 +159,9 @@ pub fn run(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Serve => serve(&cli),
         Command::CheckConfig => check_config(&cli),
-        Command::User(_) | Command::AppPassword(_) | Command::Settings(_) | Command::Signins(_) => admin_command(cli),
+        Command::User(_) | Command::AppPassword(_) | Command::Settings(_) | Command::Signins(_) | Command::Sync(_) => {
+            admin_command(cli)
+        }
     }
 }
 
@@ -162,6 +185,7 @@ fn admin_command(cli: Cli) -> ExitCode {
             Command::AppPassword(cmd) => admin::app_password_cmd(&ctx, cmd).await,
             Command::Settings(cmd) => admin::settings(&ctx, cmd).await,
             Command::Signins(args) => admin::signins(&ctx, args).await,
+            Command::Sync(cmd) => admin::sync(&ctx, cmd).await,
             Command::Serve | Command::CheckConfig => Ok(()),
         };
         ctx.store.close().await;

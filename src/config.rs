@@ -57,13 +57,43 @@ pub struct Config {
     pub auth: AuthConfig,
     /// The on-premises directory; `None` for a cloud-only deployment.
     pub directory: Option<DirectoryConfig>,
+    /// The scheduled directory sync; `None` without a directory or when
+    /// turned off.
+    pub sync: Option<SyncConfig>,
     pub routes: Vec<RouteConfig>,
+}
+
+/// Which directory server software: picks defaults for change tracking and
+/// account state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DirectoryKind {
+    OpenLdap,
+    ActiveDirectory,
+}
+
+/// `[sync]`: carrying directory changes into the store.
+#[derive(Debug, Clone)]
+pub struct SyncConfig {
+    /// Between incremental passes.
+    pub interval: Duration,
+    /// Between full reconciliations (which find deletions).
+    pub full_every: Duration,
+    /// Attribute whose value grows with every change (`modifyTimestamp`,
+    /// `entryCSN`, `uSNChanged`).
+    pub change_attribute: String,
+    pub page_size: u32,
+    /// Share of synced users a pass may disable or delete before it stops.
+    pub max_change_share: f64,
+    /// Changes up to this many never trip the guard.
+    pub guard_floor: usize,
+    pub revoke_on_password_change: bool,
 }
 
 /// `[directory]`: where organizational passwords of federated users are
 /// checked, and how users are found there.
 #[derive(Debug, Clone)]
 pub struct DirectoryConfig {
+    pub kind: DirectoryKind,
     /// `ldap://` or `ldaps://` URLs, tried in order.
     pub urls: Vec<String>,
     /// Upgrade `ldap://` connections with StartTLS.
@@ -94,6 +124,11 @@ pub struct DirectoryConfig {
     pub cache_ttl: Duration,
     /// A server that failed is tried last for this long.
     pub failover_backoff: Duration,
+    /// Multi-valued attribute listing the groups an entry belongs to.
+    pub groups_attribute: String,
+    /// When the password last changed: `pwdChangedTime` (OpenLDAP) or
+    /// `pwdLastSet` (AD).
+    pub password_changed_attribute: String,
 }
 
 /// How a user's entry is found before their password is checked.
@@ -374,6 +409,7 @@ impl TryFrom<FileConfig> for Config {
         };
 
         let directory = file.directory.map(directory).transpose()?;
+        let sync = sync(file.sync, directory.as_ref())?;
 
         let mut routes = Vec::with_capacity(file.route.len());
         for (index, r) in file.route.into_iter().enumerate() {
@@ -399,12 +435,93 @@ impl TryFrom<FileConfig> for Config {
             store,
             auth,
             directory,
+            sync,
             routes,
         })
     }
 }
 
+fn sync(s: Option<file::SyncFile>, directory: Option<&DirectoryConfig>) -> Result<Option<SyncConfig>, ConfigError> {
+    let Some(d) = directory else {
+        if s.is_some() {
+            return Err(ConfigError::invalid(
+                "sync",
+                "there is nothing to sync without [directory]",
+            ));
+        }
+        return Ok(None);
+    };
+    // Direct bind has no account to read the directory with: no sync
+    // unless asked for, and then it is an error.
+    if s.is_none() && matches!(d.bind, DirectoryBind::Direct { .. }) {
+        return Ok(None);
+    }
+    let s = s.unwrap_or(file::SyncFile {
+        enabled: None,
+        interval: None,
+        full_every: None,
+        change_attribute: None,
+        page_size: None,
+        max_change_share: None,
+        guard_floor: None,
+        revoke_on_password_change: None,
+    });
+    if s.enabled == Some(false) {
+        return Ok(None);
+    }
+    if matches!(d.bind, DirectoryBind::Direct { .. }) {
+        return Err(ConfigError::invalid(
+            "sync",
+            "the directory sync reads every user with the service account: set directory.bind_dn and \
+             directory.bind_password_file, or turn the sync off with sync.enabled = false",
+        ));
+    }
+    let ad = d.kind == DirectoryKind::ActiveDirectory;
+    let attribute = |key: &str, value: Option<String>, default: &str| -> Result<String, ConfigError> {
+        let v = value.unwrap_or_else(|| default.to_owned());
+        let v = v.trim();
+        if v.is_empty() || !v.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+            return Err(ConfigError::invalid(
+                format!("sync.{key}"),
+                format!("expected an attribute name such as \"{default}\", got \"{v}\""),
+            ));
+        }
+        Ok(v.to_owned())
+    };
+    let max_change_share = s.max_change_share.unwrap_or(0.10);
+    if !(0.0..=1.0).contains(&max_change_share) {
+        return Err(ConfigError::invalid(
+            "sync.max_change_share",
+            format!("a share between 0.0 and 1.0 (0.10 is 10%), got {max_change_share}"),
+        ));
+    }
+    Ok(Some(SyncConfig {
+        interval: duration("sync.interval", s.interval.as_deref(), "60s")?,
+        full_every: duration("sync.full_every", s.full_every.as_deref(), "15m")?,
+        change_attribute: attribute(
+            "change_attribute",
+            s.change_attribute,
+            if ad { "uSNChanged" } else { "modifyTimestamp" },
+        )?,
+        page_size: u32::try_from(bounded("sync.page_size", s.page_size, 500, 1, 100_000)?).unwrap_or(500),
+        max_change_share,
+        guard_floor: bounded("sync.guard_floor", s.guard_floor, 10, 0, 1_000_000)?,
+        revoke_on_password_change: s.revoke_on_password_change.unwrap_or(false),
+    }))
+}
+
 fn directory(d: file::DirectoryFile) -> Result<DirectoryConfig, ConfigError> {
+    let kind = match d.kind.as_deref().map(str::trim) {
+        None | Some("openldap") => DirectoryKind::OpenLdap,
+        Some("active_directory" | "ad") => DirectoryKind::ActiveDirectory,
+        Some(other) => {
+            return Err(ConfigError::invalid(
+                "directory.kind",
+                format!("expected \"openldap\" or \"active_directory\", got \"{other}\""),
+            ))
+        }
+    };
+    let ad = kind == DirectoryKind::ActiveDirectory;
     if d.urls.is_empty() {
         return Err(ConfigError::invalid(
             "directory.urls",
@@ -506,9 +623,27 @@ fn directory(d: file::DirectoryFile) -> Result<DirectoryConfig, ConfigError> {
         }
         Ok(v.to_owned())
     };
-    let upn_attribute = attribute("upn_attribute", d.upn_attribute, "mail")?;
-    let login_attribute = attribute("login_attribute", d.login_attribute, "uid")?;
-    let anchor_attribute = attribute("anchor_attribute", d.anchor_attribute, "entryUUID")?;
+    let upn_attribute = attribute(
+        "upn_attribute",
+        d.upn_attribute,
+        if ad { "userPrincipalName" } else { "mail" },
+    )?;
+    let login_attribute = attribute(
+        "login_attribute",
+        d.login_attribute,
+        if ad { "sAMAccountName" } else { "uid" },
+    )?;
+    let anchor_attribute = attribute(
+        "anchor_attribute",
+        d.anchor_attribute,
+        if ad { "objectGUID" } else { "entryUUID" },
+    )?;
+    let groups_attribute = attribute("groups_attribute", d.groups_attribute, "memberOf")?;
+    let password_changed_attribute = attribute(
+        "password_changed_attribute",
+        d.password_changed_attribute,
+        if ad { "pwdLastSet" } else { "pwdChangedTime" },
+    )?;
     let user_filter = Template::filter(
         &d.user_filter.unwrap_or_else(|| format!("({upn_attribute}={{upn}})")),
         Placeholder::Upn,
@@ -521,6 +656,12 @@ fn directory(d: file::DirectoryFile) -> Result<DirectoryConfig, ConfigError> {
     )
     .map_err(|m| ConfigError::invalid("directory.login_filter", m))?;
     let disabled_filter = match d.disabled_filter.as_deref().map(str::trim) {
+        // AD's ACCOUNTDISABLE bit; also matches built-in accounts such as
+        // Guest and krbtgt, which are never users here.
+        None if ad => Some(
+            Template::fixed_filter("(userAccountControl:1.2.840.113556.1.4.803:=2)")
+                .map_err(|m| ConfigError::invalid("directory.disabled_filter", m))?,
+        ),
         None | Some("") => None,
         Some(f) => Some(Template::fixed_filter(f).map_err(|m| ConfigError::invalid("directory.disabled_filter", m))?),
     };
@@ -546,6 +687,7 @@ fn directory(d: file::DirectoryFile) -> Result<DirectoryConfig, ConfigError> {
         v => duration("directory.cache_ttl", v, "5m")?,
     };
     Ok(DirectoryConfig {
+        kind,
         urls,
         starttls,
         ca_file,
@@ -564,6 +706,8 @@ fn directory(d: file::DirectoryFile) -> Result<DirectoryConfig, ConfigError> {
         max_binds: bounded("directory.max_binds", d.max_binds, 16, 1, 1024)?,
         cache_ttl,
         failover_backoff: duration("directory.failover_backoff", d.failover_backoff.as_deref(), "10s")?,
+        groups_attribute,
+        password_changed_attribute,
     })
 }
 

@@ -18,13 +18,30 @@ pub struct Job {
 
 impl Job {
     /// Runs `step` every `period` (the first run one period from now).
-    pub fn every<F, Fut>(name: &'static str, period: Duration, shutdown: Shutdown, mut step: F) -> Job
+    pub fn every<F, Fut>(name: &'static str, period: Duration, shutdown: Shutdown, step: F) -> Job
+    where
+        F: FnMut() -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        Job::spawn(name, period, period, shutdown, step)
+    }
+
+    /// Like [`Job::every`], but the first step runs at once.
+    pub fn now_and_every<F, Fut>(name: &'static str, period: Duration, shutdown: Shutdown, step: F) -> Job
+    where
+        F: FnMut() -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        Job::spawn(name, Duration::ZERO, period, shutdown, step)
+    }
+
+    fn spawn<F, Fut>(name: &'static str, first: Duration, period: Duration, shutdown: Shutdown, mut step: F) -> Job
     where
         F: FnMut() -> Fut + Send + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
         let handle = tokio::spawn(async move {
-            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + first, period);
             tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
             loop {
                 tokio::select! {

@@ -26,3 +26,4 @@ pub mod proxy;
 pub mod server_key;
 pub mod shutdown;
 pub mod store;
+pub mod sync;

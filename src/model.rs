@@ -308,6 +308,13 @@ pub struct DirectoryAttributes {
     pub anchor: Option<String>,
     pub display_name: Option<String>,
     pub mail: Option<String>,
+    /// DNs of the groups the entry belongs to (`memberOf`), sorted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<String>,
+    /// When the directory password last changed, as the directory spells it
+    /// (`pwdChangedTime`, `pwdLastSet`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub password_changed: Option<String>,
 }
 
 /// A user as the directory describes them, for

@@ -145,6 +145,28 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// before loading its caches and then polls [`Store::changes_since`].
     fn latest_change_seq(&self) -> StoreFuture<'_, i64>;
 
+    // Directory sync.
+
+    /// Applies a sync pass's changes, in batches of one transaction each
+    /// (a failure leaves earlier batches applied; the next pass redoes the
+    /// rest, every change being idempotent).
+    fn apply_directory_changes<'a>(&'a self, changes: &'a [DirectoryChange]) -> StoreFuture<'a, AppliedChanges>;
+
+    /// Records a finished pass, moves the high-water mark (when given) and
+    /// prunes old records.
+    fn record_sync_pass<'a>(&'a self, pass: &'a SyncPass, mark: Option<&'a SyncMark>) -> StoreFuture<'a, ()>;
+
+    /// The newest pass of each kind (incremental, full).
+    fn last_sync_passes(&self) -> StoreFuture<'_, (Option<SyncPass>, Option<SyncPass>)>;
+
+    fn sync_mark(&self) -> StoreFuture<'_, Option<SyncMark>>;
+
+    /// Takes (or renews) the right to run sync passes until `until` (unix
+    /// ms); false when another holder has it.
+    fn take_sync_lease<'a>(&'a self, holder: &'a str, until: i64) -> StoreFuture<'a, bool>;
+
+    fn release_sync_lease<'a>(&'a self, holder: &'a str) -> StoreFuture<'a, ()>;
+
     // Audit.
 
     /// Appends sign-in records in one transaction. Client-supplied text is
@@ -161,6 +183,63 @@ pub trait Store: Send + Sync + fmt::Debug {
 
     /// Closes connections after in-flight work; later calls fail.
     fn close(&self) -> BoxFuture<'_, ()>;
+}
+
+/// One change a sync pass makes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DirectoryChange {
+    /// Create or update the user; with `revoke_app_passwords`, their app
+    /// passwords are deleted in the same transaction (the directory
+    /// password changed).
+    Upsert {
+        user: FederatedUser,
+        revoke_app_passwords: bool,
+    },
+    /// The entry is gone from the directory.
+    Delete { id: UserId },
+}
+
+/// What [`Store::apply_directory_changes`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct AppliedChanges {
+    pub created: usize,
+    pub updated: usize,
+    pub disabled: usize,
+    pub enabled: usize,
+    pub deleted: usize,
+    pub revoked: usize,
+    /// Changes refused (a UPN held by another user, a cloud user of the
+    /// same UPN); each is logged.
+    pub errors: usize,
+}
+
+/// One sync pass, as `fedgate sync status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SyncPass {
+    /// `full` or `incremental`.
+    pub kind: String,
+    /// `completed`, `guarded` (stopped by the mass-change guard) or
+    /// `failed`.
+    pub outcome: String,
+    pub started_at: i64,
+    pub duration_ms: i64,
+    pub seen: i64,
+    pub created: i64,
+    pub updated: i64,
+    pub disabled: i64,
+    pub enabled: i64,
+    pub deleted: i64,
+    pub errors: i64,
+    pub server: Option<String>,
+    pub message: Option<String>,
+}
+
+/// Where the next incremental pass starts: the change attribute's highest
+/// value seen, on the server it was read from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SyncMark {
+    pub value: String,
+    pub server: String,
 }
 
 /// A federated user after [`Store::upsert_federated_user`], and what

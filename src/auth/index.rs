@@ -55,6 +55,9 @@ fn login_key(user: &User) -> Option<String> {
         .map(str::to_lowercase)
 }
 
+/// Above this many users changed at once, a refresh reloads everything.
+const BULK_RELOAD: usize = 1000;
+
 impl Index {
     fn next_generation(&self) -> u64 {
         self.generations.fetch_add(1, Ordering::AcqRel) + 1
@@ -148,6 +151,14 @@ impl Index {
             self.settings_generation
                 .store(self.next_generation(), Ordering::Release);
         }
+        if refreshed.users.len() > BULK_RELOAD {
+            // A sync pass that created or changed thousands of users: one
+            // read of everything beats a query pair per user.
+            self.reload_all(store).await?;
+            refreshed.everything = true;
+            self.seq.store(last, Ordering::Release);
+            return Ok(refreshed);
+        }
         for id in &refreshed.users {
             match store.get_user(*id).await? {
                 Some(user) => {
@@ -169,6 +180,20 @@ impl Index {
         }
         self.seq.store(last, Ordering::Release);
         Ok(refreshed)
+    }
+
+    async fn reload_all(&self, store: &dyn Store) -> Result<(), StoreError> {
+        let users = store.load_all_users().await?;
+        let mut secrets: std::collections::HashMap<UserId, Vec<AppPasswordSecretRecord>> =
+            std::collections::HashMap::new();
+        for record in store.load_all_secrets().await? {
+            secrets.entry(record.user_id).or_default().push(record);
+        }
+        for user in users {
+            self.put_secrets(user.id, secrets.remove(&user.id).unwrap_or_default());
+            self.put_user(user);
+        }
+        Ok(())
     }
 
     pub fn user_by_upn(&self, upn: &str) -> Option<Arc<UserEntry>> {

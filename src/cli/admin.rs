@@ -27,6 +27,11 @@ pub enum CommandError {
     Input(String),
     #[error("{0}")]
     Credential(#[from] crate::app_password::CredentialError),
+    #[error("{0}")]
+    Directory(#[from] crate::directory::client::SetupError),
+    /// Already reported on standard output.
+    #[error("{0}")]
+    Failed(String),
 }
 
 impl CommandError {
@@ -420,4 +425,94 @@ pub async fn signins(ctx: &Ctx, args: SigninsArgs) -> Result<(), CommandError> {
 /// Parses an MFA state for clap.
 pub fn parse_state(s: &str) -> Result<MfaState, String> {
     s.parse::<MfaState>().map_err(|e| e.to_string())
+}
+
+pub async fn sync(ctx: &Ctx, cmd: crate::cli::SyncCommand) -> Result<(), CommandError> {
+    use crate::sync::{PassKind, Syncer};
+    let (Some(directory), Some(sync)) = (&ctx.config.directory, &ctx.config.sync) else {
+        return Err(input(
+            "no directory sync configured: add [directory] (with bind_dn) to the config; [sync] enabled = false turns it off",
+        ));
+    };
+    match cmd {
+        crate::cli::SyncCommand::Run { force, incremental } => {
+            let ldap = Arc::new(crate::directory::LdapDirectory::new(directory.clone())?);
+            let syncer = Syncer::new(ldap, Arc::clone(&ctx.store), sync.clone(), Arc::new(SystemClock));
+            let kind = if incremental {
+                PassKind::Incremental
+            } else {
+                PassKind::Full
+            };
+            let pass = syncer
+                .run(kind, force, true)
+                .await
+                .map_err(|busy| CommandError::Failed(busy.to_string()))?;
+            ctx.print(&pass, || print_pass(&pass));
+            if pass.outcome == "completed" {
+                Ok(())
+            } else {
+                Err(CommandError::Failed(format!(
+                    "sync pass {}: {}",
+                    pass.outcome,
+                    pass.message.as_deref().unwrap_or("see the log")
+                )))
+            }
+        }
+        crate::cli::SyncCommand::Status => {
+            let (incremental, full) = ctx.store.last_sync_passes().await?;
+            let now = SystemClock.now_ms();
+            let last_completed = [&incremental, &full]
+                .into_iter()
+                .flatten()
+                .filter(|p| p.outcome == "completed")
+                .map(|p| p.started_at + p.duration_ms)
+                .max();
+            let status = SyncStatus {
+                lag_seconds: last_completed.map(|at| (now - at).max(0) / 1000),
+                incremental,
+                full,
+            };
+            ctx.print(&status, || {
+                for (name, pass) in [("incremental", &status.incremental), ("full", &status.full)] {
+                    match pass {
+                        None => println!("{name:<12} never run"),
+                        Some(pass) => print_pass(pass),
+                    }
+                }
+                match status.lag_seconds {
+                    Some(lag) => println!("lag          {lag} s since the last completed pass"),
+                    None => println!("lag          no pass has completed yet"),
+                }
+            });
+            Ok(())
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct SyncStatus {
+    incremental: Option<crate::store::SyncPass>,
+    full: Option<crate::store::SyncPass>,
+    lag_seconds: Option<i64>,
+}
+
+fn print_pass(pass: &crate::store::SyncPass) {
+    println!(
+        "{:<12} {} at {} in {} ms: seen {}, created {}, updated {}, disabled {}, enabled {}, deleted {}, errors {}{}",
+        pass.kind,
+        pass.outcome,
+        time(pass.started_at),
+        pass.duration_ms,
+        pass.seen,
+        pass.created,
+        pass.updated,
+        pass.disabled,
+        pass.enabled,
+        pass.deleted,
+        pass.errors,
+        pass.server.as_deref().map(|s| format!(" ({s})")).unwrap_or_default(),
+    );
+    if let Some(message) = &pass.message {
+        println!("{:<12} {message}", "");
+    }
 }

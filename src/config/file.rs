@@ -11,6 +11,7 @@ pub struct FileConfig {
     pub store: Option<StoreFile>,
     pub auth: Option<AuthFile>,
     pub directory: Option<DirectoryFile>,
+    pub sync: Option<SyncFile>,
     #[serde(default)]
     pub route: Vec<RouteFile>,
 }
@@ -36,6 +37,7 @@ pub struct AuthFile {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DirectoryFile {
+    pub kind: Option<String>,
     #[serde(default)]
     pub urls: Vec<String>,
     pub starttls: Option<bool>,
@@ -57,6 +59,21 @@ pub struct DirectoryFile {
     pub max_binds: Option<i64>,
     pub cache_ttl: Option<String>,
     pub failover_backoff: Option<String>,
+    pub groups_attribute: Option<String>,
+    pub password_changed_attribute: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyncFile {
+    pub enabled: Option<bool>,
+    pub interval: Option<String>,
+    pub full_every: Option<String>,
+    pub change_attribute: Option<String>,
+    pub page_size: Option<i64>,
+    pub max_change_share: Option<f64>,
+    pub guard_floor: Option<i64>,
+    pub revoke_on_password_change: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -23,6 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
+use ldap3::adapters::PagedResults;
 use ldap3::{Ldap, LdapConnAsync, LdapConnSettings, LdapError, ResultEntry, Scope, SearchEntry, SearchOptions};
 use tokio::sync::Semaphore;
 
@@ -180,6 +181,8 @@ impl LdapDirectory {
             config.upn_attribute.clone(),
             config.login_attribute.clone(),
             config.anchor_attribute.clone(),
+            config.groups_attribute.clone(),
+            config.password_changed_attribute.clone(),
             "displayName".into(),
             "mail".into(),
         ];
@@ -490,9 +493,54 @@ impl LdapDirectory {
         }
     }
 
+    /// Opens a connection of its own, bound as the service account, for a
+    /// sync pass: bulk reads must not hold up sign-ins on the pooled ones.
+    pub async fn sync_session(&self) -> Result<SyncSession<'_>, DirectoryError> {
+        let DirectoryBind::Search { dn, .. } = &self.config.bind else {
+            return Err(DirectoryError::Unavailable {
+                server: self.config.urls.join(", "),
+                reason: "the sync needs a service account (directory.bind_dn)".into(),
+            });
+        };
+        let deadline = Instant::now() + self.config.timeout;
+        let mut conn = self.connect(deadline).await?;
+        let password = self.service_password.as_ref().map_or("", Secret::expose);
+        let server = self.url(&conn).to_owned();
+        match conn
+            .ldap
+            .with_timeout(self.config.timeout)
+            .simple_bind(dn, password)
+            .await
+        {
+            Ok(r) if r.rc == rc::SUCCESS => Ok(SyncSession {
+                directory: self,
+                ldap: conn.ldap,
+                server,
+            }),
+            Ok(r) => Err(DirectoryError::ServiceBind {
+                server,
+                dn: dn.clone(),
+                reason: format!("result code {}: {}", r.rc, r.text),
+            }),
+            Err(err) => Err(DirectoryError::Unavailable {
+                server,
+                reason: err.to_string(),
+            }),
+        }
+    }
+
+    /// The attributes read for every user (sign-in and sync alike).
+    pub fn user_attributes(&self) -> &[String] {
+        &self.attributes
+    }
+
+    pub fn config(&self) -> &DirectoryConfig {
+        &self.config
+    }
+
     /// Reads the UPN and directory attributes of a found entry; `None` when
     /// it has no usable UPN (a group or computer matched a loose filter).
-    fn federated_user(&self, entry: &SearchEntry, enabled: bool) -> Option<FederatedUser> {
+    pub fn federated_user(&self, entry: &SearchEntry, enabled: bool) -> Option<FederatedUser> {
         let upn = attribute(entry, &self.config.upn_attribute).and_then(|v| Upn::parse(&v).ok())?;
         let anchor = attribute(entry, &self.config.anchor_attribute).or_else(|| {
             binary_attribute(entry, &self.config.anchor_attribute).map(|bytes| {
@@ -508,6 +556,12 @@ impl LdapDirectory {
                 anchor,
                 display_name: attribute(entry, "displayName"),
                 mail: attribute(entry, "mail"),
+                groups: {
+                    let mut groups = all_values(entry, &self.config.groups_attribute);
+                    groups.sort_unstable_by_key(|g| g.to_ascii_lowercase());
+                    groups
+                },
+                password_changed: attribute(entry, &self.config.password_changed_attribute),
             },
         })
     }
@@ -674,6 +728,98 @@ impl LdapDirectory {
     }
 }
 
+/// One sync pass's connection to the directory.
+pub struct SyncSession<'d> {
+    directory: &'d LdapDirectory,
+    ldap: Ldap,
+    server: String,
+}
+
+impl SyncSession<'_> {
+    /// The URL of the server this session reads from.
+    pub fn server(&self) -> &str {
+        &self.server
+    }
+
+    /// Every entry matching `filter` under `base_dn`, in pages of
+    /// `page_size` (RFC 2696: AD refuses unpaged searches past 1000
+    /// entries). Referrals are skipped, not chased. Each page must arrive
+    /// within `directory.timeout`.
+    pub async fn scan(
+        &mut self,
+        filter: &str,
+        attributes: &[String],
+        page_size: u32,
+    ) -> Result<Vec<SearchEntry>, DirectoryError> {
+        let config = &self.directory.config;
+        let unavailable = |reason: String| DirectoryError::Unavailable {
+            server: self.server.clone(),
+            reason,
+        };
+        let page = i32::try_from(page_size).unwrap_or(i32::MAX);
+        let mut stream = self
+            .ldap
+            .with_timeout(config.timeout)
+            .streaming_search_with(
+                PagedResults::new(page),
+                &config.base_dn,
+                Scope::Subtree,
+                filter,
+                attributes.to_vec(),
+            )
+            .await
+            .map_err(|e| unavailable(e.to_string()))?;
+        let mut entries = Vec::new();
+        loop {
+            match stream.next().await {
+                Ok(Some(entry)) => {
+                    if entry.is_ref() || entry.is_intermediate() {
+                        continue;
+                    }
+                    entries.push(construct(entry).ok_or_else(|| unavailable("malformed search entry".into()))?);
+                }
+                Ok(None) => break,
+                Err(err) => return Err(unavailable(err.to_string())),
+            }
+        }
+        let result = stream.finish().await;
+        match result.rc {
+            rc::SUCCESS => Ok(entries),
+            rc::NO_SUCH_OBJECT => Err(unavailable(format!(
+                "directory.base_dn \"{}\" does not exist on this server",
+                config.base_dn
+            ))),
+            code => Err(unavailable(format!(
+                "search for {filter} failed with result code {code}: {}",
+                result.text
+            ))),
+        }
+    }
+
+    /// One attribute of the root DSE (`highestCommittedUSN` on AD).
+    pub async fn root_attribute(&mut self, name: &str) -> Result<Option<String>, DirectoryError> {
+        let result = self
+            .ldap
+            .with_timeout(self.directory.config.timeout)
+            .search("", Scope::Base, "(objectClass=*)", [name])
+            .await
+            .and_then(|r| r.success())
+            .map_err(|e| DirectoryError::Unavailable {
+                server: self.server.clone(),
+                reason: e.to_string(),
+            })?;
+        Ok(result
+            .0
+            .into_iter()
+            .filter(|e| !e.is_ref())
+            .find_map(|e| construct(e).and_then(|e| attribute(&e, name))))
+    }
+
+    pub async fn close(mut self) {
+        let _ = self.ldap.unbind().await;
+    }
+}
+
 fn refused(failure: BindFailure) -> Checked {
     match failure {
         BindFailure::InvalidCredentials | BindFailure::PasswordExpired => Checked::Invalid,
@@ -690,7 +836,7 @@ fn construct(entry: ResultEntry) -> Option<SearchEntry> {
 
 /// An attribute's first value, matching its name case-insensitively
 /// (servers answer `entryuuid` to a request for `entryUUID`).
-fn attribute(entry: &SearchEntry, name: &str) -> Option<String> {
+pub fn attribute(entry: &SearchEntry, name: &str) -> Option<String> {
     entry
         .attrs
         .iter()
@@ -698,6 +844,15 @@ fn attribute(entry: &SearchEntry, name: &str) -> Option<String> {
         .and_then(|(_, v)| v.first())
         .map(|v| v.trim().to_owned())
         .filter(|v| !v.is_empty())
+}
+
+fn all_values(entry: &SearchEntry, name: &str) -> Vec<String> {
+    entry
+        .attrs
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.clone())
+        .unwrap_or_default()
 }
 
 fn binary_attribute(entry: &SearchEntry, name: &str) -> Option<Vec<u8>> {

@@ -185,6 +185,19 @@ impl Template {
         out
     }
 
+    /// The filter with every placeholder matching any value: `(mail={upn})`
+    /// becomes the presence filter `(mail=*)`. Used to list every user.
+    pub fn render_any(&self) -> String {
+        let mut out = String::with_capacity(self.source.len());
+        for part in &self.parts {
+            match part {
+                Part::Text(text) => out.push_str(text),
+                Part::Value(_) => out.push('*'),
+            }
+        }
+        out
+    }
+
     /// `(&A B)`: both filters must match.
     pub fn and(first: &str, second: &str) -> String {
         format!("(&{first}{second})")
@@ -223,6 +236,13 @@ mod tests {
             let rendered = t.render(values(hostile, ""));
             assert!(ldap3::parse_filter(&rendered).is_ok(), "{rendered}");
         }
+    }
+
+    #[test]
+    fn any_value_turns_placeholders_into_presence() {
+        let t = Template::filter("(&(objectClass=inetOrgPerson)(mail={upn}))", Placeholder::Upn).unwrap();
+        assert_eq!(t.render_any(), "(&(objectClass=inetOrgPerson)(mail=*))");
+        assert!(ldap3::parse_filter(t.render_any()).is_ok());
     }
 
     #[test]

@@ -24,8 +24,8 @@ use sqlx::sqlite::{
 use sqlx::{QueryBuilder, Row, Sqlite, Transaction};
 
 use super::{
-    AuditFilter, BulkApplied, Change, ChangeKind, LastUsed, LineError, NewAppPassword, StateLine, Store, StoreError,
-    StoreFuture, UpsertOutcome, Upserted,
+    AppliedChanges, AuditFilter, BulkApplied, Change, ChangeKind, DirectoryChange, LastUsed, LineError, NewAppPassword,
+    StateLine, Store, StoreError, StoreFuture, SyncMark, SyncPass, UpsertOutcome, Upserted,
 };
 use crate::app_password::MAX_APP_PASSWORDS_PER_USER;
 use crate::model::{
@@ -54,7 +54,20 @@ const MIGRATIONS: &[Migration] = &[
         name: "directory",
         sql: include_str!("migrations/0002_directory.sql"),
     },
+    Migration {
+        version: 3,
+        name: "sync",
+        sql: include_str!("migrations/0003_sync.sql"),
+    },
 ];
+
+/// Directory changes applied per transaction: large enough that a sync of
+/// 100,000 users is a hundred commits, small enough that the server's
+/// readers never wait long for the write lock.
+const SYNC_BATCH: usize = 1000;
+
+/// Sync passes kept per kind.
+const SYNC_PASSES_KEPT: i64 = 100;
 
 /// The most changes one [`Store::changes_since`] call returns.
 const CHANGES_PAGE: i64 = 10_000;
@@ -64,7 +77,7 @@ const CHANGES_PAGE: i64 = 10_000;
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 const USER_COLUMNS: &str = "id, upn, source, enabled, deleted, mfa_state, registered_at, created_at, password_hash, \
-                            dn, login, anchor, display_name, mail";
+                            dn, login, anchor, display_name, mail, groups, password_changed";
 const APP_PASSWORD_COLUMNS: &str = "id, user_id, name, created_at, last_used_at, last_ip, last_user_agent";
 const SECRET_COLUMNS: &str = "id, user_id, name, tag, hash";
 const AUDIT_COLUMNS: &str = "at, upn_given, user_id, route, credential, app_password_name, \
@@ -247,6 +260,12 @@ fn user_from_row(row: &SqliteRow) -> Result<User, StoreError> {
                 anchor: row.try_get("anchor").map_err(read())?,
                 display_name: row.try_get("display_name").map_err(read())?,
                 mail: row.try_get("mail").map_err(read())?,
+                groups: row
+                    .try_get::<Option<String>, _>("groups")
+                    .map_err(read())?
+                    .map(|g| g.lines().map(str::to_owned).collect())
+                    .unwrap_or_default(),
+                password_changed: row.try_get("password_changed").map_err(read())?,
             }),
         },
     })
@@ -402,6 +421,129 @@ async fn finish_user_change(
     Ok(user)
 }
 
+fn sync_pass_from_row(row: &SqliteRow) -> Result<SyncPass, StoreError> {
+    let read = || db("read a sync pass");
+    Ok(SyncPass {
+        kind: row.try_get("kind").map_err(read())?,
+        outcome: row.try_get("outcome").map_err(read())?,
+        started_at: row.try_get("started_at").map_err(read())?,
+        duration_ms: row.try_get("duration_ms").map_err(read())?,
+        seen: row.try_get("seen").map_err(read())?,
+        created: row.try_get("created").map_err(read())?,
+        updated: row.try_get("updated").map_err(read())?,
+        disabled: row.try_get("disabled").map_err(read())?,
+        enabled: row.try_get("enabled").map_err(read())?,
+        deleted: row.try_get("deleted").map_err(read())?,
+        errors: row.try_get("errors").map_err(read())?,
+        server: row.try_get("server").map_err(read())?,
+        message: row.try_get("message").map_err(read())?,
+    })
+}
+
+fn groups_text(attrs: &DirectoryAttributes) -> Option<String> {
+    (!attrs.groups.is_empty()).then(|| attrs.groups.join("\n"))
+}
+
+/// Creates or updates one directory user inside `tx`; returns what happened
+/// and the change-feed entry to write (none when nothing changed).
+async fn upsert_in(
+    tx: &mut SqliteConnection,
+    new: &FederatedUser,
+    now: i64,
+) -> Result<(UserId, UpsertOutcome, Option<ChangeKind>), StoreError> {
+    let attrs = &new.attributes;
+    // The anchor survives renames and moves: match on it first, so a
+    // renamed user keeps their id, MFA state and app passwords.
+    let by_anchor = match &attrs.anchor {
+        Some(anchor) => user_by_anchor(tx, anchor).await?,
+        None => None,
+    };
+    let by_upn = user_by_upn(tx, &new.upn).await?;
+    if let (Some(a), Some(u)) = (&by_anchor, &by_upn) {
+        if a.id != u.id {
+            return Err(StoreError::UpnTaken {
+                upn: new.upn.clone(),
+                holder: u.id,
+            });
+        }
+    }
+    let (id, outcome, kind) = match by_anchor.or(by_upn) {
+        None => {
+            let done = sqlx::query(
+                "INSERT INTO users (upn, source, enabled, created_at, updated_at, dn, login, anchor,
+                                    display_name, mail, groups, password_changed, directory_seen_at)
+                 VALUES (?, 'federated', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(new.upn.as_str())
+            .bind(new.enabled)
+            .bind(now)
+            .bind(now)
+            .bind(&attrs.dn)
+            .bind(&attrs.login)
+            .bind(&attrs.anchor)
+            .bind(&attrs.display_name)
+            .bind(&attrs.mail)
+            .bind(groups_text(attrs))
+            .bind(&attrs.password_changed)
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("create a user"))?;
+            let id = UserId(done.last_insert_rowid());
+            (id, UpsertOutcome::Created, Some(ChangeKind::UserCreated))
+        }
+        Some(user) if user.source == UserSource::Cloud && !user.deleted => {
+            return Err(StoreError::SourceConflict { upn: new.upn.clone() });
+        }
+        Some(user) => {
+            let kind = if user.deleted {
+                // The MFA state is kept: a returning user who had to
+                // use app passwords still has to.
+                Some(ChangeKind::UserUpdated)
+            } else if user.enabled != new.enabled {
+                Some(if new.enabled {
+                    ChangeKind::UserEnabled
+                } else {
+                    ChangeKind::UserDisabled
+                })
+            } else if user.upn != new.upn || user.directory.as_ref() != Some(attrs) {
+                Some(ChangeKind::UserUpdated)
+            } else {
+                None
+            };
+            if kind.is_none() {
+                // Nothing to write: a sync pass revisits every user.
+                return Ok((user.id, UpsertOutcome::Unchanged, None));
+            }
+            sqlx::query(
+                "UPDATE users SET upn = ?, source = 'federated', enabled = ?, deleted = 0,
+                     registered_at = CASE WHEN deleted = 1 THEN NULL ELSE registered_at END,
+                     password_hash = NULL, dn = ?, login = ?, anchor = COALESCE(?, anchor),
+                     display_name = ?, mail = ?, groups = ?, password_changed = ?,
+                     directory_seen_at = ?, updated_at = ?
+                 WHERE id = ?",
+            )
+            .bind(new.upn.as_str())
+            .bind(new.enabled)
+            .bind(&attrs.dn)
+            .bind(&attrs.login)
+            .bind(&attrs.anchor)
+            .bind(&attrs.display_name)
+            .bind(&attrs.mail)
+            .bind(groups_text(attrs))
+            .bind(&attrs.password_changed)
+            .bind(now)
+            .bind(now)
+            .bind(user.id.0)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("update a user from the directory"))?;
+            (user.id, UpsertOutcome::Updated, kind)
+        }
+    };
+    Ok((id, outcome, kind))
+}
+
 impl Store for SqliteStore {
     fn create_cloud_user<'a>(
         &'a self,
@@ -465,95 +607,8 @@ impl Store for SqliteStore {
     fn upsert_federated_user<'a>(&'a self, new: &'a FederatedUser) -> StoreFuture<'a, Upserted> {
         Box::pin(async move {
             let now = self.clock.now_ms();
-            let attrs = &new.attributes;
             let mut tx = self.write_tx().await?;
-            // The anchor survives renames and moves: match on it first, so a
-            // renamed user keeps their id, MFA state and app passwords.
-            let by_anchor = match &attrs.anchor {
-                Some(anchor) => user_by_anchor(&mut tx, anchor).await?,
-                None => None,
-            };
-            let by_upn = user_by_upn(&mut tx, &new.upn).await?;
-            if let (Some(a), Some(u)) = (&by_anchor, &by_upn) {
-                if a.id != u.id {
-                    return Err(StoreError::UpnTaken {
-                        upn: new.upn.clone(),
-                        holder: u.id,
-                    });
-                }
-            }
-            let (id, outcome, kind) = match by_anchor.or(by_upn) {
-                None => {
-                    let done = sqlx::query(
-                        "INSERT INTO users (upn, source, enabled, created_at, updated_at, dn, login, anchor,
-                                            display_name, mail, directory_seen_at)
-                         VALUES (?, 'federated', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    )
-                    .bind(new.upn.as_str())
-                    .bind(new.enabled)
-                    .bind(now)
-                    .bind(now)
-                    .bind(&attrs.dn)
-                    .bind(&attrs.login)
-                    .bind(&attrs.anchor)
-                    .bind(&attrs.display_name)
-                    .bind(&attrs.mail)
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(db("create a user"))?;
-                    let id = UserId(done.last_insert_rowid());
-                    (id, UpsertOutcome::Created, Some(ChangeKind::UserCreated))
-                }
-                Some(user) if user.source == UserSource::Cloud && !user.deleted => {
-                    return Err(StoreError::SourceConflict { upn: new.upn.clone() });
-                }
-                Some(user) => {
-                    let kind = if user.deleted {
-                        // The MFA state is kept: a returning user who had to
-                        // use app passwords still has to.
-                        Some(ChangeKind::UserUpdated)
-                    } else if user.enabled != new.enabled {
-                        Some(if new.enabled {
-                            ChangeKind::UserEnabled
-                        } else {
-                            ChangeKind::UserDisabled
-                        })
-                    } else if user.upn != new.upn || user.directory.as_ref() != Some(attrs) {
-                        Some(ChangeKind::UserUpdated)
-                    } else {
-                        None
-                    };
-                    sqlx::query(
-                        "UPDATE users SET upn = ?, source = 'federated', enabled = ?, deleted = 0,
-                             registered_at = CASE WHEN deleted = 1 THEN NULL ELSE registered_at END,
-                             password_hash = NULL, dn = ?, login = ?, anchor = COALESCE(?, anchor),
-                             display_name = ?, mail = ?, directory_seen_at = ?,
-                             updated_at = CASE WHEN ? THEN ? ELSE updated_at END
-                         WHERE id = ?",
-                    )
-                    .bind(new.upn.as_str())
-                    .bind(new.enabled)
-                    .bind(&attrs.dn)
-                    .bind(&attrs.login)
-                    .bind(&attrs.anchor)
-                    .bind(&attrs.display_name)
-                    .bind(&attrs.mail)
-                    .bind(now)
-                    .bind(kind.is_some())
-                    .bind(now)
-                    .bind(user.id.0)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(db("update a user from the directory"))?;
-                    let outcome = if kind.is_some() {
-                        UpsertOutcome::Updated
-                    } else {
-                        UpsertOutcome::Unchanged
-                    };
-                    (user.id, outcome, kind)
-                }
-            };
+            let (id, outcome, kind) = upsert_in(&mut tx, new, now).await?;
             if let Some(kind) = kind {
                 record_change(&mut tx, now, kind, Some(id)).await?;
             }
@@ -1004,6 +1059,198 @@ impl Store for SqliteStore {
                 .fetch_one(&self.pool)
                 .await
                 .map_err(db("read the change feed"))
+        })
+    }
+
+    fn apply_directory_changes<'a>(&'a self, changes: &'a [DirectoryChange]) -> StoreFuture<'a, AppliedChanges> {
+        Box::pin(async move {
+            let mut applied = AppliedChanges::default();
+            for batch in changes.chunks(SYNC_BATCH) {
+                let now = self.clock.now_ms();
+                let mut tx = self.write_tx().await?;
+                for change in batch {
+                    match change {
+                        DirectoryChange::Upsert {
+                            user,
+                            revoke_app_passwords,
+                        } => {
+                            let (id, _, kind) = match upsert_in(&mut tx, user, now).await {
+                                Ok(done) => done,
+                                Err(err @ (StoreError::SourceConflict { .. } | StoreError::UpnTaken { .. })) => {
+                                    tracing::warn!(error = %err, dn = %user.attributes.dn, "directory user not synced");
+                                    applied.errors += 1;
+                                    continue;
+                                }
+                                Err(err) => return Err(err),
+                            };
+                            if let Some(kind) = kind {
+                                match kind {
+                                    ChangeKind::UserCreated => applied.created += 1,
+                                    ChangeKind::UserEnabled => applied.enabled += 1,
+                                    ChangeKind::UserDisabled => applied.disabled += 1,
+                                    _ => applied.updated += 1,
+                                }
+                                record_change(&mut tx, now, kind, Some(id)).await?;
+                            }
+                            if *revoke_app_passwords {
+                                let done = sqlx::query("DELETE FROM app_passwords WHERE user_id = ?")
+                                    .bind(id.0)
+                                    .execute(&mut *tx)
+                                    .await
+                                    .map_err(db("revoke app passwords after a password change"))?;
+                                if done.rows_affected() > 0 {
+                                    applied.revoked += 1;
+                                    record_change(&mut tx, now, ChangeKind::AppPasswordsRevoked, Some(id)).await?;
+                                }
+                            }
+                        }
+                        DirectoryChange::Delete { id } => {
+                            let done = sqlx::query(
+                                "UPDATE users SET deleted = 1, password_hash = NULL, registered_at = NULL,
+                                     updated_at = ?
+                                 WHERE id = ? AND deleted = 0 AND source = 'federated'",
+                            )
+                            .bind(now)
+                            .bind(id.0)
+                            .execute(&mut *tx)
+                            .await
+                            .map_err(db("delete a user gone from the directory"))?;
+                            if done.rows_affected() == 0 {
+                                continue;
+                            }
+                            sqlx::query("DELETE FROM app_passwords WHERE user_id = ?")
+                                .bind(id.0)
+                                .execute(&mut *tx)
+                                .await
+                                .map_err(db("delete a deleted user's app passwords"))?;
+                            record_change(&mut tx, now, ChangeKind::UserDeleted, Some(*id)).await?;
+                            applied.deleted += 1;
+                        }
+                    }
+                }
+                commit(tx).await?;
+            }
+            Ok(applied)
+        })
+    }
+
+    fn record_sync_pass<'a>(&'a self, pass: &'a SyncPass, mark: Option<&'a SyncMark>) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            let mut tx = self.write_tx().await?;
+            sqlx::query(
+                "INSERT INTO sync_passes (kind, outcome, started_at, duration_ms, seen, created, updated,
+                                          disabled, enabled, deleted, errors, server, message)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(&pass.kind)
+            .bind(&pass.outcome)
+            .bind(pass.started_at)
+            .bind(pass.duration_ms)
+            .bind(pass.seen)
+            .bind(pass.created)
+            .bind(pass.updated)
+            .bind(pass.disabled)
+            .bind(pass.enabled)
+            .bind(pass.deleted)
+            .bind(pass.errors)
+            .bind(&pass.server)
+            .bind(&pass.message)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("record a sync pass"))?;
+            sqlx::query(
+                "DELETE FROM sync_passes WHERE kind = ? AND id NOT IN
+                     (SELECT id FROM sync_passes WHERE kind = ? ORDER BY id DESC LIMIT ?)",
+            )
+            .bind(&pass.kind)
+            .bind(&pass.kind)
+            .bind(SYNC_PASSES_KEPT)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("prune old sync passes"))?;
+            if let Some(mark) = mark {
+                sqlx::query("UPDATE sync_state SET mark = ?, mark_server = ? WHERE id = 1")
+                    .bind(&mark.value)
+                    .bind(&mark.server)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db("move the sync mark"))?;
+            }
+            commit(tx).await
+        })
+    }
+
+    fn last_sync_passes(&self) -> StoreFuture<'_, (Option<SyncPass>, Option<SyncPass>)> {
+        Box::pin(async move {
+            let mut conn = self.pool.acquire().await.map_err(db("connect"))?;
+            let last = |kind: &'static str| {
+                sqlx::query(
+                    "SELECT kind, outcome, started_at, duration_ms, seen, created, updated, disabled, enabled,
+                            deleted, errors, server, message
+                     FROM sync_passes WHERE kind = ? ORDER BY id DESC LIMIT 1",
+                )
+                .bind(kind)
+            };
+            let incremental = last("incremental")
+                .fetch_optional(&mut *conn)
+                .await
+                .map_err(db("read sync passes"))?;
+            let full = last("full")
+                .fetch_optional(&mut *conn)
+                .await
+                .map_err(db("read sync passes"))?;
+            Ok((
+                incremental.as_ref().map(sync_pass_from_row).transpose()?,
+                full.as_ref().map(sync_pass_from_row).transpose()?,
+            ))
+        })
+    }
+
+    fn sync_mark(&self) -> StoreFuture<'_, Option<SyncMark>> {
+        Box::pin(async move {
+            let row: Option<(Option<String>, Option<String>)> =
+                sqlx::query_as("SELECT mark, mark_server FROM sync_state WHERE id = 1")
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(db("read the sync mark"))?;
+            Ok(match row {
+                Some((Some(value), Some(server))) => Some(SyncMark { value, server }),
+                _ => None,
+            })
+        })
+    }
+
+    fn take_sync_lease<'a>(&'a self, holder: &'a str, until: i64) -> StoreFuture<'a, bool> {
+        Box::pin(async move {
+            let now = self.clock.now_ms();
+            let mut tx = self.write_tx().await?;
+            let done = sqlx::query(
+                "UPDATE sync_state SET lease_holder = ?, lease_until = ?
+                 WHERE id = 1 AND (lease_holder IS NULL OR lease_holder = ? OR lease_until < ?)",
+            )
+            .bind(holder)
+            .bind(until)
+            .bind(holder)
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("take the sync lease"))?;
+            commit(tx).await?;
+            Ok(done.rows_affected() == 1)
+        })
+    }
+
+    fn release_sync_lease<'a>(&'a self, holder: &'a str) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            let mut tx = self.write_tx().await?;
+            sqlx::query(
+                "UPDATE sync_state SET lease_holder = NULL, lease_until = NULL WHERE id = 1 AND lease_holder = ?",
+            )
+            .bind(holder)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("release the sync lease"))?;
+            commit(tx).await
         })
     }
 

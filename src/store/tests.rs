@@ -21,6 +21,8 @@ fn federated(upn: &Upn, enabled: bool) -> FederatedUser {
             login: Some(login),
             display_name: None,
             mail: Some(upn.to_string()),
+            groups: Vec::new(),
+            password_changed: None,
         },
     }
 }

@@ -30,8 +30,9 @@ fn directory_with_users() -> Slapd {
 }
 
 /// The `[directory]` table for `slapd` (search-then-bind with the service
-/// account), with `extra` lines appended. One service connection, so that
-/// bind counts are exact.
+/// account), with `extra` lines appended. One service connection and no
+/// sync passes (tests/it/sync.rs covers those), so that bind counts are
+/// exact.
 fn directory_section(slapd: &Slapd, urls: &[String], extra: &str) -> String {
     let urls: Vec<String> = urls.iter().map(|u| format!("\"{u}\"")).collect();
     format!(
@@ -45,7 +46,9 @@ fn directory_section(slapd: &Slapd, urls: &[String], extra: &str) -> String {
          disabled_filter = \"{}\"\n\
          domain = \"EXAMPLE\"\n\
          pool_size = 1\n\
-         {extra}\n",
+         {extra}\n\
+         [sync]\n\
+         enabled = false\n",
         urls.join(", "),
         slapd.service_dn(),
         slapd.service_password_file().display(),

@@ -1,0 +1,41 @@
+-- fedgate cloud store, schema version 3: the scheduled directory sync.
+
+-- DNs of the user's groups, one per line, sorted
+ALTER TABLE users ADD COLUMN groups TEXT;
+-- when the directory password last changed, as the directory spells it
+ALTER TABLE users ADD COLUMN password_changed TEXT;
+
+-- One row per sync pass, newest kept per kind for `fedgate sync status`
+-- (older rows are pruned).
+CREATE TABLE sync_passes (
+    id          INTEGER PRIMARY KEY,
+    kind        TEXT    NOT NULL CHECK (kind IN ('full', 'incremental')),
+    outcome     TEXT    NOT NULL CHECK (outcome IN ('completed', 'guarded', 'failed')),
+    started_at  INTEGER NOT NULL,
+    duration_ms INTEGER NOT NULL,
+    seen        INTEGER NOT NULL,
+    created     INTEGER NOT NULL,
+    updated     INTEGER NOT NULL,
+    disabled    INTEGER NOT NULL,
+    enabled     INTEGER NOT NULL,
+    deleted     INTEGER NOT NULL,
+    errors      INTEGER NOT NULL,
+    server      TEXT,
+    message     TEXT
+);
+
+CREATE INDEX sync_passes_kind ON sync_passes (kind, started_at);
+
+-- Where the next incremental pass starts, and who may run a pass.
+CREATE TABLE sync_state (
+    id           INTEGER PRIMARY KEY CHECK (id = 1),
+    -- high-water mark of the change attribute, and the server it is from
+    -- (AD USNs are per domain controller)
+    mark         TEXT,
+    mark_server  TEXT,
+    -- one pass at a time across processes and nodes
+    lease_holder TEXT,
+    lease_until  INTEGER
+);
+
+INSERT INTO sync_state (id) VALUES (1);

@@ -1,0 +1,439 @@
+//! The scheduled directory sync: carries disables, deletions, renames and
+//! new users from the directory into the store, so that a departed user's
+//! app passwords stop working within one `[sync] interval`.
+//!
+//! A pass reads first and writes last: it pages through the directory
+//! (RFC 2696), works out every change against the store ([`plan`], a pure
+//! function), checks the mass-change guard, and only then applies the
+//! changes. A pass that fails while reading (directory down, timeout)
+//! changes nothing; the next one starts again from the same mark.
+//!
+//! - *incremental*: entries whose change attribute (`modifyTimestamp`,
+//!   `entryCSN`, AD's `uSNChanged`) is at or past the last pass's mark;
+//! - *full*: every entry, which also finds the users that are gone.
+//!
+//! One pass at a time across processes: a lease in the store.
+
+pub mod plan;
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::config::{DirectoryKind, SyncConfig};
+use crate::directory::client::{attribute, LdapDirectory, SyncSession};
+use crate::directory::template::Template;
+use crate::directory::DirectoryError;
+use crate::jobs::Job;
+use crate::model::{Clock, FederatedUser};
+use crate::shutdown::Shutdown;
+use crate::store::{Store, StoreError, SyncMark, SyncPass};
+use plan::{Guard, Plan};
+
+/// How long a pass may hold the lease before another process may take
+/// over (a process that died mid-pass).
+const LEASE: Duration = Duration::from_secs(300);
+/// How long `fedgate sync run` waits for a pass of another process.
+const LEASE_WAIT: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PassKind {
+    Full,
+    Incremental,
+}
+
+impl PassKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PassKind::Full => "full",
+            PassKind::Incremental => "incremental",
+        }
+    }
+}
+
+/// Why a pass did not complete.
+#[derive(Debug, thiserror::Error)]
+enum PassError {
+    #[error("{0}")]
+    Directory(#[from] DirectoryError),
+    #[error("{0}")]
+    Store(#[from] StoreError),
+}
+
+/// A pass that was not run because another process holds the lease.
+#[derive(Debug, thiserror::Error)]
+#[error("another process is running a sync pass; try again later")]
+pub struct Busy;
+
+pub struct Syncer {
+    directory: Arc<LdapDirectory>,
+    store: Arc<dyn Store>,
+    config: SyncConfig,
+    clock: Arc<dyn Clock>,
+    holder: String,
+    last_full: Mutex<Option<Instant>>,
+}
+
+impl Syncer {
+    pub fn new(
+        directory: Arc<LdapDirectory>,
+        store: Arc<dyn Store>,
+        config: SyncConfig,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        Syncer {
+            directory,
+            store,
+            config,
+            clock,
+            holder: format!("{}:{}", host.trim(), std::process::id()),
+            last_full: Mutex::new(None),
+        }
+    }
+
+    /// Runs one pass unless another process holds the lease; with `wait`,
+    /// waits up to a minute for it first.
+    pub async fn run(&self, kind: PassKind, force: bool, wait: bool) -> Result<SyncPass, Busy> {
+        let started = Instant::now();
+        loop {
+            let until = self.clock.now_ms() + LEASE.as_millis() as i64;
+            match self.store.take_sync_lease(&self.holder, until).await {
+                Ok(true) => break,
+                Ok(false) if wait && started.elapsed() < LEASE_WAIT => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Ok(false) => return Err(Busy),
+                Err(err) => {
+                    // Without the lease nothing is written; report the pass
+                    // as failed like any other store failure.
+                    let pass = self.failed(kind, self.clock.now_ms(), started, None, &PassError::Store(err));
+                    log_pass(&pass);
+                    return Ok(pass);
+                }
+            }
+        }
+        let pass = self.pass(kind, force).await;
+        if let Err(err) = self.store.release_sync_lease(&self.holder).await {
+            tracing::warn!(error = %err, "cannot release the sync lease; it expires by itself");
+        }
+        Ok(pass)
+    }
+
+    async fn pass(&self, requested: PassKind, force: bool) -> SyncPass {
+        let started_at = self.clock.now_ms();
+        let started = Instant::now();
+        let mark = match self.store.sync_mark().await {
+            Ok(mark) => mark,
+            Err(err) => {
+                return self
+                    .finish(self.failed(requested, started_at, started, None, &err.into()), None)
+                    .await
+            }
+        };
+        let mut session = match self.directory.sync_session().await {
+            Ok(session) => session,
+            Err(err) => {
+                return self
+                    .finish(self.failed(requested, started_at, started, None, &err.into()), None)
+                    .await
+            }
+        };
+        let server = session.server().to_owned();
+        // USNs are per domain controller: an incremental pass against
+        // another one than the mark came from must start over.
+        let kind = match (&mark, requested) {
+            (None, _) => PassKind::Full,
+            (Some(m), PassKind::Incremental)
+                if self.directory.config().kind == DirectoryKind::ActiveDirectory && m.server != server =>
+            {
+                tracing::info!(from = %m.server, to = %server, "sync moved to another domain controller: full pass");
+                PassKind::Full
+            }
+            (_, kind) => kind,
+        };
+        let outcome = self.read_and_apply(&mut session, kind, mark.as_ref(), force).await;
+        session.close().await;
+        let (pass, new_mark) = match outcome {
+            Ok((plan, applied, new_mark)) => {
+                let mut pass = self.pass_record(kind, started_at, started, Some(server.clone()));
+                pass.seen = plan.seen as i64;
+                pass.errors = plan.errors as i64;
+                match applied {
+                    Ok(applied) => {
+                        pass.outcome = "completed".into();
+                        pass.created = applied.created as i64;
+                        pass.updated = applied.updated as i64;
+                        pass.disabled = applied.disabled as i64;
+                        pass.enabled = applied.enabled as i64;
+                        pass.deleted = applied.deleted as i64;
+                        pass.errors += applied.errors as i64;
+                        if applied.revoked > 0 {
+                            pass.message = Some(format!(
+                                "revoked the app passwords of {} users whose password changed",
+                                applied.revoked
+                            ));
+                        }
+                        if kind == PassKind::Full {
+                            *self.last_full.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+                        }
+                        (pass, new_mark.map(|value| SyncMark { value, server }))
+                    }
+                    Err(guard) => {
+                        pass.outcome = "guarded".into();
+                        pass.disabled = guard.disables as i64;
+                        pass.deleted = guard.deletes as i64;
+                        pass.message = Some(guard.message());
+                        (pass, None)
+                    }
+                }
+            }
+            Err(err) => (self.failed(kind, started_at, started, Some(server), &err), None),
+        };
+        self.finish(pass, new_mark).await
+    }
+
+    /// Reads the directory, plans, guards, applies. The inner `Err` is a
+    /// pass the guard stopped.
+    async fn read_and_apply(
+        &self,
+        session: &mut SyncSession<'_>,
+        kind: PassKind,
+        mark: Option<&SyncMark>,
+        force: bool,
+    ) -> Result<(Plan, Result<crate::store::AppliedChanges, Guard>, Option<String>), PassError> {
+        let dir = self.directory.config();
+        let ad = dir.kind == DirectoryKind::ActiveDirectory;
+        let all = dir.user_filter.render_any();
+        let change_attribute = &self.config.change_attribute;
+        let filter = match (kind, mark) {
+            (PassKind::Incremental, Some(mark)) => Template::and(
+                &all,
+                &format!("({change_attribute}>={})", ldap3::ldap_escape(mark.value.as_str())),
+            ),
+            _ => all,
+        };
+        // AD: the domain controller's current USN, read before the scan, is
+        // where the next pass starts (a change during the scan is seen
+        // again, never missed).
+        let usn_mark = if ad && change_attribute.eq_ignore_ascii_case("uSNChanged") {
+            session.root_attribute("highestCommittedUSN").await?
+        } else {
+            None
+        };
+        let mut attributes = self.directory.user_attributes().to_vec();
+        attributes.push(change_attribute.clone());
+        if ad {
+            attributes.extend(["userAccountControl".to_owned(), "accountExpires".to_owned()]);
+        }
+        let entries = session.scan(&filter, &attributes, self.config.page_size).await?;
+        let disabled_dns: HashSet<String> = match &dir.disabled_filter {
+            None => HashSet::new(),
+            Some(disabled) => {
+                let disabled_filter = Template::and(&filter, &disabled.render_any());
+                session
+                    .scan(&disabled_filter, &["1.1".to_owned()], self.config.page_size)
+                    .await?
+                    .into_iter()
+                    .map(|e| e.dn.to_ascii_lowercase())
+                    .collect()
+            }
+        };
+        let now_ms = self.clock.now_ms();
+        let mut found: Vec<FederatedUser> = Vec::with_capacity(entries.len());
+        let mut errors = 0usize;
+        let mut highest: Option<String> = None;
+        for entry in &entries {
+            if let Some(value) = attribute(entry, change_attribute) {
+                if highest.as_ref().is_none_or(|h| later(&value, h)) {
+                    highest = Some(value);
+                }
+            }
+            let disabled =
+                disabled_dns.contains(&entry.dn.to_ascii_lowercase()) || (ad && ad_account_off(entry, now_ms));
+            match self.directory.federated_user(entry, !disabled) {
+                Some(user) => found.push(user),
+                None => {
+                    errors += 1;
+                    tracing::debug!(dn = %entry.dn, "directory entry without a usable UPN: not synced");
+                }
+            }
+        }
+        let existing = self.store.load_all_users().await?;
+        let mut plan = plan::plan(
+            kind == PassKind::Full,
+            &existing,
+            found,
+            self.config.revoke_on_password_change,
+        );
+        plan.seen = entries.len();
+        plan.errors = errors;
+        if let Some(guard) = plan.guard(self.config.max_change_share, self.config.guard_floor) {
+            if !force {
+                return Ok((plan, Err(guard), None));
+            }
+            tracing::warn!(message = %guard.message(), "mass-change guard overridden with --force");
+        }
+        let applied = self.store.apply_directory_changes(&plan.changes).await?;
+        let new_mark = usn_mark.or(highest).or_else(|| mark.map(|m| m.value.clone()));
+        Ok((plan, Ok(applied), new_mark))
+    }
+
+    fn pass_record(&self, kind: PassKind, started_at: i64, started: Instant, server: Option<String>) -> SyncPass {
+        SyncPass {
+            kind: kind.as_str().into(),
+            outcome: "failed".into(),
+            started_at,
+            duration_ms: started.elapsed().as_millis() as i64,
+            seen: 0,
+            created: 0,
+            updated: 0,
+            disabled: 0,
+            enabled: 0,
+            deleted: 0,
+            errors: 0,
+            server,
+            message: None,
+        }
+    }
+
+    fn failed(
+        &self,
+        kind: PassKind,
+        started_at: i64,
+        started: Instant,
+        server: Option<String>,
+        err: &PassError,
+    ) -> SyncPass {
+        let mut pass = self.pass_record(kind, started_at, started, server);
+        pass.errors = 1;
+        pass.message = Some(err.to_string());
+        pass
+    }
+
+    async fn finish(&self, pass: SyncPass, mark: Option<SyncMark>) -> SyncPass {
+        log_pass(&pass);
+        if let Err(err) = self.store.record_sync_pass(&pass, mark.as_ref()).await {
+            tracing::error!(error = %err, "cannot record the sync pass");
+        }
+        pass
+    }
+
+    /// Whether the next scheduled pass should be a full one.
+    fn full_due(&self) -> bool {
+        match *self.last_full.lock().unwrap_or_else(|p| p.into_inner()) {
+            None => true,
+            Some(at) => at.elapsed() >= self.config.full_every,
+        }
+    }
+
+    /// The scheduled passes of `fedgate serve`: a full pass at start, then
+    /// incremental ones every `interval` and a full one every `full_every`.
+    pub fn start_job(self: &Arc<Self>, shutdown: &Shutdown) -> Job {
+        let this = Arc::clone(self);
+        let stop = shutdown.clone();
+        Job::now_and_every("sync", this.config.interval, shutdown.clone(), move || {
+            let (this, stop) = (Arc::clone(&this), stop.clone());
+            async move {
+                let kind = if this.full_due() {
+                    PassKind::Full
+                } else {
+                    PassKind::Incremental
+                };
+                // A pass cut short by shutdown has applied whole batches
+                // only (each is one transaction); the next one redoes the
+                // rest. The lease is handed back so a restart need not wait.
+                tokio::select! {
+                    result = this.run(kind, false, false) => {
+                        if let Err(Busy) = result {
+                            tracing::debug!("sync pass skipped: another process holds the lease");
+                        }
+                    }
+                    _ = stop.wait() => {
+                        let _ = this.store.release_sync_lease(&this.holder).await;
+                    }
+                }
+            }
+        })
+    }
+}
+
+fn log_pass(pass: &SyncPass) {
+    let message = pass.message.as_deref().unwrap_or("");
+    let emit = |level: tracing::Level| match level {
+        tracing::Level::WARN => tracing::warn!(
+            kind = %pass.kind, outcome = %pass.outcome, duration_ms = pass.duration_ms, seen = pass.seen,
+            created = pass.created, updated = pass.updated, disabled = pass.disabled, enabled = pass.enabled,
+            deleted = pass.deleted, errors = pass.errors, server = pass.server.as_deref().unwrap_or(""),
+            detail = message, "sync pass"
+        ),
+        _ => tracing::info!(
+            kind = %pass.kind, outcome = %pass.outcome, duration_ms = pass.duration_ms, seen = pass.seen,
+            created = pass.created, updated = pass.updated, disabled = pass.disabled, enabled = pass.enabled,
+            deleted = pass.deleted, errors = pass.errors, server = pass.server.as_deref().unwrap_or(""),
+            detail = message, "sync pass"
+        ),
+    };
+    emit(if pass.outcome == "completed" {
+        tracing::Level::INFO
+    } else {
+        tracing::Level::WARN
+    });
+}
+
+/// Whether change-attribute value `a` is past `b`: numerically for USNs,
+/// as text for generalized times and CSNs (fixed-width, so text order is
+/// time order).
+fn later(a: &str, b: &str) -> bool {
+    match (a.parse::<u128>(), b.parse::<u128>()) {
+        (Ok(a), Ok(b)) => a > b,
+        _ => a > b,
+    }
+}
+
+/// AD: the ACCOUNTDISABLE bit of `userAccountControl`, or an
+/// `accountExpires` in the past (100 ns ticks since 1601; 0 and
+/// 0x7FFFFFFFFFFFFFFF mean never).
+fn ad_account_off(entry: &ldap3::SearchEntry, now_ms: i64) -> bool {
+    let disabled = attribute(entry, "userAccountControl")
+        .and_then(|v| v.parse::<i64>().ok())
+        .is_some_and(|uac| uac & 2 != 0);
+    disabled
+        || attribute(entry, "accountExpires")
+            .and_then(|v| v.parse::<i64>().ok())
+            .is_some_and(|ticks| ad_expired(ticks, now_ms))
+}
+
+fn ad_expired(ticks: i64, now_ms: i64) -> bool {
+    const EPOCH_DIFFERENCE_MS: i64 = 11_644_473_600_000;
+    if ticks <= 0 || ticks == i64::MAX {
+        return false;
+    }
+    ticks / 10_000 - EPOCH_DIFFERENCE_MS < now_ms
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn change_marks_compare_as_numbers_or_times() {
+        assert!(later("10", "9"));
+        assert!(!later("9", "10"));
+        assert!(later("20261128174502Z", "20261128174501Z"));
+        assert!(later(
+            "20261128174501.000002Z#000000#000#000000",
+            "20261128174501.000001Z#000000#000#000000"
+        ));
+    }
+
+    #[test]
+    fn account_expiry_in_ad_ticks() {
+        let now_ms = 1_800_000_000_000;
+        let ticks = |ms: i64| (ms + 11_644_473_600_000) * 10_000;
+        assert!(ad_expired(ticks(now_ms - 1000), now_ms));
+        assert!(!ad_expired(ticks(now_ms + 60_000), now_ms));
+        assert!(!ad_expired(0, now_ms));
+        assert!(!ad_expired(i64::MAX, now_ms));
+    }
+}

@@ -1,0 +1,250 @@
+//! What a sync pass changes, worked out from what the directory returned
+//! and what the store holds: plain data in, plain data out.
+
+use std::collections::{HashMap, HashSet};
+
+use crate::model::{FederatedUser, User, UserId, UserSource};
+use crate::store::DirectoryChange;
+
+/// The changes of one pass, and what the guard needs to know.
+#[derive(Debug, Default)]
+pub struct Plan {
+    pub changes: Vec<DirectoryChange>,
+    /// Entries the directory returned.
+    pub seen: usize,
+    /// Entries that could not be used (no UPN).
+    pub errors: usize,
+    /// Enabled users the pass would disable.
+    pub disables: usize,
+    /// Users the pass would mark deleted.
+    pub deletes: usize,
+    /// Federated users in the store, not deleted, before the pass.
+    pub synced_users: usize,
+}
+
+/// A pass the mass-change guard stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Guard {
+    pub disables: usize,
+    pub deletes: usize,
+    pub synced_users: usize,
+    pub limit: usize,
+}
+
+impl Guard {
+    pub fn message(&self) -> String {
+        format!(
+            "stopped by the mass-change guard: the pass would disable {} and delete {} of {} synced users \
+             (more than {}); nothing was changed. Check directory.base_dn and the filters; if the change is \
+             intended, run `fedgate sync run --force`",
+            self.disables, self.deletes, self.synced_users, self.limit
+        )
+    }
+}
+
+impl Plan {
+    /// The guard's verdict: `Some` when the pass would disable or delete
+    /// more than `share` of the synced users and more than `floor` users.
+    pub fn guard(&self, share: f64, floor: usize) -> Option<Guard> {
+        let limit = ((self.synced_users as f64 * share).floor() as usize).max(floor);
+        (self.disables + self.deletes > limit).then_some(Guard {
+            disables: self.disables,
+            deletes: self.deletes,
+            synced_users: self.synced_users,
+            limit,
+        })
+    }
+}
+
+/// Matches the directory's users to the store's (by anchor, then UPN) and
+/// lists what must change. A `full` pass also deletes the federated users
+/// the directory no longer returned.
+pub fn plan(full: bool, existing: &[User], found: Vec<FederatedUser>, revoke_on_password_change: bool) -> Plan {
+    let federated: Vec<&User> = existing.iter().filter(|u| u.source == UserSource::Federated).collect();
+    let mut by_anchor: HashMap<&str, &User> = HashMap::new();
+    let mut by_upn: HashMap<&str, &User> = HashMap::new();
+    for user in existing {
+        by_upn.insert(user.upn.as_str(), user);
+        if let Some(anchor) = user.directory.as_ref().and_then(|d| d.anchor.as_deref()) {
+            by_anchor.insert(anchor, user);
+        }
+    }
+    let mut plan = Plan {
+        synced_users: federated.iter().filter(|u| !u.deleted).count(),
+        ..Plan::default()
+    };
+    let mut seen: HashSet<UserId> = HashSet::with_capacity(found.len());
+    for user in found {
+        let current = user
+            .attributes
+            .anchor
+            .as_deref()
+            .and_then(|a| by_anchor.get(a))
+            .or_else(|| by_upn.get(user.upn.as_str()))
+            .copied();
+        let Some(current) = current else {
+            plan.changes.push(DirectoryChange::Upsert {
+                user,
+                revoke_app_passwords: false,
+            });
+            continue;
+        };
+        seen.insert(current.id);
+        let changed = current.deleted
+            || current.enabled != user.enabled
+            || current.upn != user.upn
+            || current.directory.as_ref() != Some(&user.attributes);
+        if !changed {
+            continue;
+        }
+        if current.enabled && !current.deleted && !user.enabled {
+            plan.disables += 1;
+        }
+        let old_change = current.directory.as_ref().and_then(|d| d.password_changed.as_deref());
+        let revoke = revoke_on_password_change
+            && !current.deleted
+            && old_change.is_some()
+            && user.attributes.password_changed.is_some()
+            && old_change != user.attributes.password_changed.as_deref();
+        plan.changes.push(DirectoryChange::Upsert {
+            user,
+            revoke_app_passwords: revoke,
+        });
+    }
+    if full {
+        for user in federated {
+            if !user.deleted && !seen.contains(&user.id) {
+                plan.deletes += 1;
+                plan.changes.push(DirectoryChange::Delete { id: user.id });
+            }
+        }
+    }
+    plan
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{DirectoryAttributes, MfaState, Upn};
+
+    fn found(login: &str, enabled: bool) -> FederatedUser {
+        FederatedUser {
+            upn: Upn::parse(&format!("{login}@example.com")).unwrap(),
+            enabled,
+            attributes: DirectoryAttributes {
+                dn: format!("uid={login},ou=people,dc=example,dc=com"),
+                login: Some(login.into()),
+                anchor: Some(format!("anchor-{login}")),
+                display_name: None,
+                mail: None,
+                groups: Vec::new(),
+                password_changed: Some("20260101000000Z".into()),
+            },
+        }
+    }
+
+    fn stored(id: i64, f: &FederatedUser) -> User {
+        User {
+            id: UserId(id),
+            upn: f.upn.clone(),
+            source: UserSource::Federated,
+            enabled: f.enabled,
+            deleted: false,
+            mfa_state: MfaState::Disabled,
+            registered_at: None,
+            created_at: 0,
+            password_hash: None,
+            directory: Some(f.attributes.clone()),
+        }
+    }
+
+    fn kinds(plan: &Plan) -> Vec<String> {
+        plan.changes
+            .iter()
+            .map(|c| match c {
+                DirectoryChange::Upsert {
+                    user,
+                    revoke_app_passwords,
+                } => format!(
+                    "upsert {} enabled={} revoke={revoke_app_passwords}",
+                    user.upn, user.enabled
+                ),
+                DirectoryChange::Delete { id } => format!("delete {id}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn unchanged_users_cost_nothing() {
+        let alice = found("alice", true);
+        let plan = plan(true, &[stored(1, &alice)], vec![alice], false);
+        assert!(plan.changes.is_empty());
+        assert_eq!(plan.synced_users, 1);
+    }
+
+    #[test]
+    fn creates_disables_renames_and_deletes() {
+        let (alice, bob, carol) = (found("alice", true), found("bob", true), found("carol", true));
+        let existing = [stored(1, &alice), stored(2, &bob), stored(3, &carol)];
+        let mut renamed = found("caroline", true);
+        renamed.attributes.anchor = Some("anchor-carol".into());
+        let found_now = vec![found("alice", false), renamed, found("dave", true)];
+
+        let incremental = plan(false, &existing, found_now.clone(), false);
+        assert_eq!(
+            kinds(&incremental),
+            [
+                "upsert alice@example.com enabled=false revoke=false",
+                "upsert caroline@example.com enabled=true revoke=false",
+                "upsert dave@example.com enabled=true revoke=false",
+            ]
+        );
+        assert_eq!((incremental.disables, incremental.deletes), (1, 0));
+
+        // Only a full pass knows bob is gone.
+        let full = plan(true, &existing, found_now, false);
+        assert_eq!(kinds(&full).last().unwrap(), "delete 2");
+        assert_eq!((full.disables, full.deletes), (1, 1));
+    }
+
+    #[test]
+    fn a_changed_password_revokes_only_when_asked() {
+        let alice = found("alice", true);
+        let mut changed = alice.clone();
+        changed.attributes.password_changed = Some("20261128000000Z".into());
+        let existing = [stored(1, &alice)];
+        assert_eq!(
+            kinds(&plan(false, &existing, vec![changed.clone()], true)),
+            ["upsert alice@example.com enabled=true revoke=true"]
+        );
+        assert_eq!(
+            kinds(&plan(false, &existing, vec![changed], false)),
+            ["upsert alice@example.com enabled=true revoke=false"]
+        );
+    }
+
+    #[test]
+    fn the_guard_trips_past_the_share_and_the_floor() {
+        let users: Vec<FederatedUser> = (0..100).map(|i| found(&format!("u{i}"), true)).collect();
+        let existing: Vec<User> = users.iter().enumerate().map(|(i, u)| stored(i as i64 + 1, u)).collect();
+        // A mistyped base_dn: nothing found, everyone would be deleted.
+        let wiped = plan(true, &existing, Vec::new(), false);
+        let guard = wiped.guard(0.10, 10).unwrap();
+        assert_eq!((guard.deletes, guard.limit), (100, 10));
+        assert!(guard.message().contains("--force"));
+        // 10 of 100 is within 10%.
+        let some: Vec<FederatedUser> = users
+            .iter()
+            .enumerate()
+            .map(|(i, u)| FederatedUser {
+                enabled: i >= 10,
+                ..u.clone()
+            })
+            .collect();
+        assert!(plan(true, &existing, some, false).guard(0.10, 10).is_none());
+        // Small directories: the floor keeps a few changes from tripping it.
+        let small = &existing[..5];
+        assert!(plan(true, small, Vec::new(), false).guard(0.10, 10).is_none());
+        assert!(plan(true, small, Vec::new(), false).guard(0.10, 2).is_some());
+    }
+}
