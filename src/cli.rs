@@ -262,7 +262,16 @@ struct ConfigView {
     tls_key: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     directory: Option<DirectoryView>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sync: Option<SyncView>,
     routes: Vec<RouteView>,
+}
+
+#[derive(serde::Serialize)]
+struct SyncView {
+    interval: String,
+    full_every: String,
+    change_attribute: String,
 }
 
 #[derive(serde::Serialize)]
@@ -319,6 +328,11 @@ fn check_config(cli: &Cli) -> ExitCode {
             login_filter: d.login_filter.to_string(),
             cache_ttl: humantime::format_duration(d.cache_ttl).to_string(),
         }),
+        sync: config.sync.as_ref().map(|s| SyncView {
+            interval: humantime::format_duration(s.interval).to_string(),
+            full_every: humantime::format_duration(s.full_every).to_string(),
+            change_attribute: s.change_attribute.clone(),
+        }),
         routes: config
             .routes
             .iter()
@@ -363,6 +377,14 @@ fn check_config(cli: &Cli) -> ExitCode {
             "directory  {} bind under {}, user_filter {}, login_filter {}, cache {}",
             d.bind, d.base_dn, d.user_filter, d.login_filter, d.cache_ttl
         );
+    }
+    match &view.sync {
+        Some(s) => println!(
+            "sync       incremental every {}, full every {}, by {}",
+            s.interval, s.full_every, s.change_attribute
+        ),
+        None if view.directory.is_some() => println!("sync       off"),
+        None => {}
     }
     for (r, rc) in view.routes.iter().zip(&config.routes) {
         let upstream = match rc.upstream {

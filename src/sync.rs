@@ -259,11 +259,19 @@ impl Syncer {
                 }
             }
         }
+        // AD keeps tombstones: an incremental pass sees deletions too.
+        let gone = match (kind, mark, &usn_mark) {
+            (PassKind::Incremental, Some(mark), Some(_)) => {
+                session.deleted_anchors(&mark.value, self.config.page_size).await?
+            }
+            _ => Vec::new(),
+        };
         let existing = self.store.load_all_users().await?;
         let mut plan = plan::plan(
             kind == PassKind::Full,
             &existing,
             found,
+            &gone,
             self.config.revoke_on_password_change,
         );
         plan.seen = entries.len();

@@ -751,18 +751,70 @@ impl SyncSession<'_> {
         attributes: &[String],
         page_size: u32,
     ) -> Result<Vec<SearchEntry>, DirectoryError> {
+        let base = self.directory.config.base_dn.clone();
+        self.scan_under(&base, filter, attributes, page_size, Vec::new()).await
+    }
+
+    /// AD: the anchors (`objectGUID`) of user objects deleted at or after
+    /// USN `since`, read from the tombstones under the domain root with the
+    /// Show Deleted control. Deleted objects move out of `base_dn` (to
+    /// `CN=Deleted Objects`), so a search there would not see them.
+    pub async fn deleted_anchors(&mut self, since: &str, page_size: u32) -> Result<Vec<String>, DirectoryError> {
+        const SHOW_DELETED: &str = "1.2.840.113556.1.4.417";
+        let config = &self.directory.config;
+        let root: Vec<&str> = config
+            .base_dn
+            .split(',')
+            .map(str::trim)
+            .filter(|rdn| rdn.len() > 3 && rdn[..3].eq_ignore_ascii_case("dc="))
+            .collect();
+        if root.is_empty() {
+            return Ok(Vec::new());
+        }
+        let root = root.join(",");
+        let filter = format!(
+            "(&(isDeleted=TRUE)(objectClass=user)(uSNChanged>={}))",
+            ldap3::ldap_escape(since)
+        );
+        let anchor = config.anchor_attribute.clone();
+        let control = ldap3::controls::RawControl {
+            ctype: SHOW_DELETED.into(),
+            crit: true,
+            val: None,
+        };
+        let entries = self
+            .scan_under(&root, &filter, std::slice::from_ref(&anchor), page_size, vec![control])
+            .await?;
+        Ok(entries
+            .iter()
+            .filter_map(|e| {
+                attribute(e, &anchor).or_else(|| binary_attribute(e, &anchor).and_then(|b| ad::guid_string(&b)))
+            })
+            .collect())
+    }
+
+    async fn scan_under(
+        &mut self,
+        base: &str,
+        filter: &str,
+        attributes: &[String],
+        page_size: u32,
+        controls: Vec<ldap3::controls::RawControl>,
+    ) -> Result<Vec<SearchEntry>, DirectoryError> {
         let config = &self.directory.config;
         let unavailable = |reason: String| DirectoryError::Unavailable {
             server: self.server.clone(),
             reason,
         };
         let page = i32::try_from(page_size).unwrap_or(i32::MAX);
-        let mut stream = self
-            .ldap
-            .with_timeout(config.timeout)
+        let ldap = self.ldap.with_timeout(config.timeout);
+        if !controls.is_empty() {
+            ldap.with_controls(controls);
+        }
+        let mut stream = ldap
             .streaming_search_with(
                 PagedResults::new(page),
-                &config.base_dn,
+                base,
                 Scope::Subtree,
                 filter,
                 attributes.to_vec(),
@@ -786,8 +838,7 @@ impl SyncSession<'_> {
         match result.rc {
             rc::SUCCESS => Ok(entries),
             rc::NO_SUCH_OBJECT => Err(unavailable(format!(
-                "directory.base_dn \"{}\" does not exist on this server",
-                config.base_dn
+                "the search base \"{base}\" does not exist on this server (check directory.base_dn)"
             ))),
             code => Err(unavailable(format!(
                 "search for {filter} failed with result code {code}: {}",

@@ -58,8 +58,15 @@ impl Plan {
 
 /// Matches the directory's users to the store's (by anchor, then UPN) and
 /// lists what must change. A `full` pass also deletes the federated users
-/// the directory no longer returned.
-pub fn plan(full: bool, existing: &[User], found: Vec<FederatedUser>, revoke_on_password_change: bool) -> Plan {
+/// the directory no longer returned; `gone` lists anchors the directory
+/// reported deleted (AD tombstones).
+pub fn plan(
+    full: bool,
+    existing: &[User],
+    found: Vec<FederatedUser>,
+    gone: &[String],
+    revoke_on_password_change: bool,
+) -> Plan {
     let federated: Vec<&User> = existing.iter().filter(|u| u.source == UserSource::Federated).collect();
     let mut by_anchor: HashMap<&str, &User> = HashMap::new();
     let mut by_upn: HashMap<&str, &User> = HashMap::new();
@@ -111,12 +118,14 @@ pub fn plan(full: bool, existing: &[User], found: Vec<FederatedUser>, revoke_on_
             revoke_app_passwords: revoke,
         });
     }
-    if full {
-        for user in federated {
-            if !user.deleted && !seen.contains(&user.id) {
-                plan.deletes += 1;
-                plan.changes.push(DirectoryChange::Delete { id: user.id });
-            }
+    let mut deleted: HashSet<UserId> = HashSet::new();
+    let tombstoned = gone.iter().filter_map(|anchor| by_anchor.get(anchor.as_str()).copied());
+    let unseen = federated.into_iter().filter(|_| full);
+    for user in tombstoned.chain(unseen) {
+        let live = user.source == UserSource::Federated && !user.deleted;
+        if live && !seen.contains(&user.id) && deleted.insert(user.id) {
+            plan.deletes += 1;
+            plan.changes.push(DirectoryChange::Delete { id: user.id });
         }
     }
     plan
@@ -177,7 +186,7 @@ mod tests {
     #[test]
     fn unchanged_users_cost_nothing() {
         let alice = found("alice", true);
-        let plan = plan(true, &[stored(1, &alice)], vec![alice], false);
+        let plan = plan(true, &[stored(1, &alice)], vec![alice], &[], false);
         assert!(plan.changes.is_empty());
         assert_eq!(plan.synced_users, 1);
     }
@@ -190,7 +199,7 @@ mod tests {
         renamed.attributes.anchor = Some("anchor-carol".into());
         let found_now = vec![found("alice", false), renamed, found("dave", true)];
 
-        let incremental = plan(false, &existing, found_now.clone(), false);
+        let incremental = plan(false, &existing, found_now.clone(), &[], false);
         assert_eq!(
             kinds(&incremental),
             [
@@ -202,9 +211,19 @@ mod tests {
         assert_eq!((incremental.disables, incremental.deletes), (1, 0));
 
         // Only a full pass knows bob is gone.
-        let full = plan(true, &existing, found_now, false);
+        let full = plan(true, &existing, found_now, &[], false);
         assert_eq!(kinds(&full).last().unwrap(), "delete 2");
         assert_eq!((full.disables, full.deletes), (1, 1));
+    }
+
+    #[test]
+    fn tombstones_delete_in_an_incremental_pass() {
+        let (alice, bob) = (found("alice", true), found("bob", true));
+        let existing = [stored(1, &alice), stored(2, &bob)];
+        let gone = ["anchor-bob".to_owned(), "anchor-unknown".to_owned()];
+        let plan = plan(false, &existing, Vec::new(), &gone, false);
+        assert_eq!(kinds(&plan), ["delete 2"]);
+        assert_eq!(plan.deletes, 1);
     }
 
     #[test]
@@ -214,11 +233,11 @@ mod tests {
         changed.attributes.password_changed = Some("20261128000000Z".into());
         let existing = [stored(1, &alice)];
         assert_eq!(
-            kinds(&plan(false, &existing, vec![changed.clone()], true)),
+            kinds(&plan(false, &existing, vec![changed.clone()], &[], true)),
             ["upsert alice@example.com enabled=true revoke=true"]
         );
         assert_eq!(
-            kinds(&plan(false, &existing, vec![changed], false)),
+            kinds(&plan(false, &existing, vec![changed], &[], false)),
             ["upsert alice@example.com enabled=true revoke=false"]
         );
     }
@@ -228,7 +247,7 @@ mod tests {
         let users: Vec<FederatedUser> = (0..100).map(|i| found(&format!("u{i}"), true)).collect();
         let existing: Vec<User> = users.iter().enumerate().map(|(i, u)| stored(i as i64 + 1, u)).collect();
         // A mistyped base_dn: nothing found, everyone would be deleted.
-        let wiped = plan(true, &existing, Vec::new(), false);
+        let wiped = plan(true, &existing, Vec::new(), &[], false);
         let guard = wiped.guard(0.10, 10).unwrap();
         assert_eq!((guard.deletes, guard.limit), (100, 10));
         assert!(guard.message().contains("--force"));
@@ -241,10 +260,10 @@ mod tests {
                 ..u.clone()
             })
             .collect();
-        assert!(plan(true, &existing, some, false).guard(0.10, 10).is_none());
+        assert!(plan(true, &existing, some, &[], false).guard(0.10, 10).is_none());
         // Small directories: the floor keeps a few changes from tripping it.
         let small = &existing[..5];
-        assert!(plan(true, small, Vec::new(), false).guard(0.10, 10).is_none());
-        assert!(plan(true, small, Vec::new(), false).guard(0.10, 2).is_some());
+        assert!(plan(true, small, Vec::new(), &[], false).guard(0.10, 10).is_none());
+        assert!(plan(true, small, Vec::new(), &[], false).guard(0.10, 2).is_some());
     }
 }
