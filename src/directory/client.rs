@@ -587,20 +587,10 @@ impl LdapDirectory {
         // runs only when it fails (the entry may have moved) or for users
         // seen for the first time.
         if let Some(known) = known {
-            let dn = known.dn.to_owned();
-            let (bound, disabled) = tokio::join!(
-                self.bind_as(&dn, password, deadline),
-                self.disabled_check(&dn, deadline)
-            );
-            let (outcome, conn) = bound?;
-            self.return_bind_conn(conn);
-            if disabled? {
-                return Ok(Checked::Disabled);
-            }
-            match outcome {
+            match self.bind_checked(known.dn, password, deadline).await? {
                 Ok(()) => return Ok(Checked::Valid { entry: None }),
-                Err(BindFailure::InvalidCredentials) => {}
-                Err(other) => return Ok(refused(other)),
+                Err(Checked::Invalid) => {}
+                Err(other) => return Ok(other),
             }
         }
         let filter = self.filter_for(name);
@@ -626,19 +616,8 @@ impl LdapDirectory {
             // Same entry, already bound and refused: the password is wrong.
             return Ok(Checked::Invalid);
         }
-        let dn = entry.dn.clone();
-        let (bound, disabled) = tokio::join!(
-            self.bind_as(&dn, password, deadline),
-            self.disabled_check(&dn, deadline)
-        );
-        let (outcome, conn) = bound?;
-        self.return_bind_conn(conn);
-        let disabled = disabled?;
-        if disabled {
-            return Ok(Checked::Disabled);
-        }
-        match outcome {
-            Ok(()) => match self.federated_user(&entry, !disabled) {
+        match self.bind_checked(&entry.dn, password, deadline).await? {
+            Ok(()) => match self.federated_user(&entry, true) {
                 Some(user) => Ok(Checked::Valid { entry: Some(user) }),
                 None => {
                     tracing::warn!(
@@ -649,8 +628,25 @@ impl LdapDirectory {
                     Ok(Checked::Invalid)
                 }
             },
-            Err(failure) => Ok(refused(failure)),
+            Err(refusal) => Ok(refusal),
         }
+    }
+
+    /// Binds as `dn` and, at the same time, checks `disabled_filter` on it:
+    /// `Err` holds the refusal (disabled first, whatever the bind said).
+    async fn bind_checked(
+        &self,
+        dn: &str,
+        password: &Secret,
+        deadline: Instant,
+    ) -> Result<Result<(), Checked>, DirectoryError> {
+        let (bound, disabled) = tokio::join!(self.bind_as(dn, password, deadline), self.disabled_check(dn, deadline));
+        let (outcome, conn) = bound?;
+        self.return_bind_conn(conn);
+        if disabled? {
+            return Ok(Err(Checked::Disabled));
+        }
+        Ok(outcome.map_err(refused))
     }
 
     /// No service account: bind as the name the template makes, then read

@@ -440,8 +440,21 @@ fn sync_pass_from_row(row: &SqliteRow) -> Result<SyncPass, StoreError> {
     })
 }
 
-fn groups_text(attrs: &DirectoryAttributes) -> Option<String> {
-    (!attrs.groups.is_empty()).then(|| attrs.groups.join("\n"))
+type SqliteQuery<'q> = sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments<'q>>;
+
+/// Binds a user's directory attributes, in the order both the insert and
+/// the update of [`upsert_in`] list them first: dn, login, anchor,
+/// display_name, mail, groups, password_changed.
+fn bind_directory<'q>(query: SqliteQuery<'q>, attrs: &'q DirectoryAttributes) -> SqliteQuery<'q> {
+    let groups = (!attrs.groups.is_empty()).then(|| attrs.groups.join("\n"));
+    query
+        .bind(&attrs.dn)
+        .bind(&attrs.login)
+        .bind(&attrs.anchor)
+        .bind(&attrs.display_name)
+        .bind(&attrs.mail)
+        .bind(groups)
+        .bind(&attrs.password_changed)
 }
 
 /// Creates or updates one directory user inside `tx`; returns what happened
@@ -469,26 +482,20 @@ async fn upsert_in(
     }
     let (id, outcome, kind) = match by_anchor.or(by_upn) {
         None => {
-            let done = sqlx::query(
-                "INSERT INTO users (upn, source, enabled, created_at, updated_at, dn, login, anchor,
-                                    display_name, mail, groups, password_changed, directory_seen_at)
-                 VALUES (?, 'federated', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            )
-            .bind(new.upn.as_str())
-            .bind(new.enabled)
-            .bind(now)
-            .bind(now)
-            .bind(&attrs.dn)
-            .bind(&attrs.login)
-            .bind(&attrs.anchor)
-            .bind(&attrs.display_name)
-            .bind(&attrs.mail)
-            .bind(groups_text(attrs))
-            .bind(&attrs.password_changed)
-            .bind(now)
-            .execute(&mut *tx)
-            .await
-            .map_err(db("create a user"))?;
+            let insert = sqlx::query(
+                "INSERT INTO users (dn, login, anchor, display_name, mail, groups, password_changed,
+                                    upn, source, enabled, created_at, updated_at, directory_seen_at)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'federated', ?, ?, ?, ?)",
+            );
+            let done = bind_directory(insert, attrs)
+                .bind(new.upn.as_str())
+                .bind(new.enabled)
+                .bind(now)
+                .bind(now)
+                .bind(now)
+                .execute(&mut *tx)
+                .await
+                .map_err(db("create a user"))?;
             let id = UserId(done.last_insert_rowid());
             (id, UpsertOutcome::Created, Some(ChangeKind::UserCreated))
         }
@@ -515,29 +522,23 @@ async fn upsert_in(
                 // Nothing to write: a sync pass revisits every user.
                 return Ok((user.id, UpsertOutcome::Unchanged, None));
             }
-            sqlx::query(
-                "UPDATE users SET upn = ?, source = 'federated', enabled = ?, deleted = 0,
+            let update = sqlx::query(
+                "UPDATE users SET dn = ?, login = ?, anchor = COALESCE(?, anchor), display_name = ?,
+                     mail = ?, groups = ?, password_changed = ?,
+                     upn = ?, source = 'federated', enabled = ?, deleted = 0,
                      registered_at = CASE WHEN deleted = 1 THEN NULL ELSE registered_at END,
-                     password_hash = NULL, dn = ?, login = ?, anchor = COALESCE(?, anchor),
-                     display_name = ?, mail = ?, groups = ?, password_changed = ?,
-                     directory_seen_at = ?, updated_at = ?
+                     password_hash = NULL, directory_seen_at = ?, updated_at = ?
                  WHERE id = ?",
-            )
-            .bind(new.upn.as_str())
-            .bind(new.enabled)
-            .bind(&attrs.dn)
-            .bind(&attrs.login)
-            .bind(&attrs.anchor)
-            .bind(&attrs.display_name)
-            .bind(&attrs.mail)
-            .bind(groups_text(attrs))
-            .bind(&attrs.password_changed)
-            .bind(now)
-            .bind(now)
-            .bind(user.id.0)
-            .execute(&mut *tx)
-            .await
-            .map_err(db("update a user from the directory"))?;
+            );
+            bind_directory(update, attrs)
+                .bind(new.upn.as_str())
+                .bind(new.enabled)
+                .bind(now)
+                .bind(now)
+                .bind(user.id.0)
+                .execute(&mut *tx)
+                .await
+                .map_err(db("update a user from the directory"))?;
             (user.id, UpsertOutcome::Updated, kind)
         }
     };
