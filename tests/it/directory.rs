@@ -523,6 +523,23 @@ async fn garbage_silence_and_loose_filters_do_not_hang_or_crash() {
     let (status, _, _) = crate::support::client::get(fedgate.plain, "/whoami").await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
 
+    // A referral under the search base is skipped, not chased (its host
+    // does not even resolve).
+    slapd.add_users_ldif(&format!(
+        "dn: ou=elsewhere,{}\nobjectClass: referral\nobjectClass: extensibleObject\nou: elsewhere\n\
+         ref: ldap://dc9.unresolvable.invalid/ou=people,dc=other,dc=example\n",
+        Slapd::PEOPLE_DN
+    ));
+    let referred = fedgate_with_filter(&slapd, "(&(objectClass=inetOrgPerson)(mail={upn}))");
+    let who = signed_in(
+        &SignIn::new(referred.plain, ALICE, ALICE_PW)
+            .path(CLOUD_ONPREM)
+            .send()
+            .await,
+        "search returning a referral",
+    );
+    assert_eq!(who["user"], ALICE);
+
     // A filter that matches every user is refused, not answered with the
     // first entry that comes back.
     let loose = fedgate_with_filter(&slapd, "(|(mail={upn})(objectClass=inetOrgPerson))");
