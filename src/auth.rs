@@ -157,7 +157,7 @@ fn needs_recording(entry: Option<&UserEntry>, found: &FederatedUser) -> bool {
         Some(e) => {
             e.user.upn != found.upn
                 || e.user.directory.as_ref() != Some(&found.attributes)
-                || e.user.enabled != found.enabled
+                || e.user.directory_enabled != found.enabled
         }
     }
 }

@@ -278,8 +278,14 @@ pub struct User {
     pub id: UserId,
     pub upn: Upn,
     pub source: UserSource,
-    /// The account enabled flag (a directory disable clears it).
+    /// Whether the account may sign in as far as its enabled flags go:
+    /// `operator_enabled && directory_enabled`.
     pub enabled: bool,
+    /// Cleared by `fedgate user disable`.
+    pub operator_enabled: bool,
+    /// Cleared while the directory says the account is disabled (always
+    /// set for cloud-only users).
+    pub directory_enabled: bool,
     /// Deleted in the directory or by an operator. The row stays so audit
     /// records keep their user and a returning UPN gets the same id.
     pub deleted: bool,
@@ -341,6 +347,8 @@ impl fmt::Debug for User {
             .field("upn", &self.upn)
             .field("source", &self.source)
             .field("enabled", &self.enabled)
+            .field("operator_enabled", &self.operator_enabled)
+            .field("directory_enabled", &self.directory_enabled)
             .field("deleted", &self.deleted)
             .field("mfa_state", &self.mfa_state)
             .field("registered_at", &self.registered_at)

@@ -162,8 +162,15 @@ pub trait Store: Send + Sync + fmt::Debug {
     fn sync_mark(&self) -> StoreFuture<'_, Option<SyncMark>>;
 
     /// Takes (or renews) the right to run sync passes until `until` (unix
-    /// ms); false when another holder has it.
-    fn take_sync_lease<'a>(&'a self, holder: &'a str, until: i64) -> StoreFuture<'a, bool>;
+    /// ms); false when another holder has it. `replacing` names a holder
+    /// known to be dead, whose lease may be taken before it expires.
+    fn take_sync_lease<'a>(&'a self, holder: &'a str, until: i64, replacing: Option<&'a str>) -> StoreFuture<'a, bool>;
+
+    /// Who holds the sync lease, and until when.
+    fn sync_lease(&self) -> StoreFuture<'_, Option<(String, i64)>>;
+
+    /// When the newest completed pass (of either kind) ended, unix ms.
+    fn last_completed_sync_at(&self) -> StoreFuture<'_, Option<i64>>;
 
     fn release_sync_lease<'a>(&'a self, holder: &'a str) -> StoreFuture<'a, ()>;
 

@@ -32,7 +32,9 @@ use plan::{Guard, Plan};
 
 /// How long a pass may hold the lease before another process may take
 /// over (a process that died mid-pass).
-const LEASE: Duration = Duration::from_secs(300);
+const LEASE: Duration = Duration::from_secs(30);
+/// How often a running pass renews its lease.
+const LEASE_RENEW: Duration = Duration::from_secs(10);
 /// How long `fedgate sync run` waits for a pass of another process.
 const LEASE_WAIT: Duration = Duration::from_secs(60);
 
@@ -98,7 +100,8 @@ impl Syncer {
         let started = Instant::now();
         loop {
             let until = self.clock.now_ms() + LEASE.as_millis() as i64;
-            match self.store.take_sync_lease(&self.holder, until).await {
+            let dead = self.dead_holder().await;
+            match self.store.take_sync_lease(&self.holder, until, dead.as_deref()).await {
                 Ok(true) => break,
                 Ok(false) if wait && started.elapsed() < LEASE_WAIT => {
                     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -113,11 +116,41 @@ impl Syncer {
                 }
             }
         }
-        let pass = self.pass(kind, force).await;
+        // Renewed while the pass runs, so a long pass keeps it and a
+        // process that died loses it within LEASE.
+        let renew = async {
+            loop {
+                tokio::time::sleep(LEASE_RENEW).await;
+                let until = self.clock.now_ms() + LEASE.as_millis() as i64;
+                if let Err(err) = self.store.take_sync_lease(&self.holder, until, None).await {
+                    tracing::warn!(error = %err, "cannot renew the sync lease");
+                }
+            }
+        };
+        let pass = tokio::select! {
+            pass = self.pass(kind, force) => pass,
+            () = renew => unreachable!("the renewal loop never ends"),
+        };
         if let Err(err) = self.store.release_sync_lease(&self.holder).await {
             tracing::warn!(error = %err, "cannot release the sync lease; it expires by itself");
         }
         Ok(pass)
+    }
+
+    /// A lease holder on this host whose process is gone (killed mid-pass):
+    /// its lease need not be waited out.
+    async fn dead_holder(&self) -> Option<String> {
+        let (holder, _) = self.store.sync_lease().await.ok()??;
+        let (host, pid) = holder.rsplit_once(':')?;
+        let (my_host, _) = self.holder.rsplit_once(':')?;
+        let pid: u32 = pid.parse().ok()?;
+        let alive = std::path::Path::new(&format!("/proc/{pid}")).exists();
+        (host == my_host && holder != self.holder && !alive).then_some(holder)
+    }
+
+    /// Gives the lease back at once (a `sync run` interrupted by Ctrl-C).
+    pub async fn release(&self) {
+        let _ = self.store.release_sync_lease(&self.holder).await;
     }
 
     async fn pass(&self, requested: PassKind, force: bool) -> SyncPass {
@@ -357,9 +390,7 @@ impl Syncer {
                             tracing::debug!("sync pass skipped: another process holds the lease");
                         }
                     }
-                    _ = stop.wait() => {
-                        let _ = this.store.release_sync_lease(&this.holder).await;
-                    }
+                    _ = stop.wait() => this.release().await,
                 }
             }
         })
@@ -370,13 +401,13 @@ fn log_pass(pass: &SyncPass) {
     let message = pass.message.as_deref().unwrap_or("");
     let emit = |level: tracing::Level| match level {
         tracing::Level::WARN => tracing::warn!(
-            kind = %pass.kind, outcome = %pass.outcome, duration_ms = pass.duration_ms, seen = pass.seen,
+            kind = %pass.kind, outcome = %pass.outcome, started_at = pass.started_at, duration_ms = pass.duration_ms, seen = pass.seen,
             created = pass.created, updated = pass.updated, disabled = pass.disabled, enabled = pass.enabled,
             deleted = pass.deleted, errors = pass.errors, server = pass.server.as_deref().unwrap_or(""),
             detail = message, "sync pass"
         ),
         _ => tracing::info!(
-            kind = %pass.kind, outcome = %pass.outcome, duration_ms = pass.duration_ms, seen = pass.seen,
+            kind = %pass.kind, outcome = %pass.outcome, started_at = pass.started_at, duration_ms = pass.duration_ms, seen = pass.seen,
             created = pass.created, updated = pass.updated, disabled = pass.disabled, enabled = pass.enabled,
             deleted = pass.deleted, errors = pass.errors, server = pass.server.as_deref().unwrap_or(""),
             detail = message, "sync pass"

@@ -443,10 +443,15 @@ pub async fn sync(ctx: &Ctx, cmd: crate::cli::SyncCommand) -> Result<(), Command
             } else {
                 PassKind::Full
             };
-            let pass = syncer
-                .run(kind, force, true)
-                .await
-                .map_err(|busy| CommandError::Failed(busy.to_string()))?;
+            let pass = tokio::select! {
+                pass = syncer.run(kind, force, true) => pass.map_err(|busy| CommandError::Failed(busy.to_string()))?,
+                _ = tokio::signal::ctrl_c() => {
+                    // Whole batches stay applied; the next pass redoes the
+                    // rest. The lease is handed back so it need not wait.
+                    syncer.release().await;
+                    return Err(CommandError::Failed("interrupted".into()));
+                }
+            };
             ctx.print(&pass, || print_pass(&pass));
             if pass.outcome == "completed" {
                 Ok(())
@@ -461,12 +466,7 @@ pub async fn sync(ctx: &Ctx, cmd: crate::cli::SyncCommand) -> Result<(), Command
         crate::cli::SyncCommand::Status => {
             let (incremental, full) = ctx.store.last_sync_passes().await?;
             let now = SystemClock.now_ms();
-            let last_completed = [&incremental, &full]
-                .into_iter()
-                .flatten()
-                .filter(|p| p.outcome == "completed")
-                .map(|p| p.started_at + p.duration_ms)
-                .max();
+            let last_completed = ctx.store.last_completed_sync_at().await?;
             let status = SyncStatus {
                 lag_seconds: last_completed.map(|at| (now - at).max(0) / 1000),
                 incremental,

@@ -136,6 +136,8 @@ fn user_hash_is_not_printed_or_serialised() {
         upn: Upn::parse("alice@corp.example.com").unwrap(),
         source: UserSource::Cloud,
         enabled: true,
+        operator_enabled: true,
+        directory_enabled: true,
         deleted: false,
         mfa_state: MfaState::Enforced,
         registered_at: None,

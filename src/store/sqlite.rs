@@ -76,7 +76,8 @@ const CHANGES_PAGE: i64 = 10_000;
 /// to finish before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
-const USER_COLUMNS: &str = "id, upn, source, enabled, deleted, mfa_state, registered_at, created_at, password_hash, \
+const USER_COLUMNS: &str =
+    "id, upn, source, enabled, directory_enabled, deleted, mfa_state, registered_at, created_at, password_hash, \
                             dn, login, anchor, display_name, mail, groups, password_changed";
 const APP_PASSWORD_COLUMNS: &str = "id, user_id, name, created_at, last_used_at, last_ip, last_user_agent";
 const SECRET_COLUMNS: &str = "id, user_id, name, tag, hash";
@@ -241,12 +242,16 @@ fn user_from_row(row: &SqliteRow) -> Result<User, StoreError> {
     let upn: String = row.try_get("upn").map_err(read())?;
     let source: String = row.try_get("source").map_err(read())?;
     let mfa_state: String = row.try_get("mfa_state").map_err(read())?;
+    let operator_enabled: bool = row.try_get("enabled").map_err(read())?;
+    let directory_enabled: bool = row.try_get("directory_enabled").map_err(read())?;
     let invalid = |e: crate::model::ModelError| corrupt(format!("user {upn:?}: {e}"));
     Ok(User {
         id: UserId(row.try_get("id").map_err(read())?),
         upn: Upn::parse(&upn).map_err(invalid)?,
         source: source.parse::<UserSource>().map_err(invalid)?,
-        enabled: row.try_get("enabled").map_err(read())?,
+        enabled: operator_enabled && directory_enabled,
+        operator_enabled,
+        directory_enabled,
         deleted: row.try_get("deleted").map_err(read())?,
         mfa_state: mfa_state.parse::<MfaState>().map_err(invalid)?,
         registered_at: row.try_get("registered_at").map_err(read())?,
@@ -484,7 +489,7 @@ async fn upsert_in(
         None => {
             let insert = sqlx::query(
                 "INSERT INTO users (dn, login, anchor, display_name, mail, groups, password_changed,
-                                    upn, source, enabled, created_at, updated_at, directory_seen_at)
+                                    upn, source, directory_enabled, created_at, updated_at, directory_seen_at)
                  VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'federated', ?, ?, ?, ?)",
             );
             let done = bind_directory(insert, attrs)
@@ -507,7 +512,7 @@ async fn upsert_in(
                 // The MFA state is kept: a returning user who had to
                 // use app passwords still has to.
                 Some(ChangeKind::UserUpdated)
-            } else if user.enabled != new.enabled {
+            } else if user.directory_enabled != new.enabled {
                 Some(if new.enabled {
                     ChangeKind::UserEnabled
                 } else {
@@ -525,7 +530,7 @@ async fn upsert_in(
             let update = sqlx::query(
                 "UPDATE users SET dn = ?, login = ?, anchor = COALESCE(?, anchor), display_name = ?,
                      mail = ?, groups = ?, password_changed = ?,
-                     upn = ?, source = 'federated', enabled = ?, deleted = 0,
+                     upn = ?, source = 'federated', directory_enabled = ?, deleted = 0,
                      registered_at = CASE WHEN deleted = 1 THEN NULL ELSE registered_at END,
                      password_hash = NULL, directory_seen_at = ?, updated_at = ?
                  WHERE id = ?",
@@ -559,7 +564,7 @@ impl Store for SqliteStore {
                 Some(user) if !user.deleted => return Err(StoreError::UserExists { upn: upn.clone() }),
                 Some(user) => {
                     sqlx::query(
-                        "UPDATE users SET source = 'cloud', enabled = 1, deleted = 0,
+                        "UPDATE users SET source = 'cloud', enabled = 1, directory_enabled = 1, deleted = 0,
                              mfa_state = ?, registered_at = NULL, created_at = ?,
                              updated_at = ?, password_hash = ?
                          WHERE id = ?",
@@ -746,7 +751,7 @@ impl Store for SqliteStore {
             let now = self.clock.now_ms();
             let mut tx = self.write_tx().await?;
             let user = live_user(&mut tx, upn).await?;
-            if user.enabled == enabled {
+            if user.operator_enabled == enabled {
                 return Ok(user);
             }
             sqlx::query("UPDATE users SET enabled = ?, updated_at = ? WHERE id = ?")
@@ -1221,23 +1226,48 @@ impl Store for SqliteStore {
         })
     }
 
-    fn take_sync_lease<'a>(&'a self, holder: &'a str, until: i64) -> StoreFuture<'a, bool> {
+    fn take_sync_lease<'a>(&'a self, holder: &'a str, until: i64, replacing: Option<&'a str>) -> StoreFuture<'a, bool> {
         Box::pin(async move {
             let now = self.clock.now_ms();
             let mut tx = self.write_tx().await?;
             let done = sqlx::query(
                 "UPDATE sync_state SET lease_holder = ?, lease_until = ?
-                 WHERE id = 1 AND (lease_holder IS NULL OR lease_holder = ? OR lease_until < ?)",
+                 WHERE id = 1 AND (lease_holder IS NULL OR lease_holder = ? OR lease_until < ?
+                                   OR lease_holder = ?)",
             )
             .bind(holder)
             .bind(until)
             .bind(holder)
             .bind(now)
+            .bind(replacing)
             .execute(&mut *tx)
             .await
             .map_err(db("take the sync lease"))?;
             commit(tx).await?;
             Ok(done.rows_affected() == 1)
+        })
+    }
+
+    fn sync_lease(&self) -> StoreFuture<'_, Option<(String, i64)>> {
+        Box::pin(async move {
+            let row: Option<(Option<String>, Option<i64>)> =
+                sqlx::query_as("SELECT lease_holder, lease_until FROM sync_state WHERE id = 1")
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(db("read the sync lease"))?;
+            Ok(match row {
+                Some((Some(holder), Some(until))) => Some((holder, until)),
+                _ => None,
+            })
+        })
+    }
+
+    fn last_completed_sync_at(&self) -> StoreFuture<'_, Option<i64>> {
+        Box::pin(async move {
+            sqlx::query_scalar("SELECT MAX(started_at + duration_ms) FROM sync_passes WHERE outcome = 'completed'")
+                .fetch_one(&self.pool)
+                .await
+                .map_err(db("read sync passes"))
         })
     }
 

@@ -98,13 +98,13 @@ pub fn plan(
         };
         seen.insert(current.id);
         let changed = current.deleted
-            || current.enabled != user.enabled
+            || current.directory_enabled != user.enabled
             || current.upn != user.upn
             || current.directory.as_ref() != Some(&user.attributes);
         if !changed {
             continue;
         }
-        if current.enabled && !current.deleted && !user.enabled {
+        if current.directory_enabled && !current.deleted && !user.enabled {
             plan.disables += 1;
         }
         let old_change = current.directory.as_ref().and_then(|d| d.password_changed.as_deref());
@@ -158,6 +158,8 @@ mod tests {
             upn: f.upn.clone(),
             source: UserSource::Federated,
             enabled: f.enabled,
+            operator_enabled: true,
+            directory_enabled: f.enabled,
             deleted: false,
             mfa_state: MfaState::Disabled,
             registered_at: None,
@@ -214,6 +216,17 @@ mod tests {
         let full = plan(true, &existing, found_now, &[], false);
         assert_eq!(kinds(&full).last().unwrap(), "delete 2");
         assert_eq!((full.disables, full.deletes), (1, 1));
+    }
+
+    #[test]
+    fn an_operator_disable_is_not_the_directory_s_to_undo() {
+        let alice = found("alice", true);
+        let mut disabled_by_operator = stored(1, &alice);
+        disabled_by_operator.operator_enabled = false;
+        disabled_by_operator.enabled = false;
+        assert!(plan(true, &[disabled_by_operator], vec![alice], &[], false)
+            .changes
+            .is_empty());
     }
 
     #[test]

@@ -5,3 +5,4 @@ mod directory;
 mod proxy;
 mod signin;
 mod support;
+mod sync;

@@ -7,6 +7,8 @@ fn user(state: MfaState, enabled: bool, deleted: bool) -> User {
         upn: Upn::parse("alice@corp.example.com").unwrap(),
         source: UserSource::Cloud,
         enabled,
+        operator_enabled: enabled,
+        directory_enabled: true,
         deleted,
         mfa_state: state,
         registered_at: None,

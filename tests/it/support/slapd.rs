@@ -19,7 +19,19 @@
 //! - Access: the service account may read everything but `userPassword`;
 //!   users may bind and read their own entry; anonymous clients may only
 //!   bind. Search size and time limits are off, so bulk tests see every
-//!   entry without paging.
+//!   entry without paging, unless the server was started with
+//!   [`Slapd::start_with_size_limit`], which imitates Active Directory's
+//!   `MaxPageSize`: an unpaged search of more entries than the limit fails
+//!   with sizeLimitExceeded (after returning that many), while an RFC 2696
+//!   paged search gets every entry whatever the total. The rootdn, and so
+//!   every administrative call of the harness, is never limited.
+//!
+//! # Outages
+//!
+//! [`Slapd::stop`] and [`Slapd::restart`] take the server away and back,
+//! refusing connections meanwhile; [`Slapd::pause`] and [`Slapd::resume`]
+//! (SIGSTOP and SIGCONT) imitate a server that stops answering, with open
+//! connections and new ones accepted by the kernel but never served.
 //!
 //! # Disabled users
 //!
@@ -62,7 +74,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -143,6 +155,11 @@ pub struct Slapd {
     own_binds: AtomicU64,
     /// Binds by others counted in processes that have since stopped.
     carried_binds: u64,
+    /// The size limit for everybody but the rootdn (see
+    /// [`Slapd::start_with_size_limit`]); `None` for unlimited.
+    size_limit: Option<u32>,
+    /// Stopped with SIGSTOP by [`Slapd::pause`].
+    paused: AtomicBool,
 }
 
 impl Slapd {
@@ -152,14 +169,29 @@ impl Slapd {
     /// Starts a fresh server (see the module doc) and waits until it accepts
     /// connections; panics with slapd's output if it does not start.
     pub fn start() -> Slapd {
+        Slapd::launch(Slapd::best_disable(), None)
+    }
+
+    /// Like [`Slapd::start`], but searches by anybody other than the rootdn
+    /// (the service account and users included) return at most `limit`
+    /// entries unless paged, as Active Directory's `MaxPageSize` does: an
+    /// unpaged search matching more fails with sizeLimitExceeded (4) after
+    /// `limit` entries, while a search with the RFC 2696 paged results
+    /// control gets every entry, page by page
+    /// (`sizelimit size.soft=N size.hard=N size.prtotal=unlimited`).
+    pub fn start_with_size_limit(limit: u32) -> Slapd {
+        Slapd::launch(Slapd::best_disable(), Some(limit))
+    }
+
+    fn best_disable() -> Disable {
         let modules = first_dir(MODULE_DIRS);
         match modules.as_deref().is_some_and(|m| has_module(m, "ppolicy")) {
-            true => Slapd::launch(Disable::Ppolicy),
-            false => Slapd::launch(Disable::EmployeeType),
+            true => Disable::Ppolicy,
+            false => Disable::EmployeeType,
         }
     }
 
-    fn launch(disable: Disable) -> Slapd {
+    fn launch(disable: Disable, size_limit: Option<u32>) -> Slapd {
         let dir = tempfile::Builder::new().prefix("slapd-").tempdir().expect("temp dir");
         let mut slapd = Slapd {
             dir,
@@ -173,6 +205,8 @@ impl Slapd {
             log: Arc::default(),
             own_binds: AtomicU64::new(0),
             carried_binds: 0,
+            size_limit,
+            paused: AtomicBool::new(false),
         };
         slapd.write_files();
         slapd.load_initial_entries();
@@ -262,6 +296,28 @@ impl Slapd {
     /// rootdn, over one connection.
     pub fn add_users_ldif(&self, ldif: &str) {
         self.admin("ldapadd", &[], Some(ldif));
+    }
+
+    /// Adds `count` users as [`Slapd::add_user`] would, all with
+    /// `password`: `uid=<prefix><n>` with `mail: <prefix><n>@example.com`
+    /// for `n` in `0..count`, in one `ldapadd` run (thousands take
+    /// seconds, not minutes). Returns their uids in that order.
+    pub fn add_generated_users(&self, prefix: &str, count: usize, password: &str) -> Vec<String> {
+        check_uid(prefix);
+        let password = ldif_attr("userPassword", password);
+        let uids: Vec<String> = (0..count).map(|n| format!("{prefix}{n}")).collect();
+        let mut ldif = String::with_capacity(count * 256);
+        for uid in &uids {
+            ldif.push_str(&format!(
+                "dn: {dn}\nobjectClass: inetOrgPerson\nuid: {uid}\ncn: {uid}\nsn: {uid}\n\
+                 displayName: Display {uid}\nmail: {uid}@example.com\n{password}\n",
+                dn = Slapd::user_dn(uid),
+            ));
+        }
+        if count > 0 {
+            self.add_users_ldif(&ldif);
+        }
+        uids
     }
 
     /// Applies change records (`changetype: modify`, `modrdn`, `delete`,
@@ -392,6 +448,32 @@ impl Slapd {
         }
     }
 
+    /// Like [`Slapd::search_as`], with the RFC 2696 paged results control
+    /// (`ldapsearch -E pr=<page_size>/noprompt`): every page is fetched, so
+    /// the LDIF holds all matching entries even past a size limit.
+    pub fn search_paged_as(
+        &self,
+        who: Option<(&str, &str)>,
+        base: &str,
+        filter: &str,
+        attrs: &[&str],
+        page_size: u32,
+    ) -> Result<String, String> {
+        let mut cmd = self.tool("ldapsearch", &self.url());
+        cmd.args(["-LLL", "-o", "ldif_wrap=no", "-E"])
+            .arg(format!("pr={page_size}/noprompt"));
+        if let Some((dn, password)) = who {
+            cmd.args(["-D", dn, "-w", password]);
+        }
+        cmd.args(["-b", base, filter]).args(attrs);
+        let out = run(cmd, None);
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+
     /// Binds completed by clients other than the harness's administrative
     /// calls, since [`Slapd::start`] and across restarts (see the module
     /// doc). Use differences: `after - before`.
@@ -448,12 +530,41 @@ impl Slapd {
         Ok((number("monitorOpInitiated")?, number("monitorOpCompleted")?))
     }
 
+    /// Freezes the server with SIGSTOP: connections stay open and the
+    /// kernel still accepts new ones, but nothing is answered until
+    /// [`Slapd::resume`], as with a hung directory. The harness's own calls
+    /// ([`Slapd::bind_count`], [`Slapd::modify`], ...) would hang meanwhile.
+    /// [`Slapd::stop`] resumes it first; dropping kills it either way.
+    pub fn pause(&self) {
+        let child = self.child.as_ref().expect("slapd is not running");
+        signal(child.id(), "STOP");
+        self.paused.store(true, Ordering::SeqCst);
+        // kill(2) returns before threads running on other CPUs have
+        // stopped, and they could still answer meanwhile.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !all_threads_stopped(child.id()) {
+            assert!(Instant::now() < deadline, "slapd did not stop within 5 s of SIGSTOP");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// Undoes [`Slapd::pause`] (SIGCONT); a no-op unless paused.
+    pub fn resume(&self) {
+        if !self.paused.swap(false, Ordering::SeqCst) {
+            return;
+        }
+        if let Some(child) = &self.child {
+            signal(child.id(), "CONT");
+        }
+    }
+
     /// Stops the server with SIGTERM and waits for it to exit; the database
     /// and ports are kept for [`Slapd::restart`]. A no-op when stopped.
     pub fn stop(&mut self) {
         if self.child.is_none() {
             return;
         }
+        self.resume();
         // Best effort: a server that no longer answers keeps the count of
         // its earlier runs only.
         if let Ok(count) = self.try_bind_count() {
@@ -641,7 +752,14 @@ impl Slapd {
             dir.join("tls/server.pem").display(),
             dir.join("tls/server.key").display()
         ));
-        c.push_str("sizelimit unlimited\ntimelimit unlimited\n\n");
+        match self.size_limit {
+            None => c.push_str("sizelimit unlimited\n"),
+            // prtotal: a paged search is not bound by the hard limit.
+            Some(n) => c.push_str(&format!(
+                "sizelimit size.soft={n} size.hard={n} size.prtotal=unlimited\n"
+            )),
+        }
+        c.push_str("timelimit unlimited\n\n");
 
         c.push_str(&format!(
             "database mdb\nsuffix \"{}\"\nrootdn \"{ROOT_DN}\"\nrootpw \"{admin_pw}\"\n",
@@ -752,6 +870,31 @@ impl Drop for Slapd {
         // The reader threads end on their own once the pipes close; the
         // temporary directory goes with `self.dir`.
     }
+}
+
+/// `kill -<sig> <pid>`; panics unless it succeeds.
+fn signal(pid: u32, sig: &str) {
+    let ok = Command::new("kill")
+        .args([&format!("-{sig}"), &pid.to_string()])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "kill -{sig} {pid} failed");
+}
+
+/// Whether every thread of process `pid` is stopped (state `T` in
+/// `/proc/<pid>/task/<tid>/stat`).
+fn all_threads_stopped(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.flatten().all(|task| {
+        std::fs::read_to_string(task.path().join("stat")).is_ok_and(|stat| {
+            // "tid (comm) S ...": the name may hold spaces and parentheses.
+            stat.rsplit_once(')')
+                .and_then(|(_, rest)| rest.trim_start().chars().next())
+                .is_some_and(|state| state == 'T' || state == 't')
+        })
+    })
 }
 
 /// Runs `cmd` to completion, feeding `input` on a separate thread so that a
@@ -1071,7 +1214,7 @@ mod tests {
 
     #[test]
     fn slapd_disable_and_enable_with_employee_type() {
-        let slapd = Slapd::launch(Disable::EmployeeType);
+        let slapd = Slapd::launch(Disable::EmployeeType, None);
         assert_eq!(slapd.disabled_filter(), "(employeeType=disabled)");
         check_disable(slapd);
     }
@@ -1173,5 +1316,101 @@ mod tests {
         assert!(gone.trim().is_empty(), "{gone}");
         let all = slapd.admin_search(Slapd::PEOPLE_DN, "one", "(objectClass=inetOrgPerson)", &["1.1"]);
         assert_eq!(all.lines().filter(|l| l.starts_with("dn:")).count(), 50);
+    }
+
+    #[test]
+    fn slapd_size_limit_fails_unpaged_searches_past_it_but_not_paged_ones() {
+        let slapd = Slapd::start_with_size_limit(1000);
+        let started = Instant::now();
+        let uids = slapd.add_generated_users("gen", 1200, "gen pw");
+        let took = started.elapsed();
+        assert!(took < Duration::from_secs(10), "adding 1,200 users took {took:?}");
+        assert_eq!(
+            (uids.len(), uids[0].as_str(), uids[1199].as_str()),
+            (1200, "gen0", "gen1199")
+        );
+        assert_eq!(
+            slapd.whoami(Transport::Plain, &Slapd::user_dn("gen1199"), "gen pw"),
+            ok_dn("gen1199")
+        );
+        let entry = slapd.admin_search(
+            &Slapd::user_dn("gen7"),
+            "base",
+            "(objectClass=*)",
+            &["mail", "displayName"],
+        );
+        assert_eq!(ldif_values(&entry, "mail"), ["gen7@example.com"]);
+        assert_eq!(ldif_values(&entry, "displayName"), ["Display gen7"]);
+
+        let password = slapd.service_password();
+        let service = Some((slapd.service_dn(), password.as_str()));
+        let all = "(objectClass=inetOrgPerson)";
+        let refused = slapd.search_as(service, Slapd::PEOPLE_DN, all, &["uid"]).unwrap_err();
+        assert!(refused.contains("Size limit exceeded (4)"), "{refused}");
+        // Under the limit, unpaged searches work.
+        let some = slapd
+            .search_as(service, Slapd::PEOPLE_DN, "(uid=gen1*)", &["uid"])
+            .unwrap();
+        assert_eq!(ldif_values(&some, "uid").len(), 1 + 10 + 100 + 200);
+        // Paged, everything, in pages below and above the limit.
+        for page in [500, 1000] {
+            let paged = slapd
+                .search_paged_as(service, Slapd::PEOPLE_DN, all, &["uid"], page)
+                .unwrap_or_else(|e| panic!("page size {page}: {e}"));
+            assert_eq!(ldif_values(&paged, "uid").len(), 1200, "page size {page}");
+        }
+        // The rootdn is not limited.
+        let root = slapd.admin_search(Slapd::PEOPLE_DN, "one", all, &["1.1"]);
+        assert_eq!(root.lines().filter(|l| l.starts_with("dn:")).count(), 1200);
+        // Nor is a server started without a limit.
+        let unlimited = Slapd::start();
+        unlimited.add_generated_users("u", 1100, "pw");
+        let password = unlimited.service_password();
+        let found = unlimited
+            .search_as(
+                Some((unlimited.service_dn(), &password)),
+                Slapd::PEOPLE_DN,
+                all,
+                &["uid"],
+            )
+            .unwrap();
+        assert_eq!(ldif_values(&found, "uid").len(), 1100);
+    }
+
+    #[test]
+    fn slapd_pause_stops_answering_until_resume() {
+        // An anonymous simple bind, message id 1, and the start of its
+        // success response.
+        const BIND: &[u8] = b"\x30\x0c\x02\x01\x01\x60\x07\x02\x01\x03\x04\x00\x80\x00";
+        const BOUND: &[u8] = b"\x30\x0c\x02\x01\x01\x61\x07\x0a\x01\x00";
+        let mut slapd = Slapd::start();
+        slapd.add_user("alice", "alice@example.com", "pw");
+        slapd.resume(); // a no-op when not paused
+        let dn = Slapd::user_dn("alice");
+
+        slapd.pause();
+        let mut conn = TcpStream::connect((Ipv4Addr::LOCALHOST, slapd.ldap_port)).expect("connect while paused");
+        conn.write_all(BIND).unwrap();
+        conn.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+        let mut answer = [0u8; 14];
+        let silent = conn.read(&mut answer);
+        assert!(
+            silent
+                .as_ref()
+                .is_err_and(|e| matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut)),
+            "a paused slapd answered: {silent:?}"
+        );
+        slapd.resume();
+        conn.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        conn.read_exact(&mut answer).expect("answer after resume");
+        assert_eq!(&answer[..BOUND.len()], BOUND);
+        assert_eq!(slapd.whoami(Transport::Plain, &dn, "pw"), ok_dn("alice"));
+
+        // Stopping a paused server works, and so does the restart.
+        slapd.pause();
+        slapd.stop();
+        slapd.restart();
+        assert_eq!(slapd.whoami(Transport::Plain, &dn, "pw"), ok_dn("alice"));
+        slapd.pause(); // dropped while paused
     }
 }
