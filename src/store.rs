@@ -161,6 +161,14 @@ pub trait Store: Send + Sync + fmt::Debug {
 
     fn sync_mark(&self) -> StoreFuture<'_, Option<SyncMark>>;
 
+    /// Users (deleted ones included) with one of these anchors or UPNs:
+    /// what an incremental pass compares its entries with.
+    fn users_matching<'a>(&'a self, anchors: &'a [&'a str], upns: &'a [&'a str]) -> StoreFuture<'a, Vec<User>>;
+
+    /// Federated users not deleted: what the mass-change guard's share is
+    /// of.
+    fn count_synced_users(&self) -> StoreFuture<'_, usize>;
+
     /// Takes (or renews) the right to run sync passes until `until` (unix
     /// ms); false when another holder has it. `replacing` names a holder
     /// known to be dead, whose lease may be taken before it expires.

@@ -259,39 +259,43 @@ impl Syncer {
         if ad {
             attributes.extend(["userAccountControl".to_owned(), "accountExpires".to_owned()]);
         }
-        let entries = session.scan(&filter, &attributes, self.config.page_size).await?;
+        // Disabled entries first (DNs only), so that each user entry can be
+        // converted the moment it arrives and then dropped.
         let disabled_dns: HashSet<String> = match &dir.disabled_filter {
             None => HashSet::new(),
             Some(disabled) => {
                 let disabled_filter = Template::and(&filter, &disabled.render_any());
+                let mut dns = HashSet::new();
                 session
-                    .scan(&disabled_filter, &["1.1".to_owned()], self.config.page_size)
-                    .await?
-                    .into_iter()
-                    .map(|e| e.dn.to_ascii_lowercase())
-                    .collect()
+                    .scan(&disabled_filter, &["1.1".to_owned()], self.config.page_size, |e| {
+                        dns.insert(e.dn.to_ascii_lowercase());
+                    })
+                    .await?;
+                dns
             }
         };
         let now_ms = self.clock.now_ms();
-        let mut found: Vec<FederatedUser> = Vec::with_capacity(entries.len());
+        let mut found: Vec<FederatedUser> = Vec::new();
         let mut errors = 0usize;
         let mut highest: Option<String> = None;
-        for entry in &entries {
-            if let Some(value) = attribute(entry, change_attribute) {
-                if highest.as_ref().is_none_or(|h| later(&value, h)) {
-                    highest = Some(value);
+        let seen = session
+            .scan(&filter, &attributes, self.config.page_size, |entry| {
+                if let Some(value) = attribute(&entry, change_attribute) {
+                    if highest.as_ref().is_none_or(|h| later(&value, h)) {
+                        highest = Some(value);
+                    }
                 }
-            }
-            let disabled =
-                disabled_dns.contains(&entry.dn.to_ascii_lowercase()) || (ad && ad_account_off(entry, now_ms));
-            match self.directory.federated_user(entry, !disabled) {
-                Some(user) => found.push(user),
-                None => {
-                    errors += 1;
-                    tracing::debug!(dn = %entry.dn, "directory entry without a usable UPN: not synced");
+                let disabled =
+                    disabled_dns.contains(&entry.dn.to_ascii_lowercase()) || (ad && ad_account_off(&entry, now_ms));
+                match self.directory.federated_user(&entry, !disabled) {
+                    Some(user) => found.push(user),
+                    None => {
+                        errors += 1;
+                        tracing::debug!(dn = %entry.dn, "directory entry without a usable UPN: not synced");
+                    }
                 }
-            }
-        }
+            })
+            .await?;
         // AD keeps tombstones: an incremental pass sees deletions too.
         let gone = match (kind, mark, &usn_mark) {
             (PassKind::Incremental, Some(mark), Some(_)) => {
@@ -299,7 +303,18 @@ impl Syncer {
             }
             _ => Vec::new(),
         };
-        let existing = self.store.load_all_users().await?;
+        // A full pass compares with every user; an incremental one only
+        // with those its entries can match, so it costs what changed.
+        let (existing, synced_users) = match kind {
+            PassKind::Full => (self.store.load_all_users().await?, None),
+            PassKind::Incremental => {
+                let mut anchors: Vec<&str> = found.iter().filter_map(|u| u.attributes.anchor.as_deref()).collect();
+                anchors.extend(gone.iter().map(String::as_str));
+                let upns: Vec<&str> = found.iter().map(|u| u.upn.as_str()).collect();
+                let users = self.store.users_matching(&anchors, &upns).await?;
+                (users, Some(self.store.count_synced_users().await?))
+            }
+        };
         let mut plan = plan::plan(
             kind == PassKind::Full,
             &existing,
@@ -307,7 +322,11 @@ impl Syncer {
             &gone,
             self.config.revoke_on_password_change,
         );
-        plan.seen = entries.len();
+        drop(existing);
+        if let Some(total) = synced_users {
+            plan.synced_users = total;
+        }
+        plan.seen = seen;
         plan.errors = errors;
         if let Some(guard) = plan.guard(self.config.max_change_share, self.config.guard_floor) {
             if !force {

@@ -737,7 +737,9 @@ impl SyncSession<'_> {
         &self.server
     }
 
-    /// Every entry matching `filter` under `base_dn`, in pages of
+    /// Hands every entry matching `filter` under `base_dn` to `each` as it
+    /// arrives (so a pass over 100,000 users never holds them all as LDAP
+    /// entries), in pages of
     /// `page_size` (RFC 2696: AD refuses unpaged searches past 1000
     /// entries). Referrals are skipped, not chased. Each page must arrive
     /// within `directory.timeout`.
@@ -746,9 +748,11 @@ impl SyncSession<'_> {
         filter: &str,
         attributes: &[String],
         page_size: u32,
-    ) -> Result<Vec<SearchEntry>, DirectoryError> {
+        each: impl FnMut(SearchEntry),
+    ) -> Result<usize, DirectoryError> {
         let base = self.directory.config.base_dn.clone();
-        self.scan_under(&base, filter, attributes, page_size, Vec::new()).await
+        self.scan_under(&base, filter, attributes, page_size, Vec::new(), each)
+            .await
     }
 
     /// AD: the anchors (`objectGUID`) of user objects deleted at or after
@@ -778,15 +782,23 @@ impl SyncSession<'_> {
             crit: true,
             val: None,
         };
-        let entries = self
-            .scan_under(&root, &filter, std::slice::from_ref(&anchor), page_size, vec![control])
-            .await?;
-        Ok(entries
-            .iter()
-            .filter_map(|e| {
-                attribute(e, &anchor).or_else(|| binary_attribute(e, &anchor).and_then(|b| ad::guid_string(&b)))
-            })
-            .collect())
+        let mut anchors = Vec::new();
+        self.scan_under(
+            &root,
+            &filter,
+            std::slice::from_ref(&anchor),
+            page_size,
+            vec![control],
+            |e| {
+                if let Some(a) =
+                    attribute(&e, &anchor).or_else(|| binary_attribute(&e, &anchor).and_then(|b| ad::guid_string(&b)))
+                {
+                    anchors.push(a);
+                }
+            },
+        )
+        .await?;
+        Ok(anchors)
     }
 
     async fn scan_under(
@@ -796,7 +808,8 @@ impl SyncSession<'_> {
         attributes: &[String],
         page_size: u32,
         controls: Vec<ldap3::controls::RawControl>,
-    ) -> Result<Vec<SearchEntry>, DirectoryError> {
+        mut each: impl FnMut(SearchEntry),
+    ) -> Result<usize, DirectoryError> {
         let config = &self.directory.config;
         let unavailable = |reason: String| DirectoryError::Unavailable {
             server: self.server.clone(),
@@ -817,14 +830,15 @@ impl SyncSession<'_> {
             )
             .await
             .map_err(|e| unavailable(e.to_string()))?;
-        let mut entries = Vec::new();
+        let mut count = 0;
         loop {
             match stream.next().await {
                 Ok(Some(entry)) => {
                     if entry.is_ref() || entry.is_intermediate() {
                         continue;
                     }
-                    entries.push(construct(entry).ok_or_else(|| unavailable("malformed search entry".into()))?);
+                    each(construct(entry).ok_or_else(|| unavailable("malformed search entry".into()))?);
+                    count += 1;
                 }
                 Ok(None) => break,
                 Err(err) => return Err(unavailable(err.to_string())),
@@ -832,7 +846,7 @@ impl SyncSession<'_> {
         }
         let result = stream.finish().await;
         match result.rc {
-            rc::SUCCESS => Ok(entries),
+            rc::SUCCESS => Ok(count),
             rc::NO_SUCH_OBJECT => Err(unavailable(format!(
                 "the search base \"{base}\" does not exist on this server (check directory.base_dn)"
             ))),

@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
+use futures_util::TryStreamExt;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
     SqliteSynchronous,
@@ -58,6 +59,11 @@ const MIGRATIONS: &[Migration] = &[
         version: 3,
         name: "sync",
         sql: include_str!("migrations/0003_sync.sql"),
+    },
+    Migration {
+        version: 4,
+        name: "directory_enabled",
+        sql: include_str!("migrations/0004_directory_enabled.sql"),
     },
 ];
 
@@ -652,11 +658,58 @@ impl Store for SqliteStore {
 
     fn load_all_users(&self) -> StoreFuture<'_, Vec<User>> {
         Box::pin(async move {
-            let rows = sqlx::query(&format!("SELECT {USER_COLUMNS} FROM users ORDER BY id"))
-                .fetch_all(&self.pool)
+            // Row by row: 100,000 rows held at once as well as the users
+            // made from them would double what a sync pass needs.
+            let query = format!("SELECT {USER_COLUMNS} FROM users ORDER BY id");
+            let mut rows = sqlx::query(&query).fetch(&self.pool);
+            let mut users = Vec::new();
+            while let Some(row) = rows.try_next().await.map_err(db("load all users"))? {
+                users.push(user_from_row(&row)?);
+            }
+            Ok(users)
+        })
+    }
+
+    fn users_matching<'a>(&'a self, anchors: &'a [&'a str], upns: &'a [&'a str]) -> StoreFuture<'a, Vec<User>> {
+        Box::pin(async move {
+            // SQLite allows 32766 parameters a statement; stay well under.
+            const CHUNK: usize = 500;
+            let mut users: Vec<User> = Vec::new();
+            let mut ids = std::collections::HashSet::new();
+            let mut conn = self.pool.acquire().await.map_err(db("connect"))?;
+            for (column, values) in [("anchor", anchors), ("upn", upns)] {
+                for chunk in values.chunks(CHUNK) {
+                    let mut query =
+                        QueryBuilder::<Sqlite>::new(format!("SELECT {USER_COLUMNS} FROM users WHERE {column} IN ("));
+                    let mut list = query.separated(", ");
+                    for value in chunk {
+                        list.push_bind(*value);
+                    }
+                    query.push(")");
+                    let rows = query
+                        .build()
+                        .fetch_all(&mut *conn)
+                        .await
+                        .map_err(db("look up users for a sync pass"))?;
+                    for row in &rows {
+                        let user = user_from_row(row)?;
+                        if ids.insert(user.id) {
+                            users.push(user);
+                        }
+                    }
+                }
+            }
+            Ok(users)
+        })
+    }
+
+    fn count_synced_users(&self) -> StoreFuture<'_, usize> {
+        Box::pin(async move {
+            let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM users WHERE source = 'federated' AND deleted = 0")
+                .fetch_one(&self.pool)
                 .await
-                .map_err(db("load all users"))?;
-            rows.iter().map(user_from_row).collect()
+                .map_err(db("count synced users"))?;
+            Ok(usize::try_from(n).unwrap_or(0))
         })
     }
 

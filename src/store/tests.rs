@@ -223,6 +223,33 @@ async fn federated_upsert_follows_a_rename_by_anchor() {
 }
 
 #[tokio::test]
+async fn sync_lookups_find_users_by_anchor_or_upn_and_count_synced_ones() {
+    let (store, _) = memory_store().await;
+    for name in ["a", "b", "c"] {
+        store
+            .upsert_federated_user(&federated(&upn(&format!("{name}@corp.example.com")), true))
+            .await
+            .unwrap();
+    }
+    store
+        .create_cloud_user(&upn("cloud@corp.example.com"), MfaState::Disabled, None)
+        .await
+        .unwrap();
+    store.mark_deleted(&upn("c@corp.example.com")).await.unwrap();
+    assert_eq!(store.count_synced_users().await.unwrap(), 2);
+    let found = store
+        .users_matching(
+            &["anchor-a", "anchor-zz"],
+            &["b@corp.example.com", "a@corp.example.com"],
+        )
+        .await
+        .unwrap();
+    let mut names: Vec<&str> = found.iter().map(|u| u.upn.as_str()).collect();
+    names.sort_unstable();
+    assert_eq!(names, ["a@corp.example.com", "b@corp.example.com"]);
+}
+
+#[tokio::test]
 async fn deleted_users_lose_app_passwords_and_come_back_without_them() {
     let (store, _) = memory_store().await;
     let bob = upn("bob@corp.example.com");

@@ -4,10 +4,6 @@
 ALTER TABLE users ADD COLUMN groups TEXT;
 -- when the directory password last changed, as the directory spells it
 ALTER TABLE users ADD COLUMN password_changed TEXT;
--- the directory's account state, apart from `enabled` (the operator's):
--- a sync re-enabling an account must not undo `fedgate user disable`
-ALTER TABLE users ADD COLUMN directory_enabled INTEGER NOT NULL DEFAULT 1
-    CHECK (directory_enabled IN (0, 1));
 
 -- One row per sync pass, newest kept per kind for `fedgate sync status`
 -- (older rows are pruned).
