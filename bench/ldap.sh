@@ -66,13 +66,12 @@ PATH=$PATH:/usr/sbin:/sbin
 # its own, on free loopback ports.
 
 bench_need 'nginx:nginx-light|nginx' wrk:wrk curl:curl openssl:openssl \
-    base64:coreutils apache2:apache2 slapd:slapd slapadd:slapd \
-    slappasswd:slapd ldapsearch:ldap-utils ldapwhoami:ldap-utils
+    base64:coreutils apache2:apache2
+bench_slapd_need
 APACHE_MODULES=/usr/lib/apache2/modules
 for m in mpm_event authn_core authz_core authz_user auth_basic ldap authnz_ldap proxy proxy_http; do
     [ -f "$APACHE_MODULES/mod_$m.so" ] || bench_die "Apache module mod_$m missing from $APACHE_MODULES"
 done
-[ -f /usr/lib/ldap/back_mdb.so ] || bench_die "slapd's back_mdb module missing from /usr/lib/ldap"
 command -v cargo >/dev/null 2>&1 ||
     bench_die "cargo not found: install a Rust toolchain (see rust-version in Cargo.toml)"
 
@@ -116,24 +115,11 @@ if [ "${#SERVICE_PW}" -ne 32 ] || [ "${#BENCH_PW}" -ne 32 ] || [ ! -s "$W/admin.
 fi
 WRONG_PW=Winter2026!
 
-# ssha FILE: the {SSHA} hash of the password held in FILE.
-ssha() {
-    slappasswd -h '{SSHA}' -T "$1" 2>>"$W/slappasswd.log" || bench_die "slappasswd failed"
-}
-
 # --- slapd ----------------------------------------------------------------------
 mkdir -p "$W/slapd/db"
-cat >"$W/slapd.conf" <<EOF
-include /etc/ldap/schema/core.schema
-include /etc/ldap/schema/cosine.schema
-include /etc/ldap/schema/inetorgperson.schema
-include /etc/ldap/schema/nis.schema
-pidfile $W/slapd/slapd.pid
-argsfile $W/slapd/slapd.args
-modulepath /usr/lib/ldap
-moduleload back_mdb
-# Shared by all targets; logging would only add the same cost to each.
-loglevel 0
+{
+    bench_slapd_conf_head "$W/slapd"
+    cat <<EOF
 
 # Operation counters, read between runs to show what each run asked of the
 # directory.
@@ -146,7 +132,7 @@ database mdb
 maxsize 268435456
 suffix "$BASE"
 rootdn "$ADMIN_DN"
-rootpw $(ssha "$W/admin.password")
+rootpw $(bench_ssha "$W/admin.password")
 directory $W/slapd/db
 index objectClass eq
 index mail,uid eq
@@ -157,6 +143,7 @@ access to *
     by users read
     by * none
 EOF
+} >"$W/slapd.conf"
 chmod 0600 "$W/slapd.conf"
 
 bench_log "writing $DIR_USERS directory users"
@@ -181,7 +168,7 @@ objectClass: organizationalRole
 objectClass: simpleSecurityObject
 cn: fedgate
 description: service account of fedgate and of Apache mod_authnz_ldap
-userPassword: $(ssha "$W/ldap.password")
+userPassword: $(bench_ssha "$W/ldap.password")
 
 EOF
     (umask 077 && : >"$W/other.password")
@@ -202,36 +189,22 @@ givenName: User
 sn: $i
 displayName: User $i
 mail: user$i@example.com
-userPassword: $(ssha "$pwfile")
+userPassword: $(bench_ssha "$pwfile")
 
 EOF
     done
 } >"$W/directory.ldif"
-# ssha's failures end only the $(...) it runs in: check what came out.
+# bench_ssha's failures end only the $(...) it runs in: check what came out.
 if [ "$(grep -c '^dn: uid=user' "$W/directory.ldif")" -ne "$DIR_USERS" ] ||
     [ "$(grep -c '^userPassword: {SSHA}' "$W/directory.ldif")" -ne "$((DIR_USERS + 1))" ] ||
     ! grep -q '^rootpw {SSHA}' "$W/slapd.conf"; then
     bench_die "directory.ldif or slapd.conf is incomplete (see slappasswd.log)"
 fi
-slaptest -Q -u -f "$W/slapd.conf" >"$W/slaptest.log" 2>&1 ||
-    bench_die "slapd.conf is invalid: $(cat "$W/slaptest.log")"
-slapadd -q -b "$BASE" -f "$W/slapd.conf" -l "$W/directory.ldif" >"$W/slapadd.log" 2>&1 ||
-    bench_die "slapadd failed: $(cat "$W/slapadd.log")"
+bench_slapd_load "$W/slapd.conf" "$BASE" "$W/directory.ldif"
 
 bench_log "starting slapd on $LDAP_URI"
-# -d 0 keeps slapd in the foreground (so $! is its PID) without debug output.
-bench_spawn "$W/slapd.log" slapd -d 0 -f "$W/slapd.conf" -h "$LDAP_URI/"
+bench_slapd_start "$W/slapd.conf" "$LDAP_URI" "$SERVICE_DN" "$W/ldap.password"
 LDAP_PID=$BENCH_LAST_PID
-ready=0
-for ((i = 0; i < 100; i++)); do
-    bench_alive "$LDAP_PID" || bench_die "slapd (pid $LDAP_PID) exited on start"
-    if ldapwhoami -x -H "$LDAP_URI" -D "$SERVICE_DN" -y "$W/ldap.password" >/dev/null 2>&1; then
-        ready=1
-        break
-    fi
-    sleep 0.1
-done
-[ "$ready" -eq 1 ] || bench_die "slapd did not accept the service account's bind at $LDAP_URI"
 n=$(ldapsearch -x -LLL -H "$LDAP_URI" -D "$SERVICE_DN" -y "$W/ldap.password" \
     -b "$PEOPLE" '(objectClass=inetOrgPerson)' 1.1 | grep -c '^dn:' || true)
 [ "$n" -eq "$DIR_USERS" ] || bench_die "the service account sees $n users, not $DIR_USERS"
@@ -592,9 +565,7 @@ if [ "$AP_ERR" -gt 0 ]; then
 fi
 
 APACHE_VERSION=$(apache2 -v 2>/dev/null | sed -n 's/^Server version: *//p')
-# The $ is slapd's, not the shell's.
-# shellcheck disable=SC2016
-SLAPD_VERSION=$(slapd -VV 2>&1 | sed -n 's/.*\$OpenLDAP: slapd \([^ ]*\).*/\1/p' | head -n 1)
+SLAPD_VERSION=$(bench_slapd_version)
 
 mkdir -p "$(dirname "$SECTION_FILE")"
 {

@@ -282,6 +282,112 @@ bench_nginx_version() {
     "$nginx" -v 2>&1 | sed 's|^nginx version: ||'
 }
 
+# --- slapd -------------------------------------------------------------------
+# Every directory benchmark runs an OpenLDAP slapd of its own: its config,
+# database and pid file in the work dir, in the foreground, on a free
+# loopback port; a system slapd (Debian may start one on port 389 when the
+# package is installed) is neither used nor touched. Debian builds back_mdb
+# and the overlays (ppolicy, ...) as modules.
+BENCH_SLAPD_MODULES=${BENCH_SLAPD_MODULES:-/usr/lib/ldap}
+BENCH_SLAPD_SCHEMA=${BENCH_SLAPD_SCHEMA:-/etc/ldap/schema}
+
+# bench_slapd_need [CMD:PKG...]: installs slapd and the ldap-utils clients
+# (plus any further CMD:PKG given) and checks that back_mdb is there. slapd
+# lives in /usr/sbin, which a non-login shell may lack on its PATH.
+# shellcheck disable=SC2120  # the extra packages are optional
+bench_slapd_need() {
+    case ":$PATH:" in *:/usr/sbin:*) ;; *) PATH=$PATH:/usr/sbin ;; esac
+    bench_need slapd:slapd slapadd:slapd slaptest:slapd slappasswd:slapd \
+        ldapsearch:ldap-utils ldapwhoami:ldap-utils ldapmodify:ldap-utils "$@"
+    bench_slapd_has_module back_mdb ||
+        bench_die "slapd's back_mdb module missing from $BENCH_SLAPD_MODULES"
+}
+
+# bench_slapd_has_module NAME: whether the module NAME (back_mdb, ppolicy,
+# ...) can be loaded.
+bench_slapd_has_module() {
+    [ -f "$BENCH_SLAPD_MODULES/$1.so" ] || [ -f "$BENCH_SLAPD_MODULES/$1.la" ]
+}
+
+# bench_ssha FILE: the {SSHA} hash of the password held in FILE (for
+# userPassword and rootpw). Called in $(...), where bench_die ends only the
+# subshell: check what came out.
+bench_ssha() {
+    slappasswd -h '{SSHA}' -T "$1" 2>>"$BENCH_WORKDIR/slappasswd.log" || bench_die "slappasswd failed"
+}
+
+# bench_slapd_conf_head DIR [MODULE...]
+# Prints the global part of a slapd.conf: the core, cosine, inetorgperson
+# and nis schemas, pid and args files in DIR, back_mdb and each MODULE
+# loaded, and no logging (a directory shared by all targets would only add
+# the same cost to each). The caller appends its limits and databases.
+bench_slapd_conf_head() {
+    local dir=$1 s m
+    shift
+    for s in core cosine inetorgperson nis; do
+        echo "include $BENCH_SLAPD_SCHEMA/$s.schema"
+    done
+    echo "pidfile $dir/slapd.pid"
+    echo "argsfile $dir/slapd.args"
+    echo "modulepath $BENCH_SLAPD_MODULES"
+    echo "moduleload back_mdb"
+    for m in "$@"; do
+        echo "moduleload $m"
+    done
+    echo "loglevel 0"
+}
+
+# bench_slapd_load CONF SUFFIX LDIF
+# Checks CONF, then loads LDIF offline (slapadd -q) into the database of
+# SUFFIX, which must be empty. Much faster than adding over the protocol,
+# and it costs the running server nothing.
+bench_slapd_load() {
+    local conf=$1 suffix=$2 ldif=$3 w=$BENCH_WORKDIR
+    slaptest -Q -u -f "$conf" >"$w/slaptest.log" 2>&1 ||
+        bench_die "$conf is invalid: $(cat "$w/slaptest.log")"
+    slapadd -q -b "$suffix" -f "$conf" -l "$ldif" >"$w/slapadd.log" 2>&1 ||
+        bench_die "slapadd failed: $(cat "$w/slapadd.log")"
+}
+
+# bench_slapd_start CONF URI BIND_DN PASSWORD_FILE
+# Starts slapd with CONF listening on URI (ldap://127.0.0.1:PORT), in the
+# foreground (-d 0: no debug output, and $! is slapd's PID), output to
+# slapd.log in the work dir, and waits until BIND_DN can bind with the
+# password in PASSWORD_FILE. The PID is left in BENCH_LAST_PID.
+bench_slapd_start() {
+    local conf=$1 uri=$2 dn=$3 pw=$4 pid i
+    bench_spawn "$BENCH_WORKDIR/slapd.log" slapd -d 0 -f "$conf" -h "$uri/"
+    pid=$BENCH_LAST_PID
+    for ((i = 0; i < 100; i++)); do
+        bench_alive "$pid" || bench_die "slapd (pid $pid) exited on start"
+        if ldapwhoami -x -H "$uri" -D "$dn" -y "$pw" >/dev/null 2>&1; then
+            return 0
+        fi
+        sleep 0.1
+    done
+    bench_die "slapd did not accept the bind of $dn at $uri"
+}
+
+# bench_slapd_stop PID: stops a slapd started by bench_slapd_start (SIGTERM:
+# it closes its database cleanly), waits for it and drops it from the
+# cleanup list, for a benchmark that reloads the directory between rounds.
+bench_slapd_stop() {
+    local pid=$1 i
+    kill -TERM "$pid" 2>/dev/null || true
+    for ((i = 0; i < 100; i++)); do
+        bench_alive "$pid" || break
+        sleep 0.1
+    done
+    bench_alive "$pid" && kill -KILL "$pid" 2>/dev/null
+    bench_reap "$pid" || true
+}
+
+bench_slapd_version() {
+    # The $ is slapd's, not the shell's.
+    # shellcheck disable=SC2016
+    slapd -VV 2>&1 | sed -n 's/.*\$OpenLDAP: slapd \([^ ]*\).*/\1/p' | head -n 1
+}
+
 # --- CPU accounting ----------------------------------------------------------
 
 # bench_cpu_ticks PID...
