@@ -8,6 +8,9 @@
 //! - [`proxy`]: listeners, routing, forwarding, the built-in upstream
 //! - [`auth`]: the one place a request is authenticated before forwarding
 //! - [`admin`]: health, readiness and metrics
+//! - [`key_file`]: 32-byte key files made on first use (server key, portal key)
+//! - [`secretbox`]: secrets sealed at rest under the portal key
+//! - [`totp`]: the TOTP second factor (RFC 6238), its QR code and text key
 //! - [`logging`]: tracing set-up (human or JSON)
 //! - [`shutdown`]: the shutdown signal shared by listeners and tasks
 
@@ -20,10 +23,13 @@ pub mod cli;
 pub mod config;
 pub mod directory;
 pub mod jobs;
+pub mod key_file;
 pub mod logging;
 pub mod model;
 pub mod proxy;
+pub mod secretbox;
 pub mod server_key;
 pub mod shutdown;
 pub mod store;
 pub mod sync;
+pub mod totp;

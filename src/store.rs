@@ -92,14 +92,41 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// Replaces (or with `None` removes) a cloud-only user's password hash.
     fn set_password_hash<'a>(&'a self, upn: &'a Upn, password_hash: Option<&'a str>) -> StoreFuture<'a, User>;
 
-    /// Marks the user deleted, and deletes their app passwords and password
-    /// hash: a UPN that comes back later must not bring old devices back.
+    /// Marks the user deleted, and deletes their app passwords, password
+    /// hash and TOTP secret: a UPN that comes back later must not bring old
+    /// devices or factors back.
     fn mark_deleted<'a>(&'a self, upn: &'a Upn) -> StoreFuture<'a, User>;
 
-    /// Makes the user register their second factor again.
+    /// Makes the user register their second factor again: clears
+    /// `registered_at` and the TOTP secret.
     fn require_registration<'a>(&'a self, upn: &'a Upn) -> StoreFuture<'a, User>;
 
     fn set_registered_at<'a>(&'a self, upn: &'a Upn, at: i64) -> StoreFuture<'a, User>;
+
+    // Second factor (TOTP). The store keeps the secret sealed and never
+    // sees it: sealing and code checks are [`crate::totp`]'s.
+
+    /// Registers (`Some`) or removes (`None`) the user's TOTP.
+    ///
+    /// Registering replaces any earlier secret, sets `registered_at` to now
+    /// and records the step of the code that confirmed the secret as used,
+    /// so that code cannot also sign in. Removing clears the secret, the
+    /// last step and `registered_at` (TOTP is the only second factor).
+    /// Refuses an unknown or deleted user.
+    fn set_totp<'a>(&'a self, user: UserId, totp: Option<&'a NewTotp>) -> StoreFuture<'a, User>;
+
+    /// The user's sealed TOTP secret and the newest step a code was
+    /// accepted for; `None` when the user has no TOTP (a deleted user has
+    /// none). Refuses an unknown user.
+    fn totp(&self, user: UserId) -> StoreFuture<'_, Option<StoredTotp>>;
+
+    /// Records `step` as used if it is newer than the stored one, as one
+    /// compare-and-set, so that of two nodes checking the same code at
+    /// once only one is told `true`. `false` when the step is not newer
+    /// (the code, or a newer one, was used already) or the user has no
+    /// TOTP or is deleted. Writes no change-feed row: it neither grants
+    /// nor revokes.
+    fn use_totp_step(&self, user: UserId, step: u64) -> StoreFuture<'_, bool>;
 
     // App passwords.
 
@@ -352,6 +379,42 @@ impl fmt::Debug for NewAppPassword {
     }
 }
 
+/// A TOTP registration for [`Store::set_totp`]: the secret sealed by
+/// [`crate::totp::TotpSecret::seal`], and the step of the code the user
+/// confirmed it with.
+#[derive(Clone, PartialEq, Eq)]
+pub struct NewTotp {
+    pub sealed_secret: Vec<u8>,
+    pub confirmed_step: u64,
+}
+
+impl fmt::Debug for NewTotp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NewTotp")
+            .field("sealed_secret", &"***")
+            .field("confirmed_step", &self.confirmed_step)
+            .finish()
+    }
+}
+
+/// A user's TOTP as stored, for [`crate::totp::TotpSecret::open`] and
+/// [`crate::totp::TotpSecret::verify`].
+#[derive(Clone, PartialEq, Eq)]
+pub struct StoredTotp {
+    pub sealed_secret: Vec<u8>,
+    /// The newest step a code was accepted for.
+    pub last_step: Option<u64>,
+}
+
+impl fmt::Debug for StoredTotp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StoredTotp")
+            .field("sealed_secret", &"***")
+            .field("last_step", &self.last_step)
+            .finish()
+    }
+}
+
 /// One app password's last use, for [`Store::record_last_used`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LastUsed {
@@ -375,8 +438,13 @@ pub enum ChangeKind {
     UserDisabled,
     UserDeleted,
     PasswordChanged,
+    /// Second factor cleared by an operator: the user registers again.
     RegistrationRequired,
     Registered,
+    /// The user registered a TOTP secret (and so is registered).
+    TotpRegistered,
+    /// The user's TOTP secret was removed.
+    TotpRemoved,
     AppPasswordCreated,
     AppPasswordDeleted,
     AppPasswordsRevoked,
@@ -397,6 +465,8 @@ impl ChangeKind {
             ChangeKind::PasswordChanged => "password_changed",
             ChangeKind::RegistrationRequired => "registration_required",
             ChangeKind::Registered => "registered",
+            ChangeKind::TotpRegistered => "totp_registered",
+            ChangeKind::TotpRemoved => "totp_removed",
             ChangeKind::AppPasswordCreated => "app_password_created",
             ChangeKind::AppPasswordDeleted => "app_password_deleted",
             ChangeKind::AppPasswordsRevoked => "app_passwords_revoked",
@@ -416,6 +486,8 @@ impl ChangeKind {
             ChangeKind::PasswordChanged,
             ChangeKind::RegistrationRequired,
             ChangeKind::Registered,
+            ChangeKind::TotpRegistered,
+            ChangeKind::TotpRemoved,
             ChangeKind::AppPasswordCreated,
             ChangeKind::AppPasswordDeleted,
             ChangeKind::AppPasswordsRevoked,
@@ -539,6 +611,8 @@ pub enum StoreError {
     DuplicateAppPasswordName { upn: Upn, name: String },
     #[error("user {upn} has no app password named {name:?}")]
     UnknownAppPassword { upn: Upn, name: String },
+    #[error("TOTP time step {step} is out of range: check the server clock")]
+    TotpStepOutOfRange { step: u64 },
     #[error("the generated app password collides with an existing one: generate another")]
     TagCollision,
     #[error(

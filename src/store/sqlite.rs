@@ -26,7 +26,7 @@ use sqlx::{QueryBuilder, Row, Sqlite, Transaction};
 
 use super::{
     AppliedChanges, AuditFilter, BulkApplied, Change, ChangeKind, DirectoryChange, LastUsed, LineError, NewAppPassword,
-    StateLine, Store, StoreError, StoreFuture, SyncMark, SyncPass, UpsertOutcome, Upserted,
+    NewTotp, StateLine, Store, StoreError, StoreFuture, StoredTotp, SyncMark, SyncPass, UpsertOutcome, Upserted,
 };
 use crate::app_password::MAX_APP_PASSWORDS_PER_USER;
 use crate::model::{
@@ -64,6 +64,11 @@ const MIGRATIONS: &[Migration] = &[
         version: 4,
         name: "directory_enabled",
         sql: include_str!("migrations/0004_directory_enabled.sql"),
+    },
+    Migration {
+        version: 5,
+        name: "totp",
+        sql: include_str!("migrations/0005_totp.sql"),
     },
 ];
 
@@ -538,6 +543,8 @@ async fn upsert_in(
                      mail = ?, groups = ?, password_changed = ?,
                      upn = ?, source = 'federated', directory_enabled = ?, deleted = 0,
                      registered_at = CASE WHEN deleted = 1 THEN NULL ELSE registered_at END,
+                     totp_secret = CASE WHEN deleted = 1 THEN NULL ELSE totp_secret END,
+                     totp_last_step = CASE WHEN deleted = 1 THEN NULL ELSE totp_last_step END,
                      password_hash = NULL, directory_seen_at = ?, updated_at = ?
                  WHERE id = ?",
             );
@@ -571,7 +578,8 @@ impl Store for SqliteStore {
                 Some(user) => {
                     sqlx::query(
                         "UPDATE users SET source = 'cloud', enabled = 1, directory_enabled = 1, deleted = 0,
-                             mfa_state = ?, registered_at = NULL, created_at = ?,
+                             mfa_state = ?, registered_at = NULL, totp_secret = NULL,
+                             totp_last_step = NULL, created_at = ?,
                              updated_at = ?, password_hash = ?
                          WHERE id = ?",
                     )
@@ -854,7 +862,7 @@ impl Store for SqliteStore {
             };
             sqlx::query(
                 "UPDATE users SET deleted = 1, password_hash = NULL, registered_at = NULL,
-                     updated_at = ?
+                     totp_secret = NULL, totp_last_step = NULL, updated_at = ?
                  WHERE id = ?",
             )
             .bind(now)
@@ -876,12 +884,18 @@ impl Store for SqliteStore {
             let now = self.clock.now_ms();
             let mut tx = self.write_tx().await?;
             let user = live_user(&mut tx, upn).await?;
-            sqlx::query("UPDATE users SET registered_at = NULL, updated_at = ? WHERE id = ?")
-                .bind(now)
-                .bind(user.id.0)
-                .execute(&mut *tx)
-                .await
-                .map_err(db("require registration"))?;
+            // The old second factor goes too: registering again must mean a
+            // new secret, not the one that may have leaked.
+            sqlx::query(
+                "UPDATE users SET registered_at = NULL, totp_secret = NULL, totp_last_step = NULL,
+                     updated_at = ?
+                 WHERE id = ?",
+            )
+            .bind(now)
+            .bind(user.id.0)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("require registration"))?;
             finish_user_change(tx, now, ChangeKind::RegistrationRequired, user.id).await
         })
     }
@@ -899,6 +913,94 @@ impl Store for SqliteStore {
                 .await
                 .map_err(db("record a registration"))?;
             finish_user_change(tx, now, ChangeKind::Registered, user.id).await
+        })
+    }
+
+    fn set_totp<'a>(&'a self, user: UserId, totp: Option<&'a NewTotp>) -> StoreFuture<'a, User> {
+        Box::pin(async move {
+            let now = self.clock.now_ms();
+            let confirmed_step = totp.map(|t| step_value(t.confirmed_step)).transpose()?;
+            let mut tx = self.write_tx().await?;
+            let user = live_user_by_id(&mut tx, user).await?;
+            let kind = match totp {
+                Some(totp) => {
+                    sqlx::query(
+                        "UPDATE users SET totp_secret = ?, totp_last_step = ?, registered_at = ?,
+                             updated_at = ?
+                         WHERE id = ?",
+                    )
+                    .bind(&totp.sealed_secret)
+                    .bind(confirmed_step)
+                    .bind(now)
+                    .bind(now)
+                    .bind(user.id.0)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db("register a TOTP secret"))?;
+                    ChangeKind::TotpRegistered
+                }
+                None => {
+                    sqlx::query(
+                        "UPDATE users SET totp_secret = NULL, totp_last_step = NULL, registered_at = NULL,
+                             updated_at = ?
+                         WHERE id = ?",
+                    )
+                    .bind(now)
+                    .bind(user.id.0)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db("remove a TOTP secret"))?;
+                    ChangeKind::TotpRemoved
+                }
+            };
+            finish_user_change(tx, now, kind, user.id).await
+        })
+    }
+
+    fn totp(&self, user: UserId) -> StoreFuture<'_, Option<StoredTotp>> {
+        Box::pin(async move {
+            let row: Option<(Option<Vec<u8>>, Option<i64>, bool)> =
+                sqlx::query_as("SELECT totp_secret, totp_last_step, deleted FROM users WHERE id = ?")
+                    .bind(user.0)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(db("read a user's TOTP secret"))?;
+            match row {
+                None => Err(StoreError::UnknownUserId { id: user }),
+                Some((Some(sealed_secret), last_step, false)) => Ok(Some(StoredTotp {
+                    sealed_secret,
+                    last_step: last_step
+                        .map(|step| {
+                            u64::try_from(step)
+                                .map_err(|_| corrupt(format!("user {user} has a negative TOTP step {step}")))
+                        })
+                        .transpose()?,
+                })),
+                Some(_) => Ok(None),
+            }
+        })
+    }
+
+    fn use_totp_step(&self, user: UserId, step: u64) -> StoreFuture<'_, bool> {
+        Box::pin(async move {
+            let step = step_value(step)?;
+            let mut tx = self.write_tx().await?;
+            // One statement is the compare-and-set: whichever writer gets
+            // the lock first moves the step, and the other's condition is
+            // then false.
+            let done = sqlx::query(
+                "UPDATE users SET totp_last_step = ?
+                 WHERE id = ? AND deleted = 0 AND totp_secret IS NOT NULL
+                     AND (totp_last_step IS NULL OR totp_last_step < ?)",
+            )
+            .bind(step)
+            .bind(user.0)
+            .bind(step)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("record a used TOTP step"))?;
+            commit(tx).await?;
+            Ok(done.rows_affected() == 1)
         })
     }
 
@@ -1166,7 +1268,7 @@ impl Store for SqliteStore {
                         DirectoryChange::Delete { id } => {
                             let done = sqlx::query(
                                 "UPDATE users SET deleted = 1, password_hash = NULL, registered_at = NULL,
-                                     updated_at = ?
+                                     totp_secret = NULL, totp_last_step = NULL, updated_at = ?
                                  WHERE id = ? AND deleted = 0 AND source = 'federated'",
                             )
                             .bind(now)
@@ -1410,6 +1512,11 @@ impl Store for SqliteStore {
     fn close(&self) -> BoxFuture<'_, ()> {
         Box::pin(self.pool.close())
     }
+}
+
+/// A TOTP step as SQLite stores it (a signed 64-bit integer).
+fn step_value(step: u64) -> Result<i64, StoreError> {
+    i64::try_from(step).map_err(|_| StoreError::TotpStepOutOfRange { step })
 }
 
 async fn update_mfa_state(

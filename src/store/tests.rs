@@ -901,3 +901,234 @@ fn change_kinds_round_trip_and_unknown_kinds_survive() {
         ChangeKind::Unknown("totp_reset".into())
     );
 }
+
+fn new_totp(sealed: &[u8], confirmed_step: u64) -> NewTotp {
+    NewTotp {
+        sealed_secret: sealed.to_vec(),
+        confirmed_step,
+    }
+}
+
+#[tokio::test]
+async fn totp_registration_is_stored_fed_and_removed() {
+    let (store, clock) = memory_store().await;
+    let alice = upn("alice@corp.example.com");
+    let id = store
+        .create_cloud_user(&alice, MfaState::Enabled, None)
+        .await
+        .unwrap()
+        .id;
+    assert_eq!(store.totp(id).await.unwrap(), None);
+    assert!(!store.use_totp_step(id, 1).await.unwrap(), "no TOTP, no step");
+
+    clock.advance(7);
+    let user = store.set_totp(id, Some(&new_totp(b"sealed-1", 100))).await.unwrap();
+    assert_eq!(user.registered_at, Some(T0 + 7));
+    assert_eq!(
+        store.totp(id).await.unwrap(),
+        Some(StoredTotp {
+            sealed_secret: b"sealed-1".to_vec(),
+            last_step: Some(100),
+        })
+    );
+    // Neither the secret nor the step shows in the user's Debug or JSON.
+    assert!(!format!("{user:?}").contains("sealed"));
+    assert!(!serde_json::to_string(&user).unwrap().contains("totp"));
+
+    // Registering again replaces the secret and starts from its own step.
+    store.set_totp(id, Some(&new_totp(b"sealed-2", 90))).await.unwrap();
+    let stored = store.totp(id).await.unwrap().unwrap();
+    assert_eq!(stored.sealed_secret, b"sealed-2");
+    assert_eq!(stored.last_step, Some(90));
+    assert!(!format!("{stored:?}").contains("sealed-2"));
+
+    let user = store.set_totp(id, None).await.unwrap();
+    assert_eq!(user.registered_at, None);
+    assert_eq!(store.totp(id).await.unwrap(), None);
+    assert!(!store.use_totp_step(id, 1000).await.unwrap());
+
+    assert_eq!(
+        kinds_since(store.as_ref(), 0).await,
+        [
+            (ChangeKind::UserCreated, Some(id)),
+            (ChangeKind::TotpRegistered, Some(id)),
+            (ChangeKind::TotpRegistered, Some(id)),
+            (ChangeKind::TotpRemoved, Some(id)),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_totp_step_is_used_once_and_only_moves_forward() {
+    let (store, _) = memory_store().await;
+    let alice = upn("alice@corp.example.com");
+    let id = store
+        .create_cloud_user(&alice, MfaState::Enabled, None)
+        .await
+        .unwrap()
+        .id;
+    store.set_totp(id, Some(&new_totp(b"sealed", 100))).await.unwrap();
+    let seq = store.latest_change_seq().await.unwrap();
+
+    // The confirming code's step is used already.
+    assert!(!store.use_totp_step(id, 100).await.unwrap());
+    assert!(!store.use_totp_step(id, 99).await.unwrap());
+    assert!(store.use_totp_step(id, 101).await.unwrap());
+    assert!(!store.use_totp_step(id, 101).await.unwrap());
+    assert!(store.use_totp_step(id, 103).await.unwrap());
+    assert!(!store.use_totp_step(id, 102).await.unwrap());
+    assert_eq!(store.totp(id).await.unwrap().unwrap().last_step, Some(103));
+    // Sign-ins are not changes: the feed stays quiet.
+    assert!(kinds_since(store.as_ref(), seq).await.is_empty());
+
+    let err = store.use_totp_step(id, u64::MAX).await.unwrap_err();
+    assert!(matches!(err, StoreError::TotpStepOutOfRange { .. }), "{err}");
+    let err = store
+        .set_totp(id, Some(&new_totp(b"sealed", u64::MAX)))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::TotpStepOutOfRange { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn two_nodes_cannot_both_accept_one_code() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("fedgate.db").display());
+    let clock = Arc::new(ManualClock::new(T0));
+    let node_a = SqliteStore::open(&url, clock.clone()).await.unwrap();
+    let node_b = SqliteStore::open(&url, clock.clone()).await.unwrap();
+    let id = node_a
+        .create_cloud_user(&upn("alice@corp.example.com"), MfaState::Enforced, None)
+        .await
+        .unwrap()
+        .id;
+    node_a.set_totp(id, Some(&new_totp(b"sealed", 10))).await.unwrap();
+
+    for step in 11..31 {
+        let attempts = (0..6).map(|n| {
+            let node = if n % 2 == 0 { &node_a } else { &node_b };
+            node.use_totp_step(id, step)
+        });
+        let accepted = futures_util::future::join_all(attempts)
+            .await
+            .into_iter()
+            .map(Result::unwrap)
+            .filter(|&accepted| accepted)
+            .count();
+        assert_eq!(accepted, 1, "step {step}");
+    }
+    assert_eq!(node_b.totp(id).await.unwrap().unwrap().last_step, Some(30));
+}
+
+#[tokio::test]
+async fn totp_goes_with_required_registration_and_deletion() {
+    let (store, _) = memory_store().await;
+    let alice = upn("alice@corp.example.com");
+    let bob = upn("bob@corp.example.com");
+    let carol = upn("carol@corp.example.com");
+    let a = store
+        .create_cloud_user(&alice, MfaState::Enforced, None)
+        .await
+        .unwrap()
+        .id;
+    let b = store
+        .upsert_federated_user(&federated(&bob, true))
+        .await
+        .unwrap()
+        .user
+        .id;
+    let c = store
+        .upsert_federated_user(&federated(&carol, true))
+        .await
+        .unwrap()
+        .user
+        .id;
+    for id in [a, b, c] {
+        store.set_totp(id, Some(&new_totp(b"sealed", 5))).await.unwrap();
+    }
+
+    // An operator makes alice register again: her old secret is gone.
+    let seq = store.latest_change_seq().await.unwrap();
+    let user = store.require_registration(&alice).await.unwrap();
+    assert_eq!(user.registered_at, None);
+    assert_eq!(store.totp(a).await.unwrap(), None);
+    assert!(!store.use_totp_step(a, 6).await.unwrap());
+    assert_eq!(
+        kinds_since(store.as_ref(), seq).await,
+        [(ChangeKind::RegistrationRequired, Some(a))]
+    );
+
+    // Deleted by an operator, or gone from the directory: no TOTP, and a
+    // returning user does not bring it back.
+    store.mark_deleted(&bob).await.unwrap();
+    store
+        .apply_directory_changes(&[DirectoryChange::Delete { id: c }])
+        .await
+        .unwrap();
+    for id in [b, c] {
+        assert_eq!(store.totp(id).await.unwrap(), None);
+        let err = store.set_totp(id, Some(&new_totp(b"sealed", 6))).await.unwrap_err();
+        assert!(matches!(err, StoreError::UserDeleted { .. }), "{err}");
+    }
+    let back = store.upsert_federated_user(&federated(&bob, true)).await.unwrap().user;
+    assert_eq!(back.registered_at, None);
+    assert_eq!(store.totp(b).await.unwrap(), None);
+    let back = store.create_cloud_user(&carol, MfaState::Enabled, None).await.unwrap();
+    assert_eq!(back.id, c);
+    assert_eq!(store.totp(c).await.unwrap(), None);
+
+    // Unknown users.
+    let err = store.set_totp(UserId(999), None).await.unwrap_err();
+    assert!(matches!(err, StoreError::UnknownUserId { .. }), "{err}");
+    let err = store.totp(UserId(999)).await.unwrap_err();
+    assert!(matches!(err, StoreError::UnknownUserId { .. }), "{err}");
+    assert!(!store.use_totp_step(UserId(999), 1).await.unwrap());
+}
+
+#[tokio::test]
+async fn a_returning_user_never_brings_an_old_totp_back() {
+    // Deletion clears the secret; a row deleted without clearing it (by an
+    // older fedgate, or by hand) must still not bring it back.
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("fedgate.db").display());
+    let store = SqliteStore::open(&url, Arc::new(ManualClock::new(T0))).await.unwrap();
+    let bob = upn("bob@corp.example.com");
+    let carol = upn("carol@corp.example.com");
+    let b = store
+        .upsert_federated_user(&federated(&bob, true))
+        .await
+        .unwrap()
+        .user
+        .id;
+    let c = store
+        .create_cloud_user(&carol, MfaState::Enabled, None)
+        .await
+        .unwrap()
+        .id;
+    for id in [b, c] {
+        store.set_totp(id, Some(&new_totp(b"sealed", 5))).await.unwrap();
+        sqlx::query("UPDATE users SET deleted = 1 WHERE id = ?")
+            .bind(id.0)
+            .execute(store.pool())
+            .await
+            .unwrap();
+    }
+    store.upsert_federated_user(&federated(&bob, true)).await.unwrap();
+    store.create_cloud_user(&carol, MfaState::Enabled, None).await.unwrap();
+    for id in [b, c] {
+        assert_eq!(store.totp(id).await.unwrap(), None);
+        assert!(!store.use_totp_step(id, 6).await.unwrap());
+    }
+}
+
+#[test]
+fn totp_change_kinds_round_trip() {
+    for kind in [
+        ChangeKind::RegistrationRequired,
+        ChangeKind::Registered,
+        ChangeKind::TotpRegistered,
+        ChangeKind::TotpRemoved,
+    ] {
+        assert_eq!(ChangeKind::parse(kind.as_str()), kind);
+    }
+}

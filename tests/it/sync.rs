@@ -315,6 +315,9 @@ async fn directory_disable_revokes_every_credential_within_two_seconds_and_enabl
         tokio::time::sleep(POLL).await;
     }
     let took = app_refused.max(org_refused).unwrap();
+    eprintln!(
+        "directory disable refused alice's app password after {app_refused:?}, her org password after {org_refused:?}"
+    );
     assert!(
         took < DISABLE_LIMIT,
         "disable took {took:?} (app password {app_refused:?}, org password {org_refused:?})"
