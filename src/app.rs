@@ -19,6 +19,7 @@ use crate::config::Config;
 use crate::directory::{Directory, LdapDirectory};
 use crate::jobs::Job;
 use crate::model::{Clock, SystemClock};
+use crate::portal::Portal;
 use crate::proxy::workers::{self, Bound, Shared, Workers};
 use crate::proxy::{tls, Proxy};
 use crate::shutdown::Shutdown;
@@ -46,6 +47,8 @@ pub enum ServeError {
     Key(#[from] crate::server_key::KeyError),
     #[error("{0}")]
     Directory(#[from] crate::directory::client::SetupError),
+    #[error("{0}")]
+    Portal(#[from] crate::portal::PortalError),
 }
 
 fn bind(key: String, addr: SocketAddr, tls: Option<TlsAcceptor>, workers: usize) -> Result<Bound, ServeError> {
@@ -101,6 +104,20 @@ pub async fn serve(config: Config, shutdown: Shutdown) -> Result<(), ServeError>
     };
     let auth = Arc::new(Authenticator::new(Arc::clone(&store), key, audit, &config.auth, directory, clock).await?);
     let mut jobs = auth.start_jobs(&shutdown);
+    let portal = Portal::new(&config, Arc::clone(&auth), Arc::clone(&store), Arc::new(SystemClock))?.map(Arc::new);
+    if let Some(portal) = &portal {
+        let portal = Arc::clone(portal);
+        jobs.push(Job::every(
+            "portal.prune",
+            Duration::from_secs(300),
+            shutdown.clone(),
+            move || {
+                let portal = Arc::clone(&portal);
+                async move { portal.prune().await }
+            },
+        ));
+        tracing::info!(path = %config.portal.as_ref().map_or("", |p| p.path.as_str()), "portal enabled");
+    }
     if let (Some(sync), Some(ldap)) = (&config.sync, &ldap) {
         let syncer = Arc::new(Syncer::new(
             Arc::clone(ldap),
@@ -128,7 +145,7 @@ pub async fn serve(config: Config, shutdown: Shutdown) -> Result<(), ServeError>
     // Build the routes once here so that a bad route (an unreadable
     // upstream_ca_file) stops start-up with its message; each worker then
     // builds its own copy with its own upstream pools.
-    Proxy::new(&config, TaskTracker::new(), None)?;
+    Proxy::new(&config, TaskTracker::new(), None, None)?;
     let workers = config.server.workers;
     let mut bound = Vec::new();
     for (i, addr) in config.server.listen.iter().enumerate() {
@@ -150,6 +167,7 @@ pub async fn serve(config: Config, shutdown: Shutdown) -> Result<(), ServeError>
     let shared = Arc::new(Shared {
         config: Arc::clone(&config),
         auth: Some(Arc::clone(&auth)),
+        portal: portal.clone(),
         connections: Arc::new(Semaphore::new(config.server.limits.max_connections)),
         shutdown: shutdown.clone(),
     });

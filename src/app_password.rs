@@ -85,6 +85,36 @@ pub enum CredentialError {
     PasswordTooLong { len: usize },
     #[error("argon2id hashing failed: {0}")]
     Hash(argon2::password_hash::Error),
+    #[error("the hashing task ended abnormally")]
+    Interrupted,
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+}
+
+/// Issues a new app password: generates it, hashes it off the async
+/// reactor, tags it and stores it. Returns the record and the password in
+/// its display form, to be shown once.
+pub async fn issue(
+    store: &dyn crate::store::Store,
+    key: &ServerKey,
+    user: crate::model::UserId,
+    name: crate::model::AppPasswordName,
+) -> Result<(crate::model::AppPassword, Secret), CredentialError> {
+    let (password, hash) = tokio::task::spawn_blocking(|| {
+        let password = generate();
+        let hash = hash(&password);
+        (password, hash)
+    })
+    .await
+    .map_err(|_| CredentialError::Interrupted)?;
+    let new = crate::store::NewAppPassword {
+        user_id: user,
+        name,
+        tag: lookup_tag(key, &password),
+        hash: hash?,
+    };
+    let created = store.create_app_password(&new).await?;
+    Ok((created, password.display_form()))
 }
 
 /// An app password in canonical form (16 lowercase letters, check letters

@@ -150,6 +150,18 @@ impl std::fmt::Debug for Authenticator {
     }
 }
 
+/// What the portal's password step found.
+#[derive(Debug)]
+pub enum PortalPassword {
+    /// The organizational password is right and the account may sign in.
+    Valid(Box<crate::model::User>),
+    /// Wrong password, unknown user, app password, disabled account: the
+    /// page says the same for all of them.
+    Refused,
+    /// The directory or the store could not answer: try again later.
+    Unavailable,
+}
+
 /// Whether the directory's view of a user differs from the store's.
 fn needs_recording(entry: Option<&UserEntry>, found: &FederatedUser) -> bool {
     match entry {
@@ -284,6 +296,81 @@ impl Authenticator {
                 Err(self.after_failure_delay(refusal).await)
             }
         }
+    }
+
+    /// The portal's password step: the organizational password (argon2
+    /// for cloud-only users, a bind for directory users), never an app
+    /// password. Audited as route `portal`; refusals wait
+    /// `failure_delay` like any other.
+    pub async fn portal_password(
+        &self,
+        given: &str,
+        secret: &Secret,
+        client: Client,
+        user_agent: &str,
+    ) -> PortalPassword {
+        let name = match &self.directory {
+            Some(d) => LoginName::parse(given, d.directory.domain()),
+            None => Upn::parse(given).ok().map(LoginName::Upn),
+        };
+        let entry = match &name {
+            Some(LoginName::Upn(upn)) => self.index.user_by_upn(upn.as_str()),
+            Some(LoginName::Login(login)) => self.index.user_by_login(login),
+            None => None,
+        };
+        let mut audit = Event {
+            at: self.clock.now_ms(),
+            upn_given: given,
+            user_id: None,
+            route: "portal",
+            credential: CredentialKind::Password,
+            app_password_name: None,
+            client_ip: client.ip,
+            user_agent,
+            success: false,
+            reason: Reason::BadCredentials,
+        };
+        let verified = if app_password::normalize(secret.expose()).is_some() {
+            // App passwords are for devices; the portal wants the person.
+            audit.credential = CredentialKind::AppPassword;
+            Verification::from(Verified::Invalid)
+        } else {
+            self.verify(Realm::Cloud, name.as_ref(), entry.as_deref(), secret, None)
+                .await
+        };
+        let entry = verified.fresh.or(entry);
+        audit.user_id = entry.as_ref().map(|e| e.user.id);
+        let (outcome, reason) = match (&verified.verified, &entry) {
+            (_, Some(e)) if !e.user.is_active() => (PortalPassword::Refused, Reason::AccountDisabled),
+            (Verified::Password, Some(e)) => (PortalPassword::Valid(Box::new(e.user.clone())), Reason::Password),
+            (Verified::AccountDisabled, _) => (PortalPassword::Refused, Reason::AccountDisabled),
+            (Verified::LockedOut, _) => (PortalPassword::Refused, Reason::LockedOut),
+            (Verified::DirectoryUnavailable, _) => (PortalPassword::Unavailable, Reason::DirectoryUnavailable),
+            (Verified::Overloaded, _) => (PortalPassword::Unavailable, Reason::Overloaded),
+            (Verified::StoreUnavailable, _) => (PortalPassword::Unavailable, Reason::StoreUnavailable),
+            _ => (PortalPassword::Refused, Reason::BadCredentials),
+        };
+        audit.success = matches!(outcome, PortalPassword::Valid(_));
+        audit.reason = reason;
+        self.audit.record(&audit);
+        if !audit.success && !self.failure_delay.is_zero() {
+            tokio::time::sleep(self.failure_delay).await;
+        }
+        outcome
+    }
+
+    /// The user as the running server knows them (current to within one
+    /// change-feed poll).
+    pub fn user(&self, id: crate::model::UserId) -> Option<Arc<UserEntry>> {
+        self.index.user_by_id(id)
+    }
+
+    pub fn allow_app_passwords(&self) -> bool {
+        self.index.allow_app_passwords()
+    }
+
+    pub fn server_key(&self) -> &ServerKey {
+        &self.key
     }
 
     /// Checks the secret: from the cache when it was verified recently and

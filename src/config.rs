@@ -60,7 +60,26 @@ pub struct Config {
     /// The scheduled directory sync; `None` without a directory or when
     /// turned off.
     pub sync: Option<SyncConfig>,
+    /// The self-service portal; `None` when off.
+    pub portal: Option<PortalConfig>,
     pub routes: Vec<RouteConfig>,
+}
+
+/// `[portal]`: second-factor registration, app-password management and
+/// browser sign-in for `browser = "mfa"` routes.
+#[derive(Debug, Clone)]
+pub struct PortalConfig {
+    /// Path prefix of the pages on the main listeners, without a trailing
+    /// slash (`/portal`).
+    pub path: String,
+    /// The name authenticator apps show next to the account.
+    pub issuer: String,
+    /// Key that seals TOTP secrets at rest (created 0600 on first start).
+    pub secret_key_file: PathBuf,
+    /// A session unused this long ends.
+    pub session_idle: Duration,
+    /// A session ends this long after sign-in, used or not.
+    pub session_absolute: Duration,
 }
 
 /// Which directory server software: picks defaults for change tracking and
@@ -410,10 +429,33 @@ impl TryFrom<FileConfig> for Config {
 
         let directory = file.directory.map(directory).transpose()?;
         let sync = sync(file.sync, directory.as_ref())?;
+        let portal = portal(file.portal)?;
 
         let mut routes = Vec::with_capacity(file.route.len());
         for (index, r) in file.route.into_iter().enumerate() {
             routes.push(route(index, r, &server.upstream, directory.is_some())?);
+        }
+        if let Some(p) = &portal {
+            if let Some(r) = routes
+                .iter()
+                .find(|r| r.path == p.path || r.path.starts_with(&format!("{}/", p.path)))
+            {
+                return Err(ConfigError::invalid(
+                    format!("route[{}].path", r.index),
+                    format!(
+                        "\"{}\" is under portal.path \"{}\", which the portal serves",
+                        r.path, p.path
+                    ),
+                ));
+            }
+        }
+        if portal.is_none() {
+            if let Some(r) = routes.iter().find(|r| r.browser == BrowserMode::Mfa) {
+                return Err(ConfigError::invalid(
+                    format!("route[{}].browser", r.index),
+                    "\"mfa\" signs browsers in through the portal: enable [portal]",
+                ));
+            }
         }
         if routes.is_empty() {
             return Err(ConfigError::invalid(
@@ -436,9 +478,43 @@ impl TryFrom<FileConfig> for Config {
             auth,
             directory,
             sync,
+            portal,
             routes,
         })
     }
+}
+
+fn portal(p: Option<file::PortalFile>) -> Result<Option<PortalConfig>, ConfigError> {
+    let Some(p) = p else { return Ok(None) };
+    if p.enabled == Some(false) {
+        return Ok(None);
+    }
+    let path = p.path.unwrap_or_else(|| "/portal".into());
+    let path = path.trim_end_matches('/').to_owned();
+    if !path.starts_with('/') || path.len() < 2 || path.contains(['?', '#', ' ', '"', '<', '>', '\'']) {
+        return Err(ConfigError::invalid(
+            "portal.path",
+            format!("expected a path such as \"/portal\", got \"{path}\""),
+        ));
+    }
+    let issuer = p.issuer.unwrap_or_else(|| "fedgate".into()).trim().to_owned();
+    if issuer.is_empty() || issuer.len() > 64 || issuer.contains(':') || issuer.chars().any(char::is_control) {
+        return Err(ConfigError::invalid(
+            "portal.issuer",
+            format!("1 to 64 characters without ':' (authenticator apps split on it), got \"{issuer}\""),
+        ));
+    }
+    Ok(Some(PortalConfig {
+        path,
+        issuer,
+        secret_key_file: non_empty_path(
+            "portal.secret_key_file",
+            p.secret_key_file.as_deref(),
+            "data/portal.key",
+        )?,
+        session_idle: duration("portal.session_idle", p.session_idle.as_deref(), "30m")?,
+        session_absolute: duration("portal.session_absolute", p.session_absolute.as_deref(), "12h")?,
+    }))
 }
 
 fn sync(s: Option<file::SyncFile>, directory: Option<&DirectoryConfig>) -> Result<Option<SyncConfig>, ConfigError> {
@@ -790,10 +866,10 @@ fn route(
             ))
         }
     };
-    if browser == BrowserMode::Mfa {
+    if browser == BrowserMode::Mfa && realm == Realm::None {
         return Err(ConfigError::invalid(
             key("browser"),
-            "\"mfa\" needs the portal, which this build does not have yet",
+            "\"mfa\" signs browsers in; a realm = \"none\" route signs nobody in",
         ));
     }
     Ok(RouteConfig {

@@ -26,6 +26,7 @@ pub mod jobs;
 pub mod key_file;
 pub mod logging;
 pub mod model;
+pub mod portal;
 pub mod proxy;
 pub mod secretbox;
 pub mod server_key;

@@ -243,10 +243,12 @@ named_enum! {
 
 named_enum! {
     /// Which kind of secret a sign-in presented.
-    pub enum CredentialKind as "credential kind" expecting "none, app_password or password" {
+    pub enum CredentialKind as "credential kind" expecting "none, app_password, password or portal_session" {
         None = "none",
         AppPassword = "app_password",
         Password = "password",
+        /// A browser signed in through the portal (password and code).
+        PortalSession = "portal_session",
     }
 }
 
@@ -605,3 +607,9 @@ impl Clock for ManualClock {
 
 #[cfg(test)]
 mod tests;
+
+/// Unix milliseconds as RFC 3339 UTC, seconds precision.
+pub fn rfc3339(ms: i64) -> String {
+    let t = UNIX_EPOCH + std::time::Duration::from_millis(u64::try_from(ms).unwrap_or(0));
+    humantime::format_rfc3339_seconds(t).to_string()
+}

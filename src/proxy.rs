@@ -25,7 +25,9 @@ use ipnet::IpNet;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::{self, Authenticator, Identity};
-use crate::config::{Config, Realm, RouteConfig, Upstream as UpstreamConfig};
+use crate::config::{BrowserMode, Config, Realm, RouteConfig, Upstream as UpstreamConfig};
+use crate::model::CredentialKind;
+use crate::portal::{BrowserCheck, Portal};
 use body::{AccessRecord, Logged, ProxyBody};
 use error::ProxyError;
 use forward::{ClientInfo, Upstream};
@@ -48,6 +50,7 @@ pub struct Proxy {
     router: route::Router<Arc<Route>>,
     trusted_proxies: Vec<IpNet>,
     auth: Option<Arc<Authenticator>>,
+    portal: Option<Arc<Portal>>,
 }
 
 impl Proxy {
@@ -58,6 +61,7 @@ impl Proxy {
         config: &Config,
         tunnels: TaskTracker,
         auth: Option<Arc<Authenticator>>,
+        portal: Option<Arc<Portal>>,
     ) -> Result<Proxy, tls::TlsError> {
         let mut routes = Vec::with_capacity(config.routes.len());
         for rc in &config.routes {
@@ -82,6 +86,7 @@ impl Proxy {
             router: route::Router::new(routes),
             trusted_proxies: config.server.trusted_proxies.clone(),
             auth,
+            portal,
         })
     }
 
@@ -117,6 +122,13 @@ impl Proxy {
             complete: false,
             in_flight: Some(in_flight),
         };
+        if let Some(portal) = self.portal.as_ref().filter(|p| p.owns(req.uri().path())) {
+            record.route = Some(Arc::from("portal"));
+            let resp = portal.handle(req, client.ip).await;
+            record.status = resp.status().as_u16();
+            let (parts, body) = resp.into_parts();
+            return Response::from_parts(parts, Logged::wrap(body, record));
+        }
         let route = self.router.find(host, req.uri().path()).cloned();
         let resp = match route {
             None => ProxyError::NoRoute.into_response(),
@@ -131,6 +143,23 @@ impl Proxy {
         Response::from_parts(parts, Logged::wrap(body, record))
     }
 
+    async fn decide(
+        &self,
+        auth: &Option<Arc<Authenticator>>,
+        realm: Realm,
+        config: &RouteConfig,
+        parts: &http::request::Parts,
+        client: &ClientInfo,
+    ) -> auth::Outcome {
+        match (auth, realm) {
+            (_, Realm::None) => Ok(Identity::Anonymous),
+            (Some(auth), _) => auth.authenticate(config, parts, auth::Client { ip: client.ip }).await,
+            // Invariant: the server builds an authenticator whenever a route
+            // has a sign-in realm; refuse rather than let a request through.
+            (None, _) => Err(ProxyError::Unavailable.into_response()),
+        }
+    }
+
     async fn serve_route(
         &self,
         route: &Route,
@@ -140,15 +169,23 @@ impl Proxy {
         record: &mut AccessRecord,
     ) -> Response<ProxyBody> {
         let (parts, body) = req.into_parts();
-        let outcome = match (&self.auth, route.config.realm) {
-            (_, Realm::None) => Ok(Identity::Anonymous),
-            (Some(auth), _) => {
-                auth.authenticate(&route.config, &parts, auth::Client { ip: client.ip })
-                    .await
+        // A browser on a `browser = "mfa"` route signs in through the
+        // portal; anything else (Basic clients) meets the decision table.
+        let browser = match (&self.portal, route.config.browser) {
+            (Some(portal), BrowserMode::Mfa) => {
+                let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+                portal.browser_check(&parts.headers, target).await
             }
-            // Invariant: the server builds an authenticator whenever a route
-            // has a sign-in realm; refuse rather than let a request through.
-            (None, _) => Err(ProxyError::Unavailable.into_response()),
+            _ => None,
+        };
+        let outcome = match (browser, &self.auth, route.config.realm) {
+            (Some(BrowserCheck::Redirect(to)), _, _) => return to,
+            (Some(BrowserCheck::SignedIn(upn)), _, _) => Ok(Identity::User {
+                upn,
+                credential: CredentialKind::PortalSession,
+                app_password: None,
+            }),
+            (None, auth, realm) => self.decide(auth, realm, &route.config, &parts, client).await,
         };
         let identity = match outcome {
             Ok(identity) => identity,

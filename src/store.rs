@@ -209,6 +209,18 @@ pub trait Store: Send + Sync + fmt::Debug {
 
     fn release_sync_lease<'a>(&'a self, holder: &'a str) -> StoreFuture<'a, ()>;
 
+    // Portal sessions.
+
+    fn put_portal_session<'a>(&'a self, session: &'a PortalSession) -> StoreFuture<'a, ()>;
+
+    fn portal_session<'a>(&'a self, id_hash: &'a [u8; 32]) -> StoreFuture<'a, Option<PortalSession>>;
+
+    fn delete_portal_session<'a>(&'a self, id_hash: &'a [u8; 32]) -> StoreFuture<'a, ()>;
+
+    /// Deletes sessions last seen before `before` (unix ms); returns how
+    /// many.
+    fn prune_portal_sessions(&self, before: i64) -> StoreFuture<'_, u64>;
+
     // Audit.
 
     /// Appends sign-in records in one transaction. Client-supplied text is
@@ -225,6 +237,38 @@ pub trait Store: Send + Sync + fmt::Debug {
 
     /// Closes connections after in-flight work; later calls fail.
     fn close(&self) -> BoxFuture<'_, ()>;
+}
+
+/// A browser's session with the portal. The cookie holds a random id; the
+/// store holds its hash.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PortalSession {
+    pub id_hash: [u8; 32],
+    pub user_id: UserId,
+    /// False while a second factor is still due.
+    pub signed_in: bool,
+    /// Whether a TOTP code was checked in this session.
+    pub mfa: bool,
+    /// The user's MFA state when the session began.
+    pub mfa_state: MfaState,
+    pub created_at: i64,
+    pub last_seen_at: i64,
+    pub return_to: Option<String>,
+    /// A TOTP secret being registered, sealed.
+    pub pending_totp: Option<Vec<u8>>,
+    pub failed_codes: u32,
+    pub codes_blocked_until: Option<i64>,
+}
+
+impl fmt::Debug for PortalSession {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PortalSession")
+            .field("user_id", &self.user_id)
+            .field("signed_in", &self.signed_in)
+            .field("mfa", &self.mfa)
+            .field("created_at", &self.created_at)
+            .finish_non_exhaustive()
+    }
 }
 
 /// One change a sync pass makes.

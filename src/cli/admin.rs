@@ -6,7 +6,7 @@
 use std::io::Read;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
@@ -14,7 +14,7 @@ use super::{AppPasswordCommand, SettingsCommand, SigninsArgs, UserCommand};
 use crate::app_password;
 use crate::config::Config;
 use crate::model::{AppPassword, AppPasswordName, Clock, MfaState, Secret, SystemClock, Upn, User};
-use crate::store::{AuditFilter, NewAppPassword, StateLine, Store, StoreError};
+use crate::store::{AuditFilter, StateLine, Store, StoreError};
 
 /// Why an admin command failed; printed as one line on stderr.
 #[derive(Debug, thiserror::Error)]
@@ -53,8 +53,7 @@ fn upn(text: &str) -> Result<Upn, CommandError> {
 
 /// Formats unix milliseconds as RFC 3339 UTC, seconds precision.
 pub fn time(ms: i64) -> String {
-    let t = UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0));
-    humantime::format_rfc3339_seconds(t).to_string()
+    crate::model::rfc3339(ms)
 }
 
 fn opt_time(ms: Option<i64>) -> String {
@@ -295,21 +294,13 @@ pub async fn app_password_cmd(ctx: &Ctx, cmd: AppPasswordCommand) -> Result<(), 
             let user = ctx.user(&upn).await?;
             let name = AppPasswordName::parse(&name).map_err(|e| input(format!("--name: {e}")))?;
             let key = crate::server_key::load_or_create(&ctx.config.store.key_file)?;
-            let (password, hash) = tokio::task::spawn_blocking(|| {
-                let password = app_password::generate();
-                let hash = app_password::hash(&password);
-                (password, hash)
-            })
-            .await
-            .map_err(|e| input(format!("hashing failed: {e}")))?;
-            let new = NewAppPassword {
-                user_id: user.id,
-                name,
-                tag: app_password::lookup_tag(&key, &password),
-                hash: hash?,
-            };
-            let created = ctx.store.create_app_password(&new).await?;
-            let shown = password.display_form();
+            let (created, shown) =
+                app_password::issue(&*ctx.store, &key, user.id, name)
+                    .await
+                    .map_err(|e| match e {
+                        app_password::CredentialError::Store(e) => CommandError::Store(e),
+                        other => CommandError::Credential(other),
+                    })?;
             if ctx.json {
                 println!(
                     "{}",

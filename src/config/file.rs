@@ -12,6 +12,7 @@ pub struct FileConfig {
     pub auth: Option<AuthFile>,
     pub directory: Option<DirectoryFile>,
     pub sync: Option<SyncFile>,
+    pub portal: Option<PortalFile>,
     #[serde(default)]
     pub route: Vec<RouteFile>,
 }
@@ -61,6 +62,17 @@ pub struct DirectoryFile {
     pub failover_backoff: Option<String>,
     pub groups_attribute: Option<String>,
     pub password_changed_attribute: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortalFile {
+    pub enabled: Option<bool>,
+    pub path: Option<String>,
+    pub issuer: Option<String>,
+    pub secret_key_file: Option<String>,
+    pub session_idle: Option<String>,
+    pub session_absolute: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

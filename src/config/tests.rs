@@ -202,3 +202,29 @@ fn bad_directory_values_name_their_key() {
         assert!(err.contains(want), "expected {want:?} in {err:?}");
     }
 }
+
+#[test]
+fn portal_keys_and_mfa_routes() {
+    let mfa = MINIMAL.replace("realm = \"none\"", "realm = \"cloud\"\nbrowser = \"mfa\"");
+    let err = parse(&mfa).unwrap_err().to_string();
+    assert!(err.contains("route[0].browser") && err.contains("[portal]"), "{err}");
+    let with_portal = format!("{mfa}\n[portal]\nissuer = \"Contoso\"\n");
+    let c = parse(&with_portal).unwrap();
+    let p = c.portal.unwrap();
+    assert_eq!((p.path.as_str(), p.issuer.as_str()), ("/portal", "Contoso"));
+    assert_eq!(p.session_idle, Duration::from_secs(1800));
+    for (extra, key) in [
+        ("[portal]\nissuer = \"A:B\"", "portal.issuer"),
+        ("[portal]\npath = \"portal\"", "portal.path"),
+        ("[portal]\nsession_idle = \"soon\"", "portal.session_idle"),
+    ] {
+        let err = parse(&format!("{MINIMAL}\n{extra}\n")).unwrap_err().to_string();
+        assert!(err.contains(key), "expected {key} in {err}");
+    }
+    let clash = MINIMAL.replace("\"/whoami\"", "\"/portal/x\"") + "\n[portal]\n";
+    assert!(parse(&clash).unwrap_err().to_string().contains("route[0].path"));
+    assert!(parse(&format!("{MINIMAL}\n[portal]\nenabled = false\n"))
+        .unwrap()
+        .portal
+        .is_none());
+}

@@ -74,6 +74,7 @@ pub struct Workers {
 pub struct Shared {
     pub config: Arc<Config>,
     pub auth: Option<Arc<Authenticator>>,
+    pub portal: Option<Arc<crate::portal::Portal>>,
     pub connections: Arc<Semaphore>,
     pub shutdown: Shutdown,
 }
@@ -132,7 +133,12 @@ fn run_worker(shared: Arc<Shared>, sockets: Vec<(std::net::TcpListener, Option<T
             }
         });
         let tracker = TaskTracker::new();
-        let proxy = match Proxy::new(&shared.config, tracker.clone(), shared.auth.clone()) {
+        let proxy = match Proxy::new(
+            &shared.config,
+            tracker.clone(),
+            shared.auth.clone(),
+            shared.portal.clone(),
+        ) {
             Ok(p) => Arc::new(p),
             Err(err) => {
                 tracing::error!(error = %err, "cannot build the routes; shutting down");
