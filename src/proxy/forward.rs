@@ -170,6 +170,40 @@ pub fn strip_identity_header(headers: &mut HeaderMap, identity: &HeaderName) {
     }
 }
 
+/// Cookies that are fedgate's own: a portal session id must never reach an
+/// upstream, which could replay it.
+const OWN_COOKIES: [&str; 2] = ["fedgate_session", "fedgate_csrf"];
+
+/// Removes fedgate's own cookies from `Cookie` headers, keeping the rest.
+pub fn strip_own_cookies(headers: &mut HeaderMap) {
+    let own = |pair: &str| {
+        let name = pair.split('=').next().unwrap_or("").trim();
+        OWN_COOKIES.contains(&name)
+    };
+    let carries_own = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .any(|v| v.to_str().is_ok_and(|v| v.split(';').any(own)));
+    if !carries_own {
+        return;
+    }
+    let kept: Vec<String> = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .map(str::trim)
+        .filter(|pair| !pair.is_empty() && !own(pair))
+        .map(str::to_owned)
+        .collect();
+    headers.remove(header::COOKIE);
+    if !kept.is_empty() {
+        if let Ok(v) = HeaderValue::from_str(&kept.join("; ")) {
+            headers.insert(header::COOKIE, v);
+        }
+    }
+}
+
 const VIA: &str = "1.1 fedgate";
 
 fn append_via(headers: &mut HeaderMap) {
@@ -287,6 +321,7 @@ impl Upstream {
         let headers = req.headers_mut();
         strip_hop_by_hop(headers);
         strip_identity_header(headers, &route.identity_header);
+        strip_own_cookies(headers);
         if !forward_authorization {
             headers.remove(header::AUTHORIZATION);
         }
@@ -439,6 +474,19 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1, "{h:?}");
         assert!(h.contains_key("x-keep"));
+    }
+
+    #[test]
+    fn own_cookies_never_reach_the_upstream() {
+        let mut h = HeaderMap::new();
+        h.append(header::COOKIE, HeaderValue::from_static("a=1; fedgate_session=secret; b=2"));
+        h.append(header::COOKIE, HeaderValue::from_static("fedgate_csrf=x"));
+        strip_own_cookies(&mut h);
+        assert_eq!(h.get_all(header::COOKIE).iter().collect::<Vec<_>>(), ["a=1; b=2"]);
+        let mut only = HeaderMap::new();
+        only.insert(header::COOKIE, HeaderValue::from_static("fedgate_session=secret"));
+        strip_own_cookies(&mut only);
+        assert!(!only.contains_key(header::COOKIE));
     }
 
     #[test]
