@@ -37,7 +37,7 @@ use crate::config::{Config, PortalConfig, Realm};
 use crate::model::{AppPasswordName, Clock, MfaState, Secret, User};
 use crate::proxy::body::{full, ProxyBody};
 use crate::secretbox::SecretBox;
-use crate::store::{NewTotp, PortalSession, Store, StoreError};
+use crate::store::{NewTotp, PortalSession, Store, StoreError, TotpLimit};
 use crate::totp::TotpSecret;
 use pages::Frame;
 
@@ -47,14 +47,17 @@ const CSRF_COOKIE: &str = "fedgate_csrf";
 const MAX_FORM_BYTES: usize = 16 * 1024;
 /// A session waiting for its second factor lasts this long.
 const SECOND_FACTOR_WINDOW: Duration = Duration::from_secs(600);
-/// Wrong codes in a row before codes are refused for a while.
-const MAX_CODE_FAILURES: u32 = 5;
-const CODE_BLOCK: Duration = Duration::from_secs(30);
+/// Wrong codes in a row (per user) before codes are refused for a while.
+const CODE_LIMIT: TotpLimit = TotpLimit {
+    max_failures: 5,
+    block_ms: 30_000,
+};
 /// `last_seen_at` is written at most this often per session.
 const TOUCH_EVERY: i64 = 60_000;
 
 const SIGN_IN_FAILED: &str = "Sign-in failed: check your user name and password.";
 const CODE_FAILED: &str = "That code is wrong or was already used.";
+const TOO_MANY_CODES: &str = "Too many wrong codes: wait 30 seconds, then try again.";
 
 /// Problems found when the portal is built from the config.
 #[derive(Debug, thiserror::Error)]
@@ -256,7 +259,7 @@ impl Portal {
                     &list,
                     self.auth.allow_app_passwords(),
                     error,
-                    crate::model::rfc3339,
+                    |ms| crate::model::rfc3339(ms).replacen('T', " ", 1).replace('Z', " UTC"),
                 ),
             ),
             Err(err) => self.unavailable(frame, &err),
@@ -405,8 +408,6 @@ impl Portal {
             last_seen_at: now,
             return_to,
             pending_totp: None,
-            failed_codes: 0,
-            codes_blocked_until: None,
         };
         if let Err(err) = self.store.put_portal_session(&session).await {
             return self.unavailable(frame, &err);
@@ -441,11 +442,19 @@ impl Portal {
         }
     }
 
-    /// Checks a code and, once, records its step; counts failures.
+    /// Checks a code and, once, records its step; counts failures per
+    /// user.
     async fn check_code(&self, c: &mut Current, code: &str) -> Result<(), &'static str> {
         let now = self.now();
-        if c.session.codes_blocked_until.is_some_and(|until| until > now) {
-            return Err("Too many wrong codes: wait 30 seconds, then try again.");
+        if self
+            .store
+            .totp_blocked_until(c.user.id)
+            .await
+            .ok()
+            .flatten()
+            .is_some_and(|until| until > now)
+        {
+            return Err(TOO_MANY_CODES);
         }
         let accepted = match self.store.totp(c.user.id).await {
             Ok(Some(stored)) => match TotpSecret::open(&self.secrets, &stored.sealed_secret, c.user.id) {
@@ -460,23 +469,21 @@ impl Portal {
             },
             _ => false,
         };
-        self.count_code(c, accepted, now).await
+        self.count_code(c, accepted).await
     }
 
-    async fn count_code(&self, c: &mut Current, accepted: bool, now: i64) -> Result<(), &'static str> {
+    async fn count_code(&self, c: &Current, accepted: bool) -> Result<(), &'static str> {
+        let blocked = self
+            .store
+            .note_totp_result(c.user.id, accepted, &CODE_LIMIT)
+            .await
+            .ok()
+            .flatten();
         if accepted {
-            c.session.failed_codes = 0;
-            c.session.codes_blocked_until = None;
             return Ok(());
         }
-        c.session.failed_codes += 1;
-        tracing::info!(user = %c.user.upn, failures = c.session.failed_codes, "portal: wrong second-factor code");
-        if c.session.failed_codes >= MAX_CODE_FAILURES {
-            c.session.failed_codes = 0;
-            c.session.codes_blocked_until = Some(now + CODE_BLOCK.as_millis() as i64);
-        }
-        let _ = self.store.put_portal_session(&c.session).await;
-        Err(CODE_FAILED)
+        tracing::info!(user = %c.user.upn, "portal: wrong second-factor code");
+        Err(if blocked.is_some() { TOO_MANY_CODES } else { CODE_FAILED })
     }
 
     async fn verify(&self, c: &mut Current, form: &Form, frame: &Frame<'_>) -> Response<ProxyBody> {
@@ -520,8 +527,8 @@ impl Portal {
         let step = match secret.verify(form.get("code"), (now / 1000) as u64, None) {
             Some(step) => step,
             None => {
-                let _ = self.count_code(c, false, now).await;
-                return self.show_register(c, frame, Some(CODE_FAILED)).await;
+                let message = self.count_code(c, false).await.err().unwrap_or(CODE_FAILED);
+                return self.show_register(c, frame, Some(message)).await;
             }
         };
         let new = NewTotp {
@@ -548,7 +555,6 @@ impl Portal {
         c.session.mfa = true;
         c.session.mfa_state = MfaState::Enforced;
         c.session.pending_totp = None;
-        c.session.failed_codes = 0;
         c.session.return_to = c.session.return_to.take().filter(|_| !registered);
         if let Err(err) = self.store.put_portal_session(&c.session).await {
             return self.unavailable(frame, &err);

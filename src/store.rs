@@ -128,6 +128,21 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// nor revokes.
     fn use_totp_step(&self, user: UserId, step: u64) -> StoreFuture<'_, bool>;
 
+    /// Until when (unix ms) the user's codes are refused after repeated
+    /// wrong ones; `None` when they are not.
+    fn totp_blocked_until(&self, user: UserId) -> StoreFuture<'_, Option<i64>>;
+
+    /// Counts a wrong code (a right one resets the count); at
+    /// `limit.max_failures` in a row codes are refused for
+    /// `limit.block_ms`, and the time they are refused until is returned.
+    /// Counted per user, so a new browser session buys no more tries.
+    fn note_totp_result<'a>(
+        &'a self,
+        user: UserId,
+        accepted: bool,
+        limit: &'a TotpLimit,
+    ) -> StoreFuture<'a, Option<i64>>;
+
     // App passwords.
 
     /// Refuses a user's 41st app password ([`StoreError::TooManyAppPasswords`])
@@ -239,6 +254,14 @@ pub trait Store: Send + Sync + fmt::Debug {
     fn close(&self) -> BoxFuture<'_, ()>;
 }
 
+/// How many wrong second-factor codes in a row are allowed, and how long
+/// codes are refused after that.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TotpLimit {
+    pub max_failures: u32,
+    pub block_ms: i64,
+}
+
 /// A browser's session with the portal. The cookie holds a random id; the
 /// store holds its hash.
 #[derive(Clone, PartialEq, Eq)]
@@ -256,8 +279,6 @@ pub struct PortalSession {
     pub return_to: Option<String>,
     /// A TOTP secret being registered, sealed.
     pub pending_totp: Option<Vec<u8>>,
-    pub failed_codes: u32,
-    pub codes_blocked_until: Option<i64>,
 }
 
 impl fmt::Debug for PortalSession {

@@ -258,7 +258,13 @@ caption{text-align:left;color:var(--muted)}
 th,td{text-align:left;padding:.4rem;border-bottom:1px solid var(--line);vertical-align:middle}
 td form button{margin:0}
 .visually-hidden{position:absolute;width:1px;height:1px;overflow:hidden;clip:rect(0 0 0 0)}
-@media (max-width:40rem){main{margin:0;border:0;border-radius:0;padding:1rem}}
+#text-key{word-break:normal}
+@media (max-width:40rem){main{margin:0;border:0;border-radius:0;padding:1rem}
+table,tbody,tr,td{display:block}thead{position:absolute;left:-9999px}
+tr{border-bottom:1px solid var(--line);padding:.5rem 0}td{border:0;padding:.15rem 0}
+td:nth-child(2)::before{content:'Created: '}td:nth-child(3)::before{content:'Last used: '}
+td:nth-child(4)::before{content:'From: '}td:nth-child(5)::before{content:'Client: '}
+td:first-child{font-weight:600}}
 ";
 
 /// The copy button: shown only where script runs; the page works without.

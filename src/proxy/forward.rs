@@ -479,7 +479,10 @@ mod tests {
     #[test]
     fn own_cookies_never_reach_the_upstream() {
         let mut h = HeaderMap::new();
-        h.append(header::COOKIE, HeaderValue::from_static("a=1; fedgate_session=secret; b=2"));
+        h.append(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; fedgate_session=secret; b=2"),
+        );
         h.append(header::COOKIE, HeaderValue::from_static("fedgate_csrf=x"));
         strip_own_cookies(&mut h);
         assert_eq!(h.get_all(header::COOKIE).iter().collect::<Vec<_>>(), ["a=1; b=2"]);

@@ -26,8 +26,8 @@ use sqlx::{QueryBuilder, Row, Sqlite, Transaction};
 
 use super::{
     AppliedChanges, AuditFilter, BulkApplied, Change, ChangeKind, DirectoryChange, LastUsed, LineError, NewAppPassword,
-    NewTotp, PortalSession, StateLine, Store, StoreError, StoreFuture, StoredTotp, SyncMark, SyncPass, UpsertOutcome,
-    Upserted,
+    NewTotp, PortalSession, StateLine, Store, StoreError, StoreFuture, StoredTotp, SyncMark, SyncPass, TotpLimit,
+    UpsertOutcome, Upserted,
 };
 use crate::app_password::MAX_APP_PASSWORDS_PER_USER;
 use crate::model::{
@@ -75,6 +75,11 @@ const MIGRATIONS: &[Migration] = &[
         version: 6,
         name: "portal_sessions",
         sql: include_str!("migrations/0006_portal_sessions.sql"),
+    },
+    Migration {
+        version: 7,
+        name: "totp_failures",
+        sql: include_str!("migrations/0007_totp_failures.sql"),
     },
 ];
 
@@ -987,6 +992,60 @@ impl Store for SqliteStore {
         })
     }
 
+    fn totp_blocked_until(&self, user: UserId) -> StoreFuture<'_, Option<i64>> {
+        Box::pin(async move {
+            sqlx::query_scalar("SELECT totp_blocked_until FROM users WHERE id = ?")
+                .bind(user.0)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db("read second-factor failures"))
+                .map(Option::flatten)
+        })
+    }
+
+    fn note_totp_result<'a>(
+        &'a self,
+        user: UserId,
+        accepted: bool,
+        limit: &'a TotpLimit,
+    ) -> StoreFuture<'a, Option<i64>> {
+        Box::pin(async move {
+            let now = self.clock.now_ms();
+            let mut tx = self.write_tx().await?;
+            if accepted {
+                sqlx::query("UPDATE users SET totp_failures = 0, totp_blocked_until = NULL WHERE id = ?")
+                    .bind(user.0)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db("reset second-factor failures"))?;
+                commit(tx).await?;
+                return Ok(None);
+            }
+            let failures: i64 = sqlx::query_scalar(
+                "UPDATE users SET totp_failures = totp_failures + 1 WHERE id = ? RETURNING totp_failures",
+            )
+            .bind(user.0)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db("count a second-factor failure"))?
+            .unwrap_or(0);
+            let blocked = if failures >= i64::from(limit.max_failures) {
+                let until = now + limit.block_ms;
+                sqlx::query("UPDATE users SET totp_failures = 0, totp_blocked_until = ? WHERE id = ?")
+                    .bind(until)
+                    .bind(user.0)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db("block second-factor codes"))?;
+                Some(until)
+            } else {
+                None
+            };
+            commit(tx).await?;
+            Ok(blocked)
+        })
+    }
+
     fn use_totp_step(&self, user: UserId, step: u64) -> StoreFuture<'_, bool> {
         Box::pin(async move {
             let step = step_value(step)?;
@@ -1451,13 +1510,12 @@ impl Store for SqliteStore {
             let mut tx = self.write_tx().await?;
             sqlx::query(
                 "INSERT INTO portal_sessions (id_hash, user_id, stage, mfa, mfa_state, created_at, last_seen_at,
-                                              return_to, pending_totp, failed_codes, codes_blocked_until)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                                              return_to, pending_totp)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
                  ON CONFLICT (id_hash) DO UPDATE SET
                      stage = excluded.stage, mfa = excluded.mfa, mfa_state = excluded.mfa_state,
                      last_seen_at = excluded.last_seen_at, return_to = excluded.return_to,
-                     pending_totp = excluded.pending_totp, failed_codes = excluded.failed_codes,
-                     codes_blocked_until = excluded.codes_blocked_until",
+                     pending_totp = excluded.pending_totp",
             )
             .bind(&session.id_hash[..])
             .bind(session.user_id.0)
@@ -1468,8 +1526,6 @@ impl Store for SqliteStore {
             .bind(session.last_seen_at)
             .bind(&session.return_to)
             .bind(&session.pending_totp)
-            .bind(i64::from(session.failed_codes))
-            .bind(session.codes_blocked_until)
             .execute(&mut *tx)
             .await
             .map_err(db("save a portal session"))?;
@@ -1481,7 +1537,7 @@ impl Store for SqliteStore {
         Box::pin(async move {
             let row = sqlx::query(
                 "SELECT id_hash, user_id, stage, mfa, mfa_state, created_at, last_seen_at, return_to,
-                        pending_totp, failed_codes, codes_blocked_until
+                        pending_totp
                  FROM portal_sessions WHERE id_hash = ?",
             )
             .bind(&id_hash[..])
@@ -1492,7 +1548,6 @@ impl Store for SqliteStore {
             let read = || db("read a portal session");
             let stage: String = row.try_get("stage").map_err(read())?;
             let state: String = row.try_get("mfa_state").map_err(read())?;
-            let failed: i64 = row.try_get("failed_codes").map_err(read())?;
             Ok(Some(PortalSession {
                 id_hash: *id_hash,
                 user_id: UserId(row.try_get("user_id").map_err(read())?),
@@ -1503,8 +1558,6 @@ impl Store for SqliteStore {
                 last_seen_at: row.try_get("last_seen_at").map_err(read())?,
                 return_to: row.try_get("return_to").map_err(read())?,
                 pending_totp: row.try_get("pending_totp").map_err(read())?,
-                failed_codes: u32::try_from(failed).unwrap_or(u32::MAX),
-                codes_blocked_until: row.try_get("codes_blocked_until").map_err(read())?,
             }))
         })
     }

@@ -2,6 +2,7 @@
 
 mod cli;
 mod directory;
+mod portal;
 mod proxy;
 mod signin;
 mod support;

@@ -3,6 +3,7 @@
 //! HTTP/2 over plain TCP or TLS.
 
 pub mod admin;
+pub mod browser;
 pub mod client;
 pub mod fedgate;
 pub mod slapd;
