@@ -1132,3 +1132,56 @@ fn totp_change_kinds_round_trip() {
         assert_eq!(ChangeKind::parse(kind.as_str()), kind);
     }
 }
+
+#[tokio::test]
+async fn wrong_codes_block_per_user_and_a_right_one_resets() {
+    let (store, clock) = memory_store().await;
+    let user = store
+        .create_cloud_user(&upn("heidi@corp.example.com"), MfaState::Enabled, None)
+        .await
+        .unwrap();
+    let limit = TotpLimit {
+        max_failures: 3,
+        block_ms: 30_000,
+    };
+    assert_eq!(store.note_totp_result(user.id, false, &limit).await.unwrap(), None);
+    // A right code resets the count.
+    assert_eq!(store.note_totp_result(user.id, true, &limit).await.unwrap(), None);
+    for _ in 0..2 {
+        assert_eq!(store.note_totp_result(user.id, false, &limit).await.unwrap(), None);
+    }
+    let until = store.note_totp_result(user.id, false, &limit).await.unwrap();
+    assert_eq!(until, Some(clock.now_ms() + 30_000));
+    assert_eq!(store.totp_blocked_until(user.id).await.unwrap(), until);
+}
+
+#[tokio::test]
+async fn portal_sessions_round_trip_update_and_prune() {
+    let (store, _) = memory_store().await;
+    let user = store
+        .create_cloud_user(&upn("ivan@corp.example.com"), MfaState::Enabled, None)
+        .await
+        .unwrap();
+    let mut session = PortalSession {
+        id_hash: [7; 32],
+        user_id: user.id,
+        signed_in: false,
+        mfa: false,
+        mfa_state: MfaState::Enabled,
+        created_at: T0,
+        last_seen_at: T0,
+        return_to: Some("/app/x?y=1".into()),
+        pending_totp: Some(vec![1, 2, 3]),
+    };
+    store.put_portal_session(&session).await.unwrap();
+    assert_eq!(store.portal_session(&[7; 32]).await.unwrap().as_ref(), Some(&session));
+    session.signed_in = true;
+    session.mfa = true;
+    session.pending_totp = None;
+    session.last_seen_at = T0 + 10;
+    store.put_portal_session(&session).await.unwrap();
+    assert_eq!(store.portal_session(&[7; 32]).await.unwrap().as_ref(), Some(&session));
+    assert_eq!(store.prune_portal_sessions(T0 + 5).await.unwrap(), 0);
+    assert_eq!(store.prune_portal_sessions(T0 + 11).await.unwrap(), 1);
+    assert_eq!(store.portal_session(&[7; 32]).await.unwrap(), None);
+}
