@@ -87,16 +87,24 @@ pub fn load_or_create(path: &Path, key: &'static str) -> Result<KeyBytes, KeyErr
     }
 }
 
+/// Maps an I/O error on the key file to a [`KeyError`] naming the key, the
+/// path and what was being done.
+fn io_error<'a>(
+    key: &'static str,
+    path: &'a Path,
+    action: &'static str,
+) -> impl FnOnce(std::io::Error) -> KeyError + 'a {
+    move |source| KeyError::Io {
+        key,
+        path: path.to_owned(),
+        action,
+        source,
+    }
+}
+
 /// Loads an existing key file, refusing one that others can read.
 pub fn load(path: &Path, key: &'static str) -> Result<KeyBytes, KeyError> {
-    let io_err = |action| {
-        move |source| KeyError::Io {
-            key,
-            path: path.to_owned(),
-            action,
-            source,
-        }
-    };
+    let io_err = |action| io_error(key, path, action);
     let mut file = File::open(path).map_err(io_err("cannot open"))?;
     let meta = file.metadata().map_err(io_err("cannot read metadata"))?;
     if !meta.is_file() {
@@ -163,14 +171,7 @@ fn hex_value(digit: u8) -> Option<u8> {
 }
 
 fn install(path: &Path, key: &'static str, bytes: &[u8; KEY_LEN]) -> Result<(), KeyError> {
-    let io_err = |action| {
-        move |source| KeyError::Io {
-            key,
-            path: path.to_owned(),
-            action,
-            source,
-        }
-    };
+    let io_err = |action| io_error(key, path, action);
     let dir = match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir.to_owned(),
         _ => PathBuf::from("."),

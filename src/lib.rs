@@ -22,6 +22,7 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod directory;
+pub mod html;
 pub mod jobs;
 pub mod key_file;
 pub mod logging;

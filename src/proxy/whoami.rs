@@ -61,20 +61,7 @@ pub fn respond<B>(req: &Request<B>, who: &Whoami<'_>) -> Response<ProxyBody> {
     resp
 }
 
-fn escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
+use crate::html::escape;
 
 fn html(who: &Whoami<'_>) -> String {
     let rows = [

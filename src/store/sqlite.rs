@@ -43,44 +43,23 @@ struct Migration {
     sql: &'static str,
 }
 
+/// Declares the migration list: version, name, file.
+macro_rules! migrations {
+    ($($version:literal $name:literal $file:literal,)+) => {
+        &[$(Migration { version: $version, name: $name, sql: include_str!($file) },)+]
+    };
+}
+
 /// In version order; a new migration is a new file and a new line here,
 /// never an edit to an applied one.
-const MIGRATIONS: &[Migration] = &[
-    Migration {
-        version: 1,
-        name: "init",
-        sql: include_str!("migrations/0001_init.sql"),
-    },
-    Migration {
-        version: 2,
-        name: "directory",
-        sql: include_str!("migrations/0002_directory.sql"),
-    },
-    Migration {
-        version: 3,
-        name: "sync",
-        sql: include_str!("migrations/0003_sync.sql"),
-    },
-    Migration {
-        version: 4,
-        name: "directory_enabled",
-        sql: include_str!("migrations/0004_directory_enabled.sql"),
-    },
-    Migration {
-        version: 5,
-        name: "totp",
-        sql: include_str!("migrations/0005_totp.sql"),
-    },
-    Migration {
-        version: 6,
-        name: "portal_sessions",
-        sql: include_str!("migrations/0006_portal_sessions.sql"),
-    },
-    Migration {
-        version: 7,
-        name: "totp_failures",
-        sql: include_str!("migrations/0007_totp_failures.sql"),
-    },
+const MIGRATIONS: &[Migration] = migrations![
+    1 "init" "migrations/0001_init.sql",
+    2 "directory" "migrations/0002_directory.sql",
+    3 "sync" "migrations/0003_sync.sql",
+    4 "directory_enabled" "migrations/0004_directory_enabled.sql",
+    5 "totp" "migrations/0005_totp.sql",
+    6 "portal_sessions" "migrations/0006_portal_sessions.sql",
+    7 "totp_failures" "migrations/0007_totp_failures.sql",
 ];
 
 /// Directory changes applied per transaction: large enough that a sync of
