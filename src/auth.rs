@@ -21,6 +21,7 @@ pub mod cache;
 pub mod decision;
 pub mod hasher;
 pub mod index;
+pub mod lockout;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -120,6 +121,7 @@ pub struct Authenticator {
     failure_delay: Duration,
     challenge: HeaderValue,
     directory: Option<DirectoryAuth>,
+    lockout: lockout::Lockout,
 }
 
 /// The directory and how long a password it verified stays warm.
@@ -210,6 +212,7 @@ impl Authenticator {
             failure_delay: config.failure_delay,
             challenge,
             directory: directory.map(|(directory, ttl)| DirectoryAuth { directory, ttl }),
+            lockout: lockout::Lockout::new(config.lockout_threshold, config.lockout_duration),
         })
     }
 
@@ -259,6 +262,12 @@ impl Authenticator {
             (None, false) => CredentialKind::Password,
         };
 
+        // A locked name and address get no answer about the secret at all.
+        if self.lockout.locked(&user_given, client.ip, Instant::now()).is_some() {
+            audit.user_id = entry.as_ref().map(|e| e.user.id);
+            let refusal = self.refuse(audit, Refusal::TooManyAttempts, Reason::LockedOut);
+            return Err(self.after_failure_delay(refusal).await);
+        }
         let Verification { verified, fresh } = self
             .verify(route.realm, name.as_ref(), entry.as_deref(), &secret, app_password)
             .await;
@@ -274,6 +283,18 @@ impl Authenticator {
             allow_app_passwords: self.index.allow_app_passwords(),
             locked_out: false,
         });
+        match decision {
+            Decision::Deny {
+                reason: Reason::BadCredentials,
+                ..
+            } => {
+                if self.lockout.failed(&user_given, client.ip, Instant::now()) {
+                    tracing::warn!(user = %user_given, client = %client.ip, "too many wrong secrets: locked out for a while");
+                }
+            }
+            Decision::Allow { .. } => self.lockout.succeeded(&user_given, client.ip),
+            Decision::Deny { .. } => {}
+        }
         match decision {
             Decision::Allow { credential, reason } => {
                 if let Verified::AppPassword { id, .. } = &verified {
@@ -330,6 +351,15 @@ impl Authenticator {
             success: false,
             reason: Reason::BadCredentials,
         };
+        if self.lockout.locked(given, client.ip, Instant::now()).is_some() {
+            audit.user_id = entry.as_ref().map(|e| e.user.id);
+            audit.reason = Reason::LockedOut;
+            self.audit.record(&audit);
+            if !self.failure_delay.is_zero() {
+                tokio::time::sleep(self.failure_delay).await;
+            }
+            return PortalPassword::Refused;
+        }
         let verified = if app_password::normalize(secret.expose()).is_some() {
             // App passwords are for devices; the portal wants the person.
             audit.credential = CredentialKind::AppPassword;
@@ -352,6 +382,13 @@ impl Authenticator {
         };
         audit.success = matches!(outcome, PortalPassword::Valid(_));
         audit.reason = reason;
+        match reason {
+            Reason::Password => self.lockout.succeeded(given, client.ip),
+            Reason::BadCredentials => {
+                self.lockout.failed(given, client.ip, Instant::now());
+            }
+            _ => {}
+        }
         self.audit.record(&audit);
         if !audit.success && !self.failure_delay.is_zero() {
             tokio::time::sleep(self.failure_delay).await;
@@ -631,7 +668,7 @@ impl Authenticator {
         self.audit.record(&audit);
         let (status, text, retry_after) = match refusal {
             Refusal::Unauthorized => (StatusCode::UNAUTHORIZED, "401 Unauthorized\n", None),
-            Refusal::TooManyAttempts => (StatusCode::TOO_MANY_REQUESTS, "429 Too Many Requests\n", Some("60")),
+            Refusal::TooManyAttempts => (StatusCode::TOO_MANY_REQUESTS, "429 Too Many Requests\n", None),
             Refusal::Unavailable => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "503 Service Unavailable: try again shortly\n",
@@ -651,6 +688,11 @@ impl Authenticator {
         }
         if let Some(secs) = retry_after {
             h.insert(RETRY_AFTER, HeaderValue::from_static(secs));
+        }
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            // The directory's own lockout (AD `data 775`) has no known end:
+            // the same wait as fedgate's.
+            h.insert(RETRY_AFTER, HeaderValue::from(self.lockout.duration().as_secs().max(1)));
         }
         resp
     }
@@ -716,6 +758,7 @@ impl Authenticator {
             Job::every("auth.cache_sweep", CACHE_SWEEP, shutdown.clone(), move || {
                 let this = Arc::clone(&this);
                 async move {
+                    this.lockout.sweep(Instant::now());
                     let left = this.cache.sweep(Instant::now());
                     metrics::gauge!("fedgate_credential_cache_entries").set(left as f64);
                 }

@@ -183,6 +183,11 @@ pub struct AuthConfig {
     pub hash_queue: usize,
     /// How long a refused sign-in waits before its answer is sent.
     pub failure_delay: Duration,
+    /// `[lockout] threshold`: wrong secrets in a row for one user name from
+    /// one address before that pair is refused; 0 turns lockout off.
+    pub lockout_threshold: u32,
+    /// `[lockout] duration`: how long a locked pair is refused.
+    pub lockout_duration: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -411,6 +416,19 @@ impl TryFrom<FileConfig> for Config {
                 Some(n) => bounded("auth.hash_workers", Some(n), 1, 1, 256)?,
             },
             hash_queue: bounded("auth.hash_queue", a.hash_queue, 64, 0, 100_000)?,
+            lockout_threshold: u32::try_from(bounded(
+                "lockout.threshold",
+                file.lockout.as_ref().and_then(|l| l.threshold),
+                10,
+                0,
+                1000,
+            )?)
+            .unwrap_or(10),
+            lockout_duration: duration(
+                "lockout.duration",
+                file.lockout.as_ref().and_then(|l| l.duration.as_deref()),
+                "60s",
+            )?,
             failure_delay: match a.failure_delay.as_deref().map(str::trim) {
                 None => Duration::from_secs(1),
                 Some("0" | "0s" | "0ms") => Duration::ZERO,

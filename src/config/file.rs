@@ -13,6 +13,7 @@ pub struct FileConfig {
     pub directory: Option<DirectoryFile>,
     pub sync: Option<SyncFile>,
     pub portal: Option<PortalFile>,
+    pub lockout: Option<LockoutFile>,
     #[serde(default)]
     pub route: Vec<RouteFile>,
 }
@@ -62,6 +63,13 @@ pub struct DirectoryFile {
     pub failover_backoff: Option<String>,
     pub groups_attribute: Option<String>,
     pub password_changed_attribute: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LockoutFile {
+    pub threshold: Option<i64>,
+    pub duration: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -228,3 +228,22 @@ fn portal_keys_and_mfa_routes() {
         .portal
         .is_none());
 }
+
+#[test]
+fn lockout_keys() {
+    let c = parse(MINIMAL).unwrap();
+    assert_eq!(
+        (c.auth.lockout_threshold, c.auth.lockout_duration),
+        (10, Duration::from_secs(60))
+    );
+    let off = parse(&format!("{MINIMAL}\n[lockout]\nthreshold = 0\n")).unwrap();
+    assert_eq!(off.auth.lockout_threshold, 0);
+    for (extra, key) in [
+        ("[lockout]\nthreshold = -1", "lockout.threshold"),
+        ("[lockout]\nduration = \"0s\"", "lockout.duration"),
+        ("[lockout]\nlimit = 3", "lockout.limit"),
+    ] {
+        let err = parse(&format!("{MINIMAL}\n{extra}\n")).unwrap_err().to_string();
+        assert!(err.contains(key), "expected {key} in {err}");
+    }
+}

@@ -879,3 +879,55 @@ async fn refusals_are_delayed_but_the_challenge_and_sign_ins_are_not() {
         "the Basic challenge was delayed"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lockout_refuses_one_name_from_one_address_without_locking_out_others() {
+    let fedgate = Fedgate::builder()
+        .server("trusted_proxies = [\"127.0.0.1/32\"]")
+        .section("[lockout]\nthreshold = 3\nduration = \"2s\"\n")
+        .cloud_route("/whoami", "builtin:whoami", "")
+        .start();
+    let admin = fedgate.admin();
+    admin.add_user("alice@contoso.example", "disabled", Some(PASSWORD));
+    let from = |ip: &'static str, password: &str, agent: &'static str| {
+        let addr = fedgate.plain;
+        let password = password.to_owned();
+        async move {
+            get_with(
+                addr,
+                "/whoami",
+                &[
+                    ("authorization", basic("alice@contoso.example", &password)),
+                    ("x-forwarded-for", HeaderValue::from_static(ip)),
+                    ("user-agent", HeaderValue::from_static(agent)),
+                ],
+            )
+            .await
+        }
+    };
+    // The user must be known to the server before the count means anything.
+    SignIn::new(fedgate.plain, "alice@contoso.example", PASSWORD)
+        .until(StatusCode::OK, POLL)
+        .await;
+
+    for _ in 0..3 {
+        assert_unauthorized(&from("10.0.0.66", "guess", "lock-guess").await, "wrong password");
+    }
+    // Locked: even the right password gets no answer about itself.
+    let (status, headers, _) = from("10.0.0.66", PASSWORD, "lock-locked").await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(headers[header::RETRY_AFTER], "2");
+    // The real user elsewhere is not locked out.
+    signed_in(&from("10.0.0.7", PASSWORD, "lock-elsewhere").await, "another address");
+    expect_reasons(
+        &admin,
+        &[
+            ("lock-guess", "bad_credentials"),
+            ("lock-locked", "locked_out"),
+            ("lock-elsewhere", "password"),
+        ],
+    );
+    // And it runs out by itself.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    signed_in(&from("10.0.0.66", PASSWORD, "lock-after").await, "after the lockout");
+}
