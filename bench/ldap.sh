@@ -72,15 +72,7 @@ APACHE_MODULES=/usr/lib/apache2/modules
 for m in mpm_event authn_core authz_core authz_user auth_basic ldap authnz_ldap proxy proxy_http; do
     [ -f "$APACHE_MODULES/mod_$m.so" ] || bench_die "Apache module mod_$m missing from $APACHE_MODULES"
 done
-command -v cargo >/dev/null 2>&1 ||
-    bench_die "cargo not found: install a Rust toolchain (see rust-version in Cargo.toml)"
-
-bench_log "building fedgate (release)"
-(cd "$BENCH_ROOT" && cargo build --release >&2) || bench_die "cargo build --release failed"
-target_dir=${CARGO_TARGET_DIR:-target}
-case $target_dir in /*) ;; *) target_dir=$BENCH_ROOT/$target_dir ;; esac
-FEDGATE=$target_dir/release/fedgate
-[ -x "$FEDGATE" ] || bench_die "no fedgate binary at $FEDGATE"
+bench_build_fedgate
 
 bench_init
 W=$BENCH_WORKDIR
@@ -148,29 +140,7 @@ chmod 0600 "$W/slapd.conf"
 
 bench_log "writing $DIR_USERS directory users"
 {
-    cat <<EOF
-dn: $BASE
-objectClass: dcObject
-objectClass: organization
-dc: example
-o: Example
-
-dn: $PEOPLE
-objectClass: organizationalUnit
-ou: people
-
-dn: ou=services,$BASE
-objectClass: organizationalUnit
-ou: services
-
-dn: $SERVICE_DN
-objectClass: organizationalRole
-objectClass: simpleSecurityObject
-cn: fedgate
-description: service account of fedgate and of Apache mod_authnz_ldap
-userPassword: $(bench_ssha "$W/ldap.password")
-
-EOF
+    bench_ldif_base "$BASE" "$PEOPLE" "$SERVICE_DN" "$W/ldap.password"
     (umask 077 && : >"$W/other.password")
     for ((i = 1; i <= DIR_USERS; i++)); do
         if [ "$i" -eq 1 ]; then
@@ -228,17 +198,7 @@ ldap_ops() {
 ldap_ops >/dev/null || bench_die "cannot read slapd's operation counters (cn=Monitor)"
 
 # --- upstream: nginx answering from memory ---------------------------------------
-bench_nginx_conf upstream "
-    server {
-        listen 127.0.0.1:$UP_PORT;
-        # Shared by all targets; logging here would only add the same cost to
-        # each.
-        access_log off;
-        location / {
-            return 200 \"ok\n\";
-        }
-    }"
-bench_nginx_start upstream
+bench_upstream_start "$UP_PORT"
 UP_PID=$BENCH_LAST_PID
 
 # --- Apache: mod_authnz_ldap + mod_proxy_http --------------------------------------

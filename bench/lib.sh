@@ -91,6 +91,20 @@ bench_nginx_bin() {
 # Creates BENCH_WORKDIR and installs the cleanup trap. Everything a benchmark
 # writes at run time (configs, logs, nginx temp dirs) goes there, never under
 # /var or the repository.
+# bench_build_fedgate: builds fedgate in release mode and leaves the binary's
+# path in FEDGATE (CARGO_TARGET_DIR is honoured).
+bench_build_fedgate() {
+    local target_dir
+    command -v cargo >/dev/null 2>&1 ||
+        bench_die "cargo not found: install a Rust toolchain (see rust-version in Cargo.toml)"
+    bench_log "building fedgate (release)"
+    (cd "$BENCH_ROOT" && cargo build --release >&2) || bench_die "cargo build --release failed"
+    target_dir=${CARGO_TARGET_DIR:-target}
+    case $target_dir in /*) ;; *) target_dir=$BENCH_ROOT/$target_dir ;; esac
+    FEDGATE=$target_dir/release/fedgate
+    [ -x "$FEDGATE" ] || bench_die "no fedgate binary at $FEDGATE"
+}
+
 bench_init() {
     BENCH_WORKDIR=$(mktemp -d "${TMPDIR:-/tmp}/fedgate-bench.XXXXXX")
     # nginx workers drop to an unprivileged user when started as root; they
@@ -276,6 +290,22 @@ bench_nginx_start() {
         -e "$BENCH_WORKDIR/$name-error.log"
 }
 
+# bench_upstream_start PORT
+# The upstream every benchmark shares: nginx answering "ok" from memory, with
+# no access log (it would add the same cost to every target). Its master's
+# PID is left in BENCH_LAST_PID.
+bench_upstream_start() {
+    bench_nginx_conf upstream "
+    server {
+        listen 127.0.0.1:$1;
+        access_log off;
+        location / {
+            return 200 \"ok\n\";
+        }
+    }"
+    bench_nginx_start upstream
+}
+
 bench_nginx_version() {
     local nginx
     nginx=$(bench_nginx_bin) || return 0
@@ -290,6 +320,35 @@ bench_nginx_version() {
 # and the overlays (ppolicy, ...) as modules.
 BENCH_SLAPD_MODULES=${BENCH_SLAPD_MODULES:-/usr/lib/ldap}
 BENCH_SLAPD_SCHEMA=${BENCH_SLAPD_SCHEMA:-/etc/ldap/schema}
+
+# bench_ldif_base BASE PEOPLE SERVICE_DN PASSWORD_FILE
+# The entries every directory benchmark starts from, as LDIF on stdout: the
+# base, ou=people, ou=services and the service account, whose password is
+# read from PASSWORD_FILE (and stored as {SSHA}).
+bench_ldif_base() {
+    cat <<EOF
+dn: $1
+objectClass: dcObject
+objectClass: organization
+dc: example
+o: Example
+
+dn: $2
+objectClass: organizationalUnit
+ou: people
+
+dn: ou=services,$1
+objectClass: organizationalUnit
+ou: services
+
+dn: $3
+objectClass: applicationProcess
+objectClass: simpleSecurityObject
+cn: fedgate
+userPassword: $(bench_ssha "$4")
+
+EOF
+}
 
 # bench_slapd_need [CMD:PKG...]: installs slapd and the ldap-utils clients
 # (plus any further CMD:PKG given) and checks that back_mdb is there. slapd

@@ -31,15 +31,7 @@ REPRO='scripts/bench proxy'
 PATH=$PATH:/usr/sbin:/sbin
 
 bench_need 'nginx:nginx-light|nginx' wrk:wrk curl:curl
-command -v cargo >/dev/null 2>&1 ||
-    bench_die "cargo not found: install a Rust toolchain (see rust-version in Cargo.toml)"
-
-bench_log "building fedgate (release)"
-(cd "$BENCH_ROOT" && cargo build --release >&2) || bench_die "cargo build --release failed"
-target_dir=${CARGO_TARGET_DIR:-target}
-case $target_dir in /*) ;; *) target_dir=$BENCH_ROOT/$target_dir ;; esac
-FEDGATE=$target_dir/release/fedgate
-[ -x "$FEDGATE" ] || bench_die "no fedgate binary at $FEDGATE"
+bench_build_fedgate
 
 bench_init
 W=$BENCH_WORKDIR
@@ -52,17 +44,7 @@ bench_free_port NGX_PORT
 bench_free_port FG_PORT
 
 # --- (a) upstream: nginx answering from memory --------------------------------
-bench_nginx_conf upstream "
-    server {
-        listen 127.0.0.1:$UP_PORT;
-        # The upstream is shared by all three targets; logging here would only
-        # add the same cost to each.
-        access_log off;
-        location / {
-            return 200 \"ok\n\";
-        }
-    }"
-bench_nginx_start upstream
+bench_upstream_start "$UP_PORT"
 UP_PID=$BENCH_LAST_PID
 
 # --- (b) nginx proxy_pass, tuned as a production install would be ------------

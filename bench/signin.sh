@@ -64,15 +64,7 @@ PATH=$PATH:/usr/sbin:/sbin
 
 bench_need 'nginx:nginx-light|nginx' wrk:wrk curl:curl openssl:openssl \
     htpasswd:apache2-utils base64:coreutils
-command -v cargo >/dev/null 2>&1 ||
-    bench_die "cargo not found: install a Rust toolchain (see rust-version in Cargo.toml)"
-
-bench_log "building fedgate (release)"
-(cd "$BENCH_ROOT" && cargo build --release >&2) || bench_die "cargo build --release failed"
-target_dir=${CARGO_TARGET_DIR:-target}
-case $target_dir in /*) ;; *) target_dir=$BENCH_ROOT/$target_dir ;; esac
-FEDGATE=$target_dir/release/fedgate
-[ -x "$FEDGATE" ] || bench_die "no fedgate binary at $FEDGATE"
+bench_build_fedgate
 
 bench_init
 W=$BENCH_WORKDIR
@@ -169,17 +161,7 @@ esac
 chmod 0644 "$W/htpasswd-apr1" "$W/htpasswd-bcrypt"
 
 # --- upstream: nginx answering from memory --------------------------------------
-bench_nginx_conf upstream "
-    server {
-        listen 127.0.0.1:$UP_PORT;
-        # Shared by all targets; logging here would only add the same cost to
-        # each.
-        access_log off;
-        location / {
-            return 200 \"ok\n\";
-        }
-    }"
-bench_nginx_start upstream
+bench_upstream_start "$UP_PORT"
 UP_PID=$BENCH_LAST_PID
 
 # nginx_proxy NAME PORT AUTH: an nginx proxy_pass to the upstream, tuned as a

@@ -78,8 +78,6 @@ SYNC_ATTRS=(mail uid entryUUID displayName memberOf pwdChangedTime modifyTimesta
 N_CHANGES=100
 
 bench_slapd_need /usr/bin/time:time jq:jq openssl:openssl
-command -v cargo >/dev/null 2>&1 ||
-    bench_die "cargo not found: install a Rust toolchain (see rust-version in Cargo.toml)"
 
 # OpenLDAP has no native disable flag: with the ppolicy overlay (a module
 # in Debian's slapd) a user is disabled by pwdAccountLockedTime, as in
@@ -92,12 +90,7 @@ else
     DISABLED_FILTER='(employeeType=disabled)'
 fi
 
-bench_log "building fedgate (release)"
-(cd "$BENCH_ROOT" && cargo build --release >&2) || bench_die "cargo build --release failed"
-target_dir=${CARGO_TARGET_DIR:-target}
-case $target_dir in /*) ;; *) target_dir=$BENCH_ROOT/$target_dir ;; esac
-FEDGATE=$target_dir/release/fedgate
-[ -x "$FEDGATE" ] || bench_die "no fedgate binary at $FEDGATE"
+bench_build_fedgate
 
 bench_init
 W=$BENCH_WORKDIR
@@ -175,28 +168,7 @@ grep -q '^rootpw {SSHA}' "$W/slapd.conf" || bench_die "slapd.conf has no rootpw 
 
 bench_log "writing $DIR_USERS directory users"
 {
-    cat <<EOF
-dn: $BASE
-objectClass: dcObject
-objectClass: organization
-dc: example
-o: Example
-
-dn: $PEOPLE
-objectClass: organizationalUnit
-ou: people
-
-dn: ou=services,$BASE
-objectClass: organizationalUnit
-ou: services
-
-dn: $SERVICE_DN
-objectClass: applicationProcess
-objectClass: simpleSecurityObject
-cn: fedgate
-userPassword: $(bench_ssha "$W/ldap.password")
-
-EOF
+    bench_ldif_base "$BASE" "$PEOPLE" "$SERVICE_DN" "$W/ldap.password"
     if [ "$DISABLE_MECH" = ppolicy ]; then
         cat <<EOF
 dn: ou=policies,$BASE

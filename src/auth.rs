@@ -246,15 +246,7 @@ impl Authenticator {
             basic::Presented::Basic { user, secret } => (user, secret),
         };
         audit.upn_given = &user_given;
-        let name = match &self.directory {
-            Some(d) => LoginName::parse(&user_given, d.directory.domain()),
-            None => Upn::parse(&user_given).ok().map(LoginName::Upn),
-        };
-        let entry = match &name {
-            Some(LoginName::Upn(upn)) => self.index.user_by_upn(upn.as_str()),
-            Some(LoginName::Login(login)) => self.index.user_by_login(login),
-            None => None,
-        };
+        let (name, entry) = self.resolve(&user_given);
         let app_password = app_password::normalize(secret.expose());
         audit.credential = match (&app_password, secret.expose().is_empty()) {
             (Some(_), _) => CredentialKind::AppPassword,
@@ -263,14 +255,13 @@ impl Authenticator {
         };
 
         // A locked name and address get no answer about the secret at all.
-        if self.lockout.locked(&user_given, client.ip, Instant::now()).is_some() {
-            audit.user_id = entry.as_ref().map(|e| e.user.id);
-            let refusal = self.refuse(audit, Refusal::TooManyAttempts, Reason::LockedOut);
-            return Err(self.after_failure_delay(refusal).await);
-        }
-        let Verification { verified, fresh } = self
-            .verify(route.realm, name.as_ref(), entry.as_deref(), &secret, app_password)
-            .await;
+        let locked_out = self.lockout.locked(&user_given, client.ip, Instant::now()).is_some();
+        let Verification { verified, fresh } = if locked_out {
+            Verified::Invalid.into()
+        } else {
+            self.verify(route.realm, name.as_ref(), entry.as_deref(), &secret, app_password)
+                .await
+        };
         let entry = fresh.or(entry);
         audit.user_id = entry.as_ref().map(|e| e.user.id);
         if let Verified::AppPassword { name, .. } = &verified {
@@ -281,20 +272,9 @@ impl Authenticator {
             verified: &verified,
             user: entry.as_ref().map(|e| &e.user),
             allow_app_passwords: self.index.allow_app_passwords(),
-            locked_out: false,
+            locked_out,
         });
-        match decision {
-            Decision::Deny {
-                reason: Reason::BadCredentials,
-                ..
-            } => {
-                if self.lockout.failed(&user_given, client.ip, Instant::now()) {
-                    tracing::warn!(user = %user_given, client = %client.ip, "too many wrong secrets: locked out for a while");
-                }
-            }
-            Decision::Allow { .. } => self.lockout.succeeded(&user_given, client.ip),
-            Decision::Deny { .. } => {}
-        }
+        self.count_for_lockout(&user_given, client.ip, decision.reason());
         match decision {
             Decision::Allow { credential, reason } => {
                 if let Verified::AppPassword { id, .. } = &verified {
@@ -330,15 +310,7 @@ impl Authenticator {
         client: Client,
         user_agent: &str,
     ) -> PortalPassword {
-        let name = match &self.directory {
-            Some(d) => LoginName::parse(given, d.directory.domain()),
-            None => Upn::parse(given).ok().map(LoginName::Upn),
-        };
-        let entry = match &name {
-            Some(LoginName::Upn(upn)) => self.index.user_by_upn(upn.as_str()),
-            Some(LoginName::Login(login)) => self.index.user_by_login(login),
-            None => None,
-        };
+        let (name, entry) = self.resolve(given);
         let mut audit = Event {
             at: self.clock.now_ms(),
             upn_given: given,
@@ -351,16 +323,10 @@ impl Authenticator {
             success: false,
             reason: Reason::BadCredentials,
         };
-        if self.lockout.locked(given, client.ip, Instant::now()).is_some() {
-            audit.user_id = entry.as_ref().map(|e| e.user.id);
-            audit.reason = Reason::LockedOut;
-            self.audit.record(&audit);
-            if !self.failure_delay.is_zero() {
-                tokio::time::sleep(self.failure_delay).await;
-            }
-            return PortalPassword::Refused;
-        }
-        let verified = if app_password::normalize(secret.expose()).is_some() {
+        let locked_out = self.lockout.locked(given, client.ip, Instant::now()).is_some();
+        let verified = if locked_out {
+            Verification::from(Verified::Invalid)
+        } else if app_password::normalize(secret.expose()).is_some() {
             // App passwords are for devices; the portal wants the person.
             audit.credential = CredentialKind::AppPassword;
             Verification::from(Verified::Invalid)
@@ -372,6 +338,7 @@ impl Authenticator {
         audit.user_id = entry.as_ref().map(|e| e.user.id);
         let (outcome, reason) = match (&verified.verified, &entry) {
             (_, Some(e)) if !e.user.is_active() => (PortalPassword::Refused, Reason::AccountDisabled),
+            _ if locked_out => (PortalPassword::Refused, Reason::LockedOut),
             (Verified::Password, Some(e)) => (PortalPassword::Valid(Box::new(e.user.clone())), Reason::Password),
             (Verified::AccountDisabled, _) => (PortalPassword::Refused, Reason::AccountDisabled),
             (Verified::LockedOut, _) => (PortalPassword::Refused, Reason::LockedOut),
@@ -382,18 +349,40 @@ impl Authenticator {
         };
         audit.success = matches!(outcome, PortalPassword::Valid(_));
         audit.reason = reason;
-        match reason {
-            Reason::Password => self.lockout.succeeded(given, client.ip),
-            Reason::BadCredentials => {
-                self.lockout.failed(given, client.ip, Instant::now());
-            }
-            _ => {}
-        }
+        self.count_for_lockout(given, client.ip, reason);
         self.audit.record(&audit);
         if !audit.success && !self.failure_delay.is_zero() {
             tokio::time::sleep(self.failure_delay).await;
         }
         outcome
+    }
+
+    /// The name as given, parsed, and the user it names in the index.
+    fn resolve(&self, given: &str) -> (Option<LoginName>, Option<Arc<UserEntry>>) {
+        let name = match &self.directory {
+            Some(d) => LoginName::parse(given, d.directory.domain()),
+            None => Upn::parse(given).ok().map(LoginName::Upn),
+        };
+        let entry = match &name {
+            Some(LoginName::Upn(upn)) => self.index.user_by_upn(upn.as_str()),
+            Some(LoginName::Login(login)) => self.index.user_by_login(login),
+            None => None,
+        };
+        (name, entry)
+    }
+
+    /// A wrong secret counts toward the name and address's lockout; a right
+    /// one clears it.
+    fn count_for_lockout(&self, given: &str, ip: IpAddr, reason: Reason) {
+        match reason {
+            // `failed` counts the failure whatever it returns; true: this
+            // one locked the pair.
+            Reason::BadCredentials if self.lockout.failed(given, ip, Instant::now()) => {
+                tracing::warn!(user = %given, client = %ip, "too many wrong secrets: locked out for a while");
+            }
+            Reason::Password | Reason::AppPassword => self.lockout.succeeded(given, ip),
+            _ => {}
+        }
     }
 
     /// The user as the running server knows them (current to within one

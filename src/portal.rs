@@ -675,15 +675,12 @@ impl Portal {
         }
         match self.current(headers).await {
             Some(c) if c.session.signed_in && c.session.mfa => Some(BrowserCheck::SignedIn(c.user.upn.to_string())),
-            Some(c) if c.session.signed_in => {
-                // Signed in without a code (not enrolled): registering an
-                // authenticator is the way in.
-                let _ = c;
-                Some(BrowserCheck::Redirect(redirect(&format!(
-                    "{}/register",
-                    self.config.path
-                ))))
-            }
+            // Signed in without a code (not enrolled): registering an
+            // authenticator is the way in.
+            Some(c) if c.session.signed_in => Some(BrowserCheck::Redirect(redirect(&format!(
+                "{}/register",
+                self.config.path
+            )))),
             _ => {
                 let target = match self.safe_return(path_and_query) {
                     Some(ret) => format!(

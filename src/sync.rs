@@ -416,27 +416,25 @@ impl Syncer {
     }
 }
 
+/// One `sync pass` event: at info when the pass completed, else at warn.
 fn log_pass(pass: &SyncPass) {
-    let message = pass.message.as_deref().unwrap_or("");
-    let emit = |level: tracing::Level| match level {
-        tracing::Level::WARN => tracing::warn!(
-            kind = %pass.kind, outcome = %pass.outcome, started_at = pass.started_at, duration_ms = pass.duration_ms, seen = pass.seen,
-            created = pass.created, updated = pass.updated, disabled = pass.disabled, enabled = pass.enabled,
-            deleted = pass.deleted, errors = pass.errors, server = pass.server.as_deref().unwrap_or(""),
-            detail = message, "sync pass"
-        ),
-        _ => tracing::info!(
-            kind = %pass.kind, outcome = %pass.outcome, started_at = pass.started_at, duration_ms = pass.duration_ms, seen = pass.seen,
-            created = pass.created, updated = pass.updated, disabled = pass.disabled, enabled = pass.enabled,
-            deleted = pass.deleted, errors = pass.errors, server = pass.server.as_deref().unwrap_or(""),
-            detail = message, "sync pass"
-        ),
-    };
-    emit(if pass.outcome == "completed" {
-        tracing::Level::INFO
+    macro_rules! event {
+        ($level:ident) => {
+            tracing::$level!(
+                kind = %pass.kind, outcome = %pass.outcome, started_at = pass.started_at,
+                duration_ms = pass.duration_ms, seen = pass.seen, created = pass.created,
+                updated = pass.updated, disabled = pass.disabled, enabled = pass.enabled,
+                deleted = pass.deleted, errors = pass.errors,
+                server = pass.server.as_deref().unwrap_or(""),
+                detail = pass.message.as_deref().unwrap_or(""), "sync pass"
+            )
+        };
+    }
+    if pass.outcome == "completed" {
+        event!(info)
     } else {
-        tracing::Level::WARN
-    });
+        event!(warn)
+    }
 }
 
 /// Whether change-attribute value `a` is past `b`: numerically for USNs,

@@ -9,6 +9,7 @@
 //! and each node counts on its own.
 
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
@@ -29,6 +30,9 @@ pub struct Lockout {
     threshold: u32,
     duration: Duration,
     entries: DashMap<(String, IpAddr), Entry, foldhash::fast::RandomState>,
+    /// False while no failure is recorded: the warm path then reads one
+    /// atomic instead of the map's shards.
+    any: AtomicBool,
 }
 
 impl Lockout {
@@ -37,6 +41,7 @@ impl Lockout {
             threshold,
             duration,
             entries: DashMap::default(),
+            any: AtomicBool::new(false),
         }
     }
 
@@ -47,7 +52,7 @@ impl Lockout {
     /// How long the pair stays locked, if it is.
     pub fn locked(&self, name: &str, ip: IpAddr, now: Instant) -> Option<Duration> {
         // The warm path's usual case: nobody failed lately, nothing to look up.
-        if self.threshold == 0 || self.entries.is_empty() {
+        if self.threshold == 0 || !self.any.load(Ordering::Acquire) {
             return None;
         }
         let entry = self.entries.get(&Self::key(name, ip))?;
@@ -63,6 +68,7 @@ impl Lockout {
         if self.threshold == 0 {
             return false;
         }
+        self.any.store(true, Ordering::Release);
         if self.entries.len() >= MAX_ENTRIES {
             self.sweep(now);
         }
@@ -91,7 +97,7 @@ impl Lockout {
 
     /// A right secret: the pair starts from zero.
     pub fn succeeded(&self, name: &str, ip: IpAddr) {
-        if self.threshold > 0 && !self.entries.is_empty() {
+        if self.threshold > 0 && self.any.load(Ordering::Acquire) {
             self.entries.remove(&Self::key(name, ip));
         }
     }
@@ -102,6 +108,9 @@ impl Lockout {
             Some(until) => until > now,
             None => now.duration_since(e.since) <= self.duration,
         });
+        if self.entries.is_empty() {
+            self.any.store(false, Ordering::Release);
+        }
     }
 
     pub fn duration(&self) -> Duration {

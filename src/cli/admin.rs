@@ -52,9 +52,7 @@ fn upn(text: &str) -> Result<Upn, CommandError> {
 }
 
 /// Formats unix milliseconds as RFC 3339 UTC, seconds precision.
-pub fn time(ms: i64) -> String {
-    crate::model::rfc3339(ms)
-}
+pub use crate::model::rfc3339 as time;
 
 fn opt_time(ms: Option<i64>) -> String {
     ms.map(time).unwrap_or_else(|| "-".into())

@@ -264,6 +264,21 @@ fn passes(fedgate: &Fedgate) -> Vec<Value> {
     fedgate.events("sync pass")
 }
 
+/// Waits until the passes the server logs from now on satisfy `done`;
+/// returns them.
+async fn passes_until(fedgate: &Fedgate, what: &str, timeout: Duration, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+    let before = passes(fedgate).len();
+    eventually(what, timeout, Some(fedgate), || {
+        let later = passes(fedgate).split_off(before);
+        done(&later).then_some(later)
+    })
+    .await
+}
+
+fn full_passes(passes: &[Value]) -> usize {
+    passes.iter().filter(|p| p["kind"] == "full").count()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn directory_disable_revokes_every_credential_within_two_seconds_and_enable_restores_them() {
     let slapd = Slapd::start();
@@ -446,17 +461,11 @@ async fn user_deleted_in_the_directory_is_deleted_at_the_next_full_pass_with_his
     }
 
     // Later full passes neither resurrect nor delete again.
-    let before = passes(&fedgate).len();
-    eventually("two more full passes", Duration::from_secs(8), Some(&fedgate), || {
-        (passes(&fedgate)[before..]
-            .iter()
-            .filter(|p| p["kind"] == "full")
-            .count()
-            >= 2)
-            .then_some(())
+    let later = passes_until(&fedgate, "two more full passes", Duration::from_secs(8), |later| {
+        full_passes(later) >= 2
     })
     .await;
-    for p in &passes(&fedgate)[before..] {
+    for p in &later {
         assert_eq!(p["outcome"], "completed", "{p}");
         assert_counts(p, &[("deleted", 0), ("created", 0)]);
     }
@@ -1020,25 +1029,17 @@ async fn operator_disable_of_a_federated_user_outlasts_sync_passes() {
         "dn: {}\nchangetype: modify\nreplace: displayName\ndisplayName: Alice Renamed\n-\n",
         Slapd::user_dn("alice")
     ));
-    let before = passes(&fedgate).len();
-    eventually(
+    let later = passes_until(
+        &fedgate,
         "two full passes after the disable",
         Duration::from_secs(8),
-        Some(&fedgate),
-        || {
-            let later = &passes(&fedgate)[before..];
-            (later.iter().filter(|p| p["kind"] == "full").count() >= 2
-                && later.iter().any(|p| p["kind"] == "incremental"))
-            .then_some(())
-        },
+        |later| full_passes(later) >= 2 && later.iter().any(|p| p["kind"] == "incremental"),
     )
     .await;
     let alice = user_show(&admin, ALICE);
     assert_eq!(
-        alice["enabled"],
-        false,
-        "a sync pass re-enabled a user an operator disabled: {alice}\npasses: {:?}",
-        &passes(&fedgate)[before..]
+        alice["enabled"], false,
+        "a sync pass re-enabled a user an operator disabled: {alice}\npasses: {later:?}"
     );
     assert_eq!(
         alice_app.agent("alice-app-still-disabled").send().await.0,
@@ -1188,17 +1189,11 @@ async fn scheduled_passes_stop_at_the_guard_until_sync_run_force() {
         "{guarded}"
     );
     // Every scheduled pass stops there; nobody is disabled meanwhile.
-    let before = passes(&fedgate).len();
-    eventually("more scheduled passes", Duration::from_secs(8), Some(&fedgate), || {
-        (passes(&fedgate)[before..]
-            .iter()
-            .filter(|p| p["kind"] == "full")
-            .count()
-            >= 1)
-            .then_some(())
+    let later = passes_until(&fedgate, "more scheduled passes", Duration::from_secs(8), |later| {
+        full_passes(later) >= 1
     })
     .await;
-    for p in &passes(&fedgate)[before..] {
+    for p in &later {
         assert_eq!(p["outcome"], "guarded", "{p}");
     }
     assert!(disabled_upns(&admin).is_empty());
@@ -1214,17 +1209,11 @@ async fn scheduled_passes_stop_at_the_guard_until_sync_run_force() {
     );
     assert_eq!(disabled_upns(&admin).len(), 20);
     // The server's next passes complete again.
-    let before = passes(&fedgate).len();
-    eventually(
+    passes_until(
+        &fedgate,
         "a completed scheduled pass",
         Duration::from_secs(5),
-        Some(&fedgate),
-        || {
-            passes(&fedgate)[before..]
-                .iter()
-                .any(|p| p["outcome"] == "completed")
-                .then_some(())
-        },
+        |later| later.iter().any(|p| p["outcome"] == "completed"),
     )
     .await;
     assert_eq!(disabled_upns(&admin).len(), 20);
