@@ -661,27 +661,32 @@ impl Portal {
     }
 
     /// For a `browser = "mfa"` route: the signed-in user of a browser
-    /// request, or where to send the browser. `None` when the request is
-    /// not a browser's (it carries credentials or does not ask for HTML):
+    /// request, or where to send the browser. A browser is a request
+    /// without `Authorization` that asks for HTML (a page) or carries a
+    /// portal session (the page's scripts, styles and API calls). `None`
+    /// for anything else, and for a subresource without a usable session:
     /// the decision table applies.
     pub async fn browser_check(&self, headers: &HeaderMap, path_and_query: &str) -> Option<BrowserCheck> {
+        if headers.contains_key(AUTHORIZATION) {
+            return None;
+        }
         let wants_html = headers
             .get_all(ACCEPT)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .any(|v| v.contains("text/html"));
-        if headers.contains_key(AUTHORIZATION) || !wants_html {
+        if !wants_html && cookie(headers, SESSION_COOKIE).is_none() {
             return None;
         }
         match self.current(headers).await {
             Some(c) if c.session.signed_in && c.session.mfa => Some(BrowserCheck::SignedIn(c.user.upn.to_string())),
             // Signed in without a code (not enrolled): registering an
             // authenticator is the way in.
-            Some(c) if c.session.signed_in => Some(BrowserCheck::Redirect(redirect(&format!(
+            Some(c) if c.session.signed_in && wants_html => Some(BrowserCheck::Redirect(redirect(&format!(
                 "{}/register",
                 self.config.path
             )))),
-            _ => {
+            _ if wants_html => {
                 let target = match self.safe_return(path_and_query) {
                     Some(ret) => format!(
                         "{}/sign-in?return={}",
@@ -692,6 +697,7 @@ impl Portal {
                 };
                 Some(BrowserCheck::Redirect(redirect(&target)))
             }
+            _ => None,
         }
     }
 

@@ -550,6 +550,18 @@ async fn browser_mfa_round_trip_to_a_proxied_route() {
     let echo = echoed(&b).await;
     assert_eq!(echo["headers"]["x-remote-user"], serde_json::json!([DANA]), "{echo}");
     b.screenshot("proxied-page").await;
+    // The page's own resources (scripts, styles, API calls) do not ask for
+    // HTML; the session signs them in too.
+    let fetched = b
+        .execute(
+            "return fetch('/app/api/items', {headers: {'Accept': 'application/json'}})
+                 .then(r => r.text().then(t => [r.status, t]));",
+            vec![],
+        )
+        .await;
+    assert_eq!(fetched[0], 200, "a subresource of a signed-in page: {fetched}");
+    let echo: serde_json::Value = serde_json::from_str(fetched[1].as_str().unwrap()).unwrap();
+    assert_eq!(echo["headers"]["x-remote-user"], serde_json::json!([DANA]), "{echo}");
 
     // Other clients on the same route: no redirect without a browser's
     // Accept, and the org password of a now-enforced user is refused.
