@@ -132,35 +132,115 @@ struct AccessLog {
 struct LineVisitor<'a> {
     line: &'a mut String,
     format: LogFormat,
-    message: Option<String>,
+    message: &'a mut String,
+    /// Where a human-format value is rendered before it is known whether
+    /// it needs quoting.
+    value: &'a mut String,
+}
+
+/// Per-thread buffers an access-log line is assembled in, reused from one
+/// line to the next.
+#[derive(Default)]
+struct Scratch {
+    line: String,
+    fields: String,
+    message: String,
+    value: String,
+}
+
+thread_local! {
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
+    /// The whole-second part of the last timestamp written on this thread.
+    static CLOCK: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
+}
+
+/// Appends the current time as RFC 3339 with microseconds
+/// (`2026-11-28T19:30:00.123456Z`); the part up to the seconds is formatted
+/// once a second.
+fn push_timestamp(out: &mut String) {
+    let now = std::time::SystemTime::now();
+    let since = now.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    CLOCK.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.0 != since.as_secs() {
+            let whole = std::time::UNIX_EPOCH + Duration::from_secs(since.as_secs());
+            c.1 = humantime::format_rfc3339_seconds(whole).to_string();
+            // Without the closing 'Z': the fraction goes before it.
+            c.1.pop();
+            c.0 = since.as_secs();
+        }
+        out.push_str(&c.1);
+    });
+    use std::fmt::Write as _;
+    let _ = write!(out, ".{:06}Z", since.subsec_micros());
 }
 
 fn push_json_str(out: &mut String, s: &str) {
     out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 => {
-                use std::fmt::Write as _;
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
+    push_json_escaped(out, s);
     out.push('"');
+}
+
+/// Which bytes JSON requires escaping inside a string: controls, `"` and `\\`.
+const NEEDS_ESCAPE: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 0x20 {
+        table[b] = true;
+        b += 1;
+    }
+    table[b'"' as usize] = true;
+    table[b'\\' as usize] = true;
+    table
+};
+
+/// The body of a JSON string: runs of plain text are copied as they are,
+/// only the characters JSON requires escaping are rewritten.
+fn push_json_escaped(out: &mut String, s: &str) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let bytes = s.as_bytes();
+    let mut plain = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        if !NEEDS_ESCAPE[usize::from(b)] {
+            continue;
+        }
+        // Escaped bytes are ASCII, so `i` is a character boundary.
+        out.push_str(&s[plain..i]);
+        match b {
+            b'"' => out.push_str("\\\""),
+            b'\\' => out.push_str("\\\\"),
+            b'\n' => out.push_str("\\n"),
+            b'\r' => out.push_str("\\r"),
+            b'\t' => out.push_str("\\t"),
+            _ => {
+                out.push_str("\\u00");
+                out.push(char::from(HEX[usize::from(b >> 4)]));
+                out.push(char::from(HEX[usize::from(b & 0xf)]));
+            }
+        }
+        plain = i + 1;
+    }
+    out.push_str(&s[plain..]);
+}
+
+/// Formats a value straight into a JSON string body, escaping as it goes.
+struct JsonEscaping<'a>(&'a mut String);
+
+impl std::fmt::Write for JsonEscaping<'_> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        push_json_escaped(self.0, s);
+        Ok(())
+    }
 }
 
 impl LineVisitor<'_> {
     fn key(&mut self, field: &Field) {
         match self.format {
+            // Field names are identifiers: nothing in them needs escaping.
             LogFormat::Json => {
-                self.line.push(',');
-                push_json_str(self.line, field.name());
-                self.line.push(':');
+                self.line.push_str(",\"");
+                self.line.push_str(field.name());
+                self.line.push_str("\":");
             }
             LogFormat::Human => {
                 self.line.push(' ');
@@ -172,17 +252,13 @@ impl LineVisitor<'_> {
 
     fn text(&mut self, field: &Field, value: &str) {
         if field.name() == "message" {
-            self.message = Some(value.to_owned());
+            self.message.push_str(value);
             return;
         }
         self.key(field);
         match self.format {
             LogFormat::Json => push_json_str(self.line, value),
-            LogFormat::Human if value.is_empty() || value.contains([' ', '"', '=']) => {
-                use std::fmt::Write as _;
-                let _ = write!(self.line, "{value:?}");
-            }
-            LogFormat::Human => self.line.push_str(value),
+            LogFormat::Human => push_human_value(self.line, value),
         }
     }
 
@@ -190,6 +266,47 @@ impl LineVisitor<'_> {
         use std::fmt::Write as _;
         self.key(field);
         let _ = write!(self.line, "{value}");
+    }
+}
+
+/// `value` as a whole number of thousandths, when it is exactly one (as a
+/// duration in milliseconds rounded to the microsecond is) and small enough
+/// for the integer to be exact.
+fn whole_thousandths(value: f64) -> Option<i64> {
+    let scaled = (value * 1e3).round();
+    (scaled.abs() < 1e15 && scaled / 1e3 == value).then_some(scaled as i64)
+}
+
+/// Writes thousandths as a decimal without trailing zeros, as `f64`'s own
+/// `Display` would write the same number (`1.25`, `0.005`, `3`), without its
+/// general float formatting.
+fn push_thousandths(out: &mut String, thousandths: i64) {
+    use std::fmt::Write as _;
+    let whole = thousandths / 1000;
+    let mut frac = (thousandths % 1000).unsigned_abs();
+    if thousandths < 0 && whole == 0 {
+        out.push('-');
+    }
+    let _ = write!(out, "{whole}");
+    if frac == 0 {
+        return;
+    }
+    let mut digits = 3;
+    while frac % 10 == 0 {
+        frac /= 10;
+        digits -= 1;
+    }
+    let _ = write!(out, ".{frac:0digits$}");
+}
+
+/// A human-format value: bare, or quoted when it is empty or holds a space,
+/// a quote or an equals sign.
+fn push_human_value(out: &mut String, value: &str) {
+    if value.is_empty() || value.contains([' ', '"', '=']) {
+        use std::fmt::Write as _;
+        let _ = write!(out, "{value:?}");
+    } else {
+        out.push_str(value);
     }
 }
 
@@ -207,15 +324,77 @@ impl Visit for LineVisitor<'_> {
         self.number(field, value);
     }
     fn record_f64(&mut self, field: &Field, value: f64) {
-        if value.is_finite() {
+        if let Some(thousandths) = whole_thousandths(value) {
+            self.key(field);
+            push_thousandths(self.line, thousandths);
+        } else if value.is_finite() {
             self.number(field, value);
         } else {
             self.text(field, &value.to_string());
         }
     }
     fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        let text = format!("{value:?}");
-        self.text(field, &text);
+        use std::fmt::Write as _;
+        if field.name() == "message" {
+            let _ = write!(self.message, "{value:?}");
+            return;
+        }
+        self.key(field);
+        match self.format {
+            // Rendered straight into the line, escaped on the way.
+            LogFormat::Json => {
+                self.line.push('"');
+                let _ = write!(JsonEscaping(self.line), "{value:?}");
+                self.line.push('"');
+            }
+            LogFormat::Human => {
+                self.value.clear();
+                let _ = write!(self.value, "{value:?}");
+                push_human_value(self.line, self.value);
+            }
+        }
+    }
+}
+
+impl AccessLog {
+    fn write_line(&self, event: &Event<'_>, s: &mut Scratch) {
+        let Scratch {
+            line,
+            fields,
+            message,
+            value,
+        } = s;
+        line.clear();
+        fields.clear();
+        message.clear();
+        let mut visitor = LineVisitor {
+            line: fields,
+            format: self.format,
+            message,
+            value,
+        };
+        event.record(&mut visitor);
+        let level = event.metadata().level();
+        match self.format {
+            LogFormat::Json => {
+                line.push_str("{\"timestamp\":\"");
+                push_timestamp(line);
+                line.push_str("\",\"level\":\"");
+                line.push_str(level.as_str());
+                line.push_str("\",\"message\":");
+                push_json_str(line, message);
+                line.push_str(fields);
+                line.push_str(",\"target\":\"");
+                line.push_str(ACCESS_TARGET);
+                line.push_str("\"}\n");
+            }
+            LogFormat::Human => {
+                use std::fmt::Write as _;
+                push_timestamp(line);
+                let _ = writeln!(line, " {level:>5} {message}{fields}");
+            }
+        }
+        let _ = EventWriter.write(line.as_bytes());
     }
 }
 
@@ -224,33 +403,12 @@ impl<S: Subscriber> Layer<S> for AccessLog {
         if event.metadata().target() != ACCESS_TARGET {
             return;
         }
-        let now = humantime::format_rfc3339_micros(std::time::SystemTime::now());
-        let level = event.metadata().level();
-        let mut line = String::with_capacity(320);
-        let mut fields = String::with_capacity(256);
-        let mut visitor = LineVisitor {
-            line: &mut fields,
-            format: self.format,
-            message: None,
-        };
-        event.record(&mut visitor);
-        let message = visitor.message.unwrap_or_default();
-        match self.format {
-            LogFormat::Json => {
-                use std::fmt::Write as _;
-                let _ = write!(line, "{{\"timestamp\":\"{now}\",\"level\":\"{level}\",\"message\":");
-                push_json_str(&mut line, &message);
-                line.push_str(&fields);
-                line.push_str(",\"target\":\"");
-                line.push_str(ACCESS_TARGET);
-                line.push_str("\"}\n");
-            }
-            LogFormat::Human => {
-                use std::fmt::Write as _;
-                let _ = writeln!(line, "{now} {level:>5} {message}{fields}");
-            }
-        }
-        let _ = EventWriter.write(line.as_bytes());
+        SCRATCH.with(|s| match s.try_borrow_mut() {
+            Ok(mut s) => self.write_line(event, &mut s),
+            // A value whose formatting logs an access event itself: give
+            // the inner line buffers of its own.
+            Err(_) => self.write_line(event, &mut Scratch::default()),
+        });
     }
 }
 
@@ -287,7 +445,7 @@ pub fn init(format: LogFormat, default_level: &str) -> Guard {
 
 #[cfg(test)]
 mod tests {
-    use super::push_json_str;
+    use super::{push_json_str, push_thousandths, whole_thousandths};
 
     #[test]
     fn json_strings_are_escaped() {
@@ -296,5 +454,31 @@ mod tests {
         assert_eq!(out, r#""a\"b\\c\nd\u0001é""#);
         let parsed: String = serde_json::from_str(&out).unwrap();
         assert_eq!(parsed, "a\"b\\c\nd\u{1}é");
+    }
+
+    #[test]
+    fn every_control_character_is_escaped_and_text_around_it_kept() {
+        let mut out = String::new();
+        let text: String = (0u8..0x80).map(char::from).chain("é✓𝄞".chars()).collect();
+        push_json_str(&mut out, &text);
+        let parsed: String = serde_json::from_str(&out).unwrap();
+        assert_eq!(parsed, text);
+        assert!(!out.bytes().any(|b| b < 0x20));
+    }
+
+    #[test]
+    fn durations_are_written_as_f64_would_write_them() {
+        for micros in (0i64..5000).chain([12_345, 999_999, 1_000_000, 86_400_000_000]) {
+            let value = (micros as f64) / 1e3;
+            let mut out = String::new();
+            push_thousandths(&mut out, whole_thousandths(value).unwrap());
+            assert_eq!(out, value.to_string(), "{micros} µs");
+        }
+        assert_eq!(whole_thousandths(0.0001), None);
+        assert_eq!(whole_thousandths(f64::NAN), None);
+        assert_eq!(whole_thousandths(f64::INFINITY), None);
+        let mut out = String::new();
+        push_thousandths(&mut out, whole_thousandths(-0.25).unwrap());
+        assert_eq!(out, "-0.25");
     }
 }

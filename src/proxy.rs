@@ -9,6 +9,7 @@
 pub mod body;
 pub mod error;
 pub mod forward;
+mod ip_text;
 pub mod listener;
 pub mod pool;
 pub mod route;

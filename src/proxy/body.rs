@@ -15,6 +15,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Empty, Full};
 
+use super::ip_text::IpText;
 use super::listener::InFlight;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -64,20 +65,32 @@ impl Drop for AccessRecord {
         m.duration.record(duration.as_secs_f64());
         tracing::info!(
             target: crate::logging::ACCESS_TARGET,
-            method = %self.method,
-            host = %self.host,
-            path = %self.path,
-            version = ?self.version,
+            method = self.method.as_str(),
+            host = self.host.as_str(),
+            path = self.path.as_str(),
+            version = version_str(self.version),
             status = self.status,
             bytes = self.bytes,
             duration_ms = (duration.as_secs_f64() * 1e6).round() / 1e3,
-            client = %self.client_ip,
+            client = IpText::new(self.client_ip).as_str(),
             route = self.route.as_deref().unwrap_or("-"),
             upstream = self.upstream.as_deref().unwrap_or("-"),
             user = self.user.as_deref().unwrap_or("-"),
             complete = self.complete,
             "request"
         );
+    }
+}
+
+/// The protocol version as the access log spells it.
+fn version_str(version: http::Version) -> &'static str {
+    match version {
+        http::Version::HTTP_09 => "HTTP/0.9",
+        http::Version::HTTP_10 => "HTTP/1.0",
+        http::Version::HTTP_11 => "HTTP/1.1",
+        http::Version::HTTP_2 => "HTTP/2.0",
+        http::Version::HTTP_3 => "HTTP/3.0",
+        _ => "HTTP/?",
     }
 }
 

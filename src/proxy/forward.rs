@@ -20,6 +20,7 @@ use tokio_util::task::TaskTracker;
 
 use super::body::ProxyBody;
 use super::error::ProxyError;
+use super::ip_text::IpText;
 use super::pool::{Pool, PoolError};
 use crate::config::{RouteConfig, UpstreamDefaults};
 
@@ -52,7 +53,7 @@ impl ClientInfo {
         // one of our trusted proxies is the client. Anything to its left was
         // written by the client itself and proves nothing.
         let mut ip = peer;
-        'outer: for value in headers.get_all("x-forwarded-for").iter().rev() {
+        'outer: for value in headers.get_all(&X_FORWARDED_FOR).iter().rev() {
             let Ok(text) = value.to_str() else { break };
             for part in text.rsplit(',') {
                 match part.trim().parse::<IpAddr>() {
@@ -66,12 +67,12 @@ impl ClientInfo {
                 }
             }
         }
-        let proto = match first_value(headers, "x-forwarded-proto") {
+        let proto = match first_value(headers, &X_FORWARDED_PROTO) {
             Some(p) if p.eq_ignore_ascii_case("https") => "https",
             Some(p) if p.eq_ignore_ascii_case("http") => "http",
             _ => own_proto,
         };
-        let fwd_host = first_value(headers, "x-forwarded-host").map(str::to_owned);
+        let fwd_host = first_value(headers, &X_FORWARDED_HOST).map(str::to_owned);
         ClientInfo {
             ip,
             peer_trusted: true,
@@ -88,7 +89,7 @@ fn canonical_ip(ip: IpAddr) -> IpAddr {
     }
 }
 
-fn first_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+fn first_value<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a str> {
     headers
         .get(name)?
         .to_str()
@@ -98,6 +99,11 @@ fn first_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
         .map(str::trim)
         .filter(|s| !s.is_empty())
 }
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
 /// RFC 9110 7.6.1: headers that describe one connection, never forwarded.
 const HOP_BY_HOP: [HeaderName; 8] = [
@@ -115,20 +121,31 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 /// header names. `Upgrade` is removed too; the caller re-adds it for a
 /// tunnel it is setting up.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
+    // One pass over the names (comparing known names is cheap) finds the
+    // few that go; most messages carry none but `Connection`.
+    let mut doomed: Vec<HeaderName> = Vec::new();
+    for name in headers.keys() {
+        if name == header::UPGRADE || HOP_BY_HOP.contains(name) {
+            doomed.push(name.clone());
+        }
+    }
+    if doomed.contains(&header::CONNECTION) {
+        let named = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            // `close` and `keep-alive` are the usual tokens: the first names
+            // no header, the second one already in the list.
+            .filter(|token| !token.eq_ignore_ascii_case("close") && !token.eq_ignore_ascii_case("keep-alive"))
+            .filter_map(|token| HeaderName::from_bytes(token.as_bytes()).ok())
+            .collect::<Vec<_>>();
+        doomed.extend(named);
+    }
+    for name in doomed {
         headers.remove(name);
     }
-    for name in HOP_BY_HOP.iter() {
-        headers.remove(name);
-    }
-    headers.remove(header::UPGRADE);
 }
 
 /// The `Upgrade` protocol of an HTTP/1.1 upgrade request, if it is one.
@@ -391,37 +408,39 @@ fn set_forwarding_headers(headers: &mut HeaderMap, client: &ClientInfo, peer: Ip
     let peer = canonical_ip(peer);
     let xff = if client.peer_trusted {
         let prior: Vec<&str> = headers
-            .get_all("x-forwarded-for")
+            .get_all(&X_FORWARDED_FOR)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .collect();
         if prior.is_empty() {
-            peer.to_string()
+            None
         } else {
-            format!("{}, {peer}", prior.join(", "))
+            Some(format!("{}, {peer}", prior.join(", ")))
         }
     } else {
-        peer.to_string()
+        None
     };
     let fwd_host = if client.peer_trusted {
-        client.host.clone().or_else(|| host.map(str::to_owned))
+        client.host.as_deref().or(host)
     } else {
-        host.map(str::to_owned)
+        host
     };
     if !client.peer_trusted {
         // An untrusted client's own forwarding claims are dropped, not passed on.
         headers.remove(header::FORWARDED);
     }
-    headers.remove("x-forwarded-host");
-    headers.remove("x-forwarded-for");
-    headers.remove("x-forwarded-proto");
-    headers.remove("x-real-ip");
-    if let Ok(v) = HeaderValue::from_str(&xff) {
-        headers.insert("x-forwarded-for", v);
+    headers.remove(&X_FORWARDED_HOST);
+    headers.remove(&X_REAL_IP);
+    // `insert` replaces every copy the client sent.
+    let peer_text = IpText::new(peer);
+    if let Ok(v) = HeaderValue::from_str(xff.as_deref().unwrap_or(peer_text.as_str())) {
+        headers.insert(X_FORWARDED_FOR, v);
+    } else {
+        headers.remove(&X_FORWARDED_FOR);
     }
-    headers.insert("x-forwarded-proto", HeaderValue::from_static(client.proto));
-    if let Some(v) = fwd_host.and_then(|h| HeaderValue::from_str(&h).ok()) {
-        headers.insert("x-forwarded-host", v);
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(client.proto));
+    if let Some(v) = fwd_host.and_then(|h| HeaderValue::from_str(h).ok()) {
+        headers.insert(X_FORWARDED_HOST, v);
     }
     append_via(headers);
 }
