@@ -545,18 +545,33 @@ impl Authenticator {
         secret: &Secret,
     ) -> (Verification, Option<(CachedCredential, Duration)>) {
         let known = entry.and_then(|e| {
-            e.user.directory.as_ref().map(|attrs| Known {
-                upn: &e.user.upn,
-                dn: &attrs.dn,
-            })
+            e.user
+                .directory
+                .as_ref()
+                .map(|attrs| (e.user.upn.clone(), attrs.dn.clone()))
         });
         let started = Instant::now();
-        let checked = d.directory.check_password(name, known, secret).await;
+        // The check runs to its end in a task of its own, even when the
+        // client goes away mid-bind: an LDAP operation dropped half-way
+        // leaves its answer with nobody to take it (and a warning in the
+        // log for each).
+        let check = {
+            let (directory, name, secret) = (Arc::clone(&d.directory), name.clone(), secret.clone());
+            tokio::spawn(async move {
+                let known = known.as_ref().map(|(upn, dn)| Known { upn, dn });
+                directory.check_password(&name, known, &secret).await
+            })
+        };
+        let checked = check.await;
         metrics::histogram!("fedgate_directory_check_seconds").record(started.elapsed().as_secs_f64());
         let checked = match checked {
-            Ok(checked) => checked,
-            Err(err) => {
+            Ok(Ok(checked)) => checked,
+            Ok(Err(err)) => {
                 tracing::warn!(user = %name, error = %err, "directory unavailable for a sign-in");
+                return (Verified::DirectoryUnavailable.into(), None);
+            }
+            Err(err) => {
+                tracing::error!(user = %name, error = %err, "directory check failed: refused as unavailable");
                 return (Verified::DirectoryUnavailable.into(), None);
             }
         };

@@ -559,3 +559,64 @@ fn fedgate_with_filter(slapd: &Slapd, user_filter: &str) -> Fedgate {
     );
     fedgate(section)
 }
+
+/// A client that gives up while its password is being checked leaves the
+/// bind to finish on its own: the answer is taken, nothing is logged about
+/// an answer with nobody to receive it, and the connection serves the next
+/// sign-in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_leaving_mid_bind_does_not_strand_the_bind() {
+    let slapd = directory_with_users();
+    let fedgate = fedgate(directory_section(
+        &slapd,
+        &[slapd.url()],
+        "timeout = \"5s\"\ncache_ttl = \"0s\"",
+    ));
+    // Opens the service connection and a bind connection, and records both
+    // users' entries: bob's next sign-in is a bind to his known DN.
+    for (user, password, who) in [(ALICE, ALICE_PW, "alice"), (BOB, BOB_PW, "bob")] {
+        signed_in(
+            &SignIn::new(fedgate.plain, user, password)
+                .path(CLOUD_ONPREM)
+                .send()
+                .await,
+            who,
+        );
+    }
+    let before = slapd.bind_count();
+
+    slapd.pause();
+    let mut client = tokio::net::TcpStream::connect(fedgate.plain).await.unwrap();
+    let request = format!(
+        "GET {CLOUD_ONPREM} HTTP/1.1\r\nhost: localhost\r\nauthorization: {}\r\n\r\n",
+        crate::support::client::basic(BOB, BOB_PW).to_str().unwrap()
+    );
+    client.write_all(request.as_bytes()).await.unwrap();
+    // The request is in: fedgate is waiting for the stopped directory.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    drop(client);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    slapd.resume();
+
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while slapd.bind_count() - before < 1 {
+        assert!(Instant::now() < deadline, "the abandoned sign-in never reached slapd");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Time for an answer that found nobody to be logged.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let logs = fedgate.raw_logs();
+    assert!(
+        !logs.contains("send error"),
+        "an LDAP answer was left without a receiver:\n{logs}"
+    );
+    for (user, password, who) in [(BOB, BOB_PW, "bob"), (ALICE, ALICE_PW, "alice")] {
+        signed_in(
+            &SignIn::new(fedgate.plain, user, password)
+                .path(CLOUD_ONPREM)
+                .send()
+                .await,
+            who,
+        );
+    }
+}
