@@ -3,7 +3,10 @@
 //! Connections:
 //! - *servers* are the configured URLs, tried in order; one that fails to
 //!   connect is tried last for `failover_backoff`, so a dead primary costs
-//!   one failed connect per back-off period rather than one per sign-in;
+//!   one failed connect per back-off period rather than one per sign-in.
+//!   Once its back-off is over, pooled connections to later servers are
+//!   replaced on their next use, so sign-ins move back to the primary when
+//!   it returns;
 //! - *service connections* (`pool_size`, bound as `bind_dn`) carry searches;
 //!   ldap3 multiplexes operations on one connection, so a handful serve any
 //!   load. A connection the server dropped is replaced (and bound again) on
@@ -262,6 +265,16 @@ impl LdapDirectory {
         Err(last.unwrap_or(DirectoryError::Timeout(self.config.timeout)))
     }
 
+    /// Whether a connection to `server` should make way for a new one: a
+    /// server listed before it is not backing off (it never failed, or its
+    /// back-off is over and it may be back), and [`Self::connect`] tries
+    /// servers in order. While that server stays down, this costs one
+    /// failed connect per back-off period, as for any new connection.
+    fn should_fail_back(&self, server: usize) -> bool {
+        let now = Instant::now();
+        self.servers[..server].iter().any(|s| !s.backing_off(now))
+    }
+
     fn url(&self, conn: &Conn) -> &str {
         &self.servers[conn.server].url
     }
@@ -284,7 +297,7 @@ impl LdapDirectory {
         let mut guard = self.service[slot].lock().await;
         if let Some(conn) = guard.as_mut() {
             let broken = replace.is_some_and(|r| r.id == conn.id);
-            if !broken && !conn.ldap.is_closed() {
+            if !broken && !conn.ldap.is_closed() && !self.should_fail_back(conn.server) {
                 return Ok(conn.clone());
             }
         }
@@ -446,7 +459,16 @@ impl LdapDirectory {
                     if conn.ldap.is_closed() {
                         continue;
                     }
-                    conn
+                    if self.should_fail_back(conn.server) {
+                        // This idle connection goes; the new one may be to
+                        // the same server again if the earlier one is
+                        // still down.
+                        drop(conn);
+                        reused = false;
+                        self.connect(deadline).await?
+                    } else {
+                        conn
+                    }
                 }
                 None => {
                     reused = false;

@@ -470,6 +470,60 @@ async fn failover_outage_and_recovery() {
     }
 }
 
+/// After a failover, sign-ins go back to the first server once it returns
+/// and its back-off is over; pooled connections do not stay on the second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_ins_fail_back_to_the_first_server_when_it_returns() {
+    let mut first = directory_with_users();
+    let second = directory_with_users();
+    // The same service account on both, as replicas would have.
+    second.modify(&format!(
+        "dn: {}\nchangetype: modify\nreplace: userPassword\nuserPassword: {}\n-\n",
+        second.service_dn(),
+        first.service_password()
+    ));
+    let fedgate = fedgate(directory_section(
+        &first,
+        &[first.url(), second.url()],
+        "cache_ttl = \"0s\"\nfailover_backoff = \"1s\"\ntimeout = \"2s\"",
+    ));
+    let alice = SignIn::new(fedgate.plain, ALICE, ALICE_PW).path(CLOUD_ONPREM);
+    // bob signs in by login name: a search on the service connection each time.
+    let bob = SignIn::new(fedgate.plain, "bob", BOB_PW).path(CLOUD_ONPREM);
+    signed_in(&alice.send().await, "first server");
+    signed_in(&bob.send().await, "first server");
+
+    first.stop();
+    alice.until(StatusCode::OK, Duration::from_millis(50)).await;
+    let on_second = second.bind_count();
+    for _ in 0..3 {
+        signed_in(&alice.send().await, "second server");
+        signed_in(&bob.send().await, "second server");
+    }
+    assert!(second.bind_count() > on_second, "the second server took no binds");
+
+    first.restart();
+    let back_by = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (first_before, second_before) = (first.bind_count(), second.bind_count());
+        for _ in 0..3 {
+            signed_in(&alice.send().await, "after the first server returned");
+            signed_in(&bob.send().await, "after the first server returned");
+        }
+        let (first_now, second_now) = (first.bind_count(), second.bind_count());
+        // Six sign-ins: six user binds, and a service bind for each new
+        // connection; none of it on the second server any more.
+        if second_now == second_before && first_now - first_before >= 6 {
+            break;
+        }
+        assert!(
+            Instant::now() < back_by,
+            "sign-ins still reach the second server 5 s after the first returned"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// A server that accepts LDAP connections and answers every request with
 /// `reply` (or nothing at all when it is empty).
 async fn fake_server(reply: &'static [u8]) -> SocketAddr {
