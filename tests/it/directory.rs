@@ -628,15 +628,7 @@ async fn a_client_leaving_mid_bind_does_not_strand_the_bind() {
     ));
     // Opens the service connection and a bind connection, and records both
     // users' entries: bob's next sign-in is a bind to his known DN.
-    for (user, password, who) in [(ALICE, ALICE_PW, "alice"), (BOB, BOB_PW, "bob")] {
-        signed_in(
-            &SignIn::new(fedgate.plain, user, password)
-                .path(CLOUD_ONPREM)
-                .send()
-                .await,
-            who,
-        );
-    }
+    sign_in_each(&fedgate, &[(ALICE, ALICE_PW, "alice"), (BOB, BOB_PW, "bob")]).await;
     let before = slapd.bind_count();
 
     slapd.pause();
@@ -664,7 +656,12 @@ async fn a_client_leaving_mid_bind_does_not_strand_the_bind() {
         !logs.contains("send error"),
         "an LDAP answer was left without a receiver:\n{logs}"
     );
-    for (user, password, who) in [(BOB, BOB_PW, "bob"), (ALICE, ALICE_PW, "alice")] {
+    sign_in_each(&fedgate, &[(BOB, BOB_PW, "bob"), (ALICE, ALICE_PW, "alice")]).await;
+}
+
+/// Signs each `(user, password, expected user)` in on the onprem route.
+async fn sign_in_each(fedgate: &Fedgate, users: &[(&str, &str, &str)]) {
+    for (user, password, who) in users {
         signed_in(
             &SignIn::new(fedgate.plain, user, password)
                 .path(CLOUD_ONPREM)
