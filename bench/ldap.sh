@@ -31,10 +31,7 @@ BENCH_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # shellcheck source=bench/lib.sh
 . "$BENCH_ROOT/bench/lib.sh"
 
-ROUNDS=${ROUNDS:-3}
-case $ROUNDS in
-'' | *[!0-9]* | 0) bench_die "ROUNDS must be a positive integer, got '$ROUNDS'" ;;
-esac
+bench_rounds
 
 RESULTS=$BENCH_ROOT/bench/RESULTS.md
 SECTION_FILE=$BENCH_ROOT/bench/results/ldap.md
@@ -47,10 +44,7 @@ TARGET_COLD=1
 # Directory contents: the bench user is user1; the others are there so that
 # the searches run against an index, not a directory of one.
 DIR_USERS=300
-BASE=dc=example,dc=com
-PEOPLE=ou=people,$BASE
-SERVICE_DN=cn=fedgate,ou=services,$BASE
-ADMIN_DN=cn=admin,$BASE
+bench_ldap_names
 BENCH_USER=user1@example.com
 
 # A cold run below this many binds per request was answered from a cache

@@ -17,6 +17,25 @@ BENCH_WARMUP=${BENCH_WARMUP:-3s}
 # figures, which would flatter exactly the target that stalls.
 BENCH_WRK_TIMEOUT=${BENCH_WRK_TIMEOUT:-10s}
 
+# bench_rounds: ROUNDS (default 3), checked to be a positive integer.
+bench_rounds() {
+    ROUNDS=${ROUNDS:-3}
+    case $ROUNDS in
+    '' | *[!0-9]* | 0) bench_die "ROUNDS must be a positive integer, got '$ROUNDS'" ;;
+    esac
+}
+
+# bench_ldap_names: the directory layout the LDAP benchmarks load (BASE,
+# PEOPLE, SERVICE_DN, ADMIN_DN).
+# Set for the calling script, which uses them.
+# shellcheck disable=SC2034
+bench_ldap_names() {
+    BASE=dc=example,dc=com
+    PEOPLE=ou=people,$BASE
+    SERVICE_DN=cn=fedgate,ou=services,$BASE
+    ADMIN_DN=cn=admin,$BASE
+}
+
 BENCH_PIDS=()
 BENCH_LAST_PID=
 BENCH_WORKDIR=

@@ -29,10 +29,7 @@ BENCH_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # shellcheck source=bench/lib.sh
 . "$BENCH_ROOT/bench/lib.sh"
 
-ROUNDS=${ROUNDS:-3}
-case $ROUNDS in
-'' | *[!0-9]* | 0) bench_die "ROUNDS must be a positive integer, got '$ROUNDS'" ;;
-esac
+bench_rounds
 
 RESULTS=$BENCH_ROOT/bench/RESULTS.md
 SECTION_FILE=$BENCH_ROOT/bench/results/signin.md

@@ -40,10 +40,7 @@ BENCH_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # shellcheck source=bench/lib.sh
 . "$BENCH_ROOT/bench/lib.sh"
 
-ROUNDS=${ROUNDS:-3}
-case $ROUNDS in
-'' | *[!0-9]* | 0) bench_die "ROUNDS must be a positive integer, got '$ROUNDS'" ;;
-esac
+bench_rounds
 DIR_USERS=${SYNC_USERS:-100000}
 case $DIR_USERS in
 '' | *[!0-9]*) bench_die "SYNC_USERS must be a positive integer, got '$DIR_USERS'" ;;
@@ -63,10 +60,7 @@ TARGET_FULL_S=60
 TARGET_FULL_MIB=300
 TARGET_INCR_S=1
 
-BASE=dc=example,dc=com
-PEOPLE=ou=people,$BASE
-SERVICE_DN=cn=fedgate,ou=services,$BASE
-ADMIN_DN=cn=admin,$BASE
+bench_ldap_names
 POLICY_DN=cn=default,ou=policies,$BASE
 PAGE_SIZE=1000
 SIZE_LIMIT=1000

@@ -415,6 +415,26 @@ async fn commit(tx: Transaction<'static, Sqlite>) -> Result<(), StoreError> {
 
 /// The common end of a change to one user: the change-feed row in the same
 /// transaction, the user as committed, the commit.
+/// Forgets a user's TOTP secret and registration: the next sign-in to
+/// the portal registers a second factor anew.
+async fn clear_second_factor(
+    conn: &mut SqliteConnection,
+    user: UserId,
+    now: i64,
+    action: &'static str,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE users SET totp_secret = NULL, totp_last_step = NULL, registered_at = NULL, updated_at = ?
+         WHERE id = ?",
+    )
+    .bind(now)
+    .bind(user.0)
+    .execute(conn)
+    .await
+    .map_err(db(action))?;
+    Ok(())
+}
+
 async fn finish_user_change(
     mut tx: Transaction<'static, Sqlite>,
     now: i64,
@@ -876,16 +896,7 @@ impl Store for SqliteStore {
             let user = live_user(&mut tx, upn).await?;
             // The old second factor goes too: registering again must mean a
             // new secret, not the one that may have leaked.
-            sqlx::query(
-                "UPDATE users SET registered_at = NULL, totp_secret = NULL, totp_last_step = NULL,
-                     updated_at = ?
-                 WHERE id = ?",
-            )
-            .bind(now)
-            .bind(user.id.0)
-            .execute(&mut *tx)
-            .await
-            .map_err(db("require registration"))?;
+            clear_second_factor(&mut tx, user.id, now, "require registration").await?;
             finish_user_change(tx, now, ChangeKind::RegistrationRequired, user.id).await
         })
     }
@@ -930,16 +941,7 @@ impl Store for SqliteStore {
                     ChangeKind::TotpRegistered
                 }
                 None => {
-                    sqlx::query(
-                        "UPDATE users SET totp_secret = NULL, totp_last_step = NULL, registered_at = NULL,
-                             updated_at = ?
-                         WHERE id = ?",
-                    )
-                    .bind(now)
-                    .bind(user.id.0)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(db("remove a TOTP secret"))?;
+                    clear_second_factor(&mut tx, user.id, now, "remove a TOTP secret").await?;
                     ChangeKind::TotpRemoved
                 }
             };

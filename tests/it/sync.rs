@@ -77,6 +77,23 @@ fn sync_section(lines: &str) -> String {
     format!("[sync]\nenabled = true\n{lines}\n")
 }
 
+/// A slapd with alice and bob.
+fn directory_with_alice_and_bob() -> Slapd {
+    let slapd = Slapd::start();
+    slapd.add_user("alice", ALICE, ALICE_PW);
+    slapd.add_user("bob", BOB, BOB_PW);
+    slapd
+}
+
+/// The sections of a server syncing `slapd` every second, with a full
+/// pass every two.
+fn fast_sync(slapd: &Slapd) -> [String; 2] {
+    [
+        directory_section(slapd, Slapd::PEOPLE_DN, "timeout = \"2s\""),
+        sync_section("interval = \"1s\"\nfull_every = \"2s\""),
+    ]
+}
+
 /// A config with `sections` plus a `cloud` route at /whoami and an `onprem`
 /// one at /onprem/whoami.
 fn builder(sections: &[String]) -> crate::support::fedgate::Builder {
@@ -281,9 +298,7 @@ fn full_passes(passes: &[Value]) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn directory_disable_revokes_every_credential_within_two_seconds_and_enable_restores_them() {
-    let slapd = Slapd::start();
-    slapd.add_user("alice", ALICE, ALICE_PW);
-    slapd.add_user("bob", BOB, BOB_PW);
+    let slapd = directory_with_alice_and_bob();
     let fedgate = serve(&[
         directory_section(&slapd, Slapd::PEOPLE_DN, "timeout = \"2s\""),
         sync_section("interval = \"1s\"\nfull_every = \"10m\""),
@@ -386,13 +401,8 @@ async fn directory_disable_revokes_every_credential_within_two_seconds_and_enabl
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn user_deleted_in_the_directory_is_deleted_at_the_next_full_pass_with_history_kept() {
-    let slapd = Slapd::start();
-    slapd.add_user("alice", ALICE, ALICE_PW);
-    slapd.add_user("bob", BOB, BOB_PW);
-    let fedgate = serve(&[
-        directory_section(&slapd, Slapd::PEOPLE_DN, "timeout = \"2s\""),
-        sync_section("interval = \"1s\"\nfull_every = \"2s\""),
-    ]);
+    let slapd = directory_with_alice_and_bob();
+    let fedgate = serve(&fast_sync(&slapd));
     let admin = fedgate.admin();
     wait_first_pass(&fedgate);
     let bob_id = user_show(&admin, BOB)["id"].clone();
@@ -908,13 +918,8 @@ fn lag(status: &Value) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sync_status_reports_the_last_pass_of_each_kind_and_the_lag() {
-    let slapd = Slapd::start();
-    slapd.add_user("alice", ALICE, ALICE_PW);
-    slapd.add_user("bob", BOB, BOB_PW);
-    let sections = [
-        directory_section(&slapd, Slapd::PEOPLE_DN, "timeout = \"2s\""),
-        sync_section("interval = \"1s\"\nfull_every = \"2s\""),
-    ];
+    let slapd = directory_with_alice_and_bob();
+    let sections = fast_sync(&slapd);
 
     // On demand: nothing before the first pass, then each kind's last.
     let store = Offline::new();
@@ -1006,13 +1011,8 @@ async fn sync_status_reports_the_last_pass_of_each_kind_and_the_lag() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operator_disable_of_a_federated_user_outlasts_sync_passes() {
-    let slapd = Slapd::start();
-    slapd.add_user("alice", ALICE, ALICE_PW);
-    slapd.add_user("bob", BOB, BOB_PW);
-    let fedgate = serve(&[
-        directory_section(&slapd, Slapd::PEOPLE_DN, "timeout = \"2s\""),
-        sync_section("interval = \"1s\"\nfull_every = \"2s\""),
-    ]);
+    let slapd = directory_with_alice_and_bob();
+    let fedgate = serve(&fast_sync(&slapd));
     let admin = fedgate.admin();
     wait_first_pass(&fedgate);
     admin.allow_app_passwords(true);
@@ -1169,10 +1169,7 @@ async fn sync_run_killed_mid_pass_does_not_stall_the_next_pass() {
 async fn scheduled_passes_stop_at_the_guard_until_sync_run_force() {
     let slapd = Slapd::start();
     slapd.add_generated_users("g", 40, GENERATED_PW);
-    let fedgate = serve(&[
-        directory_section(&slapd, Slapd::PEOPLE_DN, "timeout = \"2s\""),
-        sync_section("interval = \"1s\"\nfull_every = \"2s\""),
-    ]);
+    let fedgate = serve(&fast_sync(&slapd));
     let admin = fedgate.admin();
     assert_counts(&wait_first_pass(&fedgate), &[("seen", 40), ("created", 40)]);
     admin.allow_app_passwords(true);
@@ -1221,9 +1218,7 @@ async fn scheduled_passes_stop_at_the_guard_until_sync_run_force() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sync_is_on_by_default_with_a_directory_and_off_when_disabled() {
-    let slapd = Slapd::start();
-    slapd.add_user("alice", ALICE, ALICE_PW);
-    slapd.add_user("bob", BOB, BOB_PW);
+    let slapd = directory_with_alice_and_bob();
 
     // No [sync] table: the first full pass runs at start all the same.
     let on = serve(&[directory_section(&slapd, Slapd::PEOPLE_DN, "timeout = \"2s\"")]);

@@ -415,12 +415,7 @@ impl Slapd {
             cmd.arg("-ZZ");
         }
         cmd.args(["-D", dn, "-w", password]);
-        let out = run(cmd, None);
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).into_owned())
-        }
+        stdout_or_error(cmd).map(|out| out.trim().to_string())
     }
 
     /// Searches over plain `ldap://` as `who` (DN, password), or after an
@@ -434,18 +429,7 @@ impl Slapd {
         filter: &str,
         attrs: &[&str],
     ) -> Result<String, String> {
-        let mut cmd = self.tool("ldapsearch", &self.url());
-        cmd.args(["-LLL", "-o", "ldif_wrap=no"]);
-        if let Some((dn, password)) = who {
-            cmd.args(["-D", dn, "-w", password]);
-        }
-        cmd.args(["-b", base, filter]).args(attrs);
-        let out = run(cmd, None);
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).into_owned())
-        }
+        self.search(who, None, base, filter, attrs)
     }
 
     /// Like [`Slapd::search_as`], with the RFC 2696 paged results control
@@ -459,19 +443,27 @@ impl Slapd {
         attrs: &[&str],
         page_size: u32,
     ) -> Result<String, String> {
+        self.search(who, Some(page_size), base, filter, attrs)
+    }
+
+    fn search(
+        &self,
+        who: Option<(&str, &str)>,
+        page_size: Option<u32>,
+        base: &str,
+        filter: &str,
+        attrs: &[&str],
+    ) -> Result<String, String> {
         let mut cmd = self.tool("ldapsearch", &self.url());
-        cmd.args(["-LLL", "-o", "ldif_wrap=no", "-E"])
-            .arg(format!("pr={page_size}/noprompt"));
+        cmd.args(["-LLL", "-o", "ldif_wrap=no"]);
+        if let Some(size) = page_size {
+            cmd.arg("-E").arg(format!("pr={size}/noprompt"));
+        }
         if let Some((dn, password)) = who {
             cmd.args(["-D", dn, "-w", password]);
         }
         cmd.args(["-b", base, filter]).args(attrs);
-        let out = run(cmd, None);
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).into_owned())
-        }
+        stdout_or_error(cmd)
     }
 
     /// Binds completed by clients other than the harness's administrative
@@ -899,6 +891,16 @@ fn all_threads_stopped(pid: u32) -> bool {
 
 /// Runs `cmd` to completion, feeding `input` on a separate thread so that a
 /// large LDIF cannot deadlock against the tool's output.
+/// What `cmd` printed, or its error output when it failed.
+fn stdout_or_error(cmd: Command) -> Result<String, String> {
+    let out = run(cmd, None);
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
 fn run(mut cmd: Command, input: Option<&str>) -> Output {
     cmd.stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::piped())
