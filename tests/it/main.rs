@@ -1,5 +1,6 @@
 //! Integration tests: the real `fedgate` binary on loopback sockets.
 
+mod adversarial;
 mod cli;
 mod directory;
 mod portal;
