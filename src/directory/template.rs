@@ -238,6 +238,51 @@ mod tests {
         }
     }
 
+    /// The one equality assertion a rendered `(attr=value)` parses to, if
+    /// that is what it is: `(attribute, value)`.
+    fn equality(tag: &ldap3::asn1::Tag) -> Option<(Vec<u8>, Vec<u8>)> {
+        use ldap3::asn1::{OctetString, Sequence, Tag, TagClass};
+        match tag {
+            Tag::Sequence(Sequence {
+                class: TagClass::Context,
+                id: 3,
+                inner,
+            }) => match inner.as_slice() {
+                [Tag::OctetString(OctetString { inner: attr, .. }), Tag::OctetString(OctetString { inner: value, .. })] => {
+                    Some((attr.clone(), value.clone()))
+                }
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
+    fn parsed(rendered: &str) -> Result<ldap3::asn1::Tag, proptest::test_runner::TestCaseError> {
+        ldap3::parse_filter(rendered)
+            .map_err(|()| proptest::test_runner::TestCaseError::fail(format!("does not parse: {rendered}")))
+    }
+
+    proptest::proptest! {
+        /// Whatever a client sends as a name, the escaped filter is one
+        /// equality assertion whose value is exactly the name: no wildcard,
+        /// no extra clause, nothing lost.
+        #[test]
+        fn every_escaped_value_parses_back_to_one_equality(value in r"\PC*|[()*\\\x00a-z=&|!~<>:]{0,24}") {
+            let t = Template::filter("(uid={login})", Placeholder::Login).unwrap();
+            let tag = parsed(&t.render(values("", &value)))?;
+            proptest::prop_assert_eq!(equality(&tag), Some((b"uid".to_vec(), value.as_bytes().to_vec())));
+
+            // Inside a conjunction, the value is still one assertion of its own.
+            let t = Template::filter("(&(objectClass=inetOrgPerson)(mail={upn}))", Placeholder::Upn).unwrap();
+            let ldap3::asn1::Tag::Sequence(and) = parsed(&t.render(values(&value, "")))? else {
+                return Err(proptest::test_runner::TestCaseError::fail("not a conjunction"));
+            };
+            proptest::prop_assert_eq!(and.id, 0);
+            proptest::prop_assert_eq!(and.inner.len(), 2);
+            proptest::prop_assert_eq!(equality(&and.inner[1]), Some((b"mail".to_vec(), value.as_bytes().to_vec())));
+        }
+    }
+
     #[test]
     fn any_value_turns_placeholders_into_presence() {
         let t = Template::filter("(&(objectClass=inetOrgPerson)(mail={upn}))", Placeholder::Upn).unwrap();
