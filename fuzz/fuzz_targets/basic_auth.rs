@@ -14,10 +14,14 @@ fuzz_target!(|data: &[u8]| {
     let mut parts = data.splitn(2, |b| *b == 0xff);
     let first = parts.next().unwrap_or_default();
     let second = parts.next();
-    let Ok(value) = HeaderValue::from_bytes(first) else { return };
+    let Ok(value) = HeaderValue::from_bytes(first) else {
+        return;
+    };
     headers.append(AUTHORIZATION, value);
     if let Some(second) = second {
-        let Ok(value) = HeaderValue::from_bytes(second) else { return };
+        let Ok(value) = HeaderValue::from_bytes(second) else {
+            return;
+        };
         headers.append(AUTHORIZATION, value);
     }
     match parse(&headers) {

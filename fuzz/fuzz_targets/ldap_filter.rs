@@ -10,7 +10,12 @@ use libfuzzer_sys::fuzz_target;
 fn one_equality(rendered: &str, attribute: &[u8], value: &[u8]) {
     use ldap3::asn1::{OctetString, Sequence, Tag, TagClass};
     let tag = ldap3::parse_filter(rendered).unwrap_or_else(|()| panic!("escaped filter does not parse: {rendered:?}"));
-    let Tag::Sequence(Sequence { class: TagClass::Context, id: 3, inner }) = tag else {
+    let Tag::Sequence(Sequence {
+        class: TagClass::Context,
+        id: 3,
+        inner,
+    }) = tag
+    else {
         panic!("not one equality assertion: {rendered:?}");
     };
     let [Tag::OctetString(OctetString { inner: attr, .. }), Tag::OctetString(OctetString { inner: got, .. })] =
@@ -27,7 +32,10 @@ fuzz_target!(|data: &[u8]| {
     // "template\nvalue": the template as an operator might write it, the
     // value as a client might send it.
     let (template, value) = text.split_once('\n').unwrap_or((text, text));
-    let values = Values { upn: value, login: value };
+    let values = Values {
+        upn: value,
+        login: value,
+    };
     for required in [Placeholder::Upn, Placeholder::Login] {
         if let Ok(t) = Template::filter(template, required) {
             let _ = t.render(values);
