@@ -164,7 +164,7 @@ impl Portal {
             _ => (self.mint_csrf_cookie(), true),
         };
         let old_csrf = cookie(req.headers(), OLD_CSRF_COOKIE).is_some();
-        let token = self.csrf_token(&csrf_cookie);
+        let token = self.csrf_token(&csrf_cookie, cookie(req.headers(), SESSION_COOKIE).as_deref());
         let frame = Frame {
             base: &self.config.path,
             csrf: &token,
@@ -240,8 +240,12 @@ impl Portal {
         resp
     }
 
-    fn csrf_token(&self, cookie: &str) -> String {
-        URL_SAFE_NO_PAD.encode(self.auth.server_key().mac("portal form", cookie.as_bytes()))
+    /// The forms' token: bound to the browser's CSRF cookie and to its
+    /// session cookie, so a token learnt before sign-in (or in another
+    /// session) is worth nothing in this one.
+    fn csrf_token(&self, cookie: &str, session: Option<&str>) -> String {
+        let bound = format!("{cookie}\n{}", session.unwrap_or(""));
+        URL_SAFE_NO_PAD.encode(self.auth.server_key().mac("portal form", bound.as_bytes()))
     }
 
     /// A new CSRF cookie value: a random nonce and its HMAC under the
