@@ -99,6 +99,25 @@ struct OpenedFile {
     ino: u64,
 }
 
+/// A descriptor of the database file for reading its header, opened once
+/// and never closed: closing any descriptor of a file drops every POSIX
+/// lock the process holds on it, SQLite's included, after which another
+/// process may checkpoint and delete the WAL this one still writes to.
+struct HeaderReader(std::mem::ManuallyDrop<std::fs::File>);
+
+impl HeaderReader {
+    fn open(path: &Path) -> std::io::Result<HeaderReader> {
+        Ok(HeaderReader(std::mem::ManuallyDrop::new(std::fs::File::open(path)?)))
+    }
+
+    fn read(&self) -> std::io::Result<[u8; 16]> {
+        use std::os::unix::fs::FileExt;
+        let mut header = [0u8; 16];
+        self.0.read_exact_at(&mut header, 0)?;
+        Ok(header)
+    }
+}
+
 impl OpenedFile {
     fn stat(path: &Path) -> std::io::Result<OpenedFile> {
         use std::os::unix::fs::MetadataExt;
@@ -117,7 +136,7 @@ pub struct SqliteStore {
     clock: Arc<dyn Clock>,
     url: String,
     /// `None` for an in-memory database.
-    file: Option<OpenedFile>,
+    file: Option<(OpenedFile, HeaderReader)>,
     store_id: String,
     /// Set once the file was found removed or replaced: the pool's
     /// connections still read the old file, so nothing they say is true of
@@ -206,10 +225,14 @@ impl SqliteStore {
         let file = if in_memory {
             None
         } else {
-            Some(OpenedFile::stat(&path).map_err(|source| StoreError::Unavailable {
+            let unreadable = |source: std::io::Error| StoreError::Unavailable {
                 url: url.to_owned(),
-                reason: format!("cannot stat {}: {source}", path.display()),
-            })?)
+                reason: format!("cannot read {}: {source}", path.display()),
+            };
+            Some((
+                OpenedFile::stat(&path).map_err(unreadable)?,
+                HeaderReader::open(&path).map_err(unreadable)?,
+            ))
         };
         Ok(SqliteStore {
             pool,
@@ -246,8 +269,7 @@ impl SqliteStore {
     }
 
     /// The file checks of [`Store::check`]: same file, database header.
-    fn check_file(&self, file: &OpenedFile) -> Result<(), StoreError> {
-        use std::io::Read;
+    fn check_file(&self, file: &OpenedFile, reader: &HeaderReader) -> Result<(), StoreError> {
         let shown = file.path.display();
         match OpenedFile::stat(&file.path) {
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
@@ -259,9 +281,9 @@ impl SqliteStore {
             }
             Ok(_) => {}
         }
-        let mut header = [0u8; 16];
-        std::fs::File::open(&file.path)
-            .and_then(|mut f| f.read_exact(&mut header))
+        // The opened file, which the check above found still at the path.
+        let header = reader
+            .read()
             .map_err(|err| self.unavailable(format!("cannot read {shown}: {err}")))?;
         if &header != SQLITE_MAGIC {
             // Connections that read the damaged page stay broken after it
@@ -1779,8 +1801,8 @@ impl Store for SqliteStore {
     fn check(&self) -> StoreFuture<'_, ()> {
         Box::pin(async move {
             let pool = self.live_pool()?;
-            if let Some(file) = &self.file {
-                self.check_file(file)?;
+            if let Some((file, reader)) = &self.file {
+                self.check_file(file, reader)?;
             }
             let found = read_store_id(pool)
                 .await
