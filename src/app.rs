@@ -108,7 +108,15 @@ pub async fn serve(config: Config, shutdown: Shutdown) -> Result<(), ServeError>
         }
         _ => None,
     };
-    let auth = Authenticator::new(Arc::clone(&store), key, audit, &config.auth, directory, Arc::clone(&clock)).await?;
+    let auth = Authenticator::new(
+        Arc::clone(&store),
+        key,
+        audit,
+        &config.auth,
+        directory,
+        Arc::clone(&clock),
+    )
+    .await?;
     let health = Arc::new(StoreHealth::new(config.store.max_staleness, clock.now_ms()));
     let auth = Arc::new(auth.with_store_health(Arc::clone(&health)));
     let mut jobs = auth.start_jobs(&shutdown);

@@ -408,13 +408,19 @@ fn check_config(cli: &Cli) -> ExitCode {
         outln!("directory  {}{tls}", d.urls.join(", "));
         outln!(
             "directory  {} bind under {}, user_filter {}, login_filter {}, cache {}",
-            d.bind, d.base_dn, d.user_filter, d.login_filter, d.cache_ttl
+            d.bind,
+            d.base_dn,
+            d.user_filter,
+            d.login_filter,
+            d.cache_ttl
         );
     }
     match &view.sync {
         Some(s) => outln!(
             "sync       incremental every {}, full every {}, by {}",
-            s.interval, s.full_every, s.change_attribute
+            s.interval,
+            s.full_every,
+            s.change_attribute
         ),
         None if view.directory.is_some() => outln!("sync       off"),
         None => {}
@@ -426,7 +432,11 @@ fn check_config(cli: &Cli) -> ExitCode {
         };
         outln!(
             "route[{}]  {}{}  ->  {}  realm={}",
-            r.index, r.host, r.path, upstream, r.realm
+            r.index,
+            r.host,
+            r.path,
+            upstream,
+            r.realm
         );
     }
     ExitCode::SUCCESS

@@ -38,8 +38,9 @@ pub enum CommandError {
 impl CommandError {
     pub fn exit_code(&self) -> ExitCode {
         match self {
-            CommandError::Input(_)
-            | CommandError::Store(StoreError::Missing { .. } | StoreError::Exists { .. }) => ExitCode::from(2),
+            CommandError::Input(_) | CommandError::Store(StoreError::Missing { .. } | StoreError::Exists { .. }) => {
+                ExitCode::from(2)
+            }
             _ => ExitCode::from(1),
         }
     }
@@ -112,7 +113,11 @@ pub async fn store_init(config: &Config) -> Result<(), CommandError> {
 fn print_users(users: &[User]) {
     outln!(
         "{:<40} {:<10} {:<9} {:<8} {:<20}",
-        "UPN", "STATE", "SOURCE", "ACCOUNT", "REGISTERED"
+        "UPN",
+        "STATE",
+        "SOURCE",
+        "ACCOUNT",
+        "REGISTERED"
     );
     for u in users {
         outln!(
@@ -129,7 +134,10 @@ fn print_users(users: &[User]) {
 fn print_app_passwords(list: &[AppPassword]) {
     outln!(
         "{:<24} {:<20} {:<20} {:<16} CLIENT",
-        "NAME", "CREATED", "LAST USED", "LAST IP"
+        "NAME",
+        "CREATED",
+        "LAST USED",
+        "LAST IP"
     );
     for a in list {
         outln!(
@@ -254,7 +262,8 @@ pub async fn user(ctx: &Ctx, cmd: UserCommand) -> Result<(), CommandError> {
                     || {
                         outln!(
                             "{} user(s) changed, {} already in that state",
-                            applied.changed, applied.unchanged
+                            applied.changed,
+                            applied.unchanged
                         )
                     },
                 ),
@@ -349,7 +358,11 @@ pub async fn app_password_cmd(ctx: &Ctx, cmd: AppPasswordCommand) -> Result<(), 
             }
             if !ctx.json {
                 outln!();
-                outln!("app password {:?} for {}, shown once above. Enter it in the device's", created.name, user.upn);
+                outln!(
+                    "app password {:?} for {}, shown once above. Enter it in the device's",
+                    created.name,
+                    user.upn
+                );
                 outln!("mail or calendar app instead of the account password; one app password per device.");
             }
         }
@@ -423,7 +436,13 @@ pub async fn signins(ctx: &Ctx, args: SigninsArgs) -> Result<(), CommandError> {
     ctx.print(&records, || {
         outln!(
             "{:<20} {:<32} {:<8} {:<14} {:<28} {:<16} {:>5} ROUTE",
-            "TIME", "USER", "RESULT", "CREDENTIAL", "REASON", "CLIENT", "COUNT"
+            "TIME",
+            "USER",
+            "RESULT",
+            "CREDENTIAL",
+            "REASON",
+            "CLIENT",
+            "COUNT"
         );
         for r in &records {
             outln!(

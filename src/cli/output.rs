@@ -37,7 +37,10 @@ pub fn line(args: fmt::Arguments<'_>) {
 /// Whether every line so far reached standard output's reader (as far as
 /// the kernel can tell: written into the pipe or file).
 pub fn failure() -> Option<&'static (io::ErrorKind, String)> {
-    let _ = io::stdout().lock().flush().map_err(|err| FAILED.set((err.kind(), err.to_string())));
+    let _ = io::stdout()
+        .lock()
+        .flush()
+        .map_err(|err| FAILED.set((err.kind(), err.to_string())));
     FAILED.get()
 }
 

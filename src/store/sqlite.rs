@@ -26,8 +26,8 @@ use sqlx::{QueryBuilder, Row, Sqlite, Transaction};
 
 use super::{
     AppliedChanges, AuditFilter, BulkApplied, Change, ChangeKind, DirectoryChange, LastUsed, LineError, NewAppPassword,
-    NewTotp, OpenMode, PortalSession, StateLine, Store, StoreError, StoreFuture, StoredTotp, SyncMark, SyncPass, TotpLimit,
-    UpsertOutcome, Upserted,
+    NewTotp, OpenMode, PortalSession, StateLine, Store, StoreError, StoreFuture, StoredTotp, SyncMark, SyncPass,
+    TotpLimit, UpsertOutcome, Upserted,
 };
 use crate::app_password::MAX_APP_PASSWORDS_PER_USER;
 use crate::model::{
@@ -199,9 +199,10 @@ impl SqliteStore {
                 // The one place the file is created: the pool below never
                 // creates one, so a file removed under a running server is
                 // not silently replaced by an empty database.
-                let conn = <SqliteConnection as sqlx::Connection>::connect_with(&options.clone().create_if_missing(true))
-                    .await
-                    .map_err(open_err)?;
+                let conn =
+                    <SqliteConnection as sqlx::Connection>::connect_with(&options.clone().create_if_missing(true))
+                        .await
+                        .map_err(open_err)?;
                 sqlx::Connection::close(conn).await.map_err(open_err)?;
             }
         }
@@ -221,7 +222,9 @@ impl SqliteStore {
             .await
             .map_err(open_err)?;
         migrate(&pool, clock.now_ms()).await?;
-        let store_id = read_store_id(&pool).await?.ok_or_else(|| corrupt("the store has no store id"))?;
+        let store_id = read_store_id(&pool)
+            .await?
+            .ok_or_else(|| corrupt("the store has no store id"))?;
         let file = if in_memory {
             None
         } else {
@@ -830,7 +833,11 @@ impl Store for SqliteStore {
                 query.push(" AND mfa_state = ").push_bind(state.as_str());
             }
             query.push(" ORDER BY upn");
-            let rows = query.build().fetch_all(self.live_pool()?).await.map_err(db("list users"))?;
+            let rows = query
+                .build()
+                .fetch_all(self.live_pool()?)
+                .await
+                .map_err(db("list users"))?;
             rows.iter().map(user_from_row).collect()
         })
     }

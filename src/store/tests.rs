@@ -29,7 +29,9 @@ fn federated(upn: &Upn, enabled: bool) -> FederatedUser {
 
 async fn memory_store() -> (Arc<dyn Store>, Arc<ManualClock>) {
     let clock = Arc::new(ManualClock::new(T0));
-    let store = open("sqlite::memory:", clock.clone(), OpenMode::CreateIfMissing).await.unwrap();
+    let store = open("sqlite::memory:", clock.clone(), OpenMode::CreateIfMissing)
+        .await
+        .unwrap();
     (store, clock)
 }
 
@@ -859,7 +861,9 @@ async fn two_processes_sharing_a_file_see_each_others_changes() {
 #[tokio::test]
 async fn only_sqlite_urls_open() {
     let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(T0));
-    let err = open("postgres://localhost/fedgate", clock.clone(), OpenMode::CreateIfMissing).await.unwrap_err();
+    let err = open("postgres://localhost/fedgate", clock.clone(), OpenMode::CreateIfMissing)
+        .await
+        .unwrap_err();
     assert!(matches!(err, StoreError::Unsupported { .. }), "{err}");
     assert!(matches!(
         open("mysql://x", clock, OpenMode::Existing).await.unwrap_err(),

@@ -194,7 +194,11 @@ fn app_password_create_into_a_closed_pipe_prints_the_secret_or_keeps_nothing() {
         assert_eq!(code, 1, "json {json}: {stderr}");
         assert!(!stderr.contains("panicked"), "{stderr}");
         assert!(stderr.contains("deleted again"), "{stderr}");
-        assert_eq!(names(&admin), Vec::<String>::new(), "json {json}: an unusable app password remains");
+        assert_eq!(
+            names(&admin),
+            Vec::<String>::new(),
+            "json {json}: an unusable app password remains"
+        );
     }
 
     // `| head -1`: the first line is the secret, and it is kept.

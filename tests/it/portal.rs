@@ -910,7 +910,11 @@ mod csrf {
             req = req.header(header::CONTENT_TYPE, "application/x-www-form-urlencoded");
         }
         let req = req.body(full(form.to_owned())).unwrap();
-        let resp = Client::plain(fg.plain, Proto::H1).await.send(req).await.expect("request");
+        let resp = Client::plain(fg.plain, Proto::H1)
+            .await
+            .send(req)
+            .await
+            .expect("request");
         let (parts, body) = resp.into_parts();
         let body = body.collect().await.expect("body").to_bytes();
         (parts.status, parts.headers, String::from_utf8_lossy(&body).into_owned())
@@ -971,15 +975,27 @@ mod csrf {
             let replaced = set_cookie(&headers, CSRF_COOKIE).expect("a chosen cookie is replaced");
             assert_ne!(cookie_value(replaced), "a".repeat(40));
             let token = form_token(&html);
-            let (status, headers, _) =
-                send(fg, "POST", &format!("{P}/sign-in"), &old_name, &sign_in_form(&token, IVAN)).await;
+            let (status, headers, _) = send(
+                fg,
+                "POST",
+                &format!("{P}/sign-in"),
+                &old_name,
+                &sign_in_form(&token, IVAN),
+            )
+            .await;
             assert_eq!(status, StatusCode::FORBIDDEN, "signed in with the cookie {old_name}");
             assert!(set_cookie(&headers, SESSION_COOKIE).is_none());
         }
 
         // Signing in issues a new cookie; the forms of before are void.
-        let (status, headers, _) =
-            send(fg, "POST", &format!("{P}/sign-in"), &format!("{CSRF_COOKIE}={c1}"), &sign_in_form(&t1, IVAN)).await;
+        let (status, headers, _) = send(
+            fg,
+            "POST",
+            &format!("{P}/sign-in"),
+            &format!("{CSRF_COOKIE}={c1}"),
+            &sign_in_form(&t1, IVAN),
+        )
+        .await;
         assert_eq!(status, StatusCode::SEE_OTHER, "{headers:?}");
         let session = cookie_value(set_cookie(&headers, SESSION_COOKIE).expect("a session"));
         let c2 = cookie_value(set_cookie(&headers, CSRF_COOKIE).expect("a new csrf cookie at sign-in"));
@@ -991,7 +1007,11 @@ mod csrf {
         // new session: void too.
         let stale = format!("{SESSION_COOKIE}={session}; {CSRF_COOKIE}={c1}");
         let (status, _, _) = send(fg, "POST", &format!("{P}/sign-out"), &stale, &format!("csrf={t1}")).await;
-        assert_eq!(status, StatusCode::FORBIDDEN, "the pre-sign-in pair works in the session");
+        assert_eq!(
+            status,
+            StatusCode::FORBIDDEN,
+            "the pre-sign-in pair works in the session"
+        );
 
         // The session's own page and token work, and signing out rotates
         // the cookie again.

