@@ -123,6 +123,7 @@ EOF
 fg_admin() {
     "$FEDGATE" --config "$W/fedgate.toml" "$@" 2>>"$W/fedgate-admin.log"
 }
+fg_admin store init >>"$W/fedgate-admin.log" || bench_die "fedgate store init failed"
 # Enforced MFA: the state in which a Basic client must use an app password,
 # which is the sign-in this benchmark is about.
 fg_admin user add "$BENCH_USER" --state enforced >>"$W/fedgate-admin.log" ||

@@ -309,6 +309,8 @@ EOF
 fresh_store() {
     rm -rf "$W/store"
     mkdir -p "$W/store"
+    "$FEDGATE" --config "$W/fedgate.toml" store init >>"$W/store-init.log" 2>&1 ||
+        bench_die "fedgate store init failed: $(cat "$W/store-init.log")"
 }
 fresh_store
 "$FEDGATE" --config "$W/fedgate.toml" check-config >"$W/check-config.log" 2>&1 ||

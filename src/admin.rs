@@ -1,6 +1,7 @@
 //! The admin listener: `/healthz` (the process answers), `/readyz` (all
-//! listeners are bound and the server is not draining) and `/metrics`
-//! (Prometheus text format). Keep it on a loopback or management address.
+//! listeners are bound, the server is not draining and the store is
+//! healthy; else 503 with the reason) and `/metrics` (Prometheus text
+//! format). Keep it on a loopback or management address.
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,12 +14,17 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 
+use crate::model::Clock;
 use crate::proxy::body::{full, ProxyBody};
 use crate::shutdown::Shutdown;
+use crate::store::StoreHealth;
 
 #[derive(Clone)]
 pub struct Admin {
     pub ready: Arc<AtomicBool>,
+    /// The store's health, when there is a store to report on.
+    pub store: Option<Arc<StoreHealth>>,
+    pub clock: Arc<dyn Clock>,
     pub metrics: Option<PrometheusHandle>,
 }
 
@@ -27,10 +33,18 @@ impl Admin {
         let (status, content_type, body) = match (req.method(), req.uri().path()) {
             (&Method::GET | &Method::HEAD, "/healthz") => (StatusCode::OK, "text/plain", "ok\n".to_string()),
             (&Method::GET | &Method::HEAD, "/readyz") => {
-                if self.ready.load(Ordering::Acquire) {
-                    (StatusCode::OK, "text/plain", "ready\n".to_string())
-                } else {
-                    (StatusCode::SERVICE_UNAVAILABLE, "text/plain", "not ready\n".to_string())
+                let store = match &self.store {
+                    Some(health) => health.readiness(self.clock.now_ms()),
+                    None => Ok(()),
+                };
+                match (self.ready.load(Ordering::Acquire), store) {
+                    (true, Ok(())) => (StatusCode::OK, "text/plain", "ready\n".to_string()),
+                    (_, Err(reason)) => (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "text/plain",
+                        format!("not ready: {reason}\n"),
+                    ),
+                    (false, Ok(())) => (StatusCode::SERVICE_UNAVAILABLE, "text/plain", "not ready\n".to_string()),
                 }
             }
             (&Method::GET, "/metrics") => match &self.metrics {

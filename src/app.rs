@@ -1,6 +1,9 @@
-//! Wires a validated [`Config`] into a running server: binds every listener
-//! (failing fast with the address and key at fault), starts the admin
-//! endpoint, reports readiness, and on shutdown drains within the grace period.
+//! Wires a validated [`Config`] into a running server: opens (on the first
+//! start, creates) the store, binds every listener (failing fast with the
+//! address and key at fault), starts the admin endpoint, reports readiness
+//! (listeners bound, not draining, store healthy: one
+//! [`StoreHealth`] shared with the sign-in path), and on shutdown drains
+//! within the grace period.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -23,6 +26,7 @@ use crate::portal::Portal;
 use crate::proxy::workers::{self, Bound, Shared, Workers};
 use crate::proxy::{tls, Proxy};
 use crate::shutdown::Shutdown;
+use crate::store::{OpenMode, StoreHealth};
 use crate::sync::Syncer;
 use tokio::sync::Semaphore;
 
@@ -78,7 +82,9 @@ pub async fn serve(config: Config, shutdown: Shutdown) -> Result<(), ServeError>
     };
 
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let store = crate::store::open(&config.store.url, Arc::clone(&clock)).await?;
+    // The first start on a new machine creates the store; every admin
+    // command needs one that exists.
+    let store = crate::store::open(&config.store.url, Arc::clone(&clock), OpenMode::CreateIfMissing).await?;
     let key = crate::server_key::load_or_create(&config.store.key_file)?;
     // The audit writer outlives the drain: requests finishing during the
     // grace period still produce records.
@@ -102,7 +108,17 @@ pub async fn serve(config: Config, shutdown: Shutdown) -> Result<(), ServeError>
         }
         _ => None,
     };
-    let auth = Arc::new(Authenticator::new(Arc::clone(&store), key, audit, &config.auth, directory, clock).await?);
+    let auth = Authenticator::new(
+        Arc::clone(&store),
+        key,
+        audit,
+        &config.auth,
+        directory,
+        Arc::clone(&clock),
+    )
+    .await?;
+    let health = Arc::new(StoreHealth::new(config.store.max_staleness, clock.now_ms()));
+    let auth = Arc::new(auth.with_store_health(Arc::clone(&health)));
     let mut jobs = auth.start_jobs(&shutdown);
     let portal = Portal::new(&config, Arc::clone(&auth), Arc::clone(&store), Arc::new(SystemClock))?.map(Arc::new);
     if let Some(portal) = &portal {
@@ -188,6 +204,8 @@ pub async fn serve(config: Config, shutdown: Shutdown) -> Result<(), ServeError>
             tracing::info!(addr = %local, kind = "admin", "listening");
             let admin = Admin {
                 ready: Arc::clone(&ready),
+                store: Some(Arc::clone(&health)),
+                clock: Arc::clone(&clock),
                 metrics,
             };
             Some(tokio::spawn(admin.serve(listener, shutdown.clone())))

@@ -161,16 +161,20 @@ impl AuditSink {
 async fn writer(store: Arc<dyn Store>, shared: Arc<Shared>, stop: Shutdown) {
     let mut tick = tokio::time::interval(FLUSH_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut failing = false;
     loop {
         tokio::select! {
-            _ = tick.tick() => flush(&*store, &shared).await,
+            _ = tick.tick() => flush(&*store, &shared, &mut failing).await,
             _ = stop.wait() => break,
         }
     }
-    flush(&*store, &shared).await;
+    flush(&*store, &shared, &mut failing).await;
 }
 
-async fn flush(store: &dyn Store, shared: &Shared) {
+/// Writes the window's records. `failing` carries whether the last write
+/// failed, so that a store that stays broken is one error in the log (and
+/// a counter that keeps growing), not one line a second.
+async fn flush(store: &dyn Store, shared: &Shared, failing: &mut bool) {
     let batch = {
         let mut guard = shared.batch.lock().unwrap_or_else(|p| p.into_inner());
         std::mem::take(&mut *guard)
@@ -202,11 +206,26 @@ async fn flush(store: &dyn Store, shared: &Shared) {
             "sign-in"
         );
     }
-    if let Err(err) = store.append_audit(&records).await {
-        // The events were logged; the store copy of this window is lost,
-        // which the metric and the log make visible.
-        metrics::counter!("fedgate_audit_dropped_total").increment(records.len() as u64);
-        tracing::error!(error = %err, records = records.len(), "cannot write sign-in records to the store");
+    match store.append_audit(&records).await {
+        Err(err) => {
+            // The events were logged; the store copy of this window is
+            // lost, which the metrics and the log make visible.
+            metrics::counter!("fedgate_audit_dropped_total").increment(records.len() as u64);
+            metrics::counter!("fedgate_audit_unwritten_total").increment(records.len() as u64);
+            if !*failing {
+                tracing::error!(
+                    error = %err,
+                    records = records.len(),
+                    "cannot write sign-in records to the store; counting them in fedgate_audit_unwritten_total"
+                );
+            }
+            *failing = true;
+        }
+        Ok(()) if *failing => {
+            *failing = false;
+            tracing::warn!("sign-in records are written to the store again");
+        }
+        Ok(()) => {}
     }
 }
 

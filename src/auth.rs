@@ -41,7 +41,8 @@ use crate::model::{AppPasswordId, Clock, CredentialKind, FederatedUser, Reason, 
 use crate::proxy::body::{full, ProxyBody};
 use crate::server_key::ServerKey;
 use crate::shutdown::Shutdown;
-use crate::store::{LastUsed, Store, StoreError, UpsertOutcome};
+use crate::store::health::Transition;
+use crate::store::{LastUsed, Store, StoreError, StoreHealth, UpsertOutcome};
 use cache::{CachedCredential, VerifiedCache};
 use decision::{Decision, Facts, Refusal, Verified};
 use hasher::Hasher;
@@ -106,6 +107,8 @@ pub type Outcome = Result<Identity, Response<ProxyBody>>;
 /// this one within this interval plus the reload.
 pub const REFRESH_INTERVAL: Duration = Duration::from_millis(200);
 const LAST_USED_FLUSH: Duration = Duration::from_secs(5);
+/// `[store] max_staleness` when nobody passes another.
+const DEFAULT_MAX_STALENESS: Duration = Duration::from_secs(5);
 const CACHE_SWEEP: Duration = Duration::from_secs(60);
 
 pub struct Authenticator {
@@ -122,6 +125,8 @@ pub struct Authenticator {
     challenge: HeaderValue,
     directory: Option<DirectoryAuth>,
     lockout: lockout::Lockout,
+    /// Whether the view in `index` may still be answered from.
+    health: Arc<StoreHealth>,
 }
 
 /// The directory and how long a password it verified stays warm.
@@ -192,6 +197,7 @@ impl Authenticator {
         clock: Arc<dyn Clock>,
     ) -> Result<Authenticator, StoreError> {
         let index = Index::load(&*store).await?;
+        let loaded_at = clock.now_ms();
         // Made once, before the first request, so that refusing an unknown
         // user costs what verifying a real one does.
         let hasher = Hasher::new(config.hash_workers, config.hash_queue);
@@ -213,7 +219,15 @@ impl Authenticator {
             challenge,
             directory: directory.map(|(directory, ttl)| DirectoryAuth { directory, ttl }),
             lockout: lockout::Lockout::new(config.lockout_threshold, config.lockout_duration),
+            health: Arc::new(StoreHealth::new(DEFAULT_MAX_STALENESS, loaded_at)),
         })
+    }
+
+    /// Shares `health` with whoever else reports on the store (readiness);
+    /// it must be as of now, the index having just been loaded.
+    pub fn with_store_health(mut self, health: Arc<StoreHealth>) -> Authenticator {
+        self.health = health;
+        self
     }
 
     pub async fn authenticate(&self, route: &RouteConfig, head: &Parts, client: Client) -> Outcome {
@@ -258,6 +272,10 @@ impl Authenticator {
         let locked_out = self.lockout.locked(&user_given, client.ip, Instant::now()).is_some();
         let Verification { verified, fresh } = if locked_out {
             Verified::Invalid.into()
+        } else if self.health.is_stale() {
+            // The view could not be refreshed for longer than the bound: a
+            // revocation may be missing from it.
+            Verified::StoreUnavailable.into()
         } else {
             self.verify(route.realm, name.as_ref(), entry.as_deref(), &secret, app_password)
                 .await
@@ -326,6 +344,8 @@ impl Authenticator {
         let locked_out = self.lockout.locked(given, client.ip, Instant::now()).is_some();
         let verified = if locked_out {
             Verification::from(Verified::Invalid)
+        } else if self.health.is_stale() {
+            Verification::from(Verified::StoreUnavailable)
         } else if app_password::normalize(secret.expose()).is_some() {
             // App passwords are for devices; the portal wants the person.
             audit.credential = CredentialKind::AppPassword;
@@ -721,6 +741,36 @@ impl Authenticator {
         Ok(())
     }
 
+    /// Checks that the store is still the one opened and readable, then
+    /// applies its changes; reports to the store's health, and logs only
+    /// when that changes (one error when the store fails, one line when it
+    /// is back).
+    async fn check_and_refresh(&self) {
+        let result = match self.store.check().await {
+            Ok(()) => self.refresh().await,
+            Err(err) => Err(err),
+        };
+        let now = self.clock.now_ms();
+        let transition = match &result {
+            Ok(()) => self.health.succeeded(now),
+            Err(err) => self.health.failed(now, &err.to_string()),
+        };
+        metrics::gauge!("fedgate_store_up").set(if result.is_ok() { 1.0 } else { 0.0 });
+        match transition {
+            None => {}
+            Some(Transition::Failing { reason }) => tracing::error!(
+                error = %reason,
+                max_staleness = ?self.health.max_staleness(),
+                "store unavailable: not ready; sign-ins are refused once the view is older than max_staleness"
+            ),
+            Some(Transition::Recovered { since, reason }) => tracing::warn!(
+                failing_ms = now.saturating_sub(since),
+                was = %reason,
+                "store available again"
+            ),
+        }
+    }
+
     async fn flush_last_used(&self) {
         let batch: Vec<LastUsed> = {
             let ids: Vec<AppPasswordId> = self.last_used.iter().map(|e| *e.key()).collect();
@@ -732,7 +782,10 @@ impl Authenticator {
             return;
         }
         if let Err(err) = self.store.record_last_used(&batch).await {
-            tracing::warn!(error = %err, count = batch.len(), "cannot record app-password last use");
+            // A store that is failing has said so once already.
+            if self.health.readiness(self.clock.now_ms()).is_ok() {
+                tracing::warn!(error = %err, count = batch.len(), "cannot record app-password last use");
+            }
         }
     }
 
@@ -743,9 +796,19 @@ impl Authenticator {
             let this = Arc::clone(self);
             Job::every("auth.refresh", REFRESH_INTERVAL, shutdown.clone(), move || {
                 let this = Arc::clone(&this);
+                async move { this.check_and_refresh().await }
+            })
+        };
+        let staleness = {
+            let this = Arc::clone(self);
+            Job::every("store.staleness", REFRESH_INTERVAL, shutdown.clone(), move || {
+                let this = Arc::clone(&this);
                 async move {
-                    if let Err(err) = this.refresh().await {
-                        tracing::warn!(error = %err, "cannot read store changes; retrying");
+                    if this.health.observe(this.clock.now_ms()) {
+                        tracing::error!(
+                            max_staleness = ?this.health.max_staleness(),
+                            "store view too old: sign-ins are refused (store_unavailable) until the store is read again"
+                        );
                     }
                 }
             })
@@ -768,7 +831,7 @@ impl Authenticator {
                 }
             })
         };
-        vec![refresh, last_used, sweep]
+        vec![refresh, staleness, last_used, sweep]
     }
 
     /// Writes what is still buffered; call at shutdown after the jobs ended.

@@ -13,7 +13,9 @@ use crate::logging::LogFormat;
 use crate::model::MfaState;
 
 mod admin;
+mod output;
 use crate::shutdown::Shutdown;
+use output::outln;
 
 #[derive(Debug, Parser)]
 #[command(name = "fedgate", version, about = "Federation-aware authentication proxy")]
@@ -54,6 +56,17 @@ pub enum Command {
     /// Run a directory sync pass now, or show how the passes went.
     #[command(subcommand)]
     Sync(SyncCommand),
+    /// Create the store (every other command but `serve` needs one that
+    /// exists).
+    #[command(subcommand)]
+    Store(StoreCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StoreCommand {
+    /// Create the store named by `[store] url` with its schema, and the
+    /// server key; refuses (exit 2) if the store exists.
+    Init,
 }
 
 #[derive(Debug, Subcommand)]
@@ -154,14 +167,31 @@ pub struct SigninsArgs {
     pub limit: u32,
 }
 
-/// Exit codes: 0 success, 1 runtime failure, 2 configuration or input error.
+/// Exit codes: 0 success, 1 runtime failure, 2 configuration or input
+/// error (a missing store included), 141 standard output closed by its
+/// reader.
 pub fn run(cli: Cli) -> ExitCode {
-    match cli.command {
+    let code = match cli.command {
         Command::Serve => serve(&cli),
         Command::CheckConfig => check_config(&cli),
-        Command::User(_) | Command::AppPassword(_) | Command::Settings(_) | Command::Signins(_) | Command::Sync(_) => {
-            admin_command(cli)
+        Command::User(_)
+        | Command::AppPassword(_)
+        | Command::Settings(_)
+        | Command::Signins(_)
+        | Command::Sync(_)
+        | Command::Store(_) => admin_command(cli),
+    };
+    match output::failure() {
+        None => code,
+        // A reader that stopped reading wanted no more: nothing to say.
+        Some((std::io::ErrorKind::BrokenPipe, _)) if code == ExitCode::SUCCESS => {
+            ExitCode::from(output::CLOSED_PIPE_EXIT)
         }
+        Some((_, err)) if code == ExitCode::SUCCESS => {
+            eprintln!("fedgate: cannot write to standard output: {err}");
+            ExitCode::from(1)
+        }
+        Some(_) => code,
     }
 }
 
@@ -179,6 +209,9 @@ fn admin_command(cli: Cli) -> ExitCode {
     };
     let json = cli.json;
     let result = runtime.block_on(async move {
+        if let Command::Store(StoreCommand::Init) = cli.command {
+            return admin::store_init(&config).await;
+        }
         let ctx = admin::Ctx::open(config, json).await?;
         let result = match cli.command {
             Command::User(cmd) => admin::user(&ctx, cmd).await,
@@ -186,7 +219,7 @@ fn admin_command(cli: Cli) -> ExitCode {
             Command::Settings(cmd) => admin::settings(&ctx, cmd).await,
             Command::Signins(args) => admin::signins(&ctx, args).await,
             Command::Sync(cmd) => admin::sync(&ctx, cmd).await,
-            Command::Serve | Command::CheckConfig => Ok(()),
+            Command::Serve | Command::CheckConfig | Command::Store(_) => Ok(()),
         };
         ctx.store.close().await;
         result
@@ -350,7 +383,7 @@ fn check_config(cli: &Cli) -> ExitCode {
     };
     if cli.json {
         match serde_json::to_string_pretty(&view) {
-            Ok(s) => println!("{s}"),
+            Ok(s) => outln!("{s}"),
             Err(err) => {
                 eprintln!("fedgate: {err}");
                 return ExitCode::from(1);
@@ -358,9 +391,9 @@ fn check_config(cli: &Cli) -> ExitCode {
         }
         return ExitCode::SUCCESS;
     }
-    println!("{}: OK", view.config);
+    outln!("{}: OK", view.config);
     for l in &view.listeners {
-        println!("listen  {:<5}  {}", l.kind, l.addr);
+        outln!("listen  {:<5}  {}", l.kind, l.addr);
     }
     if let (Some(cert), Some(key)) = (&view.tls_cert, &view.tls_key) {
         let note = if std::path::Path::new(cert).exists() {
@@ -368,22 +401,28 @@ fn check_config(cli: &Cli) -> ExitCode {
         } else {
             " (self-signed pair generated on first start)"
         };
-        println!("tls     cert {cert}, key {key}{note}");
+        outln!("tls     cert {cert}, key {key}{note}");
     }
     if let Some(d) = &view.directory {
         let tls = if d.starttls { " (starttls)" } else { "" };
-        println!("directory  {}{tls}", d.urls.join(", "));
-        println!(
+        outln!("directory  {}{tls}", d.urls.join(", "));
+        outln!(
             "directory  {} bind under {}, user_filter {}, login_filter {}, cache {}",
-            d.bind, d.base_dn, d.user_filter, d.login_filter, d.cache_ttl
+            d.bind,
+            d.base_dn,
+            d.user_filter,
+            d.login_filter,
+            d.cache_ttl
         );
     }
     match &view.sync {
-        Some(s) => println!(
+        Some(s) => outln!(
             "sync       incremental every {}, full every {}, by {}",
-            s.interval, s.full_every, s.change_attribute
+            s.interval,
+            s.full_every,
+            s.change_attribute
         ),
-        None if view.directory.is_some() => println!("sync       off"),
+        None if view.directory.is_some() => outln!("sync       off"),
         None => {}
     }
     for (r, rc) in view.routes.iter().zip(&config.routes) {
@@ -391,9 +430,13 @@ fn check_config(cli: &Cli) -> ExitCode {
             Upstream::Whoami => r.upstream.clone(),
             Upstream::Http(_) => format!("{} (timeout {})", r.upstream, r.upstream_timeout),
         };
-        println!(
+        outln!(
             "route[{}]  {}{}  ->  {}  realm={}",
-            r.index, r.host, r.path, upstream, r.realm
+            r.index,
+            r.host,
+            r.path,
+            upstream,
+            r.realm
         );
     }
     ExitCode::SUCCESS

@@ -167,6 +167,9 @@ pub struct StoreConfig {
     /// The server key (HMAC of app-password lookup tags); created with mode
     /// 0600 on first start. The CLI needs the same file.
     pub key_file: PathBuf,
+    /// How old the in-memory view of the store may grow while the store
+    /// cannot be read before sign-ins that rely on it are refused.
+    pub max_staleness: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -374,6 +377,7 @@ impl TryFrom<FileConfig> for Config {
             None => StoreConfig {
                 url: "sqlite://data/fedgate.db".into(),
                 key_file: PathBuf::from("data/fedgate.key"),
+                max_staleness: Duration::from_secs(5),
             },
             Some(st) => StoreConfig {
                 url: match st.url {
@@ -387,6 +391,16 @@ impl TryFrom<FileConfig> for Config {
                     }
                 },
                 key_file: non_empty_path("store.key_file", st.key_file.as_deref(), "data/fedgate.key")?,
+                max_staleness: {
+                    let d = duration("store.max_staleness", st.max_staleness.as_deref(), "5s")?;
+                    if d < Duration::from_secs(1) {
+                        return Err(ConfigError::invalid(
+                            "store.max_staleness",
+                            "must be at least 1s: the view is refreshed every 200 ms".to_string(),
+                        ));
+                    }
+                    d
+                },
             },
         };
 

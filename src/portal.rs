@@ -8,9 +8,12 @@
 //! `session_idle`, `session_absolute` after sign-in, on sign-out, and as
 //! soon as its user is disabled, deleted or changes MFA state.
 //!
-//! Forms carry a token bound to a per-browser cookie (`fedgate_csrf`) by
-//! an HMAC under the server key, so any node can check it; a POST without
-//! a matching token changes nothing. Return URLs are paths of configured
+//! Forms carry a token bound to a per-browser cookie
+//! (`__Host-fedgate_csrf`) by an HMAC under the server key, so any node can
+//! check it; a POST without a matching token changes nothing. The cookie
+//! is fedgate's own: a random value with an HMAC of it, so a value a
+//! client (or a sibling site) chose is refused and replaced; it is
+//! replaced again when a session begins and when it ends. Return URLs are paths of configured
 //! routes only.
 
 pub mod pages;
@@ -42,7 +45,12 @@ use crate::totp::TotpSecret;
 use pages::Frame;
 
 const SESSION_COOKIE: &str = "fedgate_session";
-const CSRF_COOKIE: &str = "fedgate_csrf";
+/// `__Host-`: the browser keeps it only if it is `Secure`, has `Path=/`
+/// and no `Domain`, so a sibling subdomain cannot plant one.
+const CSRF_COOKIE: &str = "__Host-fedgate_csrf";
+/// The name the cookie had before; never trusted, expired when seen.
+const OLD_CSRF_COOKIE: &str = "fedgate_csrf";
+const CSRF_COOKIE_DOMAIN: &str = "portal csrf cookie";
 /// Longest form body read.
 const MAX_FORM_BYTES: usize = 16 * 1024;
 /// A session waiting for its second factor lasts this long.
@@ -152,10 +160,11 @@ impl Portal {
         let sub = path.strip_prefix(&self.config.path).unwrap_or("");
         let method = req.method().clone();
         let (csrf_cookie, new_csrf) = match cookie(req.headers(), CSRF_COOKIE) {
-            Some(value) if value.len() >= 32 => (value, false),
-            _ => (URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>()), true),
+            Some(value) if self.csrf_cookie_is_ours(&value) => (value, false),
+            _ => (self.mint_csrf_cookie(), true),
         };
-        let token = self.csrf_token(&csrf_cookie);
+        let old_csrf = cookie(req.headers(), OLD_CSRF_COOKIE).is_some();
+        let token = self.csrf_token(&csrf_cookie, cookie(req.headers(), SESSION_COOKIE).as_deref());
         let frame = Frame {
             base: &self.config.path,
             csrf: &token,
@@ -211,9 +220,18 @@ impl Portal {
         h.insert("x-frame-options", HeaderValue::from_static("DENY"));
         h.insert("x-content-type-options", HeaderValue::from_static("nosniff"));
         h.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
-        if new_csrf {
+        // A response that began or ended a session carries its own, new
+        // cookie already.
+        let rotated = h
+            .get_all(SET_COOKIE)
+            .iter()
+            .any(|v| v.as_bytes().starts_with(CSRF_COOKIE.as_bytes()));
+        if new_csrf && !rotated {
+            h.append(SET_COOKIE, csrf_set_cookie(&csrf_cookie));
+        }
+        if old_csrf {
             if let Ok(v) = HeaderValue::from_str(&format!(
-                "{CSRF_COOKIE}={csrf_cookie}; Path={}; Secure; HttpOnly; SameSite=Strict",
+                "{OLD_CSRF_COOKIE}=; Path={}; Max-Age=0; Secure; HttpOnly; SameSite=Strict",
                 self.config.path
             )) {
                 h.append(SET_COOKIE, v);
@@ -222,8 +240,29 @@ impl Portal {
         resp
     }
 
-    fn csrf_token(&self, cookie: &str) -> String {
-        URL_SAFE_NO_PAD.encode(self.auth.server_key().mac("portal form", cookie.as_bytes()))
+    /// The forms' token: bound to the browser's CSRF cookie and to its
+    /// session cookie, so a token learnt before sign-in (or in another
+    /// session) is worth nothing in this one.
+    fn csrf_token(&self, cookie: &str, session: Option<&str>) -> String {
+        let bound = format!("{cookie}\n{}", session.unwrap_or(""));
+        URL_SAFE_NO_PAD.encode(self.auth.server_key().mac("portal form", bound.as_bytes()))
+    }
+
+    /// A new CSRF cookie value: a random nonce and its HMAC under the
+    /// server key, so every node knows the value as one fedgate issued.
+    fn mint_csrf_cookie(&self) -> String {
+        let nonce = URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>());
+        let mac = URL_SAFE_NO_PAD.encode(self.auth.server_key().mac(CSRF_COOKIE_DOMAIN, nonce.as_bytes()));
+        format!("{nonce}.{mac}")
+    }
+
+    fn csrf_cookie_is_ours(&self, value: &str) -> bool {
+        let Some((nonce, mac)) = value.split_once('.') else {
+            return false;
+        };
+        let expected = URL_SAFE_NO_PAD.encode(self.auth.server_key().mac(CSRF_COOKIE_DOMAIN, nonce.as_bytes()));
+        // 32 random bytes: a shorter nonce is not one fedgate made.
+        nonce.len() == 43 && token_matches(mac, &expected)
     }
 
     async fn show(&self, page: &str, headers: &HeaderMap, frame: &Frame<'_>) -> Response<ProxyBody> {
@@ -339,6 +378,9 @@ impl Portal {
                     SET_COOKIE,
                     HeaderValue::from_static("fedgate_session=; Path=/; Max-Age=0; Secure; HttpOnly; SameSite=Lax"),
                 );
+                // Forms of the ended session are worth nothing.
+                resp.headers_mut()
+                    .append(SET_COOKIE, csrf_set_cookie(&self.mint_csrf_cookie()));
                 resp
             }
             "/verify" if !c.session.signed_in => self.verify(&mut c, &form, frame).await,
@@ -422,6 +464,10 @@ impl Portal {
         if let Ok(v) = HeaderValue::from_str(&cookie) {
             resp.headers_mut().append(SET_COOKIE, v);
         }
+        // A new session gets new forms: a token seen before sign-in (on a
+        // shared machine, say) is worth nothing after it.
+        resp.headers_mut()
+            .append(SET_COOKIE, csrf_set_cookie(&self.mint_csrf_cookie()));
         resp
     }
 
@@ -712,6 +758,14 @@ impl Portal {
     }
 }
 
+fn csrf_set_cookie(value: &str) -> HeaderValue {
+    // Invariant: the value is base64url and a dot, always a valid header.
+    HeaderValue::from_str(&format!(
+        "{CSRF_COOKIE}={value}; Path=/; Secure; HttpOnly; SameSite=Strict"
+    ))
+    .unwrap_or_else(|_| HeaderValue::from_static("__Host-fedgate_csrf=; Path=/; Max-Age=0; Secure"))
+}
+
 fn token_matches(given: &str, expected: &str) -> bool {
     given.len() == expected.len() && bool::from(given.as_bytes().ct_eq(expected.as_bytes()))
 }
@@ -783,9 +837,10 @@ mod tests {
     fn cookies_are_found_among_others() {
         let mut h = HeaderMap::new();
         h.append(COOKIE, HeaderValue::from_static("a=1; fedgate_session=abc"));
-        h.append(COOKIE, HeaderValue::from_static("fedgate_csrf=xyz"));
+        h.append(COOKIE, HeaderValue::from_static("__Host-fedgate_csrf=xyz"));
         assert_eq!(cookie(&h, SESSION_COOKIE).as_deref(), Some("abc"));
         assert_eq!(cookie(&h, CSRF_COOKIE).as_deref(), Some("xyz"));
+        assert_eq!(cookie(&h, OLD_CSRF_COOKIE), None);
         assert_eq!(cookie(&h, "missing"), None);
     }
 

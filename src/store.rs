@@ -24,18 +24,33 @@ use crate::model::{
     Settings, Upn, User, UserId,
 };
 
+pub mod health;
 mod sqlite;
 
+pub use health::StoreHealth;
 pub use sqlite::SqliteStore;
 
 /// What every [`Store`] method returns: a boxed future, so the trait can be
 /// used as `Arc<dyn Store>`.
 pub type StoreFuture<'a, T> = BoxFuture<'a, Result<T, StoreError>>;
 
+/// Whether opening may create the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpenMode {
+    /// Create it (and its schema) when missing: `fedgate serve`.
+    CreateIfMissing,
+    /// Only a store that exists: every admin command, so that a mistyped
+    /// path or a store that vanished is an error rather than a new, empty
+    /// store.
+    Existing,
+    /// Only a store that does not exist yet: `fedgate store init`.
+    New,
+}
+
 /// Opens the store named by a `[store] url` from the configuration.
-pub async fn open(url: &str, clock: Arc<dyn Clock>) -> Result<Arc<dyn Store>, StoreError> {
+pub async fn open(url: &str, clock: Arc<dyn Clock>, mode: OpenMode) -> Result<Arc<dyn Store>, StoreError> {
     if url.starts_with("sqlite:") {
-        Ok(Arc::new(SqliteStore::open(url, clock).await?))
+        Ok(Arc::new(SqliteStore::open_with(url, clock, mode).await?))
     } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
         Err(StoreError::Unsupported {
             url: url.to_owned(),
@@ -249,6 +264,14 @@ pub trait Store: Send + Sync + fmt::Debug {
 
     /// Whether the store answers (for `/readyz`).
     fn ping(&self) -> StoreFuture<'_, ()>;
+
+    /// Whether this is still the store that was opened, and readable: for
+    /// SQLite, the file at the path is the same file (device and inode),
+    /// its header is a database's, and it holds the store id read at open.
+    /// A store found removed or replaced stays failed (its connections
+    /// still point at the old file): every later call fails with
+    /// [`StoreError::Unavailable`] until fedgate is restarted.
+    fn check(&self) -> StoreFuture<'_, ()>;
 
     /// Closes connections after in-flight work; later calls fail.
     fn close(&self) -> BoxFuture<'_, ()>;
@@ -617,6 +640,15 @@ pub enum StoreError {
         #[source]
         source: sqlx::Error,
     },
+    #[error(
+        "no store at {path} (store.url = \"{url}\"): create it with `fedgate store init`, or start \
+         `fedgate serve` once; check store.url if the store should exist"
+    )]
+    Missing { url: String, path: String },
+    #[error("a store already exists at {path} (store.url = \"{url}\"): nothing changed")]
+    Exists { url: String, path: String },
+    #[error("store {url} is unavailable: {reason}")]
+    Unavailable { url: String, reason: String },
     #[error("cannot create the directory {dir} for store {url}: {source}")]
     CreateDir {
         url: String,

@@ -10,11 +10,12 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
+use super::output::{self, outln};
 use super::{AppPasswordCommand, SettingsCommand, SigninsArgs, UserCommand};
 use crate::app_password;
 use crate::config::Config;
 use crate::model::{AppPassword, AppPasswordName, Clock, MfaState, Secret, SystemClock, Upn, User};
-use crate::store::{AuditFilter, StateLine, Store, StoreError};
+use crate::store::{AuditFilter, OpenMode, StateLine, Store, StoreError};
 
 /// Why an admin command failed; printed as one line on stderr.
 #[derive(Debug, thiserror::Error)]
@@ -37,7 +38,9 @@ pub enum CommandError {
 impl CommandError {
     pub fn exit_code(&self) -> ExitCode {
         match self {
-            CommandError::Input(_) => ExitCode::from(2),
+            CommandError::Input(_) | CommandError::Store(StoreError::Missing { .. } | StoreError::Exists { .. }) => {
+                ExitCode::from(2)
+            }
             _ => ExitCode::from(1),
         }
     }
@@ -67,14 +70,17 @@ pub struct Ctx {
 impl Ctx {
     pub async fn open(config: Config, json: bool) -> Result<Ctx, CommandError> {
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-        let store = crate::store::open(&config.store.url, clock).await?;
+        // Never a new store: a mistyped path, or a store removed under a
+        // running server, must not turn into an empty one that says "no
+        // user".
+        let store = crate::store::open(&config.store.url, clock, OpenMode::Existing).await?;
         Ok(Ctx { config, store, json })
     }
 
     fn print<T: Serialize>(&self, value: &T, human: impl FnOnce()) {
         if self.json {
             // Invariant: the records printed are plain data that serialize.
-            println!("{}", serde_json::to_string_pretty(value).unwrap_or_default());
+            outln!("{}", serde_json::to_string_pretty(value).unwrap_or_default());
         } else {
             human();
         }
@@ -90,13 +96,31 @@ impl Ctx {
     }
 }
 
+/// `fedgate store init`: a new store with its schema, and the server key.
+pub async fn store_init(config: &Config) -> Result<(), CommandError> {
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let store = crate::store::open(&config.store.url, clock, OpenMode::New).await?;
+    store.close().await;
+    crate::server_key::load_or_create(&config.store.key_file)?;
+    outln!(
+        "created store {} (server key {})",
+        config.store.url,
+        config.store.key_file.display()
+    );
+    Ok(())
+}
+
 fn print_users(users: &[User]) {
-    println!(
+    outln!(
         "{:<40} {:<10} {:<9} {:<8} {:<20}",
-        "UPN", "STATE", "SOURCE", "ACCOUNT", "REGISTERED"
+        "UPN",
+        "STATE",
+        "SOURCE",
+        "ACCOUNT",
+        "REGISTERED"
     );
     for u in users {
-        println!(
+        outln!(
             "{:<40} {:<10} {:<9} {:<8} {:<20}",
             u.upn.as_str(),
             u.mfa_state.as_str(),
@@ -108,12 +132,15 @@ fn print_users(users: &[User]) {
 }
 
 fn print_app_passwords(list: &[AppPassword]) {
-    println!(
+    outln!(
         "{:<24} {:<20} {:<20} {:<16} CLIENT",
-        "NAME", "CREATED", "LAST USED", "LAST IP"
+        "NAME",
+        "CREATED",
+        "LAST USED",
+        "LAST IP"
     );
     for a in list {
-        println!(
+        outln!(
             "{:<24} {:<20} {:<20} {:<16} {}",
             a.name,
             time(a.created_at),
@@ -157,9 +184,9 @@ pub async fn user(ctx: &Ctx, cmd: UserCommand) -> Result<(), CommandError> {
             };
             let user = ctx.store.create_cloud_user(&upn, state, hash.as_deref()).await?;
             ctx.print(&user, || {
-                println!("created cloud user {} (MFA state {})", user.upn, user.mfa_state);
+                outln!("created cloud user {} (MFA state {})", user.upn, user.mfa_state);
                 if hash.is_none() {
-                    println!("no password set: the user can sign in with app passwords only");
+                    outln!("no password set: the user can sign in with app passwords only");
                 }
             });
         }
@@ -182,20 +209,20 @@ pub async fn user(ctx: &Ctx, cmd: UserCommand) -> Result<(), CommandError> {
                     app_passwords: &app_passwords,
                 },
                 || {
-                    println!("upn:            {}", user.upn);
-                    println!("source:         {}", user.source);
-                    println!(
+                    outln!("upn:            {}", user.upn);
+                    outln!("source:         {}", user.source);
+                    outln!(
                         "account:        {}",
                         if user.is_active() { "enabled" } else { "disabled" }
                     );
-                    println!("mfa state:      {}", user.mfa_state);
-                    println!("registered:     {}", opt_time(user.registered_at));
-                    println!("created:        {}", time(user.created_at));
-                    println!(
+                    outln!("mfa state:      {}", user.mfa_state);
+                    outln!("registered:     {}", opt_time(user.registered_at));
+                    outln!("created:        {}", time(user.created_at));
+                    outln!(
                         "password:       {}",
                         if user.password_hash.is_some() { "set" } else { "-" }
                     );
-                    println!("app passwords:  {}", app_passwords.len());
+                    outln!("app passwords:  {}", app_passwords.len());
                     if !app_passwords.is_empty() {
                         print_app_passwords(&app_passwords);
                     }
@@ -233,9 +260,10 @@ pub async fn user(ctx: &Ctx, cmd: UserCommand) -> Result<(), CommandError> {
                 Ok(applied) => ctx.print(
                     &serde_json::json!({"changed": applied.changed, "unchanged": applied.unchanged}),
                     || {
-                        println!(
+                        outln!(
                             "{} user(s) changed, {} already in that state",
-                            applied.changed, applied.unchanged
+                            applied.changed,
+                            applied.unchanged
                         )
                     },
                 ),
@@ -245,7 +273,7 @@ pub async fn user(ctx: &Ctx, cmd: UserCommand) -> Result<(), CommandError> {
                             .iter()
                             .map(|e| serde_json::json!({"line": e.line, "upn": e.upn, "reason": e.reason}))
                             .collect();
-                        println!(
+                        outln!(
                             "{}",
                             serde_json::to_string_pretty(&serde_json::json!({"applied": false, "errors": report}))
                                 .unwrap_or_default()
@@ -265,21 +293,21 @@ pub async fn user(ctx: &Ctx, cmd: UserCommand) -> Result<(), CommandError> {
             let user = ctx.user(&upn).await?;
             let n = ctx.store.revoke_app_passwords(user.id).await?;
             ctx.print(&serde_json::json!({"upn": user.upn, "revoked": n}), || {
-                println!("revoked {n} app password(s) of {}", user.upn)
+                outln!("revoked {n} app password(s) of {}", user.upn)
             });
         }
         UserCommand::Disable { upn: name } => {
             let user = ctx.store.set_enabled(&upn(&name)?, false).await?;
-            ctx.print(&user, || println!("{} disabled: every sign-in is refused", user.upn));
+            ctx.print(&user, || outln!("{} disabled: every sign-in is refused", user.upn));
         }
         UserCommand::Enable { upn: name } => {
             let user = ctx.store.set_enabled(&upn(&name)?, true).await?;
-            ctx.print(&user, || println!("{} enabled", user.upn));
+            ctx.print(&user, || outln!("{} enabled", user.upn));
         }
         UserCommand::RequireRegistration { upn } => {
             let user = ctx.store.require_registration(&self::upn(&upn)?).await?;
             ctx.print(&user, || {
-                println!("{} must register their second factor again at next sign-in", user.upn)
+                outln!("{} must register their second factor again at next sign-in", user.upn)
             });
         }
     }
@@ -299,8 +327,11 @@ pub async fn app_password_cmd(ctx: &Ctx, cmd: AppPasswordCommand) -> Result<(), 
                         app_password::CredentialError::Store(e) => CommandError::Store(e),
                         other => CommandError::Credential(other),
                     })?;
+            // The secret goes out first, on its own line, and is flushed:
+            // if it cannot be written (the reader of a pipe has gone), the
+            // password is deleted again, since nobody will ever see it.
             if ctx.json {
-                println!(
+                outln!(
                     "{}",
                     serde_json::to_string_pretty(&serde_json::json!({
                         "upn": user.upn,
@@ -311,12 +342,28 @@ pub async fn app_password_cmd(ctx: &Ctx, cmd: AppPasswordCommand) -> Result<(), 
                     .unwrap_or_default()
                 );
             } else {
-                println!("app password {:?} for {}:", created.name, user.upn);
-                println!();
-                println!("    {}", shown.expose());
-                println!();
-                println!("It is shown once. Enter it in the device's mail or calendar app instead of the");
-                println!("account password; use one app password per device.");
+                outln!("{}", shown.expose());
+            }
+            if let Some((_, err)) = output::failure() {
+                let undone = match ctx.store.delete_app_password(user.id, &created.name).await {
+                    Ok(()) => "it was deleted again: create it once more".to_owned(),
+                    Err(del) => format!(
+                        "deleting it failed too ({del}): delete it with `fedgate app-password delete {} {:?}`",
+                        user.upn, created.name
+                    ),
+                };
+                return Err(CommandError::Failed(format!(
+                    "cannot write the app password to standard output ({err}); {undone}"
+                )));
+            }
+            if !ctx.json {
+                outln!();
+                outln!(
+                    "app password {:?} for {}, shown once above. Enter it in the device's",
+                    created.name,
+                    user.upn
+                );
+                outln!("mail or calendar app instead of the account password; one app password per device.");
             }
         }
         AppPasswordCommand::List { upn } => {
@@ -328,7 +375,7 @@ pub async fn app_password_cmd(ctx: &Ctx, cmd: AppPasswordCommand) -> Result<(), 
             let user = ctx.user(&upn).await?;
             ctx.store.delete_app_password(user.id, &name).await?;
             ctx.print(&serde_json::json!({"upn": user.upn, "deleted": name}), || {
-                println!("deleted app password {name:?} of {}", user.upn)
+                outln!("deleted app password {name:?} of {}", user.upn)
             });
         }
     }
@@ -355,7 +402,7 @@ pub async fn settings(ctx: &Ctx, cmd: SettingsCommand) -> Result<(), CommandErro
         },
     };
     ctx.print(&settings, || {
-        println!("allow-app-passwords  {}", settings.allow_app_passwords)
+        outln!("allow-app-passwords  {}", settings.allow_app_passwords)
     });
     Ok(())
 }
@@ -387,12 +434,18 @@ pub async fn signins(ctx: &Ctx, args: SigninsArgs) -> Result<(), CommandError> {
         })
         .await?;
     ctx.print(&records, || {
-        println!(
+        outln!(
             "{:<20} {:<32} {:<8} {:<14} {:<28} {:<16} {:>5} ROUTE",
-            "TIME", "USER", "RESULT", "CREDENTIAL", "REASON", "CLIENT", "COUNT"
+            "TIME",
+            "USER",
+            "RESULT",
+            "CREDENTIAL",
+            "REASON",
+            "CLIENT",
+            "COUNT"
         );
         for r in &records {
-            println!(
+            outln!(
                 "{:<20} {:<32} {:<8} {:<14} {:<28} {:<16} {:>5} {}",
                 time(r.at),
                 r.upn_given,
@@ -464,13 +517,13 @@ pub async fn sync(ctx: &Ctx, cmd: crate::cli::SyncCommand) -> Result<(), Command
             ctx.print(&status, || {
                 for (name, pass) in [("incremental", &status.incremental), ("full", &status.full)] {
                     match pass {
-                        None => println!("{name:<12} never run"),
+                        None => outln!("{name:<12} never run"),
                         Some(pass) => print_pass(pass),
                     }
                 }
                 match status.lag_seconds {
-                    Some(lag) => println!("lag          {lag} s since the last completed pass"),
-                    None => println!("lag          no pass has completed yet"),
+                    Some(lag) => outln!("lag          {lag} s since the last completed pass"),
+                    None => outln!("lag          no pass has completed yet"),
                 }
             });
             Ok(())
@@ -486,7 +539,7 @@ struct SyncStatus {
 }
 
 fn print_pass(pass: &crate::store::SyncPass) {
-    println!(
+    outln!(
         "{:<12} {} at {} in {} ms: seen {}, created {}, updated {}, disabled {}, enabled {}, deleted {}, errors {}{}",
         pass.kind,
         pass.outcome,
@@ -502,6 +555,6 @@ fn print_pass(pass: &crate::store::SyncPass) {
         pass.server.as_deref().map(|s| format!(" ({s})")).unwrap_or_default(),
     );
     if let Some(message) = &pass.message {
-        println!("{:<12} {message}", "");
+        outln!("{:<12} {message}", "");
     }
 }

@@ -23,6 +23,7 @@ pub struct FileConfig {
 pub struct StoreFile {
     pub url: Option<String>,
     pub key_file: Option<String>,
+    pub max_staleness: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -188,7 +188,7 @@ pub fn strip_identity_header(headers: &mut HeaderMap, identity: &HeaderName) {
 
 /// Cookies that are fedgate's own: a portal session id must never reach an
 /// upstream, which could replay it.
-const OWN_COOKIES: [&str; 2] = ["fedgate_session", "fedgate_csrf"];
+const OWN_COOKIES: [&str; 3] = ["fedgate_session", "__Host-fedgate_csrf", "fedgate_csrf"];
 
 /// Removes fedgate's own cookies from `Cookie` headers, keeping the rest.
 pub fn strip_own_cookies(headers: &mut HeaderMap) {

@@ -11,7 +11,7 @@
 //! finds a smaller one.
 
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,8 +26,8 @@ use sqlx::{QueryBuilder, Row, Sqlite, Transaction};
 
 use super::{
     AppliedChanges, AuditFilter, BulkApplied, Change, ChangeKind, DirectoryChange, LastUsed, LineError, NewAppPassword,
-    NewTotp, PortalSession, StateLine, Store, StoreError, StoreFuture, StoredTotp, SyncMark, SyncPass, TotpLimit,
-    UpsertOutcome, Upserted,
+    NewTotp, OpenMode, PortalSession, StateLine, Store, StoreError, StoreFuture, StoredTotp, SyncMark, SyncPass,
+    TotpLimit, UpsertOutcome, Upserted,
 };
 use crate::app_password::MAX_APP_PASSWORDS_PER_USER;
 use crate::model::{
@@ -60,6 +60,7 @@ const MIGRATIONS: &[Migration] = migrations![
     5 "totp" "migrations/0005_totp.sql",
     6 "portal_sessions" "migrations/0006_portal_sessions.sql",
     7 "totp_failures" "migrations/0007_totp_failures.sql",
+    8 "store_id" "migrations/0008_store_id.sql",
 ];
 
 /// Directory changes applied per transaction: large enough that a sync of
@@ -85,11 +86,62 @@ const SECRET_COLUMNS: &str = "id, user_id, name, tag, hash";
 const AUDIT_COLUMNS: &str = "at, upn_given, user_id, route, credential, app_password_name, \
                              client_ip, user_agent, success, reason, count";
 
+/// The first 16 bytes of every SQLite database file.
+const SQLITE_MAGIC: &[u8; 16] = b"SQLite format 3\0";
+
+/// The file a store was opened on, as the kernel names it: a file with
+/// another device and inode at the same path is another file, whatever it
+/// holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct OpenedFile {
+    path: PathBuf,
+    dev: u64,
+    ino: u64,
+}
+
+/// A descriptor of the database file for reading its header, opened once
+/// and never closed: closing any descriptor of a file drops every POSIX
+/// lock the process holds on it, SQLite's included, after which another
+/// process may checkpoint and delete the WAL this one still writes to.
+struct HeaderReader(std::mem::ManuallyDrop<std::fs::File>);
+
+impl HeaderReader {
+    fn open(path: &Path) -> std::io::Result<HeaderReader> {
+        Ok(HeaderReader(std::mem::ManuallyDrop::new(std::fs::File::open(path)?)))
+    }
+
+    fn read(&self) -> std::io::Result<[u8; 16]> {
+        use std::os::unix::fs::FileExt;
+        let mut header = [0u8; 16];
+        self.0.read_exact_at(&mut header, 0)?;
+        Ok(header)
+    }
+}
+
+impl OpenedFile {
+    fn stat(path: &Path) -> std::io::Result<OpenedFile> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(path)?;
+        Ok(OpenedFile {
+            path: path.to_owned(),
+            dev: meta.dev(),
+            ino: meta.ino(),
+        })
+    }
+}
+
 /// The SQLite store; share it as `Arc<dyn Store>` (see [`super::open`]).
 pub struct SqliteStore {
     pool: SqlitePool,
     clock: Arc<dyn Clock>,
     url: String,
+    /// `None` for an in-memory database.
+    file: Option<(OpenedFile, HeaderReader)>,
+    store_id: String,
+    /// Set once the file was found removed or replaced: the pool's
+    /// connections still read the old file, so nothing they say is true of
+    /// the store any more.
+    lost: std::sync::OnceLock<String>,
 }
 
 impl fmt::Debug for SqliteStore {
@@ -105,21 +157,54 @@ impl SqliteStore {
     /// `url` (`sqlite://PATH` or `sqlite::memory:`) and brings its schema
     /// up to date.
     pub async fn open(url: &str, clock: Arc<dyn Clock>) -> Result<SqliteStore, StoreError> {
+        SqliteStore::open_with(url, clock, OpenMode::CreateIfMissing).await
+    }
+
+    /// Opens the database at `url`, creating it only as `mode` allows, and
+    /// brings its schema up to date.
+    pub async fn open_with(url: &str, clock: Arc<dyn Clock>, mode: OpenMode) -> Result<SqliteStore, StoreError> {
         let open_err = |source| StoreError::Open {
             url: url.to_owned(),
             source,
         };
         let options = SqliteConnectOptions::from_str(url)
             .map_err(open_err)?
-            .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
             .busy_timeout(BUSY_TIMEOUT);
 
         let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+        let path = options.get_filename().to_owned();
         if !in_memory {
-            create_parent_dir(url, options.get_filename())?;
+            let exists = path.exists();
+            let shown = || path.display().to_string();
+            match mode {
+                OpenMode::Existing if !exists => {
+                    return Err(StoreError::Missing {
+                        url: url.to_owned(),
+                        path: shown(),
+                    })
+                }
+                OpenMode::New if exists => {
+                    return Err(StoreError::Exists {
+                        url: url.to_owned(),
+                        path: shown(),
+                    })
+                }
+                _ => {}
+            }
+            if !exists {
+                create_parent_dir(url, &path)?;
+                // The one place the file is created: the pool below never
+                // creates one, so a file removed under a running server is
+                // not silently replaced by an empty database.
+                let conn =
+                    <SqliteConnection as sqlx::Connection>::connect_with(&options.clone().create_if_missing(true))
+                        .await
+                        .map_err(open_err)?;
+                sqlx::Connection::close(conn).await.map_err(open_err)?;
+            }
         }
         // An in-memory database lives as long as one connection to it: keep
         // exactly one, forever.
@@ -132,13 +217,85 @@ impl SqliteStore {
         } else {
             SqlitePoolOptions::new().max_connections(8)
         };
-        let pool = pool_options.connect_with(options).await.map_err(open_err)?;
+        let pool = pool_options
+            .connect_with(options.create_if_missing(in_memory))
+            .await
+            .map_err(open_err)?;
         migrate(&pool, clock.now_ms()).await?;
+        let store_id = read_store_id(&pool)
+            .await?
+            .ok_or_else(|| corrupt("the store has no store id"))?;
+        let file = if in_memory {
+            None
+        } else {
+            let unreadable = |source: std::io::Error| StoreError::Unavailable {
+                url: url.to_owned(),
+                reason: format!("cannot read {}: {source}", path.display()),
+            };
+            Some((
+                OpenedFile::stat(&path).map_err(unreadable)?,
+                HeaderReader::open(&path).map_err(unreadable)?,
+            ))
+        };
         Ok(SqliteStore {
             pool,
             clock,
             url: url.to_owned(),
+            file,
+            store_id,
+            lost: std::sync::OnceLock::new(),
         })
+    }
+
+    /// The pool, unless the file it reads was found removed or replaced.
+    fn live_pool(&self) -> Result<&SqlitePool, StoreError> {
+        match self.lost.get() {
+            None => Ok(&self.pool),
+            Some(reason) => Err(self.unavailable(reason.clone())),
+        }
+    }
+
+    fn unavailable(&self, reason: String) -> StoreError {
+        StoreError::Unavailable {
+            url: self.url.clone(),
+            reason,
+        }
+    }
+
+    /// Marks the store lost for good (see [`SqliteStore::lost`]).
+    fn lose(&self, reason: String) -> StoreError {
+        let reason = self
+            .lost
+            .get_or_init(|| format!("{reason}; restart fedgate once the store is back"))
+            .clone();
+        self.unavailable(reason)
+    }
+
+    /// The file checks of [`Store::check`]: same file, database header.
+    fn check_file(&self, file: &OpenedFile, reader: &HeaderReader) -> Result<(), StoreError> {
+        let shown = file.path.display();
+        match OpenedFile::stat(&file.path) {
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                return Err(self.lose(format!("the database file {shown} was removed")))
+            }
+            Err(err) => return Err(self.unavailable(format!("cannot read {shown}: {err}"))),
+            Ok(now) if now != *file => {
+                return Err(self.lose(format!("the database file {shown} was replaced by another file")))
+            }
+            Ok(_) => {}
+        }
+        // The opened file, which the check above found still at the path.
+        let header = reader
+            .read()
+            .map_err(|err| self.unavailable(format!("cannot read {shown}: {err}")))?;
+        if &header != SQLITE_MAGIC {
+            // Connections that read the damaged page stay broken after it
+            // is repaired, so this is not waited out either.
+            return Err(self.lose(format!(
+                "{shown} is not a SQLite database any more (its header is damaged): restore it from a backup"
+            )));
+        }
+        Ok(())
     }
 
     /// The schema version the database is at.
@@ -147,7 +304,7 @@ impl SqliteStore {
     }
 
     async fn write_tx(&self) -> Result<Transaction<'static, Sqlite>, StoreError> {
-        self.pool
+        self.live_pool()?
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(db("begin a write transaction"))
@@ -165,6 +322,13 @@ fn create_parent_dir(url: &str, file: &Path) -> Result<(), StoreError> {
         }
         _ => Ok(()),
     }
+}
+
+async fn read_store_id(pool: &SqlitePool) -> Result<Option<String>, StoreError> {
+    sqlx::query_scalar("SELECT value FROM store_meta WHERE key = 'store_id'")
+        .fetch_optional(pool)
+        .await
+        .map_err(db("read the store id"))
 }
 
 async fn current_version(pool: &SqlitePool) -> Result<i64, StoreError> {
@@ -650,14 +814,14 @@ impl Store for SqliteStore {
 
     fn get_user_by_upn<'a>(&'a self, upn: &'a Upn) -> StoreFuture<'a, Option<User>> {
         Box::pin(async move {
-            let mut conn = self.pool.acquire().await.map_err(db("connect"))?;
+            let mut conn = self.live_pool()?.acquire().await.map_err(db("connect"))?;
             user_by_upn(&mut conn, upn).await
         })
     }
 
     fn get_user(&self, id: UserId) -> StoreFuture<'_, Option<User>> {
         Box::pin(async move {
-            let mut conn = self.pool.acquire().await.map_err(db("connect"))?;
+            let mut conn = self.live_pool()?.acquire().await.map_err(db("connect"))?;
             user_by_id(&mut conn, id).await
         })
     }
@@ -669,7 +833,11 @@ impl Store for SqliteStore {
                 query.push(" AND mfa_state = ").push_bind(state.as_str());
             }
             query.push(" ORDER BY upn");
-            let rows = query.build().fetch_all(&self.pool).await.map_err(db("list users"))?;
+            let rows = query
+                .build()
+                .fetch_all(self.live_pool()?)
+                .await
+                .map_err(db("list users"))?;
             rows.iter().map(user_from_row).collect()
         })
     }
@@ -679,7 +847,7 @@ impl Store for SqliteStore {
             // Row by row: 100,000 rows held at once as well as the users
             // made from them would double what a sync pass needs.
             let query = format!("SELECT {USER_COLUMNS} FROM users ORDER BY id");
-            let mut rows = sqlx::query(&query).fetch(&self.pool);
+            let mut rows = sqlx::query(&query).fetch(self.live_pool()?);
             let mut users = Vec::new();
             while let Some(row) = rows.try_next().await.map_err(db("load all users"))? {
                 users.push(user_from_row(&row)?);
@@ -694,7 +862,7 @@ impl Store for SqliteStore {
             const CHUNK: usize = 500;
             let mut users: Vec<User> = Vec::new();
             let mut ids = std::collections::HashSet::new();
-            let mut conn = self.pool.acquire().await.map_err(db("connect"))?;
+            let mut conn = self.live_pool()?.acquire().await.map_err(db("connect"))?;
             for (column, values) in [("anchor", anchors), ("upn", upns)] {
                 for chunk in values.chunks(CHUNK) {
                     let mut query =
@@ -724,7 +892,7 @@ impl Store for SqliteStore {
     fn count_synced_users(&self) -> StoreFuture<'_, usize> {
         Box::pin(async move {
             let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM users WHERE source = 'federated' AND deleted = 0")
-                .fetch_one(&self.pool)
+                .fetch_one(self.live_pool()?)
                 .await
                 .map_err(db("count synced users"))?;
             Ok(usize::try_from(n).unwrap_or(0))
@@ -954,7 +1122,7 @@ impl Store for SqliteStore {
             let row: Option<(Option<Vec<u8>>, Option<i64>, bool)> =
                 sqlx::query_as("SELECT totp_secret, totp_last_step, deleted FROM users WHERE id = ?")
                     .bind(user.0)
-                    .fetch_optional(&self.pool)
+                    .fetch_optional(self.live_pool()?)
                     .await
                     .map_err(db("read a user's TOTP secret"))?;
             match row {
@@ -977,7 +1145,7 @@ impl Store for SqliteStore {
         Box::pin(async move {
             sqlx::query_scalar("SELECT totp_blocked_until FROM users WHERE id = ?")
                 .bind(user.0)
-                .fetch_optional(&self.pool)
+                .fetch_optional(self.live_pool()?)
                 .await
                 .map_err(db("read second-factor failures"))
                 .map(Option::flatten)
@@ -1112,7 +1280,7 @@ impl Store for SqliteStore {
                  ORDER BY created_at, id"
             ))
             .bind(user.0)
-            .fetch_all(&self.pool)
+            .fetch_all(self.live_pool()?)
             .await
             .map_err(db("list app passwords"))?;
             rows.iter().map(app_password_from_row).collect()
@@ -1167,7 +1335,7 @@ impl Store for SqliteStore {
     fn load_all_secrets(&self) -> StoreFuture<'_, Vec<AppPasswordSecretRecord>> {
         Box::pin(async move {
             let rows = sqlx::query(&format!("SELECT {SECRET_COLUMNS} FROM app_passwords ORDER BY id"))
-                .fetch_all(&self.pool)
+                .fetch_all(self.live_pool()?)
                 .await
                 .map_err(db("load app-password tags"))?;
             rows.iter().map(secret_from_row).collect()
@@ -1180,7 +1348,7 @@ impl Store for SqliteStore {
                 "SELECT {SECRET_COLUMNS} FROM app_passwords WHERE user_id = ? ORDER BY id"
             ))
             .bind(user.0)
-            .fetch_all(&self.pool)
+            .fetch_all(self.live_pool()?)
             .await
             .map_err(db("load a user's app-password tags"))?;
             rows.iter().map(secret_from_row).collect()
@@ -1215,7 +1383,7 @@ impl Store for SqliteStore {
     fn get_settings(&self) -> StoreFuture<'_, Settings> {
         Box::pin(async move {
             let allow: bool = sqlx::query_scalar("SELECT allow_app_passwords FROM settings WHERE id = 1")
-                .fetch_one(&self.pool)
+                .fetch_one(self.live_pool()?)
                 .await
                 .map_err(db("read settings"))?;
             Ok(Settings {
@@ -1253,7 +1421,7 @@ impl Store for SqliteStore {
             let rows = sqlx::query("SELECT seq, at, kind, user_id FROM changes WHERE seq > ? ORDER BY seq LIMIT ?")
                 .bind(seq)
                 .bind(CHANGES_PAGE)
-                .fetch_all(&self.pool)
+                .fetch_all(self.live_pool()?)
                 .await
                 .map_err(db("read the change feed"))?;
             rows.iter().map(change_from_row).collect()
@@ -1263,7 +1431,7 @@ impl Store for SqliteStore {
     fn latest_change_seq(&self) -> StoreFuture<'_, i64> {
         Box::pin(async move {
             sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM changes")
-                .fetch_one(&self.pool)
+                .fetch_one(self.live_pool()?)
                 .await
                 .map_err(db("read the change feed"))
         })
@@ -1389,7 +1557,7 @@ impl Store for SqliteStore {
 
     fn last_sync_passes(&self) -> StoreFuture<'_, (Option<SyncPass>, Option<SyncPass>)> {
         Box::pin(async move {
-            let mut conn = self.pool.acquire().await.map_err(db("connect"))?;
+            let mut conn = self.live_pool()?.acquire().await.map_err(db("connect"))?;
             let last = |kind: &'static str| {
                 sqlx::query(
                     "SELECT kind, outcome, started_at, duration_ms, seen, created, updated, disabled, enabled,
@@ -1417,7 +1585,7 @@ impl Store for SqliteStore {
         Box::pin(async move {
             let row: Option<(Option<String>, Option<String>)> =
                 sqlx::query_as("SELECT mark, mark_server FROM sync_state WHERE id = 1")
-                    .fetch_optional(&self.pool)
+                    .fetch_optional(self.live_pool()?)
                     .await
                     .map_err(db("read the sync mark"))?;
             Ok(match row {
@@ -1453,7 +1621,7 @@ impl Store for SqliteStore {
         Box::pin(async move {
             let row: Option<(Option<String>, Option<i64>)> =
                 sqlx::query_as("SELECT lease_holder, lease_until FROM sync_state WHERE id = 1")
-                    .fetch_optional(&self.pool)
+                    .fetch_optional(self.live_pool()?)
                     .await
                     .map_err(db("read the sync lease"))?;
             Ok(match row {
@@ -1466,7 +1634,7 @@ impl Store for SqliteStore {
     fn last_completed_sync_at(&self) -> StoreFuture<'_, Option<i64>> {
         Box::pin(async move {
             sqlx::query_scalar("SELECT MAX(started_at + duration_ms) FROM sync_passes WHERE outcome = 'completed'")
-                .fetch_one(&self.pool)
+                .fetch_one(self.live_pool()?)
                 .await
                 .map_err(db("read sync passes"))
         })
@@ -1522,7 +1690,7 @@ impl Store for SqliteStore {
                  FROM portal_sessions WHERE id_hash = ?",
             )
             .bind(&id_hash[..])
-            .fetch_optional(&self.pool)
+            .fetch_optional(self.live_pool()?)
             .await
             .map_err(db("read a portal session"))?;
             let Some(row) = row else { return Ok(None) };
@@ -1620,7 +1788,7 @@ impl Store for SqliteStore {
                 .push_bind(i64::from(filter.limit));
             let rows = query
                 .build()
-                .fetch_all(&self.pool)
+                .fetch_all(self.live_pool()?)
                 .await
                 .map_err(db("query the audit log"))?;
             rows.iter().map(audit_from_row).collect()
@@ -1630,10 +1798,30 @@ impl Store for SqliteStore {
     fn ping(&self) -> StoreFuture<'_, ()> {
         Box::pin(async move {
             sqlx::query("SELECT 1")
-                .execute(&self.pool)
+                .execute(self.live_pool()?)
                 .await
                 .map_err(db("reach the database"))?;
             Ok(())
+        })
+    }
+
+    fn check(&self) -> StoreFuture<'_, ()> {
+        Box::pin(async move {
+            let pool = self.live_pool()?;
+            if let Some((file, reader)) = &self.file {
+                self.check_file(file, reader)?;
+            }
+            let found = read_store_id(pool)
+                .await
+                .map_err(|err| self.unavailable(err.to_string()))?;
+            match found {
+                Some(id) if id == self.store_id => Ok(()),
+                Some(id) => Err(self.lose(format!(
+                    "the database holds another store (store id {id}, opened as {})",
+                    self.store_id
+                ))),
+                None => Err(self.lose("the database has no store id: it is not the store that was opened".into())),
+            }
         })
     }
 

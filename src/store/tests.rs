@@ -29,7 +29,9 @@ fn federated(upn: &Upn, enabled: bool) -> FederatedUser {
 
 async fn memory_store() -> (Arc<dyn Store>, Arc<ManualClock>) {
     let clock = Arc::new(ManualClock::new(T0));
-    let store = open("sqlite::memory:", clock.clone()).await.unwrap();
+    let store = open("sqlite::memory:", clock.clone(), OpenMode::CreateIfMissing)
+        .await
+        .unwrap();
     (store, clock)
 }
 
@@ -859,10 +861,12 @@ async fn two_processes_sharing_a_file_see_each_others_changes() {
 #[tokio::test]
 async fn only_sqlite_urls_open() {
     let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(T0));
-    let err = open("postgres://localhost/fedgate", clock.clone()).await.unwrap_err();
+    let err = open("postgres://localhost/fedgate", clock.clone(), OpenMode::CreateIfMissing)
+        .await
+        .unwrap_err();
     assert!(matches!(err, StoreError::Unsupported { .. }), "{err}");
     assert!(matches!(
-        open("mysql://x", clock).await.unwrap_err(),
+        open("mysql://x", clock, OpenMode::Existing).await.unwrap_err(),
         StoreError::Unsupported { .. }
     ));
 }
@@ -1184,4 +1188,79 @@ async fn portal_sessions_round_trip_update_and_prune() {
     assert_eq!(store.prune_portal_sessions(T0 + 5).await.unwrap(), 0);
     assert_eq!(store.prune_portal_sessions(T0 + 11).await.unwrap(), 1);
     assert_eq!(store.portal_session(&[7; 32]).await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn only_serve_and_store_init_create_a_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("data/fedgate.db");
+    let url = format!("sqlite://{}", path.display());
+    let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(T0));
+    let err = open(&url, clock.clone(), OpenMode::Existing).await.unwrap_err();
+    assert!(matches!(err, StoreError::Missing { .. }), "{err}");
+    assert!(err.to_string().contains("fedgate store init"), "{err}");
+    assert!(!path.exists(), "an admin command created {}", path.display());
+    open(&url, clock.clone(), OpenMode::New).await.unwrap().close().await;
+    let err = open(&url, clock.clone(), OpenMode::New).await.unwrap_err();
+    assert!(matches!(err, StoreError::Exists { .. }), "{err}");
+    let store = open(&url, clock, OpenMode::Existing).await.unwrap();
+    store.check().await.unwrap();
+}
+
+/// A server's store, and a path to play tricks with under it.
+async fn file_store() -> (tempfile::TempDir, std::path::PathBuf, Arc<dyn Store>) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fedgate.db");
+    let url = format!("sqlite://{}", path.display());
+    let store = open(&url, Arc::new(ManualClock::new(T0)), OpenMode::CreateIfMissing)
+        .await
+        .unwrap();
+    store.check().await.unwrap();
+    (dir, path, store)
+}
+
+fn remove_database(path: &std::path::Path) {
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+    }
+}
+
+#[tokio::test]
+async fn a_removed_file_is_lost_for_good() {
+    let (_dir, path, store) = file_store().await;
+    remove_database(&path);
+    let err = store.check().await.unwrap_err();
+    assert!(err.to_string().contains("was removed"), "{err}");
+    // Its connections still read the unlinked file: nothing may use them.
+    let err = store.list_users(None).await.unwrap_err();
+    assert!(matches!(err, StoreError::Unavailable { .. }), "{err}");
+    assert!(!path.exists(), "the store recreated {}", path.display());
+}
+
+#[tokio::test]
+async fn another_store_at_the_same_path_is_noticed() {
+    let (dir, path, store) = file_store().await;
+    remove_database(&path);
+    let url = format!("sqlite://{}", path.display());
+    open(&url, Arc::new(ManualClock::new(T0)), OpenMode::New)
+        .await
+        .unwrap()
+        .close()
+        .await;
+    let err = store.check().await.unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("replaced") || text.contains("another store"), "{text}");
+    drop(dir);
+}
+
+#[tokio::test]
+async fn a_damaged_header_is_noticed() {
+    use std::io::{Seek, Write};
+    let (_dir, path, store) = file_store().await;
+    let mut f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    f.seek(std::io::SeekFrom::Start(0)).unwrap();
+    f.write_all(b"not a database!!").unwrap();
+    drop(f);
+    let err = store.check().await.unwrap_err();
+    assert!(err.to_string().contains("header is damaged"), "{err}");
 }

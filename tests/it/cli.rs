@@ -99,3 +99,119 @@ fn serve_fails_fast_naming_a_busy_address() {
         "{err}"
     );
 }
+
+/// A config whose store lives in its own directory, and that store's path.
+fn store_config() -> (tempfile::TempDir, crate::support::admin::Admin, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("data/fedgate.db");
+    let path = dir.path().join("fedgate.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[server]\nlisten_plain = [\"127.0.0.1:0\"]\n[store]\nurl = \"sqlite://{}\"\nkey_file = \"{}\"\n[[route]]\npath = \"/\"\nupstream = \"builtin:whoami\"\nrealm = \"none\"\n",
+            db.display(),
+            dir.path().join("data/fedgate.key").display()
+        ),
+    )
+    .unwrap();
+    let admin = crate::support::admin::Admin::new(&path);
+    (dir, admin, db)
+}
+
+#[test]
+fn admin_commands_never_create_a_store_and_store_init_creates_it_once() {
+    let (_dir, admin, db) = store_config();
+    for args in [&["user", "list"][..], &["settings", "show"][..], &["signins"][..]] {
+        let out = admin.run(args);
+        assert_eq!(out.code, 2, "`fedgate {}`: {}{}", out.command, out.stdout, out.stderr);
+        assert!(out.stderr.contains("store.url"), "{}", out.stderr);
+        assert!(out.stderr.contains(&db.display().to_string()), "{}", out.stderr);
+        assert!(out.stderr.contains("fedgate store init"), "{}", out.stderr);
+        assert!(!db.exists(), "`fedgate {}` created {}", out.command, db.display());
+    }
+    admin.run(&["store", "init"]).success();
+    assert!(db.exists());
+    let again = admin.run(&["store", "init"]);
+    assert_eq!(again.code, 2, "{}{}", again.stdout, again.stderr);
+    assert!(again.stderr.contains("already exists"), "{}", again.stderr);
+    admin.run(&["user", "list"]).success();
+}
+
+/// Runs `args` with standard output a pipe whose reader reads `lines`
+/// lines (none: closed before the command writes anything), then closes.
+fn run_into_closed_pipe(
+    admin: &crate::support::admin::Admin,
+    args: &[&str],
+    lines: usize,
+) -> (i32, Vec<String>, String) {
+    use std::io::{BufRead, Read};
+    let mut child = admin
+        .command(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut read = Vec::new();
+    if lines > 0 {
+        let mut reader = std::io::BufReader::new(stdout);
+        for _ in 0..lines {
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            read.push(line.trim_end().to_owned());
+        }
+    } else {
+        drop(stdout);
+    }
+    let mut stderr = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    let status = child.wait().unwrap();
+    (status.code().unwrap_or(-1), read, stderr)
+}
+
+#[test]
+fn app_password_create_into_a_closed_pipe_prints_the_secret_or_keeps_nothing() {
+    const UPN: &str = "pipe@corp.example.com";
+    let (_dir, admin, _db) = store_config();
+    admin.run(&["store", "init"]).success();
+    admin.add_user(UPN, "enforced", None);
+    let names = |admin: &crate::support::admin::Admin| -> Vec<String> {
+        let list = admin.run(&["--json", "app-password", "list", UPN]).json();
+        list.as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+
+    // Nobody reads: the secret cannot be shown, so it is not kept.
+    for json in [false, true] {
+        let mut args = vec!["app-password", "create", UPN, "--name", "lost"];
+        if json {
+            args.insert(0, "--json");
+        }
+        let (code, _, stderr) = run_into_closed_pipe(&admin, &args, 0);
+        assert_eq!(code, 1, "json {json}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        assert!(stderr.contains("deleted again"), "{stderr}");
+        assert_eq!(
+            names(&admin),
+            Vec::<String>::new(),
+            "json {json}: an unusable app password remains"
+        );
+    }
+
+    // `| head -1`: the first line is the secret, and it is kept.
+    let (code, read, stderr) = run_into_closed_pipe(&admin, &["app-password", "create", UPN, "--name", "phone"], 1);
+    assert!(code == 0 || code == 141, "exit {code}: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let secret = &read[0];
+    assert_eq!(secret.len(), 19, "the first line is the secret: {secret:?}");
+    assert_eq!(secret.matches('-').count(), 3, "{secret:?}");
+    assert_eq!(names(&admin), ["phone"]);
+
+    // Any other command stops quietly, as a SIGPIPE'd tool would.
+    let (code, _, stderr) = run_into_closed_pipe(&admin, &["user", "list"], 0);
+    assert_eq!(code, 141, "{stderr}");
+    assert!(stderr.is_empty(), "{stderr}");
+}

@@ -882,3 +882,145 @@ async fn too_many_wrong_codes_stop_verification() {
     );
     b.close().await;
 }
+
+/// The portal over plain HTTP/1.1, cookies handled by hand: what a browser
+/// would keep, and what a page's forms carry.
+mod csrf {
+    use http::{header, HeaderMap, HeaderValue, Request, StatusCode};
+    use http_body_util::BodyExt;
+
+    use super::{Portal, P, PASSWORD, SESSION_COOKIE};
+    use crate::support::client::{full, Client, Proto};
+    use crate::support::Fedgate;
+
+    const CSRF_COOKIE: &str = "__Host-fedgate_csrf";
+
+    async fn send(
+        fg: &Fedgate,
+        method: &str,
+        path: &str,
+        cookies: &str,
+        form: &str,
+    ) -> (StatusCode, HeaderMap, String) {
+        let mut req = Request::builder().method(method).uri(path);
+        if !cookies.is_empty() {
+            req = req.header(header::COOKIE, cookies);
+        }
+        if method == "POST" {
+            req = req.header(header::CONTENT_TYPE, "application/x-www-form-urlencoded");
+        }
+        let req = req.body(full(form.to_owned())).unwrap();
+        let resp = Client::plain(fg.plain, Proto::H1)
+            .await
+            .send(req)
+            .await
+            .expect("request");
+        let (parts, body) = resp.into_parts();
+        let body = body.collect().await.expect("body").to_bytes();
+        (parts.status, parts.headers, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    /// The `Set-Cookie` of `name`, whole.
+    fn set_cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+        headers
+            .get_all(header::SET_COOKIE)
+            .iter()
+            .filter_map(|v: &HeaderValue| v.to_str().ok())
+            .find(|v| v.starts_with(&format!("{name}=")))
+    }
+
+    fn cookie_value(set_cookie: &str) -> String {
+        let pair = set_cookie.split(';').next().unwrap();
+        pair.split_once('=').unwrap().1.to_owned()
+    }
+
+    fn form_token(html: &str) -> String {
+        let at = html.find("name=\"csrf\" value=\"").expect("a csrf field") + "name=\"csrf\" value=\"".len();
+        html[at..].split('"').next().unwrap().to_owned()
+    }
+
+    fn sign_in_form(token: &str, upn: &str) -> String {
+        form_urlencoded::Serializer::new(String::new())
+            .append_pair("csrf", token)
+            .append_pair("upn", upn)
+            .append_pair("password", PASSWORD)
+            .finish()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_csrf_cookie_is_fedgates_own_and_is_rotated_at_sign_in() {
+        const IVAN: &str = "ivan@contoso.example";
+        let portal = Portal::start(Fedgate::builder());
+        portal.user(IVAN, "disabled").await;
+        let fg = &portal.fg;
+
+        // A first visit gets a cookie fedgate made, scoped as `__Host-`
+        // demands.
+        let (status, headers, html) = send(fg, "GET", &format!("{P}/sign-in"), "", "").await;
+        assert_eq!(status, StatusCode::OK);
+        let issued = set_cookie(&headers, CSRF_COOKIE).unwrap_or_else(|| panic!("no {CSRF_COOKIE}: {headers:?}"));
+        for attribute in ["Path=/;", "Secure", "HttpOnly", "SameSite=Strict"] {
+            assert!(issued.contains(attribute), "{attribute} missing: {issued}");
+        }
+        assert!(!issued.to_ascii_lowercase().contains("domain="), "{issued}");
+        let c1 = cookie_value(issued);
+        let t1 = form_token(&html);
+
+        // A value the client chose is not taken: the page replaces it, and
+        // a form posted with it (and the token the page showed for it) is
+        // refused, changing nothing.
+        let chosen = format!("{CSRF_COOKIE}={}", "a".repeat(40));
+        for old_name in [chosen.clone(), format!("fedgate_csrf={}", "a".repeat(40))] {
+            let (_, headers, html) = send(fg, "GET", &format!("{P}/sign-in"), &old_name, "").await;
+            let replaced = set_cookie(&headers, CSRF_COOKIE).expect("a chosen cookie is replaced");
+            assert_ne!(cookie_value(replaced), "a".repeat(40));
+            let token = form_token(&html);
+            let (status, headers, _) = send(
+                fg,
+                "POST",
+                &format!("{P}/sign-in"),
+                &old_name,
+                &sign_in_form(&token, IVAN),
+            )
+            .await;
+            assert_eq!(status, StatusCode::FORBIDDEN, "signed in with the cookie {old_name}");
+            assert!(set_cookie(&headers, SESSION_COOKIE).is_none());
+        }
+
+        // Signing in issues a new cookie; the forms of before are void.
+        let (status, headers, _) = send(
+            fg,
+            "POST",
+            &format!("{P}/sign-in"),
+            &format!("{CSRF_COOKIE}={c1}"),
+            &sign_in_form(&t1, IVAN),
+        )
+        .await;
+        assert_eq!(status, StatusCode::SEE_OTHER, "{headers:?}");
+        let session = cookie_value(set_cookie(&headers, SESSION_COOKIE).expect("a session"));
+        let c2 = cookie_value(set_cookie(&headers, CSRF_COOKIE).expect("a new csrf cookie at sign-in"));
+        assert_ne!(c1, c2, "the csrf cookie was not rotated at sign-in");
+        let cookies = format!("{SESSION_COOKIE}={session}; {CSRF_COOKIE}={c2}");
+        let (status, _, _) = send(fg, "POST", &format!("{P}/sign-out"), &cookies, &format!("csrf={t1}")).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "a token from before sign-in signed out");
+        // The token bound to the old cookie, with the old cookie, in the
+        // new session: void too.
+        let stale = format!("{SESSION_COOKIE}={session}; {CSRF_COOKIE}={c1}");
+        let (status, _, _) = send(fg, "POST", &format!("{P}/sign-out"), &stale, &format!("csrf={t1}")).await;
+        assert_eq!(
+            status,
+            StatusCode::FORBIDDEN,
+            "the pre-sign-in pair works in the session"
+        );
+
+        // The session's own page and token work, and signing out rotates
+        // the cookie again.
+        let (status, _, html) = send(fg, "GET", &format!("{P}/security"), &cookies, "").await;
+        assert_eq!(status, StatusCode::OK, "{html}");
+        let t2 = form_token(&html);
+        let (status, headers, _) = send(fg, "POST", &format!("{P}/sign-out"), &cookies, &format!("csrf={t2}")).await;
+        assert_eq!(status, StatusCode::SEE_OTHER);
+        let c3 = cookie_value(set_cookie(&headers, CSRF_COOKIE).expect("a new csrf cookie at sign-out"));
+        assert_ne!(c3, c2, "the csrf cookie was not rotated at sign-out");
+    }
+}

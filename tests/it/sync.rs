@@ -126,7 +126,13 @@ impl Offline {
     fn config(&self, name: &str, sections: &[String]) -> Admin {
         let path: PathBuf = self.dir.path().join(name);
         std::fs::write(&path, builder(sections).config_text(self.dir.path())).expect("write config");
-        Admin::new(&path)
+        let admin = Admin::new(&path);
+        // No server creates this store: the first config creates it, as an
+        // operator would before a first `sync run`.
+        if !self.dir.path().join("data/fedgate.db").exists() {
+            admin.run(&["store", "init"]).success();
+        }
+        admin
     }
 }
 

@@ -21,6 +21,7 @@ pub struct Builder {
     tls: bool,
     admin: bool,
     server: Vec<String>,
+    store: Vec<String>,
     auth: Vec<String>,
     sections: Vec<String>,
     routes: Vec<String>,
@@ -36,6 +37,13 @@ impl Builder {
 
     pub fn admin(mut self) -> Self {
         self.admin = true;
+        self
+    }
+
+    /// A raw `key = value` line for the `[store]` table (besides `url` and
+    /// `key_file`, which point into the test's directory).
+    pub fn store(mut self, line: &str) -> Self {
+        self.store.push(line.to_string());
         self
     }
 
@@ -101,6 +109,10 @@ impl Builder {
             dir.join("data/fedgate.db").display(),
             dir.join("data/fedgate.key").display()
         ));
+        for line in &self.store {
+            text.push_str(line);
+            text.push('\n');
+        }
         // Refusals are answered at once unless a test asks otherwise, so
         // tests time revocations, not the anti-spraying delay.
         text.push_str("[auth]\n");
@@ -253,6 +265,11 @@ impl Fedgate {
         self.signal(sig);
         self.wait_exit(Duration::from_secs(30))
             .unwrap_or_else(|| panic!("fedgate still runs 30 s after SIG{sig}; log:\n{}", self.raw_logs()))
+    }
+
+    /// The SQLite file of this server's store.
+    pub fn store_path(&self) -> PathBuf {
+        self.dir.path().join("data/fedgate.db")
     }
 
     pub fn cert_path(&self) -> PathBuf {
