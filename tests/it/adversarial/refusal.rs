@@ -240,6 +240,90 @@ async fn failure_delay_pads_to_a_fixed_total() {
     );
 }
 
+/// One sign-in form post to the portal at `addr`, as a browser would send
+/// it after loading the sign-in page: every cookie the page set, and its
+/// form token unless `token` is false.
+async fn portal_sign_in(addr: SocketAddr, upn: &str, password: &str, token: bool) -> crate::signin::Answer {
+    let (status, headers, page) = client::get(addr, "/portal/sign-in").await;
+    assert_eq!(status, StatusCode::OK);
+    let cookies: Vec<&str> = headers
+        .get_all(header::SET_COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok()?.split(';').next())
+        .collect();
+    let page = String::from_utf8_lossy(&page);
+    let csrf = page
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("a form token on the sign-in page");
+    let mut form = form_urlencoded::Serializer::new(String::new());
+    form.append_pair("upn", upn)
+        .append_pair("password", password)
+        .append_pair("return", "");
+    if token {
+        form.append_pair("csrf", csrf);
+    }
+    let req = http::Request::post("/portal/sign-in")
+        .header(header::HOST, "localhost")
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .header(header::COOKIE, cookies.join("; "))
+        .body(client::full(form.finish()))
+        .unwrap();
+    let resp = client::Client::plain(addr, client::Proto::H1)
+        .await
+        .send(req)
+        .await
+        .expect("request");
+    let (parts, body) = resp.into_parts();
+    let body = http_body_util::BodyExt::collect(body).await.expect("body").to_bytes();
+    (parts.status, parts.headers, body)
+}
+
+/// The portal's refusals are the same values as the Basic ones, turned
+/// into responses in the same place: a wrong password 401 (without a Basic
+/// challenge, which would open the browser's own dialog), a locked-out
+/// name 429 with `Retry-After`, a form without its token 403; each a page,
+/// never cached.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn portal_refusals_are_mapped_like_basic_ones() {
+    let keys = tempfile::tempdir().expect("temp dir");
+    let fg = Fedgate::builder()
+        .section(&format!(
+            "[portal]\nenabled = true\npath = \"/portal\"\nissuer = \"Contoso\"\nsecret_key_file = \"{}\"\n",
+            keys.path().join("portal.key").display()
+        ))
+        .section("[lockout]\nthreshold = 2\nduration = \"60s\"\n")
+        .cloud_route("/whoami", "builtin:whoami", "")
+        .start();
+    fg.admin().add_user("carl@example.com", "disabled", Some(CLOUD_PW));
+    SignIn::new(fg.plain, "carl@example.com", CLOUD_PW)
+        .until(StatusCode::OK, Duration::from_millis(50))
+        .await;
+    let page = |answer: &crate::signin::Answer, want: StatusCode, case: &str| {
+        let (status, headers, body) = answer;
+        assert_eq!(*status, want, "{case}: {}", String::from_utf8_lossy(body));
+        assert!(!headers.contains_key(header::WWW_AUTHENTICATE), "{case}");
+        assert_eq!(headers[header::CACHE_CONTROL], "no-store", "{case}");
+        assert!(
+            headers[header::CONTENT_TYPE].to_str().unwrap().starts_with("text/html"),
+            "{case}"
+        );
+        String::from_utf8_lossy(body).into_owned()
+    };
+
+    let refused = portal_sign_in(fg.plain, "carl@example.com", CLOUD_PW, false).await;
+    page(&refused, StatusCode::FORBIDDEN, "no form token");
+    for case in ["wrong 1", "wrong 2"] {
+        let refused = portal_sign_in(fg.plain, "carl@example.com", WRONG, true).await;
+        page(&refused, StatusCode::UNAUTHORIZED, case);
+    }
+    let refused = portal_sign_in(fg.plain, "carl@example.com", CLOUD_PW, true).await;
+    let text = page(&refused, StatusCode::TOO_MANY_REQUESTS, "locked out");
+    assert_eq!(refused.1[header::RETRY_AFTER], "60");
+    assert!(text.contains("Too many sign-in attempts: wait 60 seconds"), "{text}");
+}
+
 /// Not run by default: prints the mean time to refuse 200 unknown names,
 /// 200 wrong passwords of cloud users and 200 wrong passwords of directory
 /// users (`failure_delay = "0s"`, lockout off), interleaved so that any
