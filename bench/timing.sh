@@ -20,5 +20,5 @@ case $RUNS in
 esac
 for ((i = 1; i <= RUNS; i++)); do
     cargo test --quiet --test it adversarial::refusal::timing_figures -- --ignored --nocapture 2>&1 |
-        grep -E '^(refusal means|differences)'
+        grep -E '^(refusal (means|medians)|differences)'
 done

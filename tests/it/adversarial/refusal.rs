@@ -378,13 +378,22 @@ async fn timing_figures() {
             }
         }
     }
-    let ms = |d: &[Duration]| d.iter().map(Duration::as_secs_f64).sum::<f64>() * 1000.0 / d.len() as f64;
-    let [unknown, cloud, directory] = [ms(&took[0]), ms(&took[1]), ms(&took[2])];
-    println!("refusal means over {ROUNDS} each (ms): unknown name {unknown:.2}, cloud user {cloud:.2}, directory user {directory:.2}");
-    println!(
-        "differences (ms): cloud - unknown {:.2}, cloud - directory {:.2}, directory - unknown {:.2}",
-        cloud - unknown,
-        cloud - directory,
-        directory - unknown
-    );
+    let mean = |d: &[Duration]| d.iter().map(Duration::as_secs_f64).sum::<f64>() * 1000.0 / d.len() as f64;
+    let median = |d: &[Duration]| {
+        let mut d = d.to_vec();
+        d.sort();
+        d[d.len() / 2].as_secs_f64() * 1000.0
+    };
+    for (what, f) in [("means", &mean as &dyn Fn(&[Duration]) -> f64), ("medians", &median)] {
+        let [unknown, cloud, directory] = [f(&took[0]), f(&took[1]), f(&took[2])];
+        println!(
+            "refusal {what} over {ROUNDS} each (ms): unknown name {unknown:.2}, cloud user {cloud:.2}, directory user {directory:.2}"
+        );
+        println!(
+            "differences of the {what} (ms): cloud - unknown {:.2}, cloud - directory {:.2}, directory - unknown {:.2}",
+            cloud - unknown,
+            cloud - directory,
+            directory - unknown
+        );
+    }
 }
