@@ -366,24 +366,28 @@ impl Authenticator {
         };
         let entry = verified.fresh.or(entry);
         audit.user_id = entry.as_ref().map(|e| e.user.id);
-        let (user, refusal, reason) = match (&verified.verified, &entry) {
-            (_, Some(e)) if !e.user.is_active() => (None, Refusal::Unauthorized, Reason::AccountDisabled),
-            _ if locked_out => (None, Refusal::TooManyAttempts, Reason::LockedOut),
-            (Verified::Password, Some(e)) => (Some(&e.user), Refusal::Unauthorized, Reason::Password),
-            (Verified::AccountDisabled, _) => (None, Refusal::Unauthorized, Reason::AccountDisabled),
-            (Verified::LockedOut, _) => (None, Refusal::TooManyAttempts, Reason::LockedOut),
-            (Verified::DirectoryUnavailable, _) => (None, Refusal::Unavailable, Reason::DirectoryUnavailable),
-            (Verified::Overloaded, _) => (None, Refusal::Unavailable, Reason::Overloaded),
-            (Verified::StoreUnavailable, _) => (None, Refusal::Unavailable, Reason::StoreUnavailable),
-            _ => (None, Refusal::Unauthorized, Reason::BadCredentials),
+        let found = match (&verified.verified, &entry) {
+            (_, Some(e)) if !e.user.is_active() => Err((Refusal::Unauthorized, Reason::AccountDisabled)),
+            _ if locked_out => Err((Refusal::TooManyAttempts, Reason::LockedOut)),
+            (Verified::Password, Some(e)) => Ok(&e.user),
+            (Verified::AccountDisabled, _) => Err((Refusal::Unauthorized, Reason::AccountDisabled)),
+            (Verified::LockedOut, _) => Err((Refusal::TooManyAttempts, Reason::LockedOut)),
+            (Verified::DirectoryUnavailable, _) => Err((Refusal::Unavailable, Reason::DirectoryUnavailable)),
+            (Verified::Overloaded, _) => Err((Refusal::Unavailable, Reason::Overloaded)),
+            (Verified::StoreUnavailable, _) => Err((Refusal::Unavailable, Reason::StoreUnavailable)),
+            _ => Err((Refusal::Unauthorized, Reason::BadCredentials)),
         };
+        let reason = found.map_or_else(|(_, reason)| reason, |_| Reason::Password);
         self.count_for_lockout(given, client.ip, reason);
-        if let Some(user) = user {
-            audit.success = true;
-            audit.reason = reason;
-            self.audit.record(&audit);
-            return Ok(Box::new(user.clone()));
-        }
+        let refusal = match found {
+            Ok(user) => {
+                audit.success = true;
+                audit.reason = reason;
+                self.audit.record(&audit);
+                return Ok(Box::new(user.clone()));
+            }
+            Err((refusal, _)) => refusal,
+        };
         let (refusal, reason) = self.at_the_cost_of_a_guess(refusal, reason, verified.hashed).await;
         let refusal = self.refuse(audit, refusal, reason);
         Err(self.held_back(refusal, client.started).await)
@@ -697,12 +701,7 @@ impl Authenticator {
     /// succeeds pays nothing. A full pool answers `overloaded`, as it
     /// would for a cloud user.
     async fn at_the_cost_of_a_guess(&self, refusal: Refusal, reason: Reason, hashed: bool) -> (Refusal, Reason) {
-        let guess = SignInRefusal {
-            refusal,
-            reason,
-            retry_after: None,
-        };
-        if hashed || !guess.answers_a_guess() {
+        if hashed || !refusal::answers_a_guess(refusal, reason) {
             return (refusal, reason);
         }
         match self.dummy_verification().await.verified {

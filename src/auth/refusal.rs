@@ -40,14 +40,20 @@ pub struct SignInRefusal {
 }
 
 impl SignInRefusal {
-    /// Whether this refusal answers a guess (a secret, or a name and a
-    /// secret, that fedgate checked and turned down). Those cost one argon2
-    /// verification and are held back to `failure_delay`, so that they all
-    /// look alike whoever the name is. The bare challenge (no credentials),
-    /// 429 and 503 tell a guesser nothing about the secret and go at once.
+    /// See [`answers_a_guess`].
     pub fn answers_a_guess(&self) -> bool {
-        self.refusal == Refusal::Unauthorized && self.reason != Reason::NoCredentials
+        answers_a_guess(self.refusal, self.reason)
     }
+}
+
+/// Whether a refusal answers a guess (a secret, or a name and a secret,
+/// that fedgate read and turned down). Those cost one argon2 verification
+/// and are held back to `failure_delay`, so that they all look alike
+/// whoever the name is. The bare challenge (no credentials), 429 and 503
+/// tell a guesser nothing about the secret and go at once; so does 403,
+/// which refuses a session or a form, not a secret.
+pub fn answers_a_guess(refusal: Refusal, reason: Reason) -> bool {
+    refusal == Refusal::Unauthorized && reason != Reason::NoCredentials
 }
 
 #[cfg(test)]

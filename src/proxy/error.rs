@@ -136,3 +136,60 @@ fn refused(
     }
     resp
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Reason;
+
+    fn refusal(refusal: Refusal, reason: Reason, retry_after: Option<u64>) -> SignInRefusal {
+        SignInRefusal {
+            refusal,
+            reason,
+            retry_after: retry_after.map(Duration::from_secs),
+        }
+    }
+
+    #[test]
+    fn basic_refusals_carry_the_challenge_only_with_401() {
+        let challenge = Challenge::basic("Con\"toso\\");
+        let cases = [
+            (refusal(Refusal::Unauthorized, Reason::BadCredentials, None), 401, None),
+            (
+                refusal(Refusal::TooManyAttempts, Reason::LockedOut, Some(60)),
+                429,
+                Some("60"),
+            ),
+            (
+                refusal(Refusal::Unavailable, Reason::Overloaded, Some(1)),
+                503,
+                Some("1"),
+            ),
+            (refusal(Refusal::Forbidden, Reason::BadCredentials, None), 403, None),
+        ];
+        for (refused, status, retry_after) in cases {
+            let resp = refused.into_response(&challenge);
+            let h = resp.headers();
+            assert_eq!(resp.status().as_u16(), status);
+            assert_eq!(h[header::CACHE_CONTROL], "no-store");
+            assert_eq!(h[header::CONTENT_TYPE], "text/plain; charset=utf-8");
+            assert_eq!(h.get(header::RETRY_AFTER).map(|v| v.to_str().unwrap()), retry_after);
+            let challenged = h.get(header::WWW_AUTHENTICATE).map(|v| v.to_str().unwrap());
+            assert_eq!(
+                challenged,
+                (status == 401).then_some("Basic realm=\"Contoso\", charset=\"UTF-8\""),
+                "{status}"
+            );
+        }
+    }
+
+    #[test]
+    fn pages_are_never_challenged() {
+        let resp = refused_page(Refusal::Unauthorized, None, "<p>no</p>".into());
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+        assert!(!resp.headers().contains_key(header::WWW_AUTHENTICATE));
+        assert_eq!(resp.headers()[header::CONTENT_TYPE], "text/html; charset=utf-8");
+        let resp = refused_page(Refusal::Unavailable, Some(Duration::from_millis(300)), String::new());
+        assert_eq!(resp.headers()[header::RETRY_AFTER], "1", "at least one second");
+    }
+}
