@@ -2,12 +2,19 @@
 //! forwarded. [`Authenticator::authenticate`] reads the credentials, checks
 //! them (warm: one keyed hash and a map lookup; cold: one argon2
 //! verification on the bounded pool), applies the decision table, writes the
-//! audit record, and either establishes an [`Identity`] or produces the
-//! refusal to send.
+//! audit record, and either establishes an [`Identity`] or refuses with a
+//! [`SignInRefusal`] value (the proxy turns it into a response).
+//!
+//! Timing is decided here on purpose: every refusal that answers a guess
+//! costs one argon2 verification (the real one, or a dummy when nothing
+//! was hashed: an unknown name, a directory's answer, a cached right
+//! password that is still refused), and is sent `failure_delay` after the
+//! sign-in began, however long the work took. 429 and 503 go at once.
 //!
 //! Submodules: [`basic`] (reading `Authorization`), [`decision`] (the
-//! decision table, pure), [`cache`] (verified credentials), [`index`] (the
-//! in-memory view of the store), [`hasher`] (the argon2 pool).
+//! decision table, pure), [`refusal`] (refusals as values), [`cache`]
+//! (verified credentials), [`index`] (the in-memory view of the store),
+//! [`hasher`] (the argon2 pool).
 //!
 //! Organizational passwords of federated users go to the directory
 //! ([`crate::directory`]) with a bind; a user the directory knows but the
@@ -22,15 +29,15 @@ pub mod decision;
 pub mod hasher;
 pub mod index;
 pub mod lockout;
+pub mod refusal;
 
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
-use http::header::{HeaderValue, RETRY_AFTER, USER_AGENT, WWW_AUTHENTICATE};
+use http::header::USER_AGENT;
 use http::request::Parts;
-use http::{Response, StatusCode};
 
 use crate::app_password::{self, CanonicalAppPassword};
 use crate::audit::{AuditSink, Event};
@@ -38,15 +45,15 @@ use crate::config::{AuthConfig, Realm, RouteConfig};
 use crate::directory::{Checked, Directory, Known, LoginName};
 use crate::jobs::Job;
 use crate::model::{AppPasswordId, Clock, CredentialKind, FederatedUser, Reason, Secret, Upn, UserSource};
-use crate::proxy::body::{full, ProxyBody};
 use crate::server_key::ServerKey;
 use crate::shutdown::Shutdown;
 use crate::store::health::Transition;
 use crate::store::{LastUsed, Store, StoreError, StoreHealth, UpsertOutcome};
 use cache::{CachedCredential, VerifiedCache};
 use decision::{Decision, Facts, Refusal, Verified};
-use hasher::Hasher;
+use hasher::{Hasher, Overloaded};
 use index::{Index, UserEntry};
+pub use refusal::SignInRefusal;
 
 struct CacheMetrics {
     hit: metrics::Counter,
@@ -99,9 +106,9 @@ impl Identity {
     }
 }
 
-/// The outcome for one request: go on as `Identity`, or answer with the
-/// response (401, 429, 503) instead of forwarding.
-pub type Outcome = Result<Identity, Response<ProxyBody>>;
+/// The outcome for one request: go on as `Identity`, or refuse instead of
+/// forwarding.
+pub type Outcome = Result<Identity, SignInRefusal>;
 
 /// How often the change feed is polled: revocations by any process reach
 /// this one within this interval plus the reload.
@@ -122,7 +129,6 @@ pub struct Authenticator {
     clock: Arc<dyn Clock>,
     ttl: Duration,
     failure_delay: Duration,
-    challenge: HeaderValue,
     directory: Option<DirectoryAuth>,
     lockout: lockout::Lockout,
     /// Whether the view in `index` may still be answered from.
@@ -135,17 +141,42 @@ struct DirectoryAuth {
     ttl: Duration,
 }
 
-/// What checking a secret produced: the verdict, and the user as the
-/// directory just described them when that changed (or created) the user.
+/// What checking a secret produced: the verdict, the user as the
+/// directory just described them when that changed (or created) the user,
+/// and whether an argon2 verification ran for it.
 struct Verification {
     verified: Verified,
     fresh: Option<Arc<UserEntry>>,
+    hashed: bool,
 }
 
 impl From<Verified> for Verification {
     fn from(verified: Verified) -> Self {
-        Verification { verified, fresh: None }
+        Verification {
+            verified,
+            fresh: None,
+            hashed: false,
+        }
     }
+}
+
+impl Verification {
+    /// A verdict reached by an argon2 verification (or refused by the pool
+    /// before one could run).
+    fn hashed(verified: Verified) -> Self {
+        Verification {
+            hashed: verified != Verified::Overloaded,
+            ..verified.into()
+        }
+    }
+}
+
+/// What an argon2 verification was for, as `fedgate_argon2_total` counts it.
+#[derive(Debug, Clone, Copy)]
+enum HashFor {
+    AppPassword,
+    Password,
+    Dummy,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -157,17 +188,11 @@ impl std::fmt::Debug for Authenticator {
     }
 }
 
-/// What the portal's password step found.
-#[derive(Debug)]
-pub enum PortalPassword {
-    /// The organizational password is right and the account may sign in.
-    Valid(Box<crate::model::User>),
-    /// Wrong password, unknown user, app password, disabled account: the
-    /// page says the same for all of them.
-    Refused,
-    /// The directory or the store could not answer: try again later.
-    Unavailable,
-}
+/// What the portal's password step found: the user whose organizational
+/// password is right and who may sign in, or the refusal (wrong password,
+/// unknown user, app password and disabled account alike; locked out;
+/// unavailable).
+pub type PortalPassword = Result<Box<crate::model::User>, SignInRefusal>;
 
 /// Whether the directory's view of a user differs from the store's.
 fn needs_recording(entry: Option<&UserEntry>, found: &FederatedUser) -> bool {
@@ -185,6 +210,9 @@ fn needs_recording(entry: Option<&UserEntry>, found: &FederatedUser) -> bool {
 #[derive(Debug, Clone, Copy)]
 pub struct Client {
     pub ip: IpAddr,
+    /// When the sign-in began: a refusal that waits is sent
+    /// `failure_delay` after this.
+    pub started: Instant,
 }
 
 impl Authenticator {
@@ -202,9 +230,6 @@ impl Authenticator {
         // user costs what verifying a real one does.
         let hasher = Hasher::new(config.hash_workers, config.hash_queue);
         let _ = tokio::task::spawn_blocking(|| app_password::dummy_hash().len()).await;
-        let realm = config.basic_realm.replace(['"', '\\'], "");
-        let challenge = HeaderValue::from_str(&format!("Basic realm=\"{realm}\", charset=\"UTF-8\""))
-            .unwrap_or_else(|_| HeaderValue::from_static("Basic realm=\"fedgate\", charset=\"UTF-8\""));
         Ok(Authenticator {
             store,
             index,
@@ -216,7 +241,6 @@ impl Authenticator {
             clock,
             ttl: config.cache_ttl,
             failure_delay: config.failure_delay,
-            challenge,
             directory: directory.map(|(directory, ttl)| DirectoryAuth { directory, ttl }),
             lockout: lockout::Lockout::new(config.lockout_threshold, config.lockout_duration),
             health: Arc::new(StoreHealth::new(DEFAULT_MAX_STALENESS, loaded_at)),
@@ -253,9 +277,10 @@ impl Authenticator {
         };
         let (user_given, secret) = match basic::parse(&head.headers) {
             basic::Presented::None => return Err(self.refuse(audit, Refusal::Unauthorized, Reason::NoCredentials)),
+            // Nothing readable to check, so nothing to hash: only the wait.
             basic::Presented::Malformed => {
                 let refusal = self.refuse(audit, Refusal::Unauthorized, Reason::Malformed);
-                return Err(self.after_failure_delay(refusal).await);
+                return Err(self.held_back(refusal, client.started).await);
             }
             basic::Presented::Basic { user, secret } => (user, secret),
         };
@@ -270,7 +295,11 @@ impl Authenticator {
 
         // A locked name and address get no answer about the secret at all.
         let locked_out = self.lockout.locked(&user_given, client.ip, Instant::now()).is_some();
-        let Verification { verified, fresh } = if locked_out {
+        let Verification {
+            verified,
+            fresh,
+            hashed,
+        } = if locked_out {
             Verified::Invalid.into()
         } else if self.health.is_stale() {
             // The view could not be refreshed for longer than the bound: a
@@ -311,16 +340,17 @@ impl Authenticator {
                 })
             }
             Decision::Deny { refusal, reason } => {
+                let (refusal, reason) = self.at_the_cost_of_a_guess(refusal, reason, hashed).await;
                 let refusal = self.refuse(audit, refusal, reason);
-                Err(self.after_failure_delay(refusal).await)
+                Err(self.held_back(refusal, client.started).await)
             }
         }
     }
 
     /// The portal's password step: the organizational password (argon2
     /// for cloud-only users, a bind for directory users), never an app
-    /// password. Audited as route `portal`; refusals wait
-    /// `failure_delay` like any other.
+    /// password. Audited as route `portal`; refusals cost and wait what
+    /// they do on the Basic path.
     pub async fn portal_password(
         &self,
         given: &str,
@@ -356,25 +386,31 @@ impl Authenticator {
         };
         let entry = verified.fresh.or(entry);
         audit.user_id = entry.as_ref().map(|e| e.user.id);
-        let (outcome, reason) = match (&verified.verified, &entry) {
-            (_, Some(e)) if !e.user.is_active() => (PortalPassword::Refused, Reason::AccountDisabled),
-            _ if locked_out => (PortalPassword::Refused, Reason::LockedOut),
-            (Verified::Password, Some(e)) => (PortalPassword::Valid(Box::new(e.user.clone())), Reason::Password),
-            (Verified::AccountDisabled, _) => (PortalPassword::Refused, Reason::AccountDisabled),
-            (Verified::LockedOut, _) => (PortalPassword::Refused, Reason::LockedOut),
-            (Verified::DirectoryUnavailable, _) => (PortalPassword::Unavailable, Reason::DirectoryUnavailable),
-            (Verified::Overloaded, _) => (PortalPassword::Unavailable, Reason::Overloaded),
-            (Verified::StoreUnavailable, _) => (PortalPassword::Unavailable, Reason::StoreUnavailable),
-            _ => (PortalPassword::Refused, Reason::BadCredentials),
+        let found = match (&verified.verified, &entry) {
+            (_, Some(e)) if !e.user.is_active() => Err((Refusal::Unauthorized, Reason::AccountDisabled)),
+            _ if locked_out => Err((Refusal::TooManyAttempts, Reason::LockedOut)),
+            (Verified::Password, Some(e)) => Ok(&e.user),
+            (Verified::AccountDisabled, _) => Err((Refusal::Unauthorized, Reason::AccountDisabled)),
+            (Verified::LockedOut, _) => Err((Refusal::TooManyAttempts, Reason::LockedOut)),
+            (Verified::DirectoryUnavailable, _) => Err((Refusal::Unavailable, Reason::DirectoryUnavailable)),
+            (Verified::Overloaded, _) => Err((Refusal::Unavailable, Reason::Overloaded)),
+            (Verified::StoreUnavailable, _) => Err((Refusal::Unavailable, Reason::StoreUnavailable)),
+            _ => Err((Refusal::Unauthorized, Reason::BadCredentials)),
         };
-        audit.success = matches!(outcome, PortalPassword::Valid(_));
-        audit.reason = reason;
+        let reason = found.map_or_else(|(_, reason)| reason, |_| Reason::Password);
         self.count_for_lockout(given, client.ip, reason);
-        self.audit.record(&audit);
-        if !audit.success && !self.failure_delay.is_zero() {
-            tokio::time::sleep(self.failure_delay).await;
-        }
-        outcome
+        let refusal = match found {
+            Ok(user) => {
+                audit.success = true;
+                audit.reason = reason;
+                self.audit.record(&audit);
+                return Ok(Box::new(user.clone()));
+            }
+            Err((refusal, _)) => refusal,
+        };
+        let (refusal, reason) = self.at_the_cost_of_a_guess(refusal, reason, verified.hashed).await;
+        let refusal = self.refuse(audit, refusal, reason);
+        Err(self.held_back(refusal, client.started).await)
     }
 
     /// The name as given, parsed, and the user it names in the index.
@@ -459,7 +495,7 @@ impl Authenticator {
         let (verification, cached) = match app_password {
             Some(candidate) => {
                 let (verified, cached) = self.verify_app_password(entry, candidate).await;
-                (verified.into(), cached.map(|c| (c, self.ttl)))
+                (Verification::hashed(verified), cached.map(|c| (c, self.ttl)))
             }
             None => self.verify_password(realm, name, entry, secret).await,
         };
@@ -491,10 +527,13 @@ impl Authenticator {
             .app_password_by_tag(&tag)
             .filter(|r| entry.is_some_and(|e| e.user.id == r.user_id));
         let Some(record) = record else {
-            return (self.dummy_verification().await, None);
+            return (self.dummy_verification().await.verified, None);
         };
         let hash = record.hash.clone();
-        match self.hasher.run(move || app_password::verify(&candidate, &hash)).await {
+        match self
+            .argon2(HashFor::AppPassword, move || app_password::verify(&candidate, &hash))
+            .await
+        {
             Err(_) => (Verified::Overloaded, None),
             Ok(false) => (Verified::Invalid, None),
             Ok(true) => {
@@ -525,14 +564,13 @@ impl Authenticator {
         match entry {
             // On-premises services know only directory accounts.
             Some(e) if e.user.source == UserSource::Cloud && realm == Realm::Onprem => {
-                (self.dummy_verification().await.into(), None)
+                (self.dummy_verification().await, None)
             }
             Some(e) if e.user.source == UserSource::Cloud => match &e.user.password_hash {
                 Some(hash) => {
                     let (hash, secret) = (hash.clone(), secret.clone());
                     let verified = match self
-                        .hasher
-                        .run(move || app_password::verify_password(&secret, &hash))
+                        .argon2(HashFor::Password, move || app_password::verify_password(&secret, &hash))
                         .await
                     {
                         Err(_) => Verified::Overloaded,
@@ -540,9 +578,9 @@ impl Authenticator {
                         Ok(true) => Verified::Password,
                     };
                     let cached = (verified == Verified::Password).then_some((CachedCredential::Password, self.ttl));
-                    (verified.into(), cached)
+                    (Verification::hashed(verified), cached)
                 }
-                None => (self.dummy_verification().await.into(), None),
+                None => (self.dummy_verification().await, None),
             },
             // A disabled or deleted account is refused whatever the secret
             // (the decision table): a bind would only count toward the
@@ -552,7 +590,7 @@ impl Authenticator {
                 Some((d, name)) => self.verify_with_directory(d, name, entry, secret).await,
                 // Federated user without a configured directory, or a name
                 // nobody knows.
-                None => (self.dummy_verification().await.into(), None),
+                None => (self.dummy_verification().await, None),
             },
         }
     }
@@ -611,6 +649,7 @@ impl Authenticator {
                     Verification {
                         verified: Verified::Password,
                         fresh,
+                        hashed: false,
                     },
                     Some((CachedCredential::Password, d.ttl)),
                 )
@@ -641,16 +680,53 @@ impl Authenticator {
         }
     }
 
+    /// Runs one argon2 verification on the bounded pool, counted by what
+    /// it was for.
+    async fn argon2<F>(&self, what: HashFor, work: F) -> Result<bool, Overloaded>
+    where
+        F: FnOnce() -> bool + Send + 'static,
+    {
+        let verdict = self.hasher.run(work).await;
+        if verdict.is_ok() {
+            let what = match what {
+                HashFor::AppPassword => "app_password",
+                HashFor::Password => "password",
+                HashFor::Dummy => "dummy",
+            };
+            metrics::counter!("fedgate_argon2_total", "for" => what).increment(1);
+        }
+        verdict
+    }
+
     /// Spends what a real verification costs, then refuses.
-    async fn dummy_verification(&self) -> Verified {
+    async fn dummy_verification(&self) -> Verification {
         let candidate = app_password::generate();
         match self
-            .hasher
-            .run(move || app_password::verify(&candidate, app_password::dummy_hash()))
+            .argon2(HashFor::Dummy, move || {
+                app_password::verify(&candidate, app_password::dummy_hash())
+            })
             .await
         {
-            Err(_) => Verified::Overloaded,
-            Ok(_) => Verified::Invalid,
+            Err(Overloaded) => Verified::Overloaded.into(),
+            Ok(_) => Verification::hashed(Verified::Invalid),
+        }
+    }
+
+    /// A refusal that answers a guess costs one argon2 verification, as a
+    /// cloud user's wrong password does: when none ran (an unknown name
+    /// the directory did not find, a directory's wrong password, a
+    /// disabled account, a cached right password refused by the decision
+    /// table), a dummy runs now. After the check rather than before it, so
+    /// that a 503 from the directory stays quick and a sign-in that
+    /// succeeds pays nothing. A full pool answers `overloaded`, as it
+    /// would for a cloud user.
+    async fn at_the_cost_of_a_guess(&self, refusal: Refusal, reason: Reason, hashed: bool) -> (Refusal, Reason) {
+        if hashed || !refusal::answers_a_guess(refusal, reason) {
+            return (refusal, reason);
+        }
+        match self.dummy_verification().await.verified {
+            Verified::Overloaded => (Refusal::Unavailable, Reason::Overloaded),
+            _ => (refusal, reason),
         }
     }
 
@@ -673,52 +749,42 @@ impl Authenticator {
         );
     }
 
-    /// Holds a refusal back for `auth.failure_delay` before it is sent. A
-    /// client that retries the moment it is refused (a password sprayer, a
-    /// misconfigured phone) then costs a sleeping timer instead of a core:
-    /// 200 spraying connections make at most 200 attempts a second, and warm
-    /// sign-ins keep the CPU. The plain Basic challenge (no credentials) is
-    /// not delayed: every client starts with it.
-    async fn after_failure_delay(&self, refusal: Response<ProxyBody>) -> Response<ProxyBody> {
-        if !self.failure_delay.is_zero() {
-            tokio::time::sleep(self.failure_delay).await;
+    /// Holds a refusal that answers a guess back until `auth.failure_delay`
+    /// after the sign-in began. A client that retries the moment it is
+    /// refused (a password sprayer, a misconfigured phone) then costs a
+    /// sleeping timer instead of a core: 200 spraying connections make at
+    /// most 200 attempts a second, and warm sign-ins keep the CPU. A fixed
+    /// total rather than a sleep after the work: the answer comes at the
+    /// same time whatever the work cost (a bind, an argon2, a slow
+    /// directory), as long as it cost less than the delay. The plain Basic
+    /// challenge (no credentials), 429 and 503 are not held back: every
+    /// client starts with the first, and the others say nothing about the
+    /// secret.
+    async fn held_back(&self, refusal: SignInRefusal, started: Instant) -> SignInRefusal {
+        if refusal.answers_a_guess() && !self.failure_delay.is_zero() {
+            tokio::time::sleep_until(tokio::time::Instant::from_std(started + self.failure_delay)).await;
         }
         refusal
     }
 
-    fn refuse(&self, mut audit: Event<'_>, refusal: Refusal, reason: Reason) -> Response<ProxyBody> {
+    /// Records the refusal and says when the client may come back.
+    fn refuse(&self, mut audit: Event<'_>, refusal: Refusal, reason: Reason) -> SignInRefusal {
         audit.success = false;
         audit.reason = reason;
         self.audit.record(&audit);
-        let (status, text, retry_after) = match refusal {
-            Refusal::Unauthorized => (StatusCode::UNAUTHORIZED, "401 Unauthorized\n", None),
-            Refusal::TooManyAttempts => (StatusCode::TOO_MANY_REQUESTS, "429 Too Many Requests\n", None),
-            Refusal::Unavailable => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "503 Service Unavailable: try again shortly\n",
-                Some(if reason == Reason::Overloaded { "1" } else { "5" }),
-            ),
-        };
-        let mut resp = Response::new(full(text));
-        *resp.status_mut() = status;
-        let h = resp.headers_mut();
-        h.insert(
-            http::header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; charset=utf-8"),
-        );
-        h.insert(http::header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        if status == StatusCode::UNAUTHORIZED {
-            h.insert(WWW_AUTHENTICATE, self.challenge.clone());
-        }
-        if let Some(secs) = retry_after {
-            h.insert(RETRY_AFTER, HeaderValue::from_static(secs));
-        }
-        if status == StatusCode::TOO_MANY_REQUESTS {
+        let retry_after = match refusal {
+            Refusal::Unavailable if reason == Reason::Overloaded => Some(refusal::RETRY_OVERLOADED),
+            Refusal::Unavailable => Some(refusal::RETRY_UNAVAILABLE),
             // The directory's own lockout (AD `data 775`) has no known end:
             // the same wait as fedgate's.
-            h.insert(RETRY_AFTER, HeaderValue::from(self.lockout.duration().as_secs().max(1)));
+            Refusal::TooManyAttempts => Some(self.lockout.duration().max(Duration::from_secs(1))),
+            Refusal::Unauthorized | Refusal::Forbidden => None,
+        };
+        SignInRefusal {
+            refusal,
+            reason,
+            retry_after,
         }
-        resp
     }
 
     /// Applies changes committed by any process since the last call.

@@ -15,13 +15,20 @@
 //! client (or a sibling site) chose is refused and replaced; it is
 //! replaced again when a session begins and when it ends. Return URLs are paths of configured
 //! routes only.
+//!
+//! The portal builds its pages; its refusals (a sign-in refused, locked
+//! out or unavailable, a form without its token, a store that cannot
+//! answer) are values that [`crate::proxy::error`] turns into responses,
+//! as it does for Basic clients. The statuses it picks itself are its
+//! pages': 200, 303, 400 (an unreadable form), 404, 422 (a form shown
+//! again with what is wrong) and 500.
 
 pub mod pages;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -35,10 +42,12 @@ use hyper::body::Incoming;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::auth::{self, Authenticator, PortalPassword};
+use crate::auth::refusal::{Refusal, RETRY_UNAVAILABLE};
+use crate::auth::{self, Authenticator};
 use crate::config::{Config, PortalConfig, Realm};
 use crate::model::{AppPasswordName, Clock, MfaState, Secret, User};
 use crate::proxy::body::{full, ProxyBody};
+use crate::proxy::error::refused_page;
 use crate::secretbox::SecretBox;
 use crate::store::{NewTotp, PortalSession, Store, StoreError, TotpLimit};
 use crate::totp::TotpSecret;
@@ -193,8 +202,9 @@ impl Portal {
                     ),
                     // A form without this browser's token: cross-site, or
                     // stale. Nothing happens.
-                    Some(form) if new_csrf || !token_matches(form.get("csrf"), &token) => html(
-                        StatusCode::FORBIDDEN,
+                    Some(form) if new_csrf || !token_matches(form.get("csrf"), &token) => refused_page(
+                        Refusal::Forbidden,
+                        None,
                         frame.message(
                             "Form expired",
                             "This form has expired. Go back, reload the page and try again.",
@@ -409,27 +419,25 @@ impl Portal {
         let return_to = self.safe_return(form.get("return"));
         let agent = headers.get(USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or("");
         let password = Secret::from(form.get("password"));
-        let user = match self
-            .auth
-            .portal_password(given, &password, auth::Client { ip: client_ip }, agent)
-            .await
-        {
-            PortalPassword::Valid(user) => *user,
-            PortalPassword::Refused => {
-                return html(
-                    StatusCode::UNAUTHORIZED,
-                    frame.sign_in(given, return_to.as_deref().unwrap_or(""), Some(SIGN_IN_FAILED)),
-                )
-            }
-            PortalPassword::Unavailable => {
-                return html(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    frame.sign_in(
-                        given,
-                        return_to.as_deref().unwrap_or(""),
-                        Some("Sign-in is not possible right now; try again in a minute."),
-                    ),
-                )
+        let signing_in = auth::Client {
+            ip: client_ip,
+            started: Instant::now(),
+        };
+        let user = match self.auth.portal_password(given, &password, signing_in, agent).await {
+            Ok(user) => *user,
+            Err(refused) => {
+                let locked;
+                let message = match refused.refusal {
+                    Refusal::TooManyAttempts => {
+                        let wait = refused.retry_after.unwrap_or_default().as_secs().max(1);
+                        locked = format!("Too many sign-in attempts: wait {wait} seconds, then try again.");
+                        locked.as_str()
+                    }
+                    Refusal::Unavailable => "Sign-in is not possible right now; try again in a minute.",
+                    Refusal::Unauthorized | Refusal::Forbidden => SIGN_IN_FAILED,
+                };
+                let page = frame.sign_in(given, return_to.as_deref().unwrap_or(""), Some(message));
+                return refused_page(refused.refusal, refused.retry_after, page);
             }
         };
         let registered = match self.store.totp(user.id).await {
@@ -634,8 +642,9 @@ impl Portal {
             }
             Err(err) => {
                 tracing::error!(error = %err, user = %c.user.upn, "cannot create an app password");
-                html(
-                    StatusCode::SERVICE_UNAVAILABLE,
+                refused_page(
+                    Refusal::Unavailable,
+                    Some(RETRY_UNAVAILABLE),
                     frame.message(
                         "Try again later",
                         "The app password could not be created; try again in a minute.",
@@ -647,8 +656,9 @@ impl Portal {
 
     fn unavailable(&self, frame: &Frame<'_>, err: &StoreError) -> Response<ProxyBody> {
         tracing::error!(error = %err, "portal: store unavailable");
-        html(
-            StatusCode::SERVICE_UNAVAILABLE,
+        refused_page(
+            Refusal::Unavailable,
+            Some(RETRY_UNAVAILABLE),
             frame.message(
                 "Try again later",
                 "This page is not available right now; try again in a minute.",

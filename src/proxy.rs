@@ -30,7 +30,7 @@ use crate::config::{BrowserMode, Config, Realm, RouteConfig, Upstream as Upstrea
 use crate::model::CredentialKind;
 use crate::portal::{BrowserCheck, Portal};
 use body::{AccessRecord, Logged, ProxyBody};
-use error::ProxyError;
+use error::{Challenge, ProxyError};
 use forward::{ClientInfo, Upstream};
 use listener::ConnInfo;
 
@@ -52,6 +52,7 @@ pub struct Proxy {
     trusted_proxies: Vec<IpNet>,
     auth: Option<Arc<Authenticator>>,
     portal: Option<Arc<Portal>>,
+    challenge: Challenge,
 }
 
 impl Proxy {
@@ -88,6 +89,7 @@ impl Proxy {
             trusted_proxies: config.server.trusted_proxies.clone(),
             auth,
             portal,
+            challenge: Challenge::basic(&config.auth.basic_realm),
         })
     }
 
@@ -144,17 +146,21 @@ impl Proxy {
         Response::from_parts(parts, Logged::wrap(body, record))
     }
 
+    /// Who the request is, or the response that refuses it.
     async fn decide(
         &self,
         auth: &Option<Arc<Authenticator>>,
         realm: Realm,
         config: &RouteConfig,
         parts: &http::request::Parts,
-        client: &ClientInfo,
-    ) -> auth::Outcome {
+        client: auth::Client,
+    ) -> Result<Identity, Response<ProxyBody>> {
         match (auth, realm) {
             (_, Realm::None) => Ok(Identity::Anonymous),
-            (Some(auth), _) => auth.authenticate(config, parts, auth::Client { ip: client.ip }).await,
+            (Some(auth), _) => auth
+                .authenticate(config, parts, client)
+                .await
+                .map_err(|refusal| refusal.into_response(&self.challenge)),
             // Invariant: the server builds an authenticator whenever a route
             // has a sign-in realm; refuse rather than let a request through.
             (None, _) => Err(ProxyError::Unavailable.into_response()),
@@ -186,7 +192,13 @@ impl Proxy {
                 credential: CredentialKind::PortalSession,
                 app_password: None,
             }),
-            (None, auth, realm) => self.decide(auth, realm, &route.config, &parts, client).await,
+            (None, auth, realm) => {
+                let signing_in = auth::Client {
+                    ip: client.ip,
+                    started: record.started,
+                };
+                self.decide(auth, realm, &route.config, &parts, signing_in).await
+            }
         };
         let identity = match outcome {
             Ok(identity) => identity,

@@ -2,6 +2,7 @@
 //! credential check found and the user's state, who gets in and why not.
 //! No I/O, no clock; the caller gathers the facts and acts on the result.
 
+pub use super::refusal::Refusal;
 use crate::config::Realm;
 use crate::model::{AppPasswordId, CredentialKind, MfaState, Reason, User};
 
@@ -39,16 +40,6 @@ pub struct Facts<'a> {
     pub user: Option<&'a User>,
     pub allow_app_passwords: bool,
     pub locked_out: bool,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refusal {
-    /// 401 with a Basic challenge.
-    Unauthorized,
-    /// 429 with Retry-After.
-    TooManyAttempts,
-    /// 503 with Retry-After: try again later, do not ask the user again.
-    Unavailable,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

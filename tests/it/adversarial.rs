@@ -5,8 +5,10 @@
 //!
 //! Each area has its own file: [`request`] (the canonical request: paths,
 //! hosts, upgrades, smuggling), [`lockout`] (names, budgets, timing),
-//! [`store`] (a store that vanishes or breaks under a running server).
+//! [`store`] (a store that vanishes or breaks under a running server),
+//! [`refusal`] (what a refusal costs and when it is sent).
 
 mod lockout;
+mod refusal;
 mod request;
 mod store;

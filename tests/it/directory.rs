@@ -33,7 +33,7 @@ fn directory_with_users() -> Slapd {
 /// account), with `extra` lines appended. One service connection and no
 /// sync passes (tests/it/sync.rs covers those), so that bind counts are
 /// exact.
-fn directory_section(slapd: &Slapd, urls: &[String], extra: &str) -> String {
+pub(crate) fn directory_section(slapd: &Slapd, urls: &[String], extra: &str) -> String {
     let urls: Vec<String> = urls.iter().map(|u| format!("\"{u}\"")).collect();
     format!(
         "[directory]\n\
