@@ -843,11 +843,7 @@ fn route(
         Ok(c) if c.is_plain() => {
             return Err(ConfigError::invalid(
                 key("path"),
-                format!(
-                    "not in canonical form: \"{}\" (write \"{}\")",
-                    r.path,
-                    c.as_str()
-                ),
+                format!("not in canonical form: \"{}\" (write \"{}\")", r.path, c.as_str()),
             ))
         }
         Ok(_) => {

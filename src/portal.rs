@@ -122,13 +122,15 @@ impl Portal {
         };
         let secrets = SecretBox::load_or_create(&portal.secret_key_file)?;
         // The return URL carries no host: a route's path decides.
-        let return_routes = Router::new(
-            config
-                .routes
-                .iter()
-                .filter(|r| r.browser == BrowserMode::Mfa)
-                .map(|r| (RouteConfig { host: None, ..r.clone() }, ())),
-        );
+        let return_routes = Router::new(config.routes.iter().filter(|r| r.browser == BrowserMode::Mfa).map(|r| {
+            (
+                RouteConfig {
+                    host: None,
+                    ..r.clone()
+                },
+                (),
+            )
+        }));
         Ok(Some(Portal {
             config: portal.clone(),
             auth,

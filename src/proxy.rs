@@ -155,7 +155,10 @@ impl Proxy {
                 let route = self.router.find(host, target.path.route_key()).cloned();
                 if let Some(route) = &route {
                     let c = &route.config;
-                    if let Err(why) = target.path.check_route(c.allow_encoded_slashes, c.allow_path_parameters) {
+                    if let Err(why) = target
+                        .path
+                        .check_route(c.allow_encoded_slashes, c.allow_path_parameters)
+                    {
                         record.route = Some(Arc::clone(&route.name));
                         return refused(record, &why);
                     }
@@ -184,8 +187,7 @@ impl Proxy {
             Some(route) => {
                 record.route = Some(Arc::clone(&route.name));
                 record.upstream = Some(Arc::clone(&route.upstream_label));
-                self.serve_route(&route, &conn, &client, authority.as_deref(), req, &mut record)
-                    .await
+                self.serve_route(&route, &conn, &client, req, &mut record).await
             }
         };
         Self::finish(resp, record)
@@ -219,7 +221,6 @@ impl Proxy {
         route: &Route,
         conn: &ConnInfo,
         client: &ClientInfo,
-        authority: Option<&str>,
         req: Request<Incoming>,
         record: &mut AccessRecord,
     ) -> Response<ProxyBody> {
@@ -277,7 +278,6 @@ impl Proxy {
                         &route.config,
                         req,
                         client,
-                        authority,
                         conn.peer.ip(),
                         identity.user(),
                         forward_authorization,

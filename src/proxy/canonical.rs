@@ -291,7 +291,11 @@ fn slow_path(raw: &str) -> Result<CanonicalPath<'_>, PathRefusal> {
     let path = String::from_utf8(path).map_err(|_| PathRefusal::BadPercentEncoding)?;
     let key = String::from_utf8(key).map_err(|_| PathRefusal::BadPercentEncoding)?;
     let key = (key != path).then_some(key);
-    let path = if path == raw { Cow::Borrowed(raw) } else { Cow::Owned(path) };
+    let path = if path == raw {
+        Cow::Borrowed(raw)
+    } else {
+        Cow::Owned(path)
+    };
     Ok(CanonicalPath {
         path,
         key,
@@ -336,7 +340,11 @@ pub fn check_query(query: &str) -> Result<(), PathRefusal> {
     }
     let bytes = query.as_bytes();
     for (i, _) in query.match_indices('%') {
-        let code = bytes.get(i + 1).copied().and_then(hex).zip(bytes.get(i + 2).copied().and_then(hex));
+        let code = bytes
+            .get(i + 1)
+            .copied()
+            .and_then(hex)
+            .zip(bytes.get(i + 2).copied().and_then(hex));
         if let Some((h, l)) = code {
             if is_control(h << 4 | l) {
                 return Err(PathRefusal::QueryControl);
@@ -427,7 +435,11 @@ pub fn parse_authority(raw: &str) -> Result<Authority<'_>, HostRefusal> {
             p => Some(parse_port(p.strip_prefix(':').ok_or(HostRefusal::BadCharacter)?)?),
         };
         let printed = addr.to_string();
-        let host = if printed == inner { Cow::Borrowed(inner) } else { Cow::Owned(printed) };
+        let host = if printed == inner {
+            Cow::Borrowed(inner)
+        } else {
+            Cow::Owned(printed)
+        };
         (host, true, port)
     } else {
         let (name, port) = match raw.split_once(':') {

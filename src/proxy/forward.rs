@@ -36,6 +36,9 @@ pub struct ClientInfo {
     pub proto: &'static str,
     /// The host the client asked for, as the first proxy saw it.
     pub host: Option<String>,
+    /// The request's own canonical `host[:port]` (Host, `:authority` or
+    /// the absolute-form authority), as fedgate saw it.
+    pub authority: Option<String>,
 }
 
 impl ClientInfo {
@@ -57,6 +60,7 @@ impl ClientInfo {
                 peer_trusted: false,
                 proto: own_proto,
                 host: host.map(str::to_owned),
+                authority: host.map(str::to_owned),
             });
         }
         // Walk X-Forwarded-For from the right: the first address that is not
@@ -95,6 +99,7 @@ impl ClientInfo {
             peer_trusted: true,
             proto,
             host: fwd_host.or_else(|| host.map(str::to_owned)),
+            authority: host.map(str::to_owned),
         })
     }
 }
@@ -350,7 +355,6 @@ impl Upstream {
         route: &RouteConfig,
         mut req: Request<Incoming>,
         client: &ClientInfo,
-        original_host: Option<&str>,
         peer: IpAddr,
         identity: Option<&str>,
         forward_authorization: bool,
@@ -358,6 +362,7 @@ impl Upstream {
         let upgrade = upgrade_protocol(&req, &route.upgrades);
         let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
 
+        let original_host = client.authority.as_deref();
         let uri = self.target(req.uri())?;
         *req.uri_mut() = uri;
         *req.version_mut() = Version::HTTP_11;

@@ -64,7 +64,8 @@ impl PoolError {
         match self {
             PoolError::Http { source, .. } => {
                 source.is_user()
-                    && std::error::Error::source(source).is_some_and(|cause| cause.downcast_ref::<hyper::Error>().is_some())
+                    && std::error::Error::source(source)
+                        .is_some_and(|cause| cause.downcast_ref::<hyper::Error>().is_some())
             }
             _ => false,
         }

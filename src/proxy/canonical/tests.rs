@@ -14,7 +14,13 @@ fn canon(raw: &str) -> Result<String, PathRefusal> {
 
 #[test]
 fn canonical_paths_are_borrowed_as_they_stand() {
-    for raw in ["/", "/Microsoft-Server-ActiveSync", "/a/b/", "/EWS/Exchange.asmx", "/a:b@c!$&'()*+,="] {
+    for raw in [
+        "/",
+        "/Microsoft-Server-ActiveSync",
+        "/a/b/",
+        "/EWS/Exchange.asmx",
+        "/a:b@c!$&'()*+,=",
+    ] {
         let c = canonical_path(raw).unwrap();
         assert!(c.is_unchanged() && c.is_plain(), "{raw}");
         assert_eq!(c.as_str(), raw);
@@ -109,7 +115,11 @@ fn hosts_are_valid_authorities_lower_cased() {
         ("[::1]:8443", "[::1]:8443"),
         ("[0:0::ABCD]", "[::abcd]"),
     ] {
-        assert_eq!(parse_authority(raw).map(|a| a.to_string()).as_deref(), Ok(printed), "{raw}");
+        assert_eq!(
+            parse_authority(raw).map(|a| a.to_string()).as_deref(),
+            Ok(printed),
+            "{raw}"
+        );
     }
     assert_eq!(parse_authority("[::1]:8443").unwrap().host(), "::1");
     for raw in [

@@ -176,7 +176,18 @@ async fn path_spellings_never_reach_the_pass_through_route() {
         .cloud_route(ACTIVESYNC, &protected.url(), "")
         .route("/", &open.url(), "")
         .start();
-    let suffixes = [";jsessionid=x", ";/x", "%2Fx", "\\x", "%20", ".", "%00", "::$DATA", "%3Bx", "/..;/x"];
+    let suffixes = [
+        ";jsessionid=x",
+        ";/x",
+        "%2Fx",
+        "\\x",
+        "%20",
+        ".",
+        "%00",
+        "::$DATA",
+        "%3Bx",
+        "/..;/x",
+    ];
     let mut spellings: Vec<String> = [
         "/public/../Microsoft-Server-ActiveSync",
         "//Microsoft-Server-ActiveSync",
@@ -211,7 +222,10 @@ async fn path_spellings_never_reach_the_pass_through_route() {
         }
         let got = h2raw::send(fg.plain, &h2raw::get("mail.example.com", spelling)).await;
         assert!(
-            matches!(got, h2raw::Outcome::Status(400) | h2raw::Outcome::Other | h2raw::Outcome::Reset),
+            matches!(
+                got,
+                h2raw::Outcome::Status(400) | h2raw::Outcome::Other | h2raw::Outcome::Reset
+            ),
             "{spelling} over HTTP/2: {got:?}"
         );
     }
@@ -259,7 +273,10 @@ async fn invalid_hosts_are_refused() {
         assert!(got == 400 || got == 401, "target http://{host}/x: {got}");
         let got = h2raw::send(fg.plain, &h2raw::get(host, "/x")).await;
         assert!(
-            matches!(got, h2raw::Outcome::Status(400) | h2raw::Outcome::Reset | h2raw::Outcome::Closed),
+            matches!(
+                got,
+                h2raw::Outcome::Status(400) | h2raw::Outcome::Reset | h2raw::Outcome::Closed
+            ),
             ":authority {host}: {got:?}"
         );
     }
@@ -325,7 +342,9 @@ async fn switching_upstream() -> (SocketAddr, Arc<Mutex<Vec<u8>>>, tokio::task::
                     if !answered && head.windows(4).any(|w| w == b"\r\n\r\n") {
                         answered = true;
                         let _ = s
-                            .write_all(b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: h2c\r\n\r\n")
+                            .write_all(
+                                b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: h2c\r\n\r\n",
+                            )
                             .await;
                     }
                 }
@@ -373,7 +392,10 @@ async fn only_websocket_upgrades_are_tunnelled() {
         let seen = String::from_utf8_lossy(&bytes.lock().unwrap()).to_ascii_lowercase();
         assert!(!seen.contains("mallory"), "Upgrade: {upgrade}: the upstream saw {seen}");
         assert!(!seen.contains("upgrade: "), "Upgrade: {upgrade}: forwarded: {seen}");
-        assert!(!seen.contains("http2-settings"), "Upgrade: {upgrade}: forwarded: {seen}");
+        assert!(
+            !seen.contains("http2-settings"),
+            "Upgrade: {upgrade}: forwarded: {seen}"
+        );
         assert!(seen.contains("get /b http/1.1"), "{seen}");
     }
     task.abort();
@@ -402,7 +424,7 @@ async fn smuggling_shapes_never_smuggle() {
         format!("POST /s HTTP/1.1\r\nHost: a\r\nContent-Length: {m}\r\nX-Fold: a\r\n Transfer-Encoding: chunked\r\n\r\n{hidden}"),
         format!("POST /s HTTP/1.1\r\nHost: a\r\nX-A: 1\rContent-Length: 0\r\nContent-Length: {m}\r\n\r\n{hidden}"),
         format!("POST /s HTTP/1.1\nHost: a\nContent-Length: {m}\n\n{hidden}"),
-        format!("GET /s HTTP/1.1\r\nHost: a\r\nX-A: 1\r\rGET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n"),
+        "GET /s HTTP/1.1\r\nHost: a\r\nX-A: 1\r\rGET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n".to_string(),
     ];
     for shape in &shapes {
         let mut bytes = shape.clone().into_bytes();
@@ -431,7 +453,13 @@ async fn identity_header_spellings_never_reach_the_upstream() {
         .path("/echo")
         .until(StatusCode::OK, Duration::from_millis(50))
         .await;
-    let spellings = ["X-Remote-User", "x-remote-user", "X_Remote_User", "X-REMOTE-USER", "x_remote-user"];
+    let spellings = [
+        "X-Remote-User",
+        "x-remote-user",
+        "X_Remote_User",
+        "X-REMOTE-USER",
+        "x_remote-user",
+    ];
     for proto in [Proto::H1, Proto::H2] {
         for name in spellings {
             let mut c = Client::plain(fg.plain, proto).await;
@@ -442,10 +470,20 @@ async fn identity_header_spellings_never_reach_the_upstream() {
                 .unwrap();
             let resp = c.send(req).await.unwrap();
             assert_eq!(resp.status(), StatusCode::OK);
-            let body = http_body_util::BodyExt::collect(resp.into_body()).await.unwrap().to_bytes();
+            let body = http_body_util::BodyExt::collect(resp.into_body())
+                .await
+                .unwrap()
+                .to_bytes();
             let echo = parse_echo(&body);
-            assert_eq!(echo["headers"]["x-remote-user"], serde_json::json!([ALICE]), "{name} {proto:?}");
-            assert!(!body.windows(7).any(|w| w == b"mallory"), "{name} over {proto:?}: {echo}");
+            assert_eq!(
+                echo["headers"]["x-remote-user"],
+                serde_json::json!([ALICE]),
+                "{name} {proto:?}"
+            );
+            assert!(
+                !body.windows(7).any(|w| w == b"mallory"),
+                "{name} over {proto:?}: {echo}"
+            );
         }
     }
     // Raw HTTP/1.1 with the underscore spelling, which hyper's client
@@ -503,7 +541,8 @@ async fn http2_connections_without_a_request_meet_the_header_timeout() {
 async fn a_malformed_chunked_body_is_400() {
     let up = upstream::echo().await;
     let fg = Fedgate::builder().route("/", &up.url(), "").start();
-    let bad = b"POST /upload HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\nmore\r\n0\r\n\r\n";
+    let bad =
+        b"POST /upload HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\nmore\r\n0\r\n\r\n";
     let answer = raw(fg.plain, bad).await;
     assert_eq!(status(&answer), 400, "{answer}");
     let good = b"POST /upload HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
@@ -518,7 +557,11 @@ async fn case_sensitive_and_encoded_slash_routes() {
     let (files, files_seen) = recording().await;
     let fg = Fedgate::builder()
         .cloud_route("/Secret", &open.url(), "case_sensitive = true")
-        .route("/files", &files.url(), "allow_encoded_slashes = true\nallow_path_parameters = true")
+        .route(
+            "/files",
+            &files.url(),
+            "allow_encoded_slashes = true\nallow_path_parameters = true",
+        )
         .route("/", &open.url(), "")
         .start();
     assert_eq!(get_raw(fg.plain, "/Secret/x", "a").await, 401);
@@ -536,14 +579,97 @@ async fn case_sensitive_and_encoded_slash_routes() {
 /// A route path that is not canonical is a configuration error naming it.
 #[test]
 fn route_paths_must_be_canonical() {
-    for (path, want) in [("/a/../b", "write \"/b\""), ("/a//b", "write \"/a/b\""), ("/a;x", "\";\"")] {
+    for (path, want) in [
+        ("/a/../b", "write \"/b\""),
+        ("/a//b", "write \"/a/b\""),
+        ("/a;x", "\";\""),
+    ] {
         let dir = tempfile::tempdir().unwrap();
-        let text = Fedgate::builder().route(path, "http://127.0.0.1:1", "").config_text(dir.path());
+        let text = Fedgate::builder()
+            .route(path, "http://127.0.0.1:1", "")
+            .config_text(dir.path());
         let config = dir.path().join("fedgate.toml");
         std::fs::write(&config, text).unwrap();
-        let (code, _, err) =
-            crate::support::fedgate::run_cli(&["check-config", "--config", config.to_str().unwrap()]);
+        let (code, _, err) = crate::support::fedgate::run_cli(&["check-config", "--config", config.to_str().unwrap()]);
         assert_eq!(code, 2, "{path}: {err}");
         assert!(err.contains("route[0].path") && err.contains(want), "{path}: {err}");
     }
+}
+
+/// Signs `upn` in on the portal's form with `ret` as the return URL and
+/// returns where the portal sends the browser next.
+async fn portal_sign_in_location(addr: SocketAddr, upn: &str, ret: &str) -> String {
+    let page = raw(
+        addr,
+        b"GET /portal/sign-in HTTP/1.1\r\nHost: a\r\nAccept: text/html\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    let cookies: Vec<&str> = page
+        .lines()
+        .filter_map(|l| l.strip_prefix("set-cookie: ").or_else(|| l.strip_prefix("Set-Cookie: ")))
+        .filter_map(|c| c.split(';').next())
+        .collect();
+    let csrf = page
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("a csrf field");
+    let form: String = url::form_urlencoded::Serializer::new(String::new())
+        .append_pair("csrf", csrf)
+        .append_pair("return", ret)
+        .append_pair("upn", upn)
+        .append_pair("password", PASSWORD)
+        .finish();
+    let post = format!(
+        "POST /portal/sign-in HTTP/1.1\r\nHost: a\r\nCookie: {}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{form}",
+        cookies.join("; "),
+        form.len()
+    );
+    let answer = raw(addr, post.as_bytes()).await;
+    assert_eq!(status(&answer), 303, "{answer}");
+    answer
+        .lines()
+        .find_map(|l| l.strip_prefix("location: ").or_else(|| l.strip_prefix("Location: ")))
+        .expect("a Location")
+        .trim()
+        .to_owned()
+}
+
+/// A portal return URL that is not canonical, or not under a
+/// `browser = "mfa"` route, does not leave the sign-in routes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn portal_return_urls_must_be_canonical_and_under_an_mfa_route() {
+    const ALICE: &str = "alice@contoso.example";
+    let up = upstream::echo().await;
+    let keys = tempfile::tempdir().unwrap();
+    let fg = Fedgate::builder()
+        .section(&format!(
+            "[portal]\nenabled = true\npath = \"/portal\"\nsecret_key_file = \"{}\"\n",
+            keys.path().join("portal.key").display()
+        ))
+        .route_in("cloud", "/app", &up.url(), "browser = \"mfa\"")
+        .cloud_route("/basic", &up.url(), "")
+        .route("/", &up.url(), "")
+        .start();
+    fg.admin().add_user(ALICE, "disabled", Some(PASSWORD));
+    SignIn::new(fg.plain, ALICE, PASSWORD)
+        .path("/basic")
+        .until(StatusCode::OK, Duration::from_millis(50))
+        .await;
+    for evil in [
+        "/app/../other",
+        "/app/./x/../../other",
+        "/app/%2E%2E/other",
+        "/app//../other",
+        "//app/x",
+        "/app;x/../other",
+        "/app%2F..%2Fother",
+        "/basic/x",
+        "/other",
+    ] {
+        let to = portal_sign_in_location(fg.plain, ALICE, evil).await;
+        assert_eq!(to, "/portal/security", "return={evil}");
+    }
+    let to = portal_sign_in_location(fg.plain, ALICE, "/APP/home?x=1").await;
+    assert_eq!(to, "/APP/home?x=1", "a canonical return under the route");
 }
