@@ -115,7 +115,7 @@ impl Proxy {
         let mut record = AccessRecord {
             started,
             method: req.method().clone(),
-            host: authority.clone().unwrap_or_else(|| "-".to_owned()),
+            host: authority.unwrap_or_else(|| "-".to_owned()),
             path: match &target {
                 Ok(t) => t.path.as_str().to_owned(),
                 Err(_) => req.uri().path().to_owned(),

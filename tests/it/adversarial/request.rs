@@ -606,7 +606,10 @@ async fn portal_sign_in_location(addr: SocketAddr, upn: &str, ret: &str) -> Stri
     .await;
     let cookies: Vec<&str> = page
         .lines()
-        .filter_map(|l| l.strip_prefix("set-cookie: ").or_else(|| l.strip_prefix("Set-Cookie: ")))
+        .filter_map(|l| {
+            l.strip_prefix("set-cookie: ")
+                .or_else(|| l.strip_prefix("Set-Cookie: "))
+        })
         .filter_map(|c| c.split(';').next())
         .collect();
     let csrf = page
