@@ -289,6 +289,14 @@ pub struct RouteConfig {
     pub forward_authorization: bool,
     pub preserve_host: bool,
     pub browser: BrowserMode,
+    /// Match `path` case-sensitively (the default folds ASCII case).
+    pub case_sensitive: bool,
+    /// Let an encoded slash (`%2F`) through to this route's upstream.
+    pub allow_encoded_slashes: bool,
+    /// Let path parameters (`;`) through to this route's upstream.
+    pub allow_path_parameters: bool,
+    /// `Upgrade` protocols tunnelled to the upstream, lower-case.
+    pub upgrades: Vec<String>,
 }
 
 impl Config {
@@ -496,7 +504,13 @@ impl TryFrom<FileConfig> for Config {
             ));
         }
         for (i, a) in routes.iter().enumerate() {
-            if let Some(b) = routes[..i].iter().find(|b| b.host == a.host && b.path == a.path) {
+            // Paths that differ only in case are the same route unless both
+            // routes match case-sensitively.
+            let same_path = |b: &RouteConfig| match a.case_sensitive && b.case_sensitive {
+                true => b.path == a.path,
+                false => b.path.eq_ignore_ascii_case(&a.path),
+            };
+            if let Some(b) = routes[..i].iter().find(|b| b.host == a.host && same_path(b)) {
                 return Err(ConfigError::invalid(
                     format!("route[{i}].path"),
                     format!("same host and path as route[{}] (\"{}\")", b.index, a.path),
@@ -838,6 +852,54 @@ fn route(
             format!("must be a plain path prefix, got \"{}\"", r.path),
         ));
     }
+    match crate::proxy::canonical::canonical_path(&r.path) {
+        Ok(c) if c.is_unchanged() && c.is_plain() => {}
+        Ok(c) if c.is_plain() => {
+            return Err(ConfigError::invalid(
+                key("path"),
+                format!("not in canonical form: \"{}\" (write \"{}\")", r.path, c.as_str()),
+            ))
+        }
+        Ok(_) => {
+            return Err(ConfigError::invalid(
+                key("path"),
+                format!("must not hold \";\" or an encoded slash, got \"{}\"", r.path),
+            ))
+        }
+        Err(refusal) => {
+            return Err(ConfigError::invalid(
+                key("path"),
+                format!("not a canonical path ({refusal}): \"{}\"", r.path),
+            ))
+        }
+    }
+    let upgrades = match r.upgrades {
+        None => vec!["websocket".to_owned()],
+        Some(list) => {
+            let mut upgrades = Vec::with_capacity(list.len());
+            for token in list {
+                let token = token.to_ascii_lowercase();
+                let valid = !token.is_empty()
+                    && token
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+                if !valid {
+                    return Err(ConfigError::invalid(
+                        key("upgrades"),
+                        format!("expected protocol names such as \"websocket\", got \"{token}\""),
+                    ));
+                }
+                if token == "h2c" {
+                    return Err(ConfigError::invalid(
+                        key("upgrades"),
+                        "\"h2c\" cannot be tunnelled: it would carry requests past sign-in and header hygiene",
+                    ));
+                }
+                upgrades.push(token);
+            }
+            upgrades
+        }
+    };
     let host = match r.host.as_deref().map(str::trim) {
         None | Some("") | Some("*") => None,
         Some(h) => {
@@ -922,6 +984,10 @@ fn route(
         identity_header,
         forward_authorization: r.forward_authorization.unwrap_or(false),
         preserve_host: r.preserve_host.unwrap_or(true),
+        case_sensitive: r.case_sensitive.unwrap_or(false),
+        allow_encoded_slashes: r.allow_encoded_slashes.unwrap_or(false),
+        allow_path_parameters: r.allow_path_parameters.unwrap_or(false),
+        upgrades,
         browser,
     })
 }

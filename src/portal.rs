@@ -44,10 +44,12 @@ use subtle::ConstantTimeEq;
 
 use crate::auth::refusal::{Refusal, RETRY_UNAVAILABLE};
 use crate::auth::{self, Authenticator};
-use crate::config::{Config, PortalConfig, Realm};
+use crate::config::{BrowserMode, Config, PortalConfig, RouteConfig};
 use crate::model::{AppPasswordName, Clock, MfaState, Secret, User};
 use crate::proxy::body::{full, ProxyBody};
+use crate::proxy::canonical::{canonical_path, check_query};
 use crate::proxy::error::refused_page;
+use crate::proxy::route::Router;
 use crate::secretbox::SecretBox;
 use crate::store::{NewTotp, PortalSession, Store, StoreError, TotpLimit};
 use crate::totp::TotpSecret;
@@ -89,9 +91,9 @@ pub struct Portal {
     store: Arc<dyn Store>,
     secrets: SecretBox,
     clock: Arc<dyn Clock>,
-    /// Path prefixes of the routes that sign users in: the only places a
-    /// return URL may lead.
-    return_paths: Vec<String>,
+    /// The `browser = "mfa"` routes (any host): the only places a return
+    /// URL may lead.
+    return_routes: Router<()>,
 }
 
 impl std::fmt::Debug for Portal {
@@ -136,19 +138,23 @@ impl Portal {
             return Ok(None);
         };
         let secrets = SecretBox::load_or_create(&portal.secret_key_file)?;
-        let return_paths = config
-            .routes
-            .iter()
-            .filter(|r| r.realm != Realm::None)
-            .map(|r| r.path.clone())
-            .collect();
+        // The return URL carries no host: a route's path decides.
+        let return_routes = Router::new(config.routes.iter().filter(|r| r.browser == BrowserMode::Mfa).map(|r| {
+            (
+                RouteConfig {
+                    host: None,
+                    ..r.clone()
+                },
+                (),
+            )
+        }));
         Ok(Some(Portal {
             config: portal.clone(),
             auth,
             store,
             secrets,
             clock,
-            return_paths,
+            return_routes,
         }))
     }
 
@@ -697,23 +703,28 @@ impl Portal {
     }
 
     /// A return URL the portal may send a browser to: a path (never
-    /// another site) under a route that signs users in.
+    /// another site) under a `browser = "mfa"` route, in canonical form
+    /// exactly ([`canonical_path`]): a spelling with dot segments, `//`,
+    /// encodings or parameters could be read by the upstream as a path
+    /// outside the sign-in routes, so it falls back to the default.
     fn safe_return(&self, given: &str) -> Option<String> {
-        if !given.starts_with('/') || given.starts_with("//") || given.len() > 2048 {
+        if given.len() > 2048 || given.contains('#') {
             return None;
         }
-        if given.chars().any(|c| c.is_control() || c == '\\') {
-            return None;
-        }
-        let path = given.split(['?', '#']).next().unwrap_or("");
-        let under = |prefix: &str| {
-            prefix == "/"
-                || path == prefix
-                || path
-                    .strip_prefix(prefix)
-                    .is_some_and(|rest| rest.starts_with('/') || prefix.ends_with('/'))
+        let (path, query) = match given.split_once('?') {
+            Some((path, query)) => (path, Some(query)),
+            None => (given, None),
         };
-        self.return_paths.iter().any(|p| under(p)).then(|| given.to_owned())
+        let canonical = canonical_path(path).ok()?;
+        if !canonical.is_unchanged() || !canonical.is_plain() {
+            return None;
+        }
+        if let Some(query) = query {
+            check_query(query).ok()?;
+        }
+        self.return_routes
+            .find(None, canonical.route_key())
+            .map(|()| given.to_owned())
     }
 
     /// For a `browser = "mfa"` route: the signed-in user of a browser

@@ -1,12 +1,14 @@
 //! The reverse proxy: for each request, find the route, authenticate, then
 //! answer from a built-in upstream or forward to the route's upstream.
 //!
-//! Submodules: [`listener`] (sockets, TLS, connection limits), [`route`]
+//! Submodules: [`listener`] (sockets, TLS, connection limits),
+//! [`canonical`] (the one spelling of a request's path and host), [`route`]
 //! (matching), [`forward`] (upstream calls and header hygiene), [`whoami`]
 //! (built-in upstream), [`body`] (streaming bodies and the access log),
 //! [`tls`] (rustls set-up), [`error`] (status mapping).
 
 pub mod body;
+pub mod canonical;
 pub mod error;
 pub mod forward;
 mod ip_text;
@@ -31,7 +33,7 @@ use crate::model::CredentialKind;
 use crate::portal::{BrowserCheck, Portal};
 use body::{AccessRecord, Logged, ProxyBody};
 use error::{Challenge, ProxyError};
-use forward::{ClientInfo, Upstream};
+use forward::{canonical_ip as canonical_peer, ClientInfo, Upstream};
 use listener::ConnInfo;
 
 /// A route ready to serve.
@@ -94,29 +96,34 @@ impl Proxy {
     }
 
     /// Serves one request. Never fails: every problem becomes a response.
-    pub async fn handle(&self, conn: Arc<ConnInfo>, req: Request<Incoming>) -> Response<ProxyBody> {
+    pub async fn handle(&self, conn: Arc<ConnInfo>, mut req: Request<Incoming>) -> Response<ProxyBody> {
         let in_flight = conn.begin_request();
         let started = Instant::now();
-        let authority = req
-            .uri()
-            .authority()
-            .map(|a| a.as_str())
-            .or_else(|| req.headers().get(header::HOST).and_then(|h| h.to_str().ok()));
-        let host = authority.map(route::host_without_port);
+        // The request is parsed into its canonical form once, here; from
+        // then on the portal, routing, sign-in, the log and the upstream
+        // see only that form.
+        let target = canonical::request_target(&req);
+        let authority = match &target {
+            Ok(t) => t.authority.as_ref().map(|a| a.to_string()),
+            Err(_) => None,
+        };
         let client = ClientInfo::resolve(
             conn.peer.ip(),
             req.headers(),
             &self.trusted_proxies,
             conn.tls,
-            authority,
+            authority.as_deref(),
         );
         let mut record = AccessRecord {
             started,
             method: req.method().clone(),
-            host: authority.unwrap_or("-").to_string(),
-            path: req.uri().path().to_string(),
+            host: authority.unwrap_or_else(|| "-".to_owned()),
+            path: match &target {
+                Ok(t) => t.path.as_str().to_owned(),
+                Err(_) => req.uri().path().to_owned(),
+            },
             version: req.version(),
-            client_ip: client.ip,
+            client_ip: client.as_ref().map_or(canonical_peer(conn.peer.ip()), |c| c.ip),
             route: None,
             upstream: None,
             status: 0,
@@ -125,14 +132,58 @@ impl Proxy {
             complete: false,
             in_flight: Some(in_flight),
         };
-        if let Some(portal) = self.portal.as_ref().filter(|p| p.owns(req.uri().path())) {
+        let refused = |record: AccessRecord, why: &dyn std::fmt::Display| {
+            tracing::debug!(client = %record.client_ip, reason = %why, "request refused: not canonical");
+            Self::finish(ProxyError::BadRequest("request not canonical").into_response(), record)
+        };
+        let (target, client) = match (target, client) {
+            (Ok(t), Ok(c)) => (t, c),
+            (Err(why), _) => return refused(record, &why),
+            (_, Err(why)) => return refused(record, &why),
+        };
+        if target.asterisk {
+            // `OPTIONS *` asks about the server, not a resource: answered
+            // here, never routed.
+            let mut resp = Response::new(body::empty());
+            resp.headers_mut()
+                .insert(header::CONTENT_LENGTH, http::HeaderValue::from_static("0"));
+            return Self::finish(resp, record);
+        }
+        let portal = self.portal.as_ref().filter(|p| p.owns(target.path.as_str()));
+        let route = match portal {
+            Some(_) => None,
+            None => {
+                let host = target.authority.as_ref().map(|a| a.host());
+                let route = self.router.find(host, target.path.route_key()).cloned();
+                if let Some(route) = &route {
+                    let c = &route.config;
+                    if let Err(why) = target
+                        .path
+                        .check_route(c.allow_encoded_slashes, c.allow_path_parameters)
+                    {
+                        record.route = Some(Arc::clone(&route.name));
+                        return refused(record, &why);
+                    }
+                }
+                route
+            }
+        };
+        let canonical_uri = match target.rewrites() {
+            false => None,
+            true => match target.origin_form() {
+                Some(uri) => Some(uri),
+                None => return refused(record, &"canonical target is not a valid URI"),
+            },
+        };
+        drop(target);
+        if let Some(uri) = canonical_uri {
+            *req.uri_mut() = uri;
+        }
+        if let Some(portal) = portal {
             record.route = Some(Arc::from("portal"));
             let resp = portal.handle(req, client.ip).await;
-            record.status = resp.status().as_u16();
-            let (parts, body) = resp.into_parts();
-            return Response::from_parts(parts, Logged::wrap(body, record));
+            return Self::finish(resp, record);
         }
-        let route = self.router.find(host, req.uri().path()).cloned();
         let resp = match route {
             None => ProxyError::NoRoute.into_response(),
             Some(route) => {
@@ -141,6 +192,10 @@ impl Proxy {
                 self.serve_route(&route, &conn, &client, req, &mut record).await
             }
         };
+        Self::finish(resp, record)
+    }
+
+    fn finish(resp: Response<ProxyBody>, mut record: AccessRecord) -> Response<ProxyBody> {
         record.status = resp.status().as_u16();
         let (parts, body) = resp.into_parts();
         Response::from_parts(parts, Logged::wrap(body, record))

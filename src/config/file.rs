@@ -140,6 +140,10 @@ pub struct RouteFile {
     pub forward_authorization: Option<bool>,
     pub preserve_host: Option<bool>,
     pub browser: Option<String>,
+    pub case_sensitive: Option<bool>,
+    pub allow_encoded_slashes: Option<bool>,
+    pub allow_path_parameters: Option<bool>,
+    pub upgrades: Option<Vec<String>>,
 }
 
 impl FileConfig {

@@ -103,6 +103,34 @@ fn duplicate_routes_are_errors() {
     assert!(err.to_string().contains("route[1].path"), "{err}");
 }
 
+#[test]
+fn route_request_keys_default_to_the_strict_reading() {
+    let c = parse(MINIMAL).unwrap();
+    let r = &c.routes[0];
+    assert!(!r.case_sensitive && !r.allow_encoded_slashes && !r.allow_path_parameters);
+    assert_eq!(r.upgrades, ["websocket"]);
+    let text = format!("{MINIMAL}upgrades = [\"WebSocket\", \"foo\"]\ncase_sensitive = true\n");
+    let c = parse(&text).unwrap();
+    assert_eq!(c.routes[0].upgrades, ["websocket", "foo"]);
+    assert!(c.routes[0].case_sensitive);
+    for (extra, key) in [
+        ("upgrades = [\"h2c\"]", "route[0].upgrades"),
+        ("upgrades = [\"a b\"]", "route[0].upgrades"),
+    ] {
+        let err = parse(&format!("{MINIMAL}{extra}\n")).unwrap_err();
+        assert!(err.to_string().contains(key), "{extra}: {err}");
+    }
+}
+
+#[test]
+fn route_paths_differing_in_case_are_duplicates_unless_both_are_case_sensitive() {
+    let other = "[[route]]\npath = \"/WhoAmI\"\nupstream = \"http://127.0.0.1:1\"\nrealm = \"none\"\n";
+    let err = parse(&format!("{MINIMAL}\n{other}")).unwrap_err();
+    assert!(err.to_string().contains("route[1].path"), "{err}");
+    let both = format!("{MINIMAL}case_sensitive = true\n{other}case_sensitive = true\n");
+    assert!(parse(&both).is_ok());
+}
+
 const DIRECTORY: &str = r#"
 [directory]
 urls = ["ldaps://dc1.corp.example.com", "ldaps://dc2.corp.example.com:636"]

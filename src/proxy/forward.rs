@@ -1,6 +1,7 @@
 //! Forwarding a request to an http:// or https:// upstream and its answer
 //! back: header hygiene (hop-by-hop, forwarding headers, identity header),
-//! pooled keep-alive upstream connections, timeouts, and Upgrade tunnels.
+//! pooled keep-alive upstream connections, timeouts, and Upgrade tunnels
+//! (only for the protocols a route lists: WebSocket by default; `h2c` never).
 //!
 //! Bodies are handed over as streams; nothing here buffers one.
 
@@ -19,6 +20,7 @@ use tokio_rustls::TlsConnector;
 use tokio_util::task::TaskTracker;
 
 use super::body::ProxyBody;
+use super::canonical::{parse_authority, HostRefusal};
 use super::error::ProxyError;
 use super::ip_text::IpText;
 use super::pool::{Pool, PoolError};
@@ -34,20 +36,32 @@ pub struct ClientInfo {
     pub proto: &'static str,
     /// The host the client asked for, as the first proxy saw it.
     pub host: Option<String>,
+    /// The request's own canonical `host[:port]` (Host, `:authority` or
+    /// the absolute-form authority), as fedgate saw it.
+    pub authority: Option<String>,
 }
 
 impl ClientInfo {
-    /// `host` is the request's own Host / authority.
-    pub fn resolve(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet], tls: bool, host: Option<&str>) -> ClientInfo {
+    /// `host` is the request's own Host / authority, canonical. A trusted
+    /// proxy's `X-Forwarded-Host` must be a valid `host[:port]` too: a
+    /// request carrying an invalid one is refused rather than passed on.
+    pub fn resolve(
+        peer: IpAddr,
+        headers: &HeaderMap,
+        trusted: &[IpNet],
+        tls: bool,
+        host: Option<&str>,
+    ) -> Result<ClientInfo, HostRefusal> {
         let own_proto = if tls { "https" } else { "http" };
         let peer = canonical_ip(peer);
         if !trusted.iter().any(|net| net.contains(&peer)) {
-            return ClientInfo {
+            return Ok(ClientInfo {
                 ip: peer,
                 peer_trusted: false,
                 proto: own_proto,
                 host: host.map(str::to_owned),
-            };
+                authority: host.map(str::to_owned),
+            });
         }
         // Walk X-Forwarded-For from the right: the first address that is not
         // one of our trusted proxies is the client. Anything to its left was
@@ -72,17 +86,26 @@ impl ClientInfo {
             Some(p) if p.eq_ignore_ascii_case("http") => "http",
             _ => own_proto,
         };
-        let fwd_host = first_value(headers, &X_FORWARDED_HOST).map(str::to_owned);
-        ClientInfo {
+        let fwd_host = match first_value(headers, &X_FORWARDED_HOST) {
+            Some(h) => Some(
+                parse_authority(h)
+                    .map_err(|_| HostRefusal::BadForwardedHost)?
+                    .to_string(),
+            ),
+            None => None,
+        };
+        Ok(ClientInfo {
             ip,
             peer_trusted: true,
             proto,
             host: fwd_host.or_else(|| host.map(str::to_owned)),
-        }
+            authority: host.map(str::to_owned),
+        })
     }
 }
 
-fn canonical_ip(ip: IpAddr) -> IpAddr {
+/// An IPv4-mapped IPv6 address as the IPv4 address it is.
+pub fn canonical_ip(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
         v4 => v4,
@@ -105,8 +128,10 @@ const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
-/// RFC 9110 7.6.1: headers that describe one connection, never forwarded.
-const HOP_BY_HOP: [HeaderName; 8] = [
+/// RFC 9110 7.6.1: headers that describe one connection, never forwarded;
+/// with `HTTP2-Settings`, which only means something to an `h2c` upgrade
+/// (RFC 7540 3.2.1), and fedgate never tunnels one.
+const HOP_BY_HOP: [HeaderName; 9] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -115,6 +140,7 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::TE,
     header::TRAILER,
     header::TRANSFER_ENCODING,
+    HeaderName::from_static("http2-settings"),
 ];
 
 /// Removes hop-by-hop headers, including every header the `Connection`
@@ -147,8 +173,11 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// The `Upgrade` protocol of an HTTP/1.1 upgrade request, if it is one.
-fn upgrade_protocol(req: &Request<Incoming>) -> Option<HeaderValue> {
+/// The `Upgrade` protocol of an HTTP/1.1 upgrade request that the route
+/// tunnels, if it is one. Anything else goes upstream as a plain request:
+/// `Upgrade` and `Connection` are hop-by-hop and removed, and an upstream
+/// that switches protocols anyway gets no tunnel.
+fn upgrade_protocol(req: &Request<Incoming>, allowed: &[String]) -> Option<HeaderValue> {
     if req.version() != Version::HTTP_11 {
         return None;
     }
@@ -159,11 +188,20 @@ fn upgrade_protocol(req: &Request<Incoming>) -> Option<HeaderValue> {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
-    if asks {
-        req.headers().get(header::UPGRADE).cloned()
-    } else {
-        None
+    if !asks {
+        return None;
     }
+    let mut values = req.headers().get_all(header::UPGRADE).iter();
+    let (Some(value), None) = (values.next(), values.next()) else {
+        return None;
+    };
+    // One protocol, which the route lists (`websocket`, `websocket/13`):
+    // a list (`h2c, websocket`) would let the upstream pick the one that
+    // is not allowed.
+    let text = value.to_str().ok()?.trim();
+    let name = text.split('/').next().unwrap_or("");
+    let allowed = !text.contains(',') && allowed.iter().any(|a| a.eq_ignore_ascii_case(name));
+    allowed.then(|| value.clone())
 }
 
 /// Removes every client-sent copy of the identity header, including the
@@ -321,15 +359,10 @@ impl Upstream {
         identity: Option<&str>,
         forward_authorization: bool,
     ) -> Result<Response<ProxyBody>, ProxyError> {
-        let upgrade = upgrade_protocol(&req);
+        let upgrade = upgrade_protocol(&req, &route.upgrades);
         let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
 
-        let original_host = req.uri().authority().map(|a| a.as_str().to_owned()).or_else(|| {
-            req.headers()
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(str::to_owned)
-        });
+        let original_host = client.authority.as_deref();
         let uri = self.target(req.uri())?;
         *req.uri_mut() = uri;
         *req.version_mut() = Version::HTTP_11;
@@ -341,8 +374,8 @@ impl Upstream {
         if !forward_authorization {
             headers.remove(header::AUTHORIZATION);
         }
-        set_forwarding_headers(headers, client, peer, original_host.as_deref());
-        match (route.preserve_host, original_host.as_deref()) {
+        set_forwarding_headers(headers, client, peer, original_host);
+        match (route.preserve_host, original_host) {
             (true, Some(host)) => {
                 if let Ok(v) = HeaderValue::from_str(host) {
                     headers.insert(header::HOST, v);
@@ -445,7 +478,12 @@ fn set_forwarding_headers(headers: &mut HeaderMap, client: &ClientInfo, peer: Ip
 }
 
 fn classify(err: PoolError) -> ProxyError {
-    if err.is_timeout() {
+    if err.is_client_body() {
+        // The client's own upload broke (a malformed chunk, a reset): its
+        // fault, not the upstream's.
+        tracing::info!(error = %err, "client request body broken");
+        ProxyError::BadRequest("client request body broken")
+    } else if err.is_timeout() {
         tracing::warn!(error = %err, "upstream connection timed out");
         ProxyError::UpstreamTimeout
     } else if err.is_connect() {
@@ -534,10 +572,10 @@ mod tests {
             HeaderValue::from_static("6.6.6.6, 192.0.2.7, 10.1.1.1"),
         );
         h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
-        let untrusted = ClientInfo::resolve("198.51.100.1".parse().unwrap(), &h, &trusted, false, Some("a"));
+        let untrusted = ClientInfo::resolve("198.51.100.1".parse().unwrap(), &h, &trusted, false, Some("a")).unwrap();
         assert_eq!(untrusted.ip.to_string(), "198.51.100.1");
         assert_eq!(untrusted.proto, "http");
-        let via_lb = ClientInfo::resolve("10.0.0.5".parse().unwrap(), &h, &trusted, false, Some("a"));
+        let via_lb = ClientInfo::resolve("10.0.0.5".parse().unwrap(), &h, &trusted, false, Some("a")).unwrap();
         assert_eq!(via_lb.ip.to_string(), "192.0.2.7");
         assert_eq!(via_lb.proto, "https");
     }
@@ -549,7 +587,7 @@ mod tests {
         h.insert("x-forwarded-for", HeaderValue::from_static("1.2.3.4"));
         h.insert(header::FORWARDED, HeaderValue::from_static("for=1.2.3.4"));
         let peer: IpAddr = "198.51.100.1".parse().unwrap();
-        let info = ClientInfo::resolve(peer, &h, &trusted, true, Some("mail.example.com"));
+        let info = ClientInfo::resolve(peer, &h, &trusted, true, Some("mail.example.com")).unwrap();
         set_forwarding_headers(&mut h, &info, peer, Some("mail.example.com"));
         assert_eq!(h["x-forwarded-for"], "198.51.100.1");
         assert_eq!(h["x-forwarded-proto"], "https");
@@ -560,8 +598,22 @@ mod tests {
         let lb: IpAddr = "10.0.0.5".parse().unwrap();
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", HeaderValue::from_static("1.2.3.4"));
-        let info = ClientInfo::resolve(lb, &h, &trusted, false, Some("mail.example.com"));
+        let info = ClientInfo::resolve(lb, &h, &trusted, false, Some("mail.example.com")).unwrap();
         set_forwarding_headers(&mut h, &info, lb, Some("mail.example.com"));
         assert_eq!(h["x-forwarded-for"], "1.2.3.4, 10.0.0.5");
+    }
+
+    #[test]
+    fn a_trusted_proxys_forwarded_host_must_be_valid() {
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let lb: IpAddr = "10.0.0.5".parse().unwrap();
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-host", HeaderValue::from_static("Mail.Example.com.:443"));
+        let info = ClientInfo::resolve(lb, &h, &trusted, true, Some("a")).unwrap();
+        assert_eq!(info.host.as_deref(), Some("mail.example.com:443"));
+        for bad in ["mail.example.com@evil", "a:443:443", "a/b", "user@a"] {
+            h.insert("x-forwarded-host", HeaderValue::from_static(bad));
+            assert!(ClientInfo::resolve(lb, &h, &trusted, true, Some("a")).is_err(), "{bad}");
+        }
     }
 }

@@ -4,9 +4,10 @@
 //! hyper's own header-read timeout does not cover protocol detection and
 //! doubles as the keep-alive idle timeout, so each connection has a watchdog
 //! of its own with two clocks:
-//! - `header_read_timeout`: a new connection must deliver a complete request
-//!   head within it, and so must a kept-alive connection once the first byte
-//!   of its next request has arrived (slowloris);
+//! - `header_read_timeout`: a new connection (HTTP/1.1 or HTTP/2) must
+//!   deliver a complete request head within it, and so must a kept-alive
+//!   HTTP/1.1 connection once the first byte of its next request has
+//!   arrived (slowloris);
 //! - `idle_timeout`: a connection with no request in flight is closed after
 //!   it. A request in flight (an ActiveSync Ping held for an hour) is never
 //!   cut by either clock.
@@ -83,8 +84,8 @@ struct ConnState {
     idle_since_ms: AtomicU64,
     /// 0 when no request head is being read, else its start time + 1.
     head_started_ms: AtomicU64,
-    /// HTTP/2 connections carry control frames while idle; only the idle
-    /// clock applies to them.
+    /// HTTP/2 connections carry control frames while idle; once one has
+    /// delivered a request, only the idle clock applies to it.
     http2: AtomicBool,
     first_read_seen: AtomicBool,
 }
@@ -127,7 +128,10 @@ impl ConnState {
         let head_started = self.head_started_ms.load(Ordering::Acquire);
         let (deadline, expiry) = if head_started > 0 && !http2 {
             (head_started - 1 + header, Expiry::HeaderTimeout)
-        } else if self.requests.load(Ordering::Acquire) == 0 && !http2 {
+        } else if self.requests.load(Ordering::Acquire) == 0 {
+            // HTTP/2 too: a connection that sent the preface (and perhaps
+            // settings and pings) but no request within the limit is a
+            // slowloris all the same.
             (header, Expiry::HeaderTimeout)
         } else {
             (self.idle_since_ms.load(Ordering::Acquire) + idle, Expiry::Idle)

@@ -58,6 +58,19 @@ impl PoolError {
         !matches!(self, PoolError::Http { .. })
     }
 
+    /// Whether sending failed because the client's request body broke
+    /// (hyper reports the body's own error as the cause).
+    pub fn is_client_body(&self) -> bool {
+        match self {
+            PoolError::Http { source, .. } => {
+                source.is_user()
+                    && std::error::Error::source(source)
+                        .is_some_and(|cause| cause.downcast_ref::<hyper::Error>().is_some())
+            }
+            _ => false,
+        }
+    }
+
     pub fn is_timeout(&self) -> bool {
         matches!(self, PoolError::ConnectTimeout { .. })
     }

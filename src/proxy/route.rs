@@ -1,9 +1,13 @@
-//! Route matching: optional host, then the longest path prefix.
+//! Route matching: optional host, then the longest path prefix, on the
+//! canonical request ([`super::canonical`]).
 //!
 //! A prefix matches on a segment boundary: `/mail` matches `/mail`,
 //! `/mail/`, `/mail/x` and `/mail?q`, but not `/mailbox`. A prefix ending in
 //! `/` (including `/` itself) matches everything below it. Routes with a
 //! host are preferred over host-less routes with the same or shorter path.
+//! Paths match ASCII-case-insensitively unless the route says
+//! `case_sensitive = true`: the upstreams fedgate guards (IIS, Exchange)
+//! fold case, so `/microsoft-server-activesync` is the same resource.
 
 use crate::config::RouteConfig;
 
@@ -18,6 +22,7 @@ pub struct Router<T> {
 struct RouteKey {
     host: Option<String>,
     path: String,
+    case_sensitive: bool,
 }
 
 impl<T> Router<T> {
@@ -32,6 +37,7 @@ impl<T> Router<T> {
                     RouteKey {
                         host: r.host,
                         path: r.path,
+                        case_sensitive: r.case_sensitive,
                     },
                     v,
                 )
@@ -46,11 +52,14 @@ impl<T> Router<T> {
         Router { entries }
     }
 
-    /// `host` is the request's host without port, any case.
+    /// `host` is the request's host without port, any case; `path` is the
+    /// route key of a canonical path ([`super::canonical::CanonicalPath::route_key`]).
     pub fn find(&self, host: Option<&str>, path: &str) -> Option<&T> {
         self.entries
             .iter()
-            .find(|(key, _)| host_matches(key.host.as_deref(), host) && path_matches(&key.path, path))
+            .find(|(key, _)| {
+                host_matches(key.host.as_deref(), host) && path_matches(&key.path, path, key.case_sensitive)
+            })
             .map(|(_, v)| v)
     }
 }
@@ -63,23 +72,17 @@ fn host_matches(route_host: Option<&str>, host: Option<&str>) -> bool {
     }
 }
 
-fn path_matches(prefix: &str, path: &str) -> bool {
-    match path.strip_prefix(prefix) {
-        None => false,
-        Some(rest) => prefix.ends_with('/') || rest.is_empty() || rest.starts_with('/'),
-    }
-}
-
-/// Strips the port from a Host header value or URI authority, keeping IPv6
-/// brackets off: `Mail.Example.com:443` -> `Mail.Example.com`, `[::1]:80` -> `::1`.
-pub fn host_without_port(authority: &str) -> &str {
-    if let Some(rest) = authority.strip_prefix('[') {
-        return rest.split(']').next().unwrap_or(rest);
-    }
-    match authority.rsplit_once(':') {
-        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
-        _ => authority,
-    }
+fn path_matches(prefix: &str, path: &str, case_sensitive: bool) -> bool {
+    let Some(head) = path.get(..prefix.len()) else {
+        return false;
+    };
+    let same = if case_sensitive {
+        head == prefix
+    } else {
+        head.eq_ignore_ascii_case(prefix)
+    };
+    let rest = &path[prefix.len()..];
+    same && (prefix.ends_with('/') || rest.is_empty() || rest.starts_with('/'))
 }
 
 #[cfg(test)]
@@ -126,10 +129,19 @@ mod tests {
     }
 
     #[test]
-    fn ports_are_stripped_from_hosts() {
-        assert_eq!(host_without_port("Mail.Example.com:443"), "Mail.Example.com");
-        assert_eq!(host_without_port("[::1]:8443"), "::1");
-        assert_eq!(host_without_port("[::1]"), "::1");
-        assert_eq!(host_without_port("example.com"), "example.com");
+    fn paths_match_case_insensitively_unless_the_route_says_otherwise() {
+        let mut text = String::from("[server]\nlisten_plain = [\"127.0.0.1:0\"]\n");
+        text.push_str("[[route]]\npath = \"/Mail\"\nupstream = \"http://127.0.0.1:1\"\nrealm = \"none\"\n");
+        text.push_str("[[route]]\npath = \"/Exact\"\nupstream = \"http://127.0.0.1:1\"\nrealm = \"none\"\ncase_sensitive = true\n");
+        let config = Config::parse(&text, Path::new("test.toml")).unwrap();
+        let r = Router::new(config.routes.into_iter().map(|r| {
+            let i = r.index;
+            (r, i)
+        }));
+        assert_eq!(r.find(None, "/mail/x"), Some(&0));
+        assert_eq!(r.find(None, "/MAIL"), Some(&0));
+        assert_eq!(r.find(None, "/Exact/x"), Some(&1));
+        assert_eq!(r.find(None, "/exact/x"), None);
+        assert_eq!(r.find(None, "/Mai"), None);
     }
 }
