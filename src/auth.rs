@@ -13,8 +13,8 @@
 //! ([`crate::directory`]) with a bind; a user the directory knows but the
 //! store does not yet is recorded on their first successful sign-in.
 //!
-//! Not here: lockout and the portal's browser sessions; each plugs into
-//! [`Authenticator::verify`] or [`decision::Facts`].
+//! Not here: the lockout rules ([`lockout`], asked before and told after
+//! each check) and the portal's browser sessions.
 
 pub mod basic;
 pub mod cache;
@@ -135,11 +135,17 @@ struct DirectoryAuth {
 struct Verification {
     verified: Verified,
     fresh: Option<Arc<UserEntry>>,
+    /// Answered from the verified-credential cache.
+    warm: bool,
 }
 
 impl From<Verified> for Verification {
     fn from(verified: Verified) -> Self {
-        Verification { verified, fresh: None }
+        Verification {
+            verified,
+            fresh: None,
+            warm: false,
+        }
     }
 }
 
@@ -173,6 +179,17 @@ fn needs_recording(entry: Option<&UserEntry>, found: &FederatedUser) -> bool {
                 || e.user.directory.as_ref() != Some(&found.attributes)
                 || e.user.directory_enabled != found.enabled
         }
+    }
+}
+
+/// Whom a sign-in counts against: the user the name resolved to, else the
+/// name's canonical login part (so a UPN and a bare login of one unknown
+/// user share a budget); nobody for a name that was refused.
+fn lockout_subject<'a>(name: Option<&'a LoginName>, entry: Option<&UserEntry>) -> Option<lockout::Subject<'a>> {
+    match (entry, name) {
+        (Some(e), _) => Some(lockout::Subject::User(e.user.id)),
+        (None, Some(name)) => Some(lockout::Subject::Name(name.login())),
+        (None, None) => None,
     }
 }
 
@@ -212,7 +229,14 @@ impl Authenticator {
             failure_delay: config.failure_delay,
             challenge,
             directory: directory.map(|(directory, ttl)| DirectoryAuth { directory, ttl }),
-            lockout: lockout::Lockout::new(config.lockout_threshold, config.lockout_duration),
+            lockout: lockout::Lockout::new(lockout::Rules {
+                threshold: config.lockout_threshold,
+                duration: config.lockout_duration,
+                max_duration: config.lockout_max_duration,
+                source_threshold: config.lockout_source_threshold,
+                source_window: config.lockout_source_window,
+                max_entries: config.lockout_max_entries,
+            }),
         })
     }
 
@@ -254,13 +278,18 @@ impl Authenticator {
             (None, false) => CredentialKind::Password,
         };
 
-        // A locked name and address get no answer about the secret at all.
-        let locked_out = self.lockout.locked(&user_given, client.ip, Instant::now()).is_some();
-        let Verification { verified, fresh } = if locked_out {
-            Verified::Invalid.into()
-        } else {
-            self.verify(route.realm, name.as_ref(), entry.as_deref(), &secret, app_password)
-                .await
+        // A locked account gets no answer about the secret at all; a wrong
+        // secret repeated is refused again without asking anyone.
+        let subject = lockout_subject(name.as_ref(), entry.as_deref());
+        let check = self.lockout.check(subject, client.ip, secret.expose(), Instant::now());
+        let locked_out = matches!(check, lockout::Check::Locked(_));
+        let Verification { verified, fresh, warm } = match check {
+            lockout::Check::Locked(_) => Verified::Invalid.into(),
+            lockout::Check::KnownWrong => self.dummy_verification().await.into(),
+            lockout::Check::Clear => {
+                self.verify(route.realm, name.as_ref(), entry.as_deref(), &secret, app_password)
+                    .await
+            }
         };
         let entry = fresh.or(entry);
         audit.user_id = entry.as_ref().map(|e| e.user.id);
@@ -274,7 +303,7 @@ impl Authenticator {
             allow_app_passwords: self.index.allow_app_passwords(),
             locked_out,
         });
-        self.count_for_lockout(&user_given, client.ip, decision.reason());
+        self.count_for_lockout(subject, entry.as_deref(), client.ip, &secret, decision.reason(), !warm);
         match decision {
             Decision::Allow { credential, reason } => {
                 if let Verified::AppPassword { id, .. } = &verified {
@@ -323,9 +352,13 @@ impl Authenticator {
             success: false,
             reason: Reason::BadCredentials,
         };
-        let locked_out = self.lockout.locked(given, client.ip, Instant::now()).is_some();
+        let subject = lockout_subject(name.as_ref(), entry.as_deref());
+        let check = self.lockout.check(subject, client.ip, secret.expose(), Instant::now());
+        let locked_out = matches!(check, lockout::Check::Locked(_));
         let verified = if locked_out {
             Verification::from(Verified::Invalid)
+        } else if check == lockout::Check::KnownWrong {
+            Verification::from(self.dummy_verification().await)
         } else if app_password::normalize(secret.expose()).is_some() {
             // App passwords are for devices; the portal wants the person.
             audit.credential = CredentialKind::AppPassword;
@@ -334,7 +367,7 @@ impl Authenticator {
             self.verify(Realm::Cloud, name.as_ref(), entry.as_deref(), secret, None)
                 .await
         };
-        let entry = verified.fresh.or(entry);
+        let entry = verified.fresh.clone().or(entry);
         audit.user_id = entry.as_ref().map(|e| e.user.id);
         let (outcome, reason) = match (&verified.verified, &entry) {
             (_, Some(e)) if !e.user.is_active() => (PortalPassword::Refused, Reason::AccountDisabled),
@@ -349,7 +382,8 @@ impl Authenticator {
         };
         audit.success = matches!(outcome, PortalPassword::Valid(_));
         audit.reason = reason;
-        self.count_for_lockout(given, client.ip, reason);
+        let warm = verified.warm;
+        self.count_for_lockout(subject, entry.as_deref(), client.ip, secret, reason, !warm);
         self.audit.record(&audit);
         if !audit.success && !self.failure_delay.is_zero() {
             tokio::time::sleep(self.failure_delay).await;
@@ -357,10 +391,13 @@ impl Authenticator {
         outcome
     }
 
-    /// The name as given, parsed, and the user it names in the index.
+    /// The name as given, folded once ([`crate::names`]) and parsed, and
+    /// the user it names in the index. Without a directory only UPNs are
+    /// names; fedgate matches them exactly on the folded form, so non-ASCII
+    /// UPNs are accepted there.
     fn resolve(&self, given: &str) -> (Option<LoginName>, Option<Arc<UserEntry>>) {
         let name = match &self.directory {
-            Some(d) => LoginName::parse(given, d.directory.domain()),
+            Some(d) => LoginName::parse(given, d.directory.domain(), d.directory.allow_non_ascii_logins()),
             None => Upn::parse(given).ok().map(LoginName::Upn),
         };
         let entry = match &name {
@@ -371,16 +408,35 @@ impl Authenticator {
         (name, entry)
     }
 
-    /// A wrong secret counts toward the name and address's lockout; a right
-    /// one clears it.
-    fn count_for_lockout(&self, given: &str, ip: IpAddr, reason: Reason) {
-        match reason {
-            // `failed` counts the failure whatever it returns; true: this
-            // one locked the pair.
-            Reason::BadCredentials if self.lockout.failed(given, ip, Instant::now()) => {
-                tracing::warn!(user = %given, client = %ip, "too many wrong secrets: locked out for a while");
+    /// A refused secret counts toward the account's lockout (a right one
+    /// refused as `app_password_required` too, so the answer tells a
+    /// guesser nothing); a right one accepted makes the source familiar.
+    fn count_for_lockout(
+        &self,
+        subject: Option<lockout::Subject<'_>>,
+        entry: Option<&UserEntry>,
+        ip: IpAddr,
+        secret: &Secret,
+        reason: Reason,
+        checked: bool,
+    ) {
+        let now = Instant::now();
+        match (reason, subject) {
+            (Reason::BadCredentials | Reason::AppPasswordRequired, Some(subject)) => {
+                let failed = self.lockout.failed(subject, ip, secret.expose(), now);
+                if let Some(length) = failed.locked {
+                    let user = entry.map(|e| e.user.upn.as_str()).unwrap_or("(unknown name)");
+                    tracing::warn!(user = %user, client = %ip, lockout = ?length, "too many wrong secrets: account locked out for a while");
+                }
+                if let Some(length) = failed.source_locked {
+                    tracing::warn!(client = %ip, lockout = ?length, "wrong secrets for many accounts from one source: source locked out for unfamiliar accounts");
+                }
             }
-            Reason::Password | Reason::AppPassword => self.lockout.succeeded(given, ip),
+            (Reason::Password | Reason::AppPassword, _) => {
+                if let Some(e) = entry {
+                    self.lockout.succeeded(e.user.id, ip, checked, now);
+                }
+            }
             _ => {}
         }
     }
@@ -425,11 +481,14 @@ impl Authenticator {
                     && hit.settings_generation == settings_generation
                 {
                     cache_metrics().hit.increment(1);
-                    return match hit.credential {
+                    let verified = match hit.credential {
                         CachedCredential::AppPassword { id, name } => Verified::AppPassword { id, name },
                         CachedCredential::Password => Verified::Password,
-                    }
-                    .into();
+                    };
+                    return Verification {
+                        warm: true,
+                        ..verified.into()
+                    };
                 }
                 self.cache.remove(key);
             }
@@ -591,6 +650,7 @@ impl Authenticator {
                     Verification {
                         verified: Verified::Password,
                         fresh,
+                        warm: false,
                     },
                     Some((CachedCredential::Password, d.ttl)),
                 )
