@@ -12,8 +12,7 @@
 //!   one budget. Names refused outright (another domain, not ASCII, control
 //!   characters) reach nobody and are not counted.
 //! - **Familiar sources have their own counter.** A source (client address;
-//!   an IPv6 address's /64) that signed the user in with a checked secret
-//!   before is familiar: the last [`FAMILIAR_SOURCES`] are kept per user with
+//!   an IPv6 address's /64) that signed the user in before is familiar: the last [`FAMILIAR_SOURCES`] are kept per user with
 //!   when. Each has a counter of its own; all other sources share the
 //!   account's *unfamiliar* counter. Someone guessing from elsewhere can lock
 //!   the unfamiliar counter, never the user's phone; spreading the guesses
@@ -571,17 +570,13 @@ impl Lockout {
         )
     }
 
-    /// A secret checked and accepted for `user` from `ip`: the source is
-    /// familiar from now on and its counter starts from zero. `checked` is
-    /// false for a sign-in answered from the verified-credential cache,
-    /// which is noted only while failures are being counted (it costs a
-    /// lookup the warm path otherwise never pays).
+    /// A secret accepted for `user` from `ip`: the source is familiar from
+    /// now on and its counter starts from zero. A sign-in answered from the
+    /// verified-credential cache (`checked` false) counts as well (a phone
+    /// that moved to another network is still the user's phone); it costs a
+    /// read of the user's list, and a write at most once a minute.
     pub fn succeeded(&self, user: UserId, ip: IpAddr, checked: bool, now: Instant) {
         if self.rules.threshold == 0 {
-            return;
-        }
-        let failing = self.any.load(Ordering::Acquire);
-        if !checked && !failing {
             return;
         }
         let source = Source::from(ip);
@@ -604,7 +599,7 @@ impl Lockout {
             }
             f.0.push((source, now));
         });
-        if failing {
+        if self.any.load(Ordering::Acquire) {
             let key = Key::User(user.0);
             if self.counters.read(&key, |_| ()).is_some() {
                 self.counters.update(key, Counters::default, |c| {

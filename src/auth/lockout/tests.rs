@@ -76,12 +76,13 @@ fn a_familiar_source_keeps_its_own_counter() {
 }
 
 #[test]
-fn familiar_sources_are_bounded_and_warm_successes_cost_nothing_while_calm() {
+fn familiar_sources_are_bounded() {
     let l = lockout(3);
     let t0 = Instant::now();
-    // A warm success while nothing failed is not even looked at.
-    l.succeeded(UserId(7), PHONE, false, t0);
-    assert_eq!(l.sizes().2, 0);
+    // A sign-in answered from the cache makes its source familiar too.
+    l.succeeded(UserId(8), PHONE, false, t0);
+    fail_n(&l, Subject::User(UserId(8)), A, 3, t0);
+    assert_eq!(l.check(Some(Subject::User(UserId(8))), PHONE, "x", t0), Check::Clear);
     for i in 0..20u8 {
         l.succeeded(UserId(7), IpAddr::V4(std::net::Ipv4Addr::new(10, 1, 0, i)), true, t0);
     }
