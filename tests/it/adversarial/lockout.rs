@@ -165,17 +165,21 @@ async fn a_right_password_refused_for_mfa_answers_like_a_wrong_one() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_kelvin_sign_is_the_same_cloud_user() {
+async fn the_kelvin_sign_and_other_ks_are_the_same_cloud_user() {
     let fedgate = cloud("threshold = 3");
     fedgate.admin().add_user("kate@contoso.example", "disabled", Some(PASSWORD));
     let kelvin = "\u{212A}ate@contoso.example";
     SignIn::new(fedgate.plain, kelvin, PASSWORD)
         .until(StatusCode::OK, std::time::Duration::from_millis(50))
         .await;
-    for i in 0..3 {
+    // The Kelvin sign, a fullwidth and a mathematical k: one user.
+    for (i, user) in [kelvin, "\u{FF4B}ate@contoso.example", "\u{1D424}ate@contoso.example"]
+        .into_iter()
+        .enumerate()
+    {
         assert_unauthorized(
-            &from(&fedgate, "10.0.0.66", kelvin, &format!("w{i}"), "kelvin").await,
-            "kelvin",
+            &from(&fedgate, "10.0.0.66", user, &format!("w{i}"), "kelvin").await,
+            user,
         );
     }
     let (status, _, _) = from(&fedgate, "10.0.0.66", "KATE@contoso.example", PASSWORD, "kate").await;
