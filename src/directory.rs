@@ -176,7 +176,14 @@ mod tests {
         }
         assert_eq!(LoginName::Upn(Upn::parse("bob@x.org").unwrap()).login(), "bob");
         // Look-alikes are the login they look like, or no login at all.
-        for alike in ["\u{FF41}lice", "a\u{FF4C}ice", "\u{1D41A}lice", "\u{AA}lice", "X1\\ALICE", "Q9\\alice"] {
+        for alike in [
+            "\u{FF41}lice",
+            "a\u{FF4C}ice",
+            "\u{1D41A}lice",
+            "\u{AA}lice",
+            "X1\\ALICE",
+            "Q9\\alice",
+        ] {
             assert_eq!(
                 LoginName::parse(alike, None, false),
                 Some(LoginName::Login("alice".into())),
@@ -188,6 +195,11 @@ mod tests {
             LoginName::parse("AL\u{130}CE", None, true),
             Some(LoginName::Login("ali\u{307}ce".into()))
         );
-        assert_eq!(LoginName::parse("\u{212A}ate@x.example", None, false).unwrap().to_string(), "kate@x.example");
+        assert_eq!(
+            LoginName::parse("\u{212A}ate@x.example", None, false)
+                .unwrap()
+                .to_string(),
+            "kate@x.example"
+        );
     }
 }

@@ -48,7 +48,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::hash::{BuildHasher, Hash};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
 use hmac::{Hmac, Mac};
@@ -99,7 +99,9 @@ impl Rules {
     /// How long the `nth` lockout in a row lasts (1-based).
     pub fn lock_length(&self, nth: u32) -> Duration {
         let factor = 1u32 << nth.saturating_sub(1).min(20);
-        self.duration.saturating_mul(factor).min(self.max_duration.max(self.duration))
+        self.duration
+            .saturating_mul(factor)
+            .min(self.max_duration.max(self.duration))
     }
 }
 
@@ -173,12 +175,17 @@ impl Counter {
     /// Ends a run that is over (lock run out, or first failure too old)
     /// and a lockout streak after a quiet day.
     fn settle(&mut self, rules: &Rules, now: Instant) {
-        if self.last_failure.is_some_and(|t| now.saturating_duration_since(t) >= QUIET) {
+        if self
+            .last_failure
+            .is_some_and(|t| now.saturating_duration_since(t) >= QUIET)
+        {
             *self = Counter::default();
             return;
         }
         let lock_over = self.locked_until.is_some_and(|until| until <= now);
-        let run_old = self.since.is_some_and(|s| now.saturating_duration_since(s) > rules.duration);
+        let run_old = self
+            .since
+            .is_some_and(|s| now.saturating_duration_since(s) > rules.duration);
         if lock_over || (self.locked_until.is_none() && run_old) {
             self.failures = 0;
             self.since = None;
@@ -278,9 +285,9 @@ impl Spray {
 }
 
 /// A map of at most `cap` keys, in shards, dropping the least recently
-/// touched key when full.
+/// touched key when full. Reads share a shard; only changes take it alone.
 struct Bounded<K, V> {
-    shards: Vec<Mutex<Shard<K, V>>>,
+    shards: Vec<RwLock<Shard<K, V>>>,
     cap_per_shard: usize,
     hasher: std::collections::hash_map::RandomState,
 }
@@ -291,10 +298,14 @@ struct Shard<K, V> {
     tick: u64,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // Every critical section leaves the shard consistent, so a panic in
-    // another holder does not make it unusable.
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+// Every critical section leaves the shard consistent, so a panic in
+// another holder does not make it unusable.
+fn read<T>(m: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    m.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn write<T>(m: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    m.write().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl<K: Copy + Eq + Hash, V> Bounded<K, V> {
@@ -302,7 +313,7 @@ impl<K: Copy + Eq + Hash, V> Bounded<K, V> {
         Bounded {
             shards: (0..SHARDS)
                 .map(|_| {
-                    Mutex::new(Shard {
+                    RwLock::new(Shard {
                         map: HashMap::new(),
                         order: BTreeMap::new(),
                         tick: 0,
@@ -314,20 +325,20 @@ impl<K: Copy + Eq + Hash, V> Bounded<K, V> {
         }
     }
 
-    fn shard(&self, key: &K) -> &Mutex<Shard<K, V>> {
+    fn shard(&self, key: &K) -> &RwLock<Shard<K, V>> {
         // Invariant: SHARDS > 0, so the index is in range.
         &self.shards[(self.hasher.hash_one(key) as usize) % SHARDS]
     }
 
     /// Reads the value without touching its age.
     fn read<R>(&self, key: &K, f: impl FnOnce(&V) -> R) -> Option<R> {
-        let shard = lock(self.shard(key));
+        let shard = read(self.shard(key));
         shard.map.get(key).map(|(_, v)| f(v))
     }
 
     /// Changes (or makes) the value and marks it the most recently used.
     fn update<R>(&self, key: K, make: impl FnOnce() -> V, f: impl FnOnce(&mut V) -> R) -> R {
-        let mut guard = lock(self.shard(&key));
+        let mut guard = write(self.shard(&key));
         let shard = &mut *guard;
         shard.tick += 1;
         let tick = shard.tick;
@@ -352,7 +363,7 @@ impl<K: Copy + Eq + Hash, V> Bounded<K, V> {
 
     fn retain(&self, mut keep: impl FnMut(&V) -> bool) {
         for shard in &self.shards {
-            let mut guard = lock(shard);
+            let mut guard = write(shard);
             let shard = &mut *guard;
             let order = &mut shard.order;
             shard.map.retain(|_, (tick, v)| {
@@ -366,7 +377,7 @@ impl<K: Copy + Eq + Hash, V> Bounded<K, V> {
     }
 
     fn len(&self) -> usize {
-        self.shards.iter().map(|s| lock(s).map.len()).sum()
+        self.shards.iter().map(|s| read(s).map.len()).sum()
     }
 }
 

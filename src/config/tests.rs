@@ -267,7 +267,10 @@ fn lockout_keys() {
         ("[lockout]\nsource_threshold = -2", "lockout.source_threshold"),
         ("[lockout]\nsource_window = \"soon\"", "lockout.source_window"),
         ("[lockout]\nmax_entries = 1", "lockout.max_entries"),
-        ("[lockout]\nduration = \"2h\"\nmax_duration = \"1h\"", "lockout.max_duration"),
+        (
+            "[lockout]\nduration = \"2h\"\nmax_duration = \"1h\"",
+            "lockout.max_duration",
+        ),
     ] {
         let err = parse(&format!("{MINIMAL}\n{extra}\n")).unwrap_err().to_string();
         assert!(err.contains(key), "expected {key} in {err}");

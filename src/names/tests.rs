@@ -16,9 +16,15 @@ fn look_alikes_fold_to_the_ascii_name_or_are_refused() {
         assert_eq!(normalize(given, false).as_deref(), Ok("alice"), "{given:?}");
     }
     // The Kelvin sign is a K under NFKC.
-    assert_eq!(normalize("\u{212A}ate@x.example", false).as_deref(), Ok("kate@x.example"));
+    assert_eq!(
+        normalize("\u{212A}ate@x.example", false).as_deref(),
+        Ok("kate@x.example")
+    );
     // Fullwidth `＠` and `＼` are the ASCII ones.
-    assert_eq!(normalize("alice\u{FF20}x.example", false).as_deref(), Ok("alice@x.example"));
+    assert_eq!(
+        normalize("alice\u{FF20}x.example", false).as_deref(),
+        Ok("alice@x.example")
+    );
     assert_eq!(normalize("CORP\u{FF3C}alice", false).as_deref(), Ok("corp\\alice"));
     // A dotted capital I lowercases to i and a combining dot: not ASCII.
     assert_eq!(normalize("AL\u{130}CE", false), Err(NameError::NonAscii));

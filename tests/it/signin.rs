@@ -925,7 +925,10 @@ async fn lockout_refuses_an_account_without_locking_out_its_familiar_devices() {
     let (status, _, _) = from("10.0.0.8", PASSWORD, "lock-stranger").await;
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
     // The real user's device is not locked out.
-    signed_in(&from("10.0.0.7", PASSWORD, "lock-elsewhere").await, "a familiar address");
+    signed_in(
+        &from("10.0.0.7", PASSWORD, "lock-elsewhere").await,
+        "a familiar address",
+    );
     expect_reasons(
         &admin,
         &[

@@ -42,7 +42,10 @@ fn unknown_names_count_under_their_name() {
     let l = lockout(2);
     let t0 = Instant::now();
     fail_n(&l, Subject::Name("alice"), A, 2, t0);
-    assert!(matches!(l.check(Some(Subject::Name("alice")), B, "p", t0), Check::Locked(_)));
+    assert!(matches!(
+        l.check(Some(Subject::Name("alice")), B, "p", t0),
+        Check::Locked(_)
+    ));
     assert_eq!(l.check(Some(Subject::Name("bob")), A, "p", t0), Check::Clear);
     assert_eq!(l.check(Some(ALICE), A, "p", t0), Check::Clear);
 }
@@ -54,7 +57,11 @@ fn a_familiar_source_keeps_its_own_counter() {
     l.succeeded(UserId(7), PHONE, true, t0);
     fail_n(&l, ALICE, A, 3, t0);
     assert!(matches!(l.check(Some(ALICE), B, "right", t0), Check::Locked(_)));
-    assert_eq!(l.check(Some(ALICE), PHONE, "right", t0), Check::Clear, "the phone is not locked out");
+    assert_eq!(
+        l.check(Some(ALICE), PHONE, "right", t0),
+        Check::Clear,
+        "the phone is not locked out"
+    );
     // The phone's own failures lock only the phone.
     let l = lockout(3);
     l.succeeded(UserId(7), PHONE, true, t0);
@@ -150,7 +157,10 @@ fn failures_far_apart_start_a_new_run() {
     assert_eq!(fail_n(&l, ALICE, A, 1, t0 + SECS(120)).locked, None);
     l.sweep(t0 + SECS(300));
     assert_eq!(l.sizes().0, 0);
-    assert!(!l.any.load(Ordering::Acquire), "the warm path is back to one atomic load");
+    assert!(
+        !l.any.load(Ordering::Acquire),
+        "the warm path is back to one atomic load"
+    );
 }
 
 #[test]
@@ -169,14 +179,23 @@ fn spraying_from_one_source_locks_it_for_unfamiliar_accounts() {
         locked = locked.or(failed.source_locked);
     }
     assert_eq!(locked, Some(SECS(600)));
-    assert_eq!(l.check(Some(Subject::User(UserId(99))), A, "x", t0), Check::Locked(SECS(600)));
-    assert!(matches!(l.check(Some(Subject::Name("nobody")), A, "x", t0), Check::Locked(_)));
+    assert_eq!(
+        l.check(Some(Subject::User(UserId(99))), A, "x", t0),
+        Check::Locked(SECS(600))
+    );
+    assert!(matches!(
+        l.check(Some(Subject::Name("nobody")), A, "x", t0),
+        Check::Locked(_)
+    ));
     assert!(matches!(l.check(None, A, "x", t0), Check::Locked(_)));
     // A user who signed in from there before keeps doing so, and the
     // address is not locked for anyone elsewhere.
     assert_eq!(l.check(Some(Subject::User(UserId(1))), A, "x", t0), Check::Clear);
     assert_eq!(l.check(Some(Subject::User(UserId(99))), B, "x", t0), Check::Clear);
-    assert_eq!(l.check(Some(Subject::User(UserId(99))), A, "x", t0 + SECS(601)), Check::Clear);
+    assert_eq!(
+        l.check(Some(Subject::User(UserId(99))), A, "x", t0 + SECS(601)),
+        Check::Clear
+    );
     // The same account failing again and again is one account.
     let l = Lockout::new(Rules {
         source_threshold: 3,

@@ -114,9 +114,15 @@ async fn every_spelling_of_a_name_spends_one_budget() {
         }
     }
     let binds = slapd.bind_count() - before;
-    assert!(binds <= 3, "{binds} binds for one account with threshold 3: {statuses:?}");
+    assert!(
+        binds <= 3,
+        "{binds} binds for one account with threshold 3: {statuses:?}"
+    );
     assert_eq!(statuses[..3], [StatusCode::UNAUTHORIZED; 3]);
-    assert!(statuses[3..].iter().all(|s| *s == StatusCode::TOO_MANY_REQUESTS), "{statuses:?}");
+    assert!(
+        statuses[3..].iter().all(|s| *s == StatusCode::TOO_MANY_REQUESTS),
+        "{statuses:?}"
+    );
 
     // The right password in yet another spelling is refused unchecked.
     let (status, _, _) = SignIn::new(fedgate.plain, "Q9\\alice", ALICE_PW).send().await;
@@ -130,9 +136,16 @@ async fn every_spelling_of_a_name_spends_one_budget() {
         &SignIn::new(fedgate.plain, "AL\u{130}CE", ALICE_PW).send().await,
         "ALİCE",
     );
-    assert_eq!(slapd.bind_count() - before, binds, "a locked or refused name reached slapd");
+    assert_eq!(
+        slapd.bind_count() - before,
+        binds,
+        "a locked or refused name reached slapd"
+    );
     // Bob was never part of it.
-    signed_in(&SignIn::new(fedgate.plain, "bob@example.com", BOB_PW).send().await, "bob");
+    signed_in(
+        &SignIn::new(fedgate.plain, "bob@example.com", BOB_PW).send().await,
+        "bob",
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -141,7 +154,10 @@ async fn a_right_password_refused_for_mfa_answers_like_a_wrong_one() {
     let admin = fedgate.admin();
     add_users(
         &fedgate,
-        &[("right@contoso.example", "enforced"), ("wrong@contoso.example", "enforced")],
+        &[
+            ("right@contoso.example", "enforced"),
+            ("wrong@contoso.example", "enforced"),
+        ],
     )
     .await;
     let mut answers = Vec::new();
@@ -167,7 +183,9 @@ async fn a_right_password_refused_for_mfa_answers_like_a_wrong_one() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_kelvin_sign_and_other_ks_are_the_same_cloud_user() {
     let fedgate = cloud("threshold = 3");
-    fedgate.admin().add_user("kate@contoso.example", "disabled", Some(PASSWORD));
+    fedgate
+        .admin()
+        .add_user("kate@contoso.example", "disabled", Some(PASSWORD));
     let kelvin = "\u{212A}ate@contoso.example";
     SignIn::new(fedgate.plain, kelvin, PASSWORD)
         .until(StatusCode::OK, std::time::Duration::from_millis(50))
@@ -183,7 +201,11 @@ async fn the_kelvin_sign_and_other_ks_are_the_same_cloud_user() {
         );
     }
     let (status, _, _) = from(&fedgate, "10.0.0.66", "KATE@contoso.example", PASSWORD, "kate").await;
-    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "the Kelvin sign had a budget of its own");
+    assert_eq!(
+        status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "the Kelvin sign had a budget of its own"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -194,7 +216,11 @@ async fn the_users_phone_keeps_signing_in_while_strangers_are_locked_out() {
     let phone = "192.0.2.7";
     // The phone signs in: its address is familiar from now on.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while from(&fedgate, phone, "alice@contoso.example", PASSWORD, "phone").await.0 != StatusCode::OK {
+    while from(&fedgate, phone, "alice@contoso.example", PASSWORD, "phone")
+        .await
+        .0
+        != StatusCode::OK
+    {
         assert!(std::time::Instant::now() < deadline, "alice never became known");
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
