@@ -281,7 +281,8 @@ impl Authenticator {
         // A locked account gets no answer about the secret at all; a wrong
         // secret repeated is refused again without asking anyone.
         let subject = lockout_subject(name.as_ref(), entry.as_deref());
-        let check = self.lockout.check(subject, client.ip, secret.expose(), Instant::now());
+        let attempt = lockout::Attempt::new(secret.expose(), self.lockout_epoch(entry.as_deref()));
+        let check = self.lockout.check(subject, client.ip, attempt, Instant::now());
         let locked_out = matches!(check, lockout::Check::Locked(_));
         let Verification { verified, fresh, warm } = match check {
             lockout::Check::Locked(_) => Verified::Invalid.into(),
@@ -303,7 +304,7 @@ impl Authenticator {
             allow_app_passwords: self.index.allow_app_passwords(),
             locked_out,
         });
-        self.count_for_lockout(subject, entry.as_deref(), client.ip, &secret, decision.reason(), !warm);
+        self.count_for_lockout(subject, entry.as_deref(), client.ip, attempt, decision.reason(), !warm);
         match decision {
             Decision::Allow { credential, reason } => {
                 if let Verified::AppPassword { id, .. } = &verified {
@@ -353,7 +354,8 @@ impl Authenticator {
             reason: Reason::BadCredentials,
         };
         let subject = lockout_subject(name.as_ref(), entry.as_deref());
-        let check = self.lockout.check(subject, client.ip, secret.expose(), Instant::now());
+        let attempt = lockout::Attempt::new(secret.expose(), self.lockout_epoch(entry.as_deref()));
+        let check = self.lockout.check(subject, client.ip, attempt, Instant::now());
         let locked_out = matches!(check, lockout::Check::Locked(_));
         let verified = if locked_out {
             Verification::from(Verified::Invalid)
@@ -383,7 +385,7 @@ impl Authenticator {
         audit.success = matches!(outcome, PortalPassword::Valid(_));
         audit.reason = reason;
         let warm = verified.warm;
-        self.count_for_lockout(subject, entry.as_deref(), client.ip, secret, reason, !warm);
+        self.count_for_lockout(subject, entry.as_deref(), client.ip, attempt, reason, !warm);
         self.audit.record(&audit);
         if !audit.success && !self.failure_delay.is_zero() {
             tokio::time::sleep(self.failure_delay).await;
@@ -408,6 +410,13 @@ impl Authenticator {
         (name, entry)
     }
 
+    /// What a refused secret was refused against: any change to the user
+    /// or the settings makes it worth checking again.
+    fn lockout_epoch(&self, entry: Option<&UserEntry>) -> u64 {
+        let user = entry.map_or(0, |e| e.generation);
+        user.rotate_left(32) ^ self.index.settings_generation()
+    }
+
     /// A refused secret counts toward the account's lockout (a right one
     /// refused as `app_password_required` too, so the answer tells a
     /// guesser nothing); a right one accepted makes the source familiar.
@@ -416,14 +425,14 @@ impl Authenticator {
         subject: Option<lockout::Subject<'_>>,
         entry: Option<&UserEntry>,
         ip: IpAddr,
-        secret: &Secret,
+        attempt: lockout::Attempt<'_>,
         reason: Reason,
         checked: bool,
     ) {
         let now = Instant::now();
         match (reason, subject) {
             (Reason::BadCredentials | Reason::AppPasswordRequired, Some(subject)) => {
-                let failed = self.lockout.failed(subject, ip, secret.expose(), now);
+                let failed = self.lockout.failed(subject, ip, attempt, now);
                 if let Some(length) = failed.locked {
                     let user = entry.map(|e| e.user.upn.as_str()).unwrap_or("(unknown name)");
                     tracing::warn!(user = %user, client = %ip, lockout = ?length, "too many wrong secrets: account locked out for a while");

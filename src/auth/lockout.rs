@@ -23,7 +23,10 @@
 //!   at start; the secret itself is never kept) of the counter's last
 //!   [`REMEMBERED_SECRETS`] wrong secrets of the current run are remembered;
 //!   a repeat is refused as wrong without being checked again (no argon2
-//!   beyond the dummy, no bind) and without counting.
+//!   beyond the dummy, no bind) and without counting. The hash covers the
+//!   account's state (the user's and the settings' generations), so once
+//!   anything changes (an app password added, the user re-enabled) a
+//!   refused secret is checked again.
 //! - **Durations grow.** A counter's n-th lockout in a row lasts
 //!   `duration × 2^(n-1)`, at most `max_duration`. The count of lockouts in
 //!   a row goes back to zero on a success through that counter (a familiar
@@ -112,6 +115,21 @@ pub enum Subject<'a> {
     User(UserId),
     /// The name resolved to nobody: its canonical login part.
     Name(&'a str),
+}
+
+/// The secret presented, and the state of the account it was checked
+/// against: generations of the user and the settings, anything that
+/// changes when a refused secret might become right.
+#[derive(Debug, Clone, Copy)]
+pub struct Attempt<'a> {
+    pub secret: &'a str,
+    pub epoch: u64,
+}
+
+impl<'a> Attempt<'a> {
+    pub fn new(secret: &'a str, epoch: u64) -> Attempt<'a> {
+        Attempt { secret, epoch }
+    }
 }
 
 /// What the lockout says before a secret is checked.
@@ -451,9 +469,12 @@ impl Lockout {
     }
 
     /// The keyed hash of a secret, bound to the account so that tags of
-    /// one account say nothing about another's.
-    fn tag(&self, key: Key, secret: &str) -> SecretTag {
+    /// one account say nothing about another's, and to the account's
+    /// `epoch` so that a change (an app password added, the user enabled)
+    /// makes an earlier refused secret worth checking again.
+    fn tag(&self, key: Key, attempt: Attempt<'_>) -> SecretTag {
         let mut mac = self.mac.clone();
+        mac.update(&attempt.epoch.to_le_bytes());
         match key {
             Key::User(id) => {
                 mac.update(b"u");
@@ -464,7 +485,7 @@ impl Lockout {
                 mac.update(&h.to_le_bytes());
             }
         }
-        mac.update(secret.as_bytes());
+        mac.update(attempt.secret.as_bytes());
         let full: [u8; 32] = mac.finalize().into_bytes().into();
         let mut tag = [0; 16];
         tag.copy_from_slice(&full[..16]);
@@ -484,7 +505,7 @@ impl Lockout {
 
     /// Before checking `secret` for `subject` from `ip`. `None`: the name
     /// was refused (it names nobody); only the source's throttle applies.
-    pub fn check(&self, subject: Option<Subject<'_>>, ip: IpAddr, secret: &str, now: Instant) -> Check {
+    pub fn check(&self, subject: Option<Subject<'_>>, ip: IpAddr, attempt: Attempt<'_>, now: Instant) -> Check {
         // The warm path's usual case: nobody failed lately, nothing to look up.
         if self.rules.threshold == 0 || !self.any.load(Ordering::Acquire) {
             return Check::Clear;
@@ -510,7 +531,7 @@ impl Lockout {
         match state.flatten() {
             Some((Some(left), _)) => Check::Locked(left),
             Some((None, true)) => {
-                let tag = self.tag(key, secret);
+                let tag = self.tag(key, attempt);
                 let known = self
                     .counters
                     .read(&key, |c| c.peek(familiar).is_some_and(|c| c.wrong.contains(&tag)))
@@ -527,7 +548,7 @@ impl Lockout {
 
     /// Counts a refused secret (wrong, or right but refused as
     /// `app_password_required`).
-    pub fn failed(&self, subject: Subject<'_>, ip: IpAddr, secret: &str, now: Instant) -> Failed {
+    pub fn failed(&self, subject: Subject<'_>, ip: IpAddr, attempt: Attempt<'_>, now: Instant) -> Failed {
         if self.rules.threshold == 0 {
             return Failed::default();
         }
@@ -535,7 +556,7 @@ impl Lockout {
         let source = Source::from(ip);
         let familiar = self.familiar_source(subject, source);
         let key = self.key(subject);
-        let tag = self.tag(key, secret);
+        let tag = self.tag(key, attempt);
         let rules = self.rules;
         let (locked, counted) = self.counters.update(key, Counters::default, |c| {
             let (counted, locked) = c.counter(familiar).fail(&rules, tag, now);

@@ -17,7 +17,7 @@ fn lockout(threshold: u32) -> Lockout {
 fn fail_n(l: &Lockout, who: Subject<'_>, ip: IpAddr, n: usize, now: Instant) -> Failed {
     let mut last = Failed::default();
     for i in 0..n {
-        last = l.failed(who, ip, &format!("guess {i} {now:?}"), now);
+        last = l.failed(who, ip, Attempt::new(&format!("guess {i} {now:?}"), 0), now);
     }
     last
 }
@@ -26,15 +26,25 @@ fn fail_n(l: &Lockout, who: Subject<'_>, ip: IpAddr, n: usize, now: Instant) -> 
 fn an_account_locks_whatever_the_address() {
     let l = lockout(3);
     let t0 = Instant::now();
-    assert_eq!(l.failed(ALICE, A, "w1", t0).locked, None);
-    assert_eq!(l.failed(ALICE, B, "w2", t0).locked, None);
-    assert_eq!(l.failed(ALICE, A, "w3", t0).locked, Some(SECS(60)));
+    assert_eq!(l.failed(ALICE, A, Attempt::new("w1", 0), t0).locked, None);
+    assert_eq!(l.failed(ALICE, B, Attempt::new("w2", 0), t0).locked, None);
+    assert_eq!(l.failed(ALICE, A, Attempt::new("w3", 0), t0).locked, Some(SECS(60)));
     for ip in [A, B, "10.9.9.9".parse().unwrap()] {
-        assert_eq!(l.check(Some(ALICE), ip, "right", t0), Check::Locked(SECS(60)), "{ip}");
+        assert_eq!(
+            l.check(Some(ALICE), ip, Attempt::new("right", 0), t0),
+            Check::Locked(SECS(60)),
+            "{ip}"
+        );
     }
-    assert_eq!(l.check(Some(Subject::User(UserId(8))), A, "x", t0), Check::Clear);
+    assert_eq!(
+        l.check(Some(Subject::User(UserId(8))), A, Attempt::new("x", 0), t0),
+        Check::Clear
+    );
     // Runs out by itself.
-    assert_eq!(l.check(Some(ALICE), A, "right", t0 + SECS(61)), Check::Clear);
+    assert_eq!(
+        l.check(Some(ALICE), A, Attempt::new("right", 0), t0 + SECS(61)),
+        Check::Clear
+    );
 }
 
 #[test]
@@ -43,11 +53,14 @@ fn unknown_names_count_under_their_name() {
     let t0 = Instant::now();
     fail_n(&l, Subject::Name("alice"), A, 2, t0);
     assert!(matches!(
-        l.check(Some(Subject::Name("alice")), B, "p", t0),
+        l.check(Some(Subject::Name("alice")), B, Attempt::new("p", 0), t0),
         Check::Locked(_)
     ));
-    assert_eq!(l.check(Some(Subject::Name("bob")), A, "p", t0), Check::Clear);
-    assert_eq!(l.check(Some(ALICE), A, "p", t0), Check::Clear);
+    assert_eq!(
+        l.check(Some(Subject::Name("bob")), A, Attempt::new("p", 0), t0),
+        Check::Clear
+    );
+    assert_eq!(l.check(Some(ALICE), A, Attempt::new("p", 0), t0), Check::Clear);
 }
 
 #[test]
@@ -56,9 +69,12 @@ fn a_familiar_source_keeps_its_own_counter() {
     let t0 = Instant::now();
     l.succeeded(UserId(7), PHONE, true, t0);
     fail_n(&l, ALICE, A, 3, t0);
-    assert!(matches!(l.check(Some(ALICE), B, "right", t0), Check::Locked(_)));
+    assert!(matches!(
+        l.check(Some(ALICE), B, Attempt::new("right", 0), t0),
+        Check::Locked(_)
+    ));
     assert_eq!(
-        l.check(Some(ALICE), PHONE, "right", t0),
+        l.check(Some(ALICE), PHONE, Attempt::new("right", 0), t0),
         Check::Clear,
         "the phone is not locked out"
     );
@@ -66,18 +82,31 @@ fn a_familiar_source_keeps_its_own_counter() {
     let l = lockout(3);
     l.succeeded(UserId(7), PHONE, true, t0);
     fail_n(&l, ALICE, PHONE, 3, t0);
-    assert!(matches!(l.check(Some(ALICE), PHONE, "x", t0), Check::Locked(_)));
-    assert_eq!(l.check(Some(ALICE), A, "x", t0), Check::Clear);
+    assert!(matches!(
+        l.check(Some(ALICE), PHONE, Attempt::new("x", 0), t0),
+        Check::Locked(_)
+    ));
+    assert_eq!(l.check(Some(ALICE), A, Attempt::new("x", 0), t0), Check::Clear);
     // A /64 is one source.
     let l = lockout(3);
     l.succeeded(UserId(7), "2001:db8:1:2::10".parse().unwrap(), true, t0);
     fail_n(&l, ALICE, A, 3, t0);
     assert_eq!(
-        l.check(Some(ALICE), "2001:db8:1:2:ffff::1".parse().unwrap(), "x", t0),
+        l.check(
+            Some(ALICE),
+            "2001:db8:1:2:ffff::1".parse().unwrap(),
+            Attempt::new("x", 0),
+            t0
+        ),
         Check::Clear
     );
     assert!(matches!(
-        l.check(Some(ALICE), "2001:db8:1:3::10".parse().unwrap(), "x", t0),
+        l.check(
+            Some(ALICE),
+            "2001:db8:1:3::10".parse().unwrap(),
+            Attempt::new("x", 0),
+            t0
+        ),
         Check::Locked(_)
     ));
 }
@@ -89,7 +118,10 @@ fn familiar_sources_are_bounded() {
     // A sign-in answered from the cache makes its source familiar too.
     l.succeeded(UserId(8), PHONE, false, t0);
     fail_n(&l, Subject::User(UserId(8)), A, 3, t0);
-    assert_eq!(l.check(Some(Subject::User(UserId(8))), PHONE, "x", t0), Check::Clear);
+    assert_eq!(
+        l.check(Some(Subject::User(UserId(8))), PHONE, Attempt::new("x", 0), t0),
+        Check::Clear
+    );
     for i in 0..20u8 {
         l.succeeded(UserId(7), IpAddr::V4(std::net::Ipv4Addr::new(10, 1, 0, i)), true, t0);
     }
@@ -99,8 +131,11 @@ fn familiar_sources_are_bounded() {
     fail_n(&l, ALICE, A, 3, t0);
     let old = IpAddr::V4(std::net::Ipv4Addr::new(10, 1, 0, 0));
     let newest = IpAddr::V4(std::net::Ipv4Addr::new(10, 1, 0, 19));
-    assert!(matches!(l.check(Some(ALICE), old, "x", t0), Check::Locked(_)));
-    assert_eq!(l.check(Some(ALICE), newest, "x", t0), Check::Clear);
+    assert!(matches!(
+        l.check(Some(ALICE), old, Attempt::new("x", 0), t0),
+        Check::Locked(_)
+    ));
+    assert_eq!(l.check(Some(ALICE), newest, Attempt::new("x", 0), t0), Check::Clear);
 }
 
 #[test]
@@ -108,17 +143,26 @@ fn a_repeated_wrong_secret_counts_once_and_is_known() {
     let l = lockout(3);
     let t0 = Instant::now();
     for _ in 0..10 {
-        assert_eq!(l.failed(ALICE, A, "old password", t0).locked, None);
+        assert_eq!(l.failed(ALICE, A, Attempt::new("old password", 0), t0).locked, None);
     }
-    assert_eq!(l.check(Some(ALICE), B, "old password", t0), Check::KnownWrong);
-    assert_eq!(l.check(Some(ALICE), B, "another", t0), Check::Clear);
-    assert_eq!(l.failed(ALICE, A, "w2", t0).locked, None);
+    assert_eq!(
+        l.check(Some(ALICE), B, Attempt::new("old password", 0), t0),
+        Check::KnownWrong
+    );
+    assert_eq!(l.check(Some(ALICE), B, Attempt::new("another", 0), t0), Check::Clear);
+    // A change to the account (an app password added, the user enabled)
+    // makes the secret worth checking again.
+    assert_eq!(
+        l.check(Some(ALICE), B, Attempt::new("old password", 1), t0),
+        Check::Clear
+    );
+    assert_eq!(l.failed(ALICE, A, Attempt::new("w2", 0), t0).locked, None);
     // Any of the last three: the first is still remembered.
-    assert_eq!(l.failed(ALICE, A, "old password", t0).locked, None);
-    assert_eq!(l.failed(ALICE, A, "w3", t0).locked, Some(SECS(60)));
+    assert_eq!(l.failed(ALICE, A, Attempt::new("old password", 0), t0).locked, None);
+    assert_eq!(l.failed(ALICE, A, Attempt::new("w3", 0), t0).locked, Some(SECS(60)));
     // Another account's tags are its own.
     assert_eq!(
-        l.check(Some(Subject::User(UserId(8))), A, "old password", t0),
+        l.check(Some(Subject::User(UserId(8))), A, Attempt::new("old password", 0), t0),
         Check::Clear
     );
 }
@@ -175,25 +219,31 @@ fn spraying_from_one_source_locks_it_for_unfamiliar_accounts() {
     // One password, many users, one address.
     let mut locked = None;
     for id in 1..=5 {
-        let failed = l.failed(Subject::User(UserId(id)), A, "Summer2026!", t0);
+        let failed = l.failed(Subject::User(UserId(id)), A, Attempt::new("Summer2026!", 0), t0);
         locked = locked.or(failed.source_locked);
     }
     assert_eq!(locked, Some(SECS(600)));
     assert_eq!(
-        l.check(Some(Subject::User(UserId(99))), A, "x", t0),
+        l.check(Some(Subject::User(UserId(99))), A, Attempt::new("x", 0), t0),
         Check::Locked(SECS(600))
     );
     assert!(matches!(
-        l.check(Some(Subject::Name("nobody")), A, "x", t0),
+        l.check(Some(Subject::Name("nobody")), A, Attempt::new("x", 0), t0),
         Check::Locked(_)
     ));
-    assert!(matches!(l.check(None, A, "x", t0), Check::Locked(_)));
+    assert!(matches!(l.check(None, A, Attempt::new("x", 0), t0), Check::Locked(_)));
     // A user who signed in from there before keeps doing so, and the
     // address is not locked for anyone elsewhere.
-    assert_eq!(l.check(Some(Subject::User(UserId(1))), A, "x", t0), Check::Clear);
-    assert_eq!(l.check(Some(Subject::User(UserId(99))), B, "x", t0), Check::Clear);
     assert_eq!(
-        l.check(Some(Subject::User(UserId(99))), A, "x", t0 + SECS(601)),
+        l.check(Some(Subject::User(UserId(1))), A, Attempt::new("x", 0), t0),
+        Check::Clear
+    );
+    assert_eq!(
+        l.check(Some(Subject::User(UserId(99))), B, Attempt::new("x", 0), t0),
+        Check::Clear
+    );
+    assert_eq!(
+        l.check(Some(Subject::User(UserId(99))), A, Attempt::new("x", 0), t0 + SECS(601)),
         Check::Clear
     );
     // The same account failing again and again is one account.
@@ -202,7 +252,7 @@ fn spraying_from_one_source_locks_it_for_unfamiliar_accounts() {
         ..Rules::new(100, SECS(60))
     });
     let locked: Vec<_> = (0..50)
-        .map(|i| l.failed(ALICE, A, &format!("w{i}"), t0).source_locked)
+        .map(|i| l.failed(ALICE, A, Attempt::new(&format!("w{i}"), 0), t0).source_locked)
         .collect();
     assert!(locked.iter().all(Option::is_none));
 }
@@ -219,11 +269,16 @@ fn memory_is_bounded_and_the_least_recently_failed_go_first() {
     let long = "x".repeat(40_000);
     for i in 0..10_000 {
         let name = format!("{long}{i}");
-        l.failed(Subject::Name(&name), A, "", t0 + Duration::from_millis(i));
+        l.failed(
+            Subject::Name(&name),
+            A,
+            Attempt::new("", 0),
+            t0 + Duration::from_millis(i),
+        );
         assert!(l.sizes().0 <= 160 + SHARDS, "grew past its cap at {i}");
     }
     // Alice's lock was the least recently failed: gone, not kept forever.
-    assert_eq!(l.check(Some(ALICE), A, "x", t0), Check::Clear);
+    assert_eq!(l.check(Some(ALICE), A, Attempt::new("x", 0), t0), Check::Clear);
     // The newest are kept.
     let name = format!("{long}9999");
     assert_eq!(l.counters.read(&l.key(Subject::Name(&name)), |_| ()), Some(()));
@@ -236,7 +291,10 @@ fn threshold_zero_turns_it_off() {
     let l = lockout(0);
     let t0 = Instant::now();
     for i in 0..100 {
-        assert_eq!(l.failed(ALICE, A, &i.to_string(), t0), Failed::default());
+        assert_eq!(
+            l.failed(ALICE, A, Attempt::new(&i.to_string(), 0), t0),
+            Failed::default()
+        );
     }
-    assert_eq!(l.check(Some(ALICE), A, "x", t0), Check::Clear);
+    assert_eq!(l.check(Some(ALICE), A, Attempt::new("x", 0), t0), Check::Clear);
 }
