@@ -281,12 +281,13 @@ impl Authenticator {
         // A locked account gets no answer about the secret at all; a wrong
         // secret repeated is refused again without asking anyone.
         let subject = lockout_subject(name.as_ref(), entry.as_deref());
-        let attempt = lockout::Attempt::new(secret.expose(), self.lockout_epoch(entry.as_deref()));
+        let epoch = self.lockout_epoch(entry.as_deref(), route.realm.as_str());
+        let attempt = lockout::Attempt::new(secret.expose(), epoch);
         let check = self.lockout.check(subject, client.ip, attempt, Instant::now());
         let locked_out = matches!(check, lockout::Check::Locked(_));
         let Verification { verified, fresh, warm } = match check {
             lockout::Check::Locked(_) => Verified::Invalid.into(),
-            lockout::Check::KnownWrong => self.dummy_verification().await.into(),
+            lockout::Check::KnownWrong(_) => self.dummy_verification().await.into(),
             lockout::Check::Clear => {
                 self.verify(route.realm, name.as_ref(), entry.as_deref(), &secret, app_password)
                     .await
@@ -304,6 +305,21 @@ impl Authenticator {
             allow_app_passwords: self.index.allow_app_passwords(),
             locked_out,
         });
+        // A repeat refused unchecked is logged as what it was refused as
+        // the first time (both are 401 to the client).
+        let decision = match (check, decision) {
+            (
+                lockout::Check::KnownWrong(Reason::AppPasswordRequired),
+                Decision::Deny {
+                    refusal,
+                    reason: Reason::BadCredentials,
+                },
+            ) => Decision::Deny {
+                refusal,
+                reason: Reason::AppPasswordRequired,
+            },
+            (_, decision) => decision,
+        };
         self.count_for_lockout(subject, entry.as_deref(), client.ip, attempt, decision.reason(), !warm);
         match decision {
             Decision::Allow { credential, reason } => {
@@ -354,12 +370,12 @@ impl Authenticator {
             reason: Reason::BadCredentials,
         };
         let subject = lockout_subject(name.as_ref(), entry.as_deref());
-        let attempt = lockout::Attempt::new(secret.expose(), self.lockout_epoch(entry.as_deref()));
+        let attempt = lockout::Attempt::new(secret.expose(), self.lockout_epoch(entry.as_deref(), "portal"));
         let check = self.lockout.check(subject, client.ip, attempt, Instant::now());
         let locked_out = matches!(check, lockout::Check::Locked(_));
         let verified = if locked_out {
             Verification::from(Verified::Invalid)
-        } else if check == lockout::Check::KnownWrong {
+        } else if matches!(check, lockout::Check::KnownWrong(_)) {
             Verification::from(self.dummy_verification().await)
         } else if app_password::normalize(secret.expose()).is_some() {
             // App passwords are for devices; the portal wants the person.
@@ -412,9 +428,19 @@ impl Authenticator {
 
     /// What a refused secret was refused against: any change to the user
     /// or the settings makes it worth checking again.
-    fn lockout_epoch(&self, entry: Option<&UserEntry>) -> u64 {
-        let user = entry.map_or(0, |e| e.generation);
-        user.rotate_left(32) ^ self.index.settings_generation()
+    /// `context` keeps what one kind of route refused from standing for
+    /// another (an enforced user's password is refused on cloud routes
+    /// and accepted on-premises and by the portal).
+    fn lockout_epoch(&self, entry: Option<&UserEntry>, context: &str) -> u64 {
+        use std::hash::{DefaultHasher, Hash, Hasher};
+        let mut h = DefaultHasher::new();
+        (
+            entry.map_or(0, |e| e.generation),
+            self.index.settings_generation(),
+            context,
+        )
+            .hash(&mut h);
+        h.finish()
     }
 
     /// A refused secret counts toward the account's lockout (a right one
@@ -432,7 +458,7 @@ impl Authenticator {
         let now = Instant::now();
         match (reason, subject) {
             (Reason::BadCredentials | Reason::AppPasswordRequired, Some(subject)) => {
-                let failed = self.lockout.failed(subject, ip, attempt, now);
+                let failed = self.lockout.failed(subject, ip, attempt, reason, now);
                 if let Some(length) = failed.locked {
                     let user = entry.map(|e| e.user.upn.as_str()).unwrap_or("(unknown name)");
                     tracing::warn!(user = %user, client = %ip, lockout = ?length, "too many wrong secrets: account locked out for a while");

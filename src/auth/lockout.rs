@@ -57,7 +57,7 @@ use std::time::{Duration, Instant};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use crate::model::UserId;
+use crate::model::{Reason, UserId};
 
 /// Familiar sources kept per user.
 pub const FAMILIAR_SOURCES: usize = 8;
@@ -140,8 +140,8 @@ pub enum Check {
     /// Refuse with 429 for this long, checking nothing.
     Locked(Duration),
     /// This exact secret was refused for this account through this counter
-    /// in the current run: refuse it as wrong again without checking it.
-    KnownWrong,
+    /// in the current run, as this: refuse it again without checking it.
+    KnownWrong(Reason),
 }
 
 /// A source: an IPv4 address, or an IPv6 address's /64 (one subscriber's
@@ -180,7 +180,8 @@ struct Counter {
     /// Lockouts in a row (drives the growing duration).
     lockouts: u32,
     last_failure: Option<Instant>,
-    wrong: Vec<SecretTag>,
+    /// The run's refused secrets and what they were refused as.
+    wrong: Vec<(SecretTag, Reason)>,
 }
 
 impl Counter {
@@ -214,16 +215,16 @@ impl Counter {
 
     /// Counts one failure unless its secret was seen in this run (false);
     /// with the lock's length when this failure locked the counter.
-    fn fail(&mut self, rules: &Rules, tag: SecretTag, now: Instant) -> (bool, Option<Duration>) {
+    fn fail(&mut self, rules: &Rules, tag: SecretTag, reason: Reason, now: Instant) -> (bool, Option<Duration>) {
         self.settle(rules, now);
-        if self.wrong.contains(&tag) {
+        if self.wrong.iter().any(|(t, _)| *t == tag) {
             self.last_failure = Some(now);
             return (false, None);
         }
         if self.wrong.len() == REMEMBERED_SECRETS {
             self.wrong.remove(0);
         }
-        self.wrong.push(tag);
+        self.wrong.push((tag, reason));
         self.since.get_or_insert(now);
         self.last_failure = Some(now);
         self.failures += 1;
@@ -534,13 +535,12 @@ impl Lockout {
                 let tag = self.tag(key, attempt);
                 let known = self
                     .counters
-                    .read(&key, |c| c.peek(familiar).is_some_and(|c| c.wrong.contains(&tag)))
-                    .unwrap_or(false);
-                if known {
-                    Check::KnownWrong
-                } else {
-                    Check::Clear
-                }
+                    .read(&key, |c| {
+                        c.peek(familiar)
+                            .and_then(|c| c.wrong.iter().find(|(t, _)| *t == tag).map(|(_, r)| *r))
+                    })
+                    .flatten();
+                known.map_or(Check::Clear, Check::KnownWrong)
             }
             _ => Check::Clear,
         }
@@ -548,7 +548,14 @@ impl Lockout {
 
     /// Counts a refused secret (wrong, or right but refused as
     /// `app_password_required`).
-    pub fn failed(&self, subject: Subject<'_>, ip: IpAddr, attempt: Attempt<'_>, now: Instant) -> Failed {
+    pub fn failed(
+        &self,
+        subject: Subject<'_>,
+        ip: IpAddr,
+        attempt: Attempt<'_>,
+        reason: Reason,
+        now: Instant,
+    ) -> Failed {
         if self.rules.threshold == 0 {
             return Failed::default();
         }
@@ -559,7 +566,7 @@ impl Lockout {
         let tag = self.tag(key, attempt);
         let rules = self.rules;
         let (locked, counted) = self.counters.update(key, Counters::default, |c| {
-            let (counted, locked) = c.counter(familiar).fail(&rules, tag, now);
+            let (counted, locked) = c.counter(familiar).fail(&rules, tag, reason, now);
             (locked, counted)
         });
         let source_locked = if counted { self.spray(key, source, now) } else { None };

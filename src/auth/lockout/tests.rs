@@ -17,7 +17,13 @@ fn lockout(threshold: u32) -> Lockout {
 fn fail_n(l: &Lockout, who: Subject<'_>, ip: IpAddr, n: usize, now: Instant) -> Failed {
     let mut last = Failed::default();
     for i in 0..n {
-        last = l.failed(who, ip, Attempt::new(&format!("guess {i} {now:?}"), 0), now);
+        last = l.failed(
+            who,
+            ip,
+            Attempt::new(&format!("guess {i} {now:?}"), 0),
+            Reason::BadCredentials,
+            now,
+        );
     }
     last
 }
@@ -26,9 +32,21 @@ fn fail_n(l: &Lockout, who: Subject<'_>, ip: IpAddr, n: usize, now: Instant) -> 
 fn an_account_locks_whatever_the_address() {
     let l = lockout(3);
     let t0 = Instant::now();
-    assert_eq!(l.failed(ALICE, A, Attempt::new("w1", 0), t0).locked, None);
-    assert_eq!(l.failed(ALICE, B, Attempt::new("w2", 0), t0).locked, None);
-    assert_eq!(l.failed(ALICE, A, Attempt::new("w3", 0), t0).locked, Some(SECS(60)));
+    assert_eq!(
+        l.failed(ALICE, A, Attempt::new("w1", 0), Reason::BadCredentials, t0)
+            .locked,
+        None
+    );
+    assert_eq!(
+        l.failed(ALICE, B, Attempt::new("w2", 0), Reason::BadCredentials, t0)
+            .locked,
+        None
+    );
+    assert_eq!(
+        l.failed(ALICE, A, Attempt::new("w3", 0), Reason::BadCredentials, t0)
+            .locked,
+        Some(SECS(60))
+    );
     for ip in [A, B, "10.9.9.9".parse().unwrap()] {
         assert_eq!(
             l.check(Some(ALICE), ip, Attempt::new("right", 0), t0),
@@ -143,11 +161,15 @@ fn a_repeated_wrong_secret_counts_once_and_is_known() {
     let l = lockout(3);
     let t0 = Instant::now();
     for _ in 0..10 {
-        assert_eq!(l.failed(ALICE, A, Attempt::new("old password", 0), t0).locked, None);
+        assert_eq!(
+            l.failed(ALICE, A, Attempt::new("old password", 0), Reason::BadCredentials, t0)
+                .locked,
+            None
+        );
     }
     assert_eq!(
         l.check(Some(ALICE), B, Attempt::new("old password", 0), t0),
-        Check::KnownWrong
+        Check::KnownWrong(Reason::BadCredentials)
     );
     assert_eq!(l.check(Some(ALICE), B, Attempt::new("another", 0), t0), Check::Clear);
     // A change to the account (an app password added, the user enabled)
@@ -156,10 +178,22 @@ fn a_repeated_wrong_secret_counts_once_and_is_known() {
         l.check(Some(ALICE), B, Attempt::new("old password", 1), t0),
         Check::Clear
     );
-    assert_eq!(l.failed(ALICE, A, Attempt::new("w2", 0), t0).locked, None);
+    assert_eq!(
+        l.failed(ALICE, A, Attempt::new("w2", 0), Reason::BadCredentials, t0)
+            .locked,
+        None
+    );
     // Any of the last three: the first is still remembered.
-    assert_eq!(l.failed(ALICE, A, Attempt::new("old password", 0), t0).locked, None);
-    assert_eq!(l.failed(ALICE, A, Attempt::new("w3", 0), t0).locked, Some(SECS(60)));
+    assert_eq!(
+        l.failed(ALICE, A, Attempt::new("old password", 0), Reason::BadCredentials, t0)
+            .locked,
+        None
+    );
+    assert_eq!(
+        l.failed(ALICE, A, Attempt::new("w3", 0), Reason::BadCredentials, t0)
+            .locked,
+        Some(SECS(60))
+    );
     // Another account's tags are its own.
     assert_eq!(
         l.check(Some(Subject::User(UserId(8))), A, Attempt::new("old password", 0), t0),
@@ -219,7 +253,13 @@ fn spraying_from_one_source_locks_it_for_unfamiliar_accounts() {
     // One password, many users, one address.
     let mut locked = None;
     for id in 1..=5 {
-        let failed = l.failed(Subject::User(UserId(id)), A, Attempt::new("Summer2026!", 0), t0);
+        let failed = l.failed(
+            Subject::User(UserId(id)),
+            A,
+            Attempt::new("Summer2026!", 0),
+            Reason::BadCredentials,
+            t0,
+        );
         locked = locked.or(failed.source_locked);
     }
     assert_eq!(locked, Some(SECS(600)));
@@ -252,7 +292,10 @@ fn spraying_from_one_source_locks_it_for_unfamiliar_accounts() {
         ..Rules::new(100, SECS(60))
     });
     let locked: Vec<_> = (0..50)
-        .map(|i| l.failed(ALICE, A, Attempt::new(&format!("w{i}"), 0), t0).source_locked)
+        .map(|i| {
+            l.failed(ALICE, A, Attempt::new(&format!("w{i}"), 0), Reason::BadCredentials, t0)
+                .source_locked
+        })
         .collect();
     assert!(locked.iter().all(Option::is_none));
 }
@@ -273,6 +316,7 @@ fn memory_is_bounded_and_the_least_recently_failed_go_first() {
             Subject::Name(&name),
             A,
             Attempt::new("", 0),
+            Reason::BadCredentials,
             t0 + Duration::from_millis(i),
         );
         assert!(l.sizes().0 <= 160 + SHARDS, "grew past its cap at {i}");
@@ -292,7 +336,7 @@ fn threshold_zero_turns_it_off() {
     let t0 = Instant::now();
     for i in 0..100 {
         assert_eq!(
-            l.failed(ALICE, A, Attempt::new(&i.to_string(), 0), t0),
+            l.failed(ALICE, A, Attempt::new(&i.to_string(), 0), Reason::BadCredentials, t0),
             Failed::default()
         );
     }
