@@ -20,8 +20,8 @@
 //! ([`crate::directory`]) with a bind; a user the directory knows but the
 //! store does not yet is recorded on their first successful sign-in.
 //!
-//! Not here: lockout and the portal's browser sessions; each plugs into
-//! [`Authenticator::verify`] or [`decision::Facts`].
+//! Not here: the lockout rules ([`lockout`], asked before and told after
+//! each check) and the portal's browser sessions.
 
 pub mod basic;
 pub mod cache;
@@ -148,6 +148,8 @@ struct Verification {
     verified: Verified,
     fresh: Option<Arc<UserEntry>>,
     hashed: bool,
+    /// Answered from the verified-credential cache.
+    warm: bool,
 }
 
 impl From<Verified> for Verification {
@@ -156,6 +158,7 @@ impl From<Verified> for Verification {
             verified,
             fresh: None,
             hashed: false,
+            warm: false,
         }
     }
 }
@@ -206,6 +209,17 @@ fn needs_recording(entry: Option<&UserEntry>, found: &FederatedUser) -> bool {
     }
 }
 
+/// Whom a sign-in counts against: the user the name resolved to, else the
+/// name's canonical login part (so a UPN and a bare login of one unknown
+/// user share a budget); nobody for a name that was refused.
+fn lockout_subject<'a>(name: Option<&'a LoginName>, entry: Option<&UserEntry>) -> Option<lockout::Subject<'a>> {
+    match (entry, name) {
+        (Some(e), _) => Some(lockout::Subject::User(e.user.id)),
+        (None, Some(name)) => Some(lockout::Subject::Name(name.login())),
+        (None, None) => None,
+    }
+}
+
 /// The facts about a request the sign-in path needs besides its headers.
 #[derive(Debug, Clone, Copy)]
 pub struct Client {
@@ -242,7 +256,14 @@ impl Authenticator {
             ttl: config.cache_ttl,
             failure_delay: config.failure_delay,
             directory: directory.map(|(directory, ttl)| DirectoryAuth { directory, ttl }),
-            lockout: lockout::Lockout::new(config.lockout_threshold, config.lockout_duration),
+            lockout: lockout::Lockout::new(lockout::Rules {
+                threshold: config.lockout_threshold,
+                duration: config.lockout_duration,
+                max_duration: config.lockout_max_duration,
+                source_threshold: config.lockout_source_threshold,
+                source_window: config.lockout_source_window,
+                max_entries: config.lockout_max_entries,
+            }),
             health: Arc::new(StoreHealth::new(DEFAULT_MAX_STALENESS, loaded_at)),
         })
     }
@@ -293,21 +314,28 @@ impl Authenticator {
             (None, false) => CredentialKind::Password,
         };
 
-        // A locked name and address get no answer about the secret at all.
-        let locked_out = self.lockout.locked(&user_given, client.ip, Instant::now()).is_some();
+        // A locked account gets no answer about the secret at all; a wrong
+        // secret repeated is refused again without asking anyone.
+        let subject = lockout_subject(name.as_ref(), entry.as_deref());
+        let epoch = self.lockout_epoch(entry.as_deref(), route.realm.as_str());
+        let attempt = lockout::Attempt::new(secret.expose(), epoch);
+        let check = self.lockout.check(subject, client.ip, attempt, Instant::now());
+        let locked_out = matches!(check, lockout::Check::Locked(_));
         let Verification {
             verified,
             fresh,
             hashed,
-        } = if locked_out {
-            Verified::Invalid.into()
-        } else if self.health.is_stale() {
+            warm,
+        } = match check {
+            lockout::Check::Locked(_) => Verified::Invalid.into(),
             // The view could not be refreshed for longer than the bound: a
             // revocation may be missing from it.
-            Verified::StoreUnavailable.into()
-        } else {
-            self.verify(route.realm, name.as_ref(), entry.as_deref(), &secret, app_password)
-                .await
+            _ if self.health.is_stale() => Verified::StoreUnavailable.into(),
+            lockout::Check::KnownWrong(_) => self.dummy_verification().await,
+            lockout::Check::Clear => {
+                self.verify(route.realm, name.as_ref(), entry.as_deref(), &secret, app_password)
+                    .await
+            }
         };
         let entry = fresh.or(entry);
         audit.user_id = entry.as_ref().map(|e| e.user.id);
@@ -321,7 +349,22 @@ impl Authenticator {
             allow_app_passwords: self.index.allow_app_passwords(),
             locked_out,
         });
-        self.count_for_lockout(&user_given, client.ip, decision.reason());
+        // A repeat refused unchecked is logged as what it was refused as
+        // the first time (both are 401 to the client).
+        let decision = match (check, decision) {
+            (
+                lockout::Check::KnownWrong(Reason::AppPasswordRequired),
+                Decision::Deny {
+                    refusal,
+                    reason: Reason::BadCredentials,
+                },
+            ) => Decision::Deny {
+                refusal,
+                reason: Reason::AppPasswordRequired,
+            },
+            (_, decision) => decision,
+        };
+        self.count_for_lockout(subject, entry.as_deref(), client.ip, attempt, decision.reason(), !warm);
         match decision {
             Decision::Allow { credential, reason } => {
                 if let Verified::AppPassword { id, .. } = &verified {
@@ -341,7 +384,11 @@ impl Authenticator {
             }
             Decision::Deny { refusal, reason } => {
                 let (refusal, reason) = self.at_the_cost_of_a_guess(refusal, reason, hashed).await;
-                let refusal = self.refuse(audit, refusal, reason);
+                let mut refusal = self.refuse(audit, refusal, reason);
+                if let lockout::Check::Locked(left) = check {
+                    // Lockouts grow when repeated: the wait left on this one.
+                    refusal.retry_after = Some(left);
+                }
                 Err(self.held_back(refusal, client.started).await)
             }
         }
@@ -371,11 +418,16 @@ impl Authenticator {
             success: false,
             reason: Reason::BadCredentials,
         };
-        let locked_out = self.lockout.locked(given, client.ip, Instant::now()).is_some();
+        let subject = lockout_subject(name.as_ref(), entry.as_deref());
+        let attempt = lockout::Attempt::new(secret.expose(), self.lockout_epoch(entry.as_deref(), "portal"));
+        let check = self.lockout.check(subject, client.ip, attempt, Instant::now());
+        let locked_out = matches!(check, lockout::Check::Locked(_));
         let verified = if locked_out {
             Verification::from(Verified::Invalid)
         } else if self.health.is_stale() {
             Verification::from(Verified::StoreUnavailable)
+        } else if matches!(check, lockout::Check::KnownWrong(_)) {
+            self.dummy_verification().await
         } else if app_password::normalize(secret.expose()).is_some() {
             // App passwords are for devices; the portal wants the person.
             audit.credential = CredentialKind::AppPassword;
@@ -384,7 +436,7 @@ impl Authenticator {
             self.verify(Realm::Cloud, name.as_ref(), entry.as_deref(), secret, None)
                 .await
         };
-        let entry = verified.fresh.or(entry);
+        let entry = verified.fresh.clone().or(entry);
         audit.user_id = entry.as_ref().map(|e| e.user.id);
         let found = match (&verified.verified, &entry) {
             (_, Some(e)) if !e.user.is_active() => Err((Refusal::Unauthorized, Reason::AccountDisabled)),
@@ -398,7 +450,7 @@ impl Authenticator {
             _ => Err((Refusal::Unauthorized, Reason::BadCredentials)),
         };
         let reason = found.map_or_else(|(_, reason)| reason, |_| Reason::Password);
-        self.count_for_lockout(given, client.ip, reason);
+        self.count_for_lockout(subject, entry.as_deref(), client.ip, attempt, reason, !verified.warm);
         let refusal = match found {
             Ok(user) => {
                 audit.success = true;
@@ -409,14 +461,20 @@ impl Authenticator {
             Err((refusal, _)) => refusal,
         };
         let (refusal, reason) = self.at_the_cost_of_a_guess(refusal, reason, verified.hashed).await;
-        let refusal = self.refuse(audit, refusal, reason);
+        let mut refusal = self.refuse(audit, refusal, reason);
+        if let lockout::Check::Locked(left) = check {
+            refusal.retry_after = Some(left);
+        }
         Err(self.held_back(refusal, client.started).await)
     }
 
-    /// The name as given, parsed, and the user it names in the index.
+    /// The name as given, folded once ([`crate::names`]) and parsed, and
+    /// the user it names in the index. Without a directory only UPNs are
+    /// names; fedgate matches them exactly on the folded form, so non-ASCII
+    /// UPNs are accepted there.
     fn resolve(&self, given: &str) -> (Option<LoginName>, Option<Arc<UserEntry>>) {
         let name = match &self.directory {
-            Some(d) => LoginName::parse(given, d.directory.domain()),
+            Some(d) => LoginName::parse(given, d.directory.domain(), d.directory.allow_non_ascii_logins()),
             None => Upn::parse(given).ok().map(LoginName::Upn),
         };
         let entry = match &name {
@@ -427,16 +485,52 @@ impl Authenticator {
         (name, entry)
     }
 
-    /// A wrong secret counts toward the name and address's lockout; a right
-    /// one clears it.
-    fn count_for_lockout(&self, given: &str, ip: IpAddr, reason: Reason) {
-        match reason {
-            // `failed` counts the failure whatever it returns; true: this
-            // one locked the pair.
-            Reason::BadCredentials if self.lockout.failed(given, ip, Instant::now()) => {
-                tracing::warn!(user = %given, client = %ip, "too many wrong secrets: locked out for a while");
+    /// What a refused secret was refused against: any change to the user
+    /// or the settings makes it worth checking again.
+    /// `context` keeps what one kind of route refused from standing for
+    /// another (an enforced user's password is refused on cloud routes
+    /// and accepted on-premises and by the portal).
+    fn lockout_epoch(&self, entry: Option<&UserEntry>, context: &str) -> u64 {
+        use std::hash::{DefaultHasher, Hash, Hasher};
+        let mut h = DefaultHasher::new();
+        (
+            entry.map_or(0, |e| e.generation),
+            self.index.settings_generation(),
+            context,
+        )
+            .hash(&mut h);
+        h.finish()
+    }
+
+    /// A refused secret counts toward the account's lockout (a right one
+    /// refused as `app_password_required` too, so the answer tells a
+    /// guesser nothing); a right one accepted makes the source familiar.
+    fn count_for_lockout(
+        &self,
+        subject: Option<lockout::Subject<'_>>,
+        entry: Option<&UserEntry>,
+        ip: IpAddr,
+        attempt: lockout::Attempt<'_>,
+        reason: Reason,
+        checked: bool,
+    ) {
+        let now = Instant::now();
+        match (reason, subject) {
+            (Reason::BadCredentials | Reason::AppPasswordRequired, Some(subject)) => {
+                let failed = self.lockout.failed(subject, ip, attempt, reason, now);
+                if let Some(length) = failed.locked {
+                    let user = entry.map(|e| e.user.upn.as_str()).unwrap_or("(unknown name)");
+                    tracing::warn!(user = %user, client = %ip, lockout = ?length, "too many wrong secrets: account locked out for a while");
+                }
+                if let Some(length) = failed.source_locked {
+                    tracing::warn!(client = %ip, lockout = ?length, "wrong secrets for many accounts from one source: source locked out for unfamiliar accounts");
+                }
             }
-            Reason::Password | Reason::AppPassword => self.lockout.succeeded(given, ip),
+            (Reason::Password | Reason::AppPassword, _) => {
+                if let Some(e) = entry {
+                    self.lockout.succeeded(e.user.id, ip, checked, now);
+                }
+            }
             _ => {}
         }
     }
@@ -481,11 +575,14 @@ impl Authenticator {
                     && hit.settings_generation == settings_generation
                 {
                     cache_metrics().hit.increment(1);
-                    return match hit.credential {
+                    let verified = match hit.credential {
                         CachedCredential::AppPassword { id, name } => Verified::AppPassword { id, name },
                         CachedCredential::Password => Verified::Password,
-                    }
-                    .into();
+                    };
+                    return Verification {
+                        warm: true,
+                        ..verified.into()
+                    };
                 }
                 self.cache.remove(key);
             }
@@ -650,6 +747,7 @@ impl Authenticator {
                         verified: Verified::Password,
                         fresh,
                         hashed: false,
+                        warm: false,
                     },
                     Some((CachedCredential::Password, d.ttl)),
                 )

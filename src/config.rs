@@ -132,6 +132,8 @@ pub struct DirectoryConfig {
     /// NetBIOS domain accepted in `DOMAIN\login` names (uppercase); any
     /// domain when unset.
     pub domain: Option<String>,
+    /// Accept user names that are not ASCII after Unicode folding.
+    pub allow_non_ascii_logins: bool,
     /// Bounds one whole sign-in check (connect, search, bind).
     pub timeout: Duration,
     pub connect_timeout: Duration,
@@ -189,8 +191,17 @@ pub struct AuthConfig {
     /// `[lockout] threshold`: wrong secrets in a row for one user name from
     /// one address before that pair is refused; 0 turns lockout off.
     pub lockout_threshold: u32,
-    /// `[lockout] duration`: how long a locked pair is refused.
+    /// `[lockout] duration`: how long a first lockout lasts.
     pub lockout_duration: Duration,
+    /// `[lockout] max_duration`: the longest a growing lockout gets.
+    pub lockout_max_duration: Duration,
+    /// `[lockout] source_threshold`: distinct accounts failing from one
+    /// source that lock it for unfamiliar accounts; 0 turns it off.
+    pub lockout_source_threshold: u32,
+    /// `[lockout] source_window`.
+    pub lockout_source_window: Duration,
+    /// `[lockout] max_entries`: keys kept per lockout map.
+    pub lockout_max_entries: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -420,6 +431,24 @@ impl TryFrom<FileConfig> for Config {
             hash_queue: None,
             failure_delay: None,
         });
+        let lockout_duration = duration(
+            "lockout.duration",
+            file.lockout.as_ref().and_then(|l| l.duration.as_deref()),
+            "60s",
+        )?;
+        let lockout_max_duration = match file.lockout.as_ref().and_then(|l| l.max_duration.as_deref()) {
+            None => lockout_duration.max(Duration::from_secs(3600)),
+            Some(v) => {
+                let d = duration("lockout.max_duration", Some(v), v)?;
+                if d < lockout_duration {
+                    return Err(ConfigError::invalid(
+                        "lockout.max_duration",
+                        format!("must be at least lockout.duration ({lockout_duration:?}), got \"{v}\""),
+                    ));
+                }
+                d
+            }
+        };
         let auth = AuthConfig {
             basic_realm: match a.basic_realm {
                 None => "fedgate".into(),
@@ -446,10 +475,27 @@ impl TryFrom<FileConfig> for Config {
                 1000,
             )?)
             .unwrap_or(10),
-            lockout_duration: duration(
-                "lockout.duration",
-                file.lockout.as_ref().and_then(|l| l.duration.as_deref()),
-                "60s",
+            lockout_duration,
+            lockout_max_duration,
+            lockout_source_threshold: u32::try_from(bounded(
+                "lockout.source_threshold",
+                file.lockout.as_ref().and_then(|l| l.source_threshold),
+                20,
+                0,
+                1000,
+            )?)
+            .unwrap_or(20),
+            lockout_source_window: duration(
+                "lockout.source_window",
+                file.lockout.as_ref().and_then(|l| l.source_window.as_deref()),
+                "10m",
+            )?,
+            lockout_max_entries: bounded(
+                "lockout.max_entries",
+                file.lockout.as_ref().and_then(|l| l.max_entries),
+                100_000,
+                16,
+                10_000_000,
             )?,
             failure_delay: match a.failure_delay.as_deref().map(str::trim) {
                 None => Duration::from_secs(1),
@@ -822,6 +868,7 @@ fn directory(d: file::DirectoryFile) -> Result<DirectoryConfig, ConfigError> {
         anchor_attribute,
         disabled_filter,
         domain,
+        allow_non_ascii_logins: d.allow_non_ascii_logins.unwrap_or(false),
         timeout,
         connect_timeout,
         pool_size: bounded("directory.pool_size", d.pool_size, 2, 1, 64)?,

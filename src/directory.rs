@@ -24,9 +24,6 @@ use crate::model::{FederatedUser, Secret, Upn};
 
 pub use client::LdapDirectory;
 
-/// Longest login name accepted, in bytes.
-const MAX_LOGIN_BYTES: usize = 256;
-
 /// A user name as given at sign-in, in one of the forms the directory
 /// resolves.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,17 +35,19 @@ pub enum LoginName {
 }
 
 impl LoginName {
-    /// Parses what a client sent as its user name. `domain`, when set, is
-    /// the only NetBIOS domain accepted before a backslash. `None` for a
-    /// name that can be no user (empty, control characters, too long,
-    /// another domain): such a name is refused without asking anyone.
-    pub fn parse(given: &str, domain: Option<&str>) -> Option<LoginName> {
-        let given = given.trim();
-        if given.is_empty() || given.len() > MAX_LOGIN_BYTES || given.chars().any(char::is_control) {
-            return None;
-        }
+    /// Parses what a client sent as its user name, folded once by
+    /// [`crate::names::normalize`] (so `ａlice`, `ALICE` and `alice` are one
+    /// login, and that login is what the directory is sent). `domain`, when
+    /// set, is the only NetBIOS domain accepted before a backslash; without
+    /// it any domain is dropped, so `X1\alice` is the login `alice` and
+    /// shares its lockout budget. `None` for a name that can be no user
+    /// (empty, control or invisible characters, too long, not ASCII unless
+    /// `allow_non_ascii`, another domain): such a name is refused without
+    /// asking anyone.
+    pub fn parse(given: &str, domain: Option<&str>, allow_non_ascii: bool) -> Option<LoginName> {
+        let given = crate::names::normalize(given, allow_non_ascii).ok()?;
         if given.contains('@') {
-            return Upn::parse(given).ok().map(LoginName::Upn);
+            return Upn::parse(&given).ok().map(LoginName::Upn);
         }
         let login = match given.split_once('\\') {
             Some((dom, login)) => {
@@ -58,9 +57,9 @@ impl LoginName {
                 if domain.is_some_and(|d| !d.eq_ignore_ascii_case(dom)) {
                     return None;
                 }
-                login
+                login.trim()
             }
-            None => given,
+            None => &given,
         };
         (!login.is_empty()).then(|| LoginName::Login(login.to_owned()))
     }
@@ -132,6 +131,12 @@ pub trait Directory: Send + Sync + fmt::Debug {
 
     /// The NetBIOS domain accepted in `DOMAIN\login` names.
     fn domain(&self) -> Option<&str>;
+
+    /// Whether user names outside ASCII (after folding) are accepted:
+    /// `directory.allow_non_ascii_logins`.
+    fn allow_non_ascii_logins(&self) -> bool {
+        false
+    }
 }
 
 #[cfg(test)]
@@ -141,20 +146,20 @@ mod tests {
     #[test]
     fn login_names_take_the_forms_windows_clients_send() {
         assert_eq!(
-            LoginName::parse("Alice@Corp.Example.com", None),
+            LoginName::parse("Alice@Corp.Example.com", None, false),
             Some(LoginName::Upn(Upn::parse("alice@corp.example.com").unwrap()))
         );
         assert_eq!(
-            LoginName::parse("CORP\\alice", None),
+            LoginName::parse("CORP\\alice", None, false),
             Some(LoginName::Login("alice".into()))
         );
         assert_eq!(
-            LoginName::parse("corp\\alice", Some("CORP")),
+            LoginName::parse("corp\\alice", Some("CORP"), false),
             Some(LoginName::Login("alice".into()))
         );
-        assert_eq!(LoginName::parse("OTHER\\alice", Some("CORP")), None);
+        assert_eq!(LoginName::parse("OTHER\\alice", Some("CORP"), false), None);
         assert_eq!(
-            LoginName::parse("alice", Some("CORP")),
+            LoginName::parse("alice", Some("CORP"), false),
             Some(LoginName::Login("alice".into()))
         );
         for bad in [
@@ -167,8 +172,34 @@ mod tests {
             "a@b@c",
             &"x".repeat(300),
         ] {
-            assert_eq!(LoginName::parse(bad, None), None, "{bad:?}");
+            assert_eq!(LoginName::parse(bad, None, true), None, "{bad:?}");
         }
         assert_eq!(LoginName::Upn(Upn::parse("bob@x.org").unwrap()).login(), "bob");
+        // Look-alikes are the login they look like, or no login at all.
+        for alike in [
+            "\u{FF41}lice",
+            "a\u{FF4C}ice",
+            "\u{1D41A}lice",
+            "\u{AA}lice",
+            "X1\\ALICE",
+            "Q9\\alice",
+        ] {
+            assert_eq!(
+                LoginName::parse(alike, None, false),
+                Some(LoginName::Login("alice".into())),
+                "{alike:?}"
+            );
+        }
+        assert_eq!(LoginName::parse("AL\u{130}CE", None, false), None);
+        assert_eq!(
+            LoginName::parse("AL\u{130}CE", None, true),
+            Some(LoginName::Login("ali\u{307}ce".into()))
+        );
+        assert_eq!(
+            LoginName::parse("\u{212A}ate@x.example", None, false)
+                .unwrap()
+                .to_string(),
+            "kate@x.example"
+        );
     }
 }

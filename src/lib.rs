@@ -27,6 +27,7 @@ pub mod jobs;
 pub mod key_file;
 pub mod logging;
 pub mod model;
+pub mod names;
 pub mod portal;
 pub mod proxy;
 pub mod secretbox;

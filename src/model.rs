@@ -41,7 +41,7 @@ pub enum ModelError {
     UpnShape { given: String },
     #[error("user name is {len} bytes long; a UPN may be at most {MAX_UPN_BYTES} bytes")]
     UpnTooLong { len: usize },
-    #[error("user name {given:?} contains a control character")]
+    #[error("user name {given:?} contains a control or invisible character")]
     UpnControl { given: String },
     #[error("invalid {what} {given:?}: expected {expected}")]
     InvalidValue {
@@ -67,25 +67,19 @@ pub enum ModelError {
 pub struct Upn(String);
 
 impl Upn {
+    /// The canonical UPN of `input`, folded by [`crate::names::normalize`]
+    /// (NFKC, lowercase, trimmed) so that every spelling of one name is one
+    /// user. Non-ASCII UPNs are kept here (the store may hold them); the
+    /// sign-in path refuses them first unless configured.
     pub fn parse(input: &str) -> Result<Upn, ModelError> {
-        let trimmed = input.trim();
-        if trimmed.is_empty() {
-            return Err(ModelError::UpnEmpty);
-        }
-        // Checked before lowercasing so that an absurdly long input is not
-        // copied first.
-        if trimmed.len() > MAX_UPN_BYTES * 4 {
-            return Err(ModelError::UpnTooLong { len: trimmed.len() });
-        }
-        if trimmed.chars().any(char::is_control) {
-            return Err(ModelError::UpnControl {
-                given: audit_text(trimmed, 64),
-            });
-        }
-        let canonical = trimmed.to_lowercase();
-        if canonical.len() > MAX_UPN_BYTES {
-            return Err(ModelError::UpnTooLong { len: canonical.len() });
-        }
+        use crate::names::{normalize, NameError};
+        let canonical = normalize(input, true).map_err(|e| match e {
+            NameError::Empty => ModelError::UpnEmpty,
+            NameError::TooLong(len) => ModelError::UpnTooLong { len },
+            NameError::Control | NameError::Unstable | NameError::NonAscii => ModelError::UpnControl {
+                given: audit_text(input.trim(), 64),
+            },
+        })?;
         let mut parts = canonical.split('@');
         let well_formed = match (parts.next(), parts.next(), parts.next()) {
             (Some(local), Some(domain), None) => !local.is_empty() && !domain.is_empty(),
@@ -93,7 +87,7 @@ impl Upn {
         };
         if !well_formed {
             return Err(ModelError::UpnShape {
-                given: audit_text(trimmed, 64),
+                given: audit_text(input.trim(), 64),
             });
         }
         Ok(Upn(canonical))

@@ -1,167 +1,672 @@
-//! Lockout: after `threshold` wrong secrets in a row for one user name
-//! from one client address, that pair is refused (429) for `duration`
-//! without checking anything, so a guesser gets no further answers and the
-//! directory sees no more failed binds for the account.
+//! Lockout: how many wrong secrets an account may be tried with, from
+//! where, before fedgate stops checking them (429, nothing verified, no
+//! bind), so a guesser gets no further answers and the directory sees no
+//! more failed binds for the account.
 //!
-//! Keyed by name *and* address, so that someone spraying from elsewhere
-//! does not lock the real user out of their own device. A success resets
-//! the pair's count. Kept in memory per node: a node restart forgets it,
-//! and each node counts on its own.
+//! The rules (README "Lockout" says the same for operators):
+//!
+//! - **Counted per account.** The key is the user the name resolves to in
+//!   the index; a name that resolves to no user is counted under its
+//!   canonical login part (see [`crate::names`]), so every spelling of one
+//!   name (`alice@corp.example.com`, `alice`, `CORP\alice`, `ａlice`) spends
+//!   one budget. Names refused outright (another domain, not ASCII, control
+//!   characters) reach nobody and are not counted.
+//! - **Familiar sources have their own counter.** A source (client address;
+//!   an IPv6 address's /64) that signed the user in before is familiar: the last [`FAMILIAR_SOURCES`] are kept per user with
+//!   when. Each has a counter of its own; all other sources share the
+//!   account's *unfamiliar* counter. Someone guessing from elsewhere can lock
+//!   the unfamiliar counter, never the user's phone; spreading the guesses
+//!   over many addresses gains nothing.
+//! - **A counter locks** after `threshold` counted failures that begin
+//!   within `duration` of each other; a run older than that starts over.
+//! - **Repeats count once.** The keyed hashes (HMAC-SHA256 under a key made
+//!   at start; the secret itself is never kept) of the counter's last
+//!   [`REMEMBERED_SECRETS`] wrong secrets of the current run are remembered;
+//!   a repeat is refused as wrong without being checked again (no argon2
+//!   beyond the dummy, no bind) and without counting. The hash covers the
+//!   account's state (the user's and the settings' generations), so once
+//!   anything changes (an app password added, the user re-enabled) a
+//!   refused secret is checked again.
+//! - **Durations grow.** A counter's n-th lockout in a row lasts
+//!   `duration × 2^(n-1)`, at most `max_duration`. The count of lockouts in
+//!   a row goes back to zero on a success through that counter (a familiar
+//!   source signing in) or after [`QUIET`] without a counted failure.
+//! - **A right secret that is refused** (`app_password_required`: the
+//!   right organizational password of a user who must use app passwords)
+//!   counts like a wrong one and resets nothing, so a guesser cannot tell it.
+//! - **Sources spraying many accounts are throttled.** A source with counted
+//!   failures for `source_threshold` distinct accounts within
+//!   `source_window` is locked for `source_window` for every account it has
+//!   not signed in before (0 turns this off).
+//! - **Bounded memory.** Counters, sources and familiar lists are each kept
+//!   for at most `max_entries` keys of fixed size (names are hashed); when
+//!   full, the least recently failed (for familiar lists: signed in) goes
+//!   first. Names of sources and accounts refused for length never get here.
+//!
+//! Kept in memory per node: a restart forgets it, and each node counts on
+//! its own. The warm path pays one atomic load while nothing failed lately.
+//! Time is passed in; nothing here reads a clock.
 
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{BuildHasher, Hash};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
-use dashmap::DashMap;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
 
-/// Pairs kept at most; past this, entries not locked are dropped first.
-const MAX_ENTRIES: usize = 100_000;
+use crate::model::{Reason, UserId};
 
-#[derive(Debug, Clone, Copy)]
-struct Entry {
-    failures: u32,
-    /// When the first failure of the current run happened.
-    since: Instant,
-    locked_until: Option<Instant>,
+/// Familiar sources kept per user.
+pub const FAMILIAR_SOURCES: usize = 8;
+/// Wrong secrets remembered per counter, so their repeats count once.
+pub const REMEMBERED_SECRETS: usize = 3;
+/// A counter this long without a counted failure forgets its lockouts.
+pub const QUIET: Duration = Duration::from_secs(24 * 3600);
+/// Shards of each map: failures on different keys rarely wait for each other.
+const SHARDS: usize = 16;
+
+/// The rules' parameters (`[lockout]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rules {
+    /// Counted failures that lock a counter; 0 turns lockout off.
+    pub threshold: u32,
+    /// The first lockout's length, and how close failures must be to form
+    /// one run.
+    pub duration: Duration,
+    /// The longest a growing lockout gets.
+    pub max_duration: Duration,
+    /// Distinct accounts failing from one source that lock the source; 0
+    /// turns the source throttle off.
+    pub source_threshold: u32,
+    pub source_window: Duration,
+    /// Keys kept per map.
+    pub max_entries: usize,
 }
 
-#[derive(Debug)]
-pub struct Lockout {
-    threshold: u32,
-    duration: Duration,
-    entries: DashMap<(String, IpAddr), Entry, foldhash::fast::RandomState>,
-    /// False while no failure is recorded: the warm path then reads one
-    /// atomic instead of the map's shards.
-    any: AtomicBool,
-}
-
-impl Lockout {
-    pub fn new(threshold: u32, duration: Duration) -> Lockout {
-        Lockout {
+impl Rules {
+    /// The rules with `threshold` and `duration`, the rest at defaults.
+    pub fn new(threshold: u32, duration: Duration) -> Rules {
+        Rules {
             threshold,
             duration,
-            entries: DashMap::default(),
-            any: AtomicBool::new(false),
+            max_duration: Duration::from_secs(3600).max(duration),
+            source_threshold: 20,
+            source_window: Duration::from_secs(600),
+            max_entries: 100_000,
         }
     }
 
-    fn key(name: &str, ip: IpAddr) -> (String, IpAddr) {
-        (name.trim().to_lowercase(), ip)
+    /// How long the `nth` lockout in a row lasts (1-based).
+    pub fn lock_length(&self, nth: u32) -> Duration {
+        let factor = 1u32 << nth.saturating_sub(1).min(20);
+        self.duration
+            .saturating_mul(factor)
+            .min(self.max_duration.max(self.duration))
     }
+}
 
-    /// How long the pair stays locked, if it is.
-    pub fn locked(&self, name: &str, ip: IpAddr, now: Instant) -> Option<Duration> {
-        // The warm path's usual case: nobody failed lately, nothing to look up.
-        if self.threshold == 0 || !self.any.load(Ordering::Acquire) {
-            return None;
+/// Whom a sign-in counts against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Subject<'a> {
+    /// The name resolved to this user.
+    User(UserId),
+    /// The name resolved to nobody: its canonical login part.
+    Name(&'a str),
+}
+
+/// The secret presented, and the state of the account it was checked
+/// against: generations of the user and the settings, anything that
+/// changes when a refused secret might become right.
+#[derive(Debug, Clone, Copy)]
+pub struct Attempt<'a> {
+    pub secret: &'a str,
+    pub epoch: u64,
+}
+
+impl<'a> Attempt<'a> {
+    pub fn new(secret: &'a str, epoch: u64) -> Attempt<'a> {
+        Attempt { secret, epoch }
+    }
+}
+
+/// What the lockout says before a secret is checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Check {
+    /// Check the secret.
+    Clear,
+    /// Refuse with 429 for this long, checking nothing.
+    Locked(Duration),
+    /// This exact secret was refused for this account through this counter
+    /// in the current run, as this: refuse it again without checking it.
+    KnownWrong(Reason),
+}
+
+/// A source: an IPv4 address, or an IPv6 address's /64 (one subscriber's
+/// network; its interface bits are the subscriber's to choose).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Source {
+    V4(u32),
+    V6(u64),
+}
+
+impl From<IpAddr> for Source {
+    fn from(ip: IpAddr) -> Source {
+        match ip.to_canonical() {
+            IpAddr::V4(v4) => Source::V4(u32::from(v4)),
+            IpAddr::V6(v6) => Source::V6((u128::from(v6) >> 64) as u64),
         }
-        let entry = self.entries.get(&Self::key(name, ip))?;
-        entry
-            .locked_until
+    }
+}
+
+/// A counter's key: fixed size whatever the name's length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Key {
+    User(i64),
+    Name(u64),
+}
+
+type SecretTag = [u8; 16];
+
+/// One counter: failures in the current run, the lock, the lockouts in a row.
+#[derive(Debug, Clone, Default)]
+struct Counter {
+    failures: u32,
+    /// When the current run's first counted failure happened.
+    since: Option<Instant>,
+    locked_until: Option<Instant>,
+    /// Lockouts in a row (drives the growing duration).
+    lockouts: u32,
+    last_failure: Option<Instant>,
+    /// The run's refused secrets and what they were refused as.
+    wrong: Vec<(SecretTag, Reason)>,
+}
+
+impl Counter {
+    fn locked(&self, now: Instant) -> Option<Duration> {
+        self.locked_until
             .and_then(|until| until.checked_duration_since(now))
             .filter(|left| !left.is_zero())
     }
 
-    /// Counts a wrong secret; returns true when this failure locked the
-    /// pair.
-    pub fn failed(&self, name: &str, ip: IpAddr, now: Instant) -> bool {
-        if self.threshold == 0 {
-            return false;
+    /// Ends a run that is over (lock run out, or first failure too old)
+    /// and a lockout streak after a quiet day.
+    fn settle(&mut self, rules: &Rules, now: Instant) {
+        if self
+            .last_failure
+            .is_some_and(|t| now.saturating_duration_since(t) >= QUIET)
+        {
+            *self = Counter::default();
+            return;
+        }
+        let lock_over = self.locked_until.is_some_and(|until| until <= now);
+        let run_old = self
+            .since
+            .is_some_and(|s| now.saturating_duration_since(s) > rules.duration);
+        if lock_over || (self.locked_until.is_none() && run_old) {
+            self.failures = 0;
+            self.since = None;
+            self.locked_until = None;
+            self.wrong.clear();
+        }
+    }
+
+    /// Counts one failure unless its secret was seen in this run (false);
+    /// with the lock's length when this failure locked the counter.
+    fn fail(&mut self, rules: &Rules, tag: SecretTag, reason: Reason, now: Instant) -> (bool, Option<Duration>) {
+        self.settle(rules, now);
+        if self.wrong.iter().any(|(t, _)| *t == tag) {
+            self.last_failure = Some(now);
+            return (false, None);
+        }
+        if self.wrong.len() == REMEMBERED_SECRETS {
+            self.wrong.remove(0);
+        }
+        self.wrong.push((tag, reason));
+        self.since.get_or_insert(now);
+        self.last_failure = Some(now);
+        self.failures += 1;
+        if self.failures >= rules.threshold && self.locked_until.is_none() {
+            self.lockouts = self.lockouts.saturating_add(1);
+            let length = rules.lock_length(self.lockouts);
+            self.locked_until = Some(now + length);
+            return (true, Some(length));
+        }
+        (true, None)
+    }
+
+    /// Whether anything here still matters at `now`.
+    fn live(&self, rules: &Rules, now: Instant) -> bool {
+        let mut c = self.clone();
+        c.settle(rules, now);
+        c.failures > 0 || c.lockouts > 0
+    }
+}
+
+/// An account's counters: one per familiar source that failed, one shared
+/// by every other source.
+#[derive(Debug, Clone, Default)]
+struct Counters {
+    unfamiliar: Counter,
+    familiar: Vec<(Source, Counter)>,
+}
+
+impl Counters {
+    fn counter(&mut self, source: Option<Source>) -> &mut Counter {
+        let Some(source) = source else {
+            return &mut self.unfamiliar;
+        };
+        if let Some(i) = self.familiar.iter().position(|(s, _)| *s == source) {
+            return &mut self.familiar[i].1;
+        }
+        if self.familiar.len() >= FAMILIAR_SOURCES {
+            // The familiar list is at most this long, so the stale counter
+            // dropped is one of a source no longer familiar.
+            self.familiar.remove(0);
+        }
+        self.familiar.push((source, Counter::default()));
+        let last = self.familiar.len() - 1;
+        &mut self.familiar[last].1
+    }
+
+    fn peek(&self, source: Option<Source>) -> Option<&Counter> {
+        match source {
+            None => Some(&self.unfamiliar),
+            Some(source) => self.familiar.iter().find(|(s, _)| *s == source).map(|(_, c)| c),
+        }
+    }
+
+    fn live(&self, rules: &Rules, now: Instant) -> bool {
+        self.unfamiliar.live(rules, now) || self.familiar.iter().any(|(_, c)| c.live(rules, now))
+    }
+}
+
+/// Sources that signed one user in, newest last.
+#[derive(Debug, Clone, Default)]
+struct Familiar(Vec<(Source, Instant)>);
+
+/// One source's failures for distinct accounts in the current window.
+#[derive(Debug, Clone)]
+struct Spray {
+    window_start: Instant,
+    accounts: Vec<u64>,
+    locked_until: Option<Instant>,
+}
+
+impl Spray {
+    fn locked(&self, now: Instant) -> Option<Duration> {
+        self.locked_until
+            .and_then(|until| until.checked_duration_since(now))
+            .filter(|left| !left.is_zero())
+    }
+}
+
+/// A map of at most `cap` keys, in shards, dropping the least recently
+/// touched key when full. Reads share a shard; only changes take it alone.
+struct Bounded<K, V> {
+    shards: Vec<RwLock<Shard<K, V>>>,
+    cap_per_shard: usize,
+    hasher: std::collections::hash_map::RandomState,
+}
+
+struct Shard<K, V> {
+    map: HashMap<K, (u64, V)>,
+    order: BTreeMap<u64, K>,
+    tick: u64,
+}
+
+// Every critical section leaves the shard consistent, so a panic in
+// another holder does not make it unusable.
+fn read<T>(m: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    m.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn write<T>(m: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    m.write().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl<K: Copy + Eq + Hash, V> Bounded<K, V> {
+    fn new(cap: usize) -> Self {
+        Bounded {
+            shards: (0..SHARDS)
+                .map(|_| {
+                    RwLock::new(Shard {
+                        map: HashMap::new(),
+                        order: BTreeMap::new(),
+                        tick: 0,
+                    })
+                })
+                .collect(),
+            cap_per_shard: cap.div_ceil(SHARDS).max(1),
+            hasher: Default::default(),
+        }
+    }
+
+    fn shard(&self, key: &K) -> &RwLock<Shard<K, V>> {
+        // Invariant: SHARDS > 0, so the index is in range.
+        &self.shards[(self.hasher.hash_one(key) as usize) % SHARDS]
+    }
+
+    /// Reads the value without touching its age.
+    fn read<R>(&self, key: &K, f: impl FnOnce(&V) -> R) -> Option<R> {
+        let shard = read(self.shard(key));
+        shard.map.get(key).map(|(_, v)| f(v))
+    }
+
+    /// Changes (or makes) the value and marks it the most recently used.
+    fn update<R>(&self, key: K, make: impl FnOnce() -> V, f: impl FnOnce(&mut V) -> R) -> R {
+        let mut guard = write(self.shard(&key));
+        let shard = &mut *guard;
+        shard.tick += 1;
+        let tick = shard.tick;
+        if let Some((old, _)) = shard.map.get(&key) {
+            let old = *old;
+            shard.order.remove(&old);
+        } else {
+            while shard.map.len() >= self.cap_per_shard {
+                let Some((_, oldest)) = shard.order.pop_first() else {
+                    break;
+                };
+                shard.map.remove(&oldest);
+            }
+            shard.map.insert(key, (tick, make()));
+        }
+        shard.order.insert(tick, key);
+        // Invariant: the key was present or has just been inserted.
+        let slot = shard.map.get_mut(&key).expect("the entry was just made");
+        slot.0 = tick;
+        f(&mut slot.1)
+    }
+
+    fn retain(&self, mut keep: impl FnMut(&V) -> bool) {
+        for shard in &self.shards {
+            let mut guard = write(shard);
+            let shard = &mut *guard;
+            let order = &mut shard.order;
+            shard.map.retain(|_, (tick, v)| {
+                let kept = keep(v);
+                if !kept {
+                    order.remove(tick);
+                }
+                kept
+            });
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.shards.iter().map(|s| read(s).map.len()).sum()
+    }
+}
+
+/// The lockout state of one node.
+pub struct Lockout {
+    rules: Rules,
+    counters: Bounded<Key, Counters>,
+    familiar: Bounded<i64, Familiar>,
+    sources: Bounded<Source, Spray>,
+    /// Keys the secret tags, made at start: nothing here outlives the
+    /// process, so nothing need be comparable across restarts.
+    mac: Hmac<Sha256>,
+    names: std::collections::hash_map::RandomState,
+    /// False while no failure is recorded: the warm path then reads one
+    /// atomic instead of any map.
+    any: AtomicBool,
+}
+
+impl std::fmt::Debug for Lockout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lockout")
+            .field("rules", &self.rules)
+            .field("counters", &self.counters.len())
+            .field("sources", &self.sources.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a counted failure did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Failed {
+    /// The account's counter locked, for this long.
+    pub locked: Option<Duration>,
+    /// The source's throttle locked, for this long.
+    pub source_locked: Option<Duration>,
+}
+
+impl Lockout {
+    pub fn new(rules: Rules) -> Lockout {
+        Lockout {
+            counters: Bounded::new(rules.max_entries),
+            familiar: Bounded::new(rules.max_entries),
+            sources: Bounded::new(rules.max_entries),
+            rules,
+            // Invariant: HMAC takes keys of any length.
+            mac: <Hmac<Sha256> as Mac>::new_from_slice(&rand::random::<[u8; 32]>())
+                .expect("HMAC accepts any key length"),
+            names: Default::default(),
+            any: AtomicBool::new(false),
+        }
+    }
+
+    pub fn rules(&self) -> &Rules {
+        &self.rules
+    }
+
+    /// The first lockout's length.
+    pub fn duration(&self) -> Duration {
+        self.rules.duration
+    }
+
+    fn key(&self, subject: Subject<'_>) -> Key {
+        match subject {
+            Subject::User(id) => Key::User(id.0),
+            Subject::Name(name) => Key::Name(self.names.hash_one(name)),
+        }
+    }
+
+    fn fingerprint(&self, key: Key) -> u64 {
+        self.names.hash_one(key)
+    }
+
+    /// The keyed hash of a secret, bound to the account so that tags of
+    /// one account say nothing about another's, and to the account's
+    /// `epoch` so that a change (an app password added, the user enabled)
+    /// makes an earlier refused secret worth checking again.
+    fn tag(&self, key: Key, attempt: Attempt<'_>) -> SecretTag {
+        let mut mac = self.mac.clone();
+        mac.update(&attempt.epoch.to_le_bytes());
+        match key {
+            Key::User(id) => {
+                mac.update(b"u");
+                mac.update(&id.to_le_bytes());
+            }
+            Key::Name(h) => {
+                mac.update(b"n");
+                mac.update(&h.to_le_bytes());
+            }
+        }
+        mac.update(attempt.secret.as_bytes());
+        let full: [u8; 32] = mac.finalize().into_bytes().into();
+        let mut tag = [0; 16];
+        tag.copy_from_slice(&full[..16]);
+        tag
+    }
+
+    /// The source if it signed this user in before.
+    fn familiar_source(&self, subject: Subject<'_>, source: Source) -> Option<Source> {
+        let Subject::User(id) = subject else {
+            return None;
+        };
+        self.familiar
+            .read(&id.0, |f| f.0.iter().any(|(s, _)| *s == source))
+            .unwrap_or(false)
+            .then_some(source)
+    }
+
+    /// Before checking `secret` for `subject` from `ip`. `None`: the name
+    /// was refused (it names nobody); only the source's throttle applies.
+    pub fn check(&self, subject: Option<Subject<'_>>, ip: IpAddr, attempt: Attempt<'_>, now: Instant) -> Check {
+        // The warm path's usual case: nobody failed lately, nothing to look up.
+        if self.rules.threshold == 0 || !self.any.load(Ordering::Acquire) {
+            return Check::Clear;
+        }
+        let source = Source::from(ip);
+        let familiar = subject.and_then(|s| self.familiar_source(s, source));
+        if familiar.is_none() {
+            if let Some(left) = self.sources.read(&source, |s| s.locked(now)).flatten() {
+                return Check::Locked(left);
+            }
+        }
+        let Some(subject) = subject else {
+            return Check::Clear;
+        };
+        let key = self.key(subject);
+        let state = self.counters.read(&key, |c| {
+            c.peek(familiar).map(|c| {
+                let mut c = c.clone();
+                c.settle(&self.rules, now);
+                (c.locked(now), !c.wrong.is_empty())
+            })
+        });
+        match state.flatten() {
+            Some((Some(left), _)) => Check::Locked(left),
+            Some((None, true)) => {
+                let tag = self.tag(key, attempt);
+                let known = self
+                    .counters
+                    .read(&key, |c| {
+                        c.peek(familiar)
+                            .and_then(|c| c.wrong.iter().find(|(t, _)| *t == tag).map(|(_, r)| *r))
+                    })
+                    .flatten();
+                known.map_or(Check::Clear, Check::KnownWrong)
+            }
+            _ => Check::Clear,
+        }
+    }
+
+    /// Counts a refused secret (wrong, or right but refused as
+    /// `app_password_required`).
+    pub fn failed(
+        &self,
+        subject: Subject<'_>,
+        ip: IpAddr,
+        attempt: Attempt<'_>,
+        reason: Reason,
+        now: Instant,
+    ) -> Failed {
+        if self.rules.threshold == 0 {
+            return Failed::default();
         }
         self.any.store(true, Ordering::Release);
-        if self.entries.len() >= MAX_ENTRIES {
-            self.sweep(now);
-        }
-        let mut entry = self.entries.entry(Self::key(name, ip)).or_insert(Entry {
-            failures: 0,
-            since: now,
-            locked_until: None,
+        let source = Source::from(ip);
+        let familiar = self.familiar_source(subject, source);
+        let key = self.key(subject);
+        let tag = self.tag(key, attempt);
+        let rules = self.rules;
+        let (locked, counted) = self.counters.update(key, Counters::default, |c| {
+            let (counted, locked) = c.counter(familiar).fail(&rules, tag, reason, now);
+            (locked, counted)
         });
-        // A run of failures older than the lock duration starts over, and
-        // so does one whose lock has run out.
-        let expired_lock = entry.locked_until.is_some_and(|until| until <= now);
-        if expired_lock || now.duration_since(entry.since) > self.duration {
-            *entry = Entry {
-                failures: 0,
-                since: now,
+        let source_locked = if counted { self.spray(key, source, now) } else { None };
+        Failed { locked, source_locked }
+    }
+
+    /// Notes a failure for `key` from `source`; returns the source lock's
+    /// length when this one locked it.
+    fn spray(&self, key: Key, source: Source, now: Instant) -> Option<Duration> {
+        let threshold = self.rules.source_threshold as usize;
+        if threshold == 0 {
+            return None;
+        }
+        let window = self.rules.source_window;
+        let fingerprint = self.fingerprint(key);
+        self.sources.update(
+            source,
+            || Spray {
+                window_start: now,
+                accounts: Vec::new(),
                 locked_until: None,
-            };
-        }
-        entry.failures += 1;
-        if entry.failures >= self.threshold && entry.locked_until.is_none() {
-            entry.locked_until = Some(now + self.duration);
-            return true;
-        }
-        false
+            },
+            |s| {
+                if now.saturating_duration_since(s.window_start) > window {
+                    s.window_start = now;
+                    s.accounts.clear();
+                }
+                if s.locked(now).is_some() || s.accounts.contains(&fingerprint) {
+                    return None;
+                }
+                s.accounts.push(fingerprint);
+                if s.accounts.len() >= threshold {
+                    s.locked_until = Some(now + window);
+                    s.window_start = now;
+                    s.accounts.clear();
+                    return Some(window);
+                }
+                None
+            },
+        )
     }
 
-    /// A right secret: the pair starts from zero.
-    pub fn succeeded(&self, name: &str, ip: IpAddr) {
-        if self.threshold > 0 && self.any.load(Ordering::Acquire) {
-            self.entries.remove(&Self::key(name, ip));
+    /// A secret accepted for `user` from `ip`: the source is familiar from
+    /// now on and its counter starts from zero. A sign-in answered from the
+    /// verified-credential cache (`checked` false) counts as well (a phone
+    /// that moved to another network is still the user's phone); it costs a
+    /// read of the user's list, and a write at most once a minute.
+    pub fn succeeded(&self, user: UserId, ip: IpAddr, checked: bool, now: Instant) {
+        if self.rules.threshold == 0 {
+            return;
         }
-    }
-
-    /// Drops entries that no longer matter.
-    pub fn sweep(&self, now: Instant) {
-        self.entries.retain(|_, e| match e.locked_until {
-            Some(until) => until > now,
-            None => now.duration_since(e.since) <= self.duration,
+        let source = Source::from(ip);
+        if !checked {
+            let fresh = self
+                .familiar
+                .read(&user.0, |f| {
+                    f.0.iter()
+                        .any(|(s, at)| *s == source && now.saturating_duration_since(*at) < Duration::from_secs(60))
+                })
+                .unwrap_or(false);
+            if fresh {
+                return;
+            }
+        }
+        self.familiar.update(user.0, Familiar::default, |f| {
+            f.0.retain(|(s, _)| *s != source);
+            if f.0.len() >= FAMILIAR_SOURCES {
+                f.0.remove(0);
+            }
+            f.0.push((source, now));
         });
-        if self.entries.is_empty() {
+        if self.any.load(Ordering::Acquire) {
+            let key = Key::User(user.0);
+            if self.counters.read(&key, |_| ()).is_some() {
+                self.counters.update(key, Counters::default, |c| {
+                    c.familiar.retain(|(s, _)| *s != source);
+                });
+            }
+        }
+    }
+
+    /// Drops entries that no longer matter; clears the warm path's flag
+    /// when nothing failed lately.
+    pub fn sweep(&self, now: Instant) {
+        let rules = self.rules;
+        self.counters.retain(|c| c.live(&rules, now));
+        self.sources.retain(|s| {
+            s.locked(now).is_some() || now.saturating_duration_since(s.window_start) <= rules.source_window
+        });
+        if self.counters.len() == 0 && self.sources.len() == 0 {
             self.any.store(false, Ordering::Release);
         }
+        metrics::gauge!("fedgate_lockout_entries").set(self.counters.len() as f64);
     }
 
-    pub fn duration(&self) -> Duration {
-        self.duration
+    /// Keys held: counters, sources, familiar lists.
+    pub fn sizes(&self) -> (usize, usize, usize) {
+        (self.counters.len(), self.sources.len(), self.familiar.len())
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const A: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 1));
-    const B: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 2));
-
-    #[test]
-    fn locks_a_name_from_one_address_only() {
-        let lockout = Lockout::new(3, Duration::from_secs(60));
-        let t0 = Instant::now();
-        assert!(!lockout.failed("Alice@X.example", A, t0));
-        assert!(!lockout.failed("alice@x.example", A, t0));
-        assert!(lockout.failed("alice@x.example", A, t0));
-        assert_eq!(lockout.locked("ALICE@x.example", A, t0), Some(Duration::from_secs(60)));
-        assert_eq!(lockout.locked("alice@x.example", B, t0), None);
-        assert_eq!(lockout.locked("bob@x.example", A, t0), None);
-        // Runs out by itself.
-        assert_eq!(lockout.locked("alice@x.example", A, t0 + Duration::from_secs(61)), None);
-        assert!(!lockout.failed("alice@x.example", A, t0 + Duration::from_secs(61)));
-    }
-
-    #[test]
-    fn success_resets_and_old_failures_expire() {
-        let lockout = Lockout::new(3, Duration::from_secs(60));
-        let t0 = Instant::now();
-        lockout.failed("a@x", A, t0);
-        lockout.failed("a@x", A, t0);
-        lockout.succeeded("a@x", A);
-        assert!(!lockout.failed("a@x", A, t0));
-        assert!(!lockout.failed("a@x", A, t0));
-        // The third, but long after the first: a new run.
-        assert!(!lockout.failed("a@x", A, t0 + Duration::from_secs(120)));
-        lockout.sweep(t0 + Duration::from_secs(300));
-        assert!(lockout.entries.is_empty());
-    }
-
-    #[test]
-    fn threshold_zero_turns_it_off() {
-        let lockout = Lockout::new(0, Duration::from_secs(60));
-        let t0 = Instant::now();
-        for _ in 0..100 {
-            assert!(!lockout.failed("a@x", A, t0));
-        }
-        assert_eq!(lockout.locked("a@x", A, t0), None);
-    }
-}
+mod tests;

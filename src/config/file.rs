@@ -56,6 +56,7 @@ pub struct DirectoryFile {
     pub anchor_attribute: Option<String>,
     pub disabled_filter: Option<String>,
     pub domain: Option<String>,
+    pub allow_non_ascii_logins: Option<bool>,
     pub timeout: Option<String>,
     pub connect_timeout: Option<String>,
     pub pool_size: Option<i64>,
@@ -71,6 +72,10 @@ pub struct DirectoryFile {
 pub struct LockoutFile {
     pub threshold: Option<i64>,
     pub duration: Option<String>,
+    pub max_duration: Option<String>,
+    pub source_threshold: Option<i64>,
+    pub source_window: Option<String>,
+    pub max_entries: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]

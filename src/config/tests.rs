@@ -264,12 +264,41 @@ fn lockout_keys() {
         (c.auth.lockout_threshold, c.auth.lockout_duration),
         (10, Duration::from_secs(60))
     );
+    assert_eq!(
+        (
+            c.auth.lockout_max_duration,
+            c.auth.lockout_source_threshold,
+            c.auth.lockout_source_window,
+            c.auth.lockout_max_entries
+        ),
+        (Duration::from_secs(3600), 20, Duration::from_secs(600), 100_000)
+    );
     let off = parse(&format!("{MINIMAL}\n[lockout]\nthreshold = 0\n")).unwrap();
     assert_eq!(off.auth.lockout_threshold, 0);
+    let set = parse(&format!(
+        "{MINIMAL}\n[lockout]\nmax_duration = \"10m\"\nsource_threshold = 0\nsource_window = \"1m\"\nmax_entries = 500\n"
+    ))
+    .unwrap();
+    assert_eq!(
+        (
+            set.auth.lockout_max_duration,
+            set.auth.lockout_source_threshold,
+            set.auth.lockout_source_window,
+            set.auth.lockout_max_entries
+        ),
+        (Duration::from_secs(600), 0, Duration::from_secs(60), 500)
+    );
     for (extra, key) in [
         ("[lockout]\nthreshold = -1", "lockout.threshold"),
         ("[lockout]\nduration = \"0s\"", "lockout.duration"),
         ("[lockout]\nlimit = 3", "lockout.limit"),
+        ("[lockout]\nsource_threshold = -2", "lockout.source_threshold"),
+        ("[lockout]\nsource_window = \"soon\"", "lockout.source_window"),
+        ("[lockout]\nmax_entries = 1", "lockout.max_entries"),
+        (
+            "[lockout]\nduration = \"2h\"\nmax_duration = \"1h\"",
+            "lockout.max_duration",
+        ),
     ] {
         let err = parse(&format!("{MINIMAL}\n{extra}\n")).unwrap_err().to_string();
         assert!(err.contains(key), "expected {key} in {err}");

@@ -978,4 +978,8 @@ impl Directory for LdapDirectory {
     fn domain(&self) -> Option<&str> {
         self.config.domain.as_deref()
     }
+
+    fn allow_non_ascii_logins(&self) -> bool {
+        self.config.allow_non_ascii_logins
+    }
 }

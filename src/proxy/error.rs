@@ -132,7 +132,9 @@ fn refused(
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     if let Some(wait) = retry_after {
-        h.insert(header::RETRY_AFTER, HeaderValue::from(wait.as_secs().max(1)));
+        // Rounded up: a client that comes back on time must find the wait over.
+        let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        h.insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
     }
     resp
 }

@@ -226,13 +226,23 @@ async fn verified_passwords_are_cached_until_a_change_and_failures_never() {
     }
     assert_eq!(slapd.bind_count() - before, 0, "warm sign-ins bound to the directory");
 
-    // Failed binds are not cached: each wrong attempt binds.
+    // Failed binds are not cached: each new wrong password binds; the
+    // same wrong one again is refused without asking (lockout counts it
+    // once).
     let before = slapd.bind_count();
-    let wrong = SignIn::new(fedgate.plain, ALICE, "not it").path(CLOUD_ONPREM);
-    for _ in 0..3 {
+    for i in 0..3 {
+        let wrong = format!("not it {i}");
+        let wrong = SignIn::new(fedgate.plain, ALICE, &wrong).path(CLOUD_ONPREM);
         assert_unauthorized(&wrong.send().await, "wrong");
     }
     assert_eq!(slapd.bind_count() - before, 3);
+    let again = SignIn::new(fedgate.plain, ALICE, "not it 0").path(CLOUD_ONPREM);
+    assert_unauthorized(&again.send().await, "the same wrong password again");
+    assert_eq!(
+        slapd.bind_count() - before,
+        3,
+        "a repeated wrong password reached slapd"
+    );
 
     // A change of MFA state drops the cached verification.
     admin.run(&["user", "set-state", "--state", "enabled", ALICE]).success();

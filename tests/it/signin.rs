@@ -881,7 +881,7 @@ async fn refusals_are_delayed_but_the_challenge_and_sign_ins_are_not() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn lockout_refuses_one_name_from_one_address_without_locking_out_others() {
+async fn lockout_refuses_an_account_without_locking_out_its_familiar_devices() {
     let fedgate = Fedgate::builder()
         .server("trusted_proxies = [\"127.0.0.1/32\"]")
         .section("[lockout]\nthreshold = 3\nduration = \"2s\"\n")
@@ -909,16 +909,26 @@ async fn lockout_refuses_one_name_from_one_address_without_locking_out_others() 
     SignIn::new(fedgate.plain, "alice@contoso.example", PASSWORD)
         .until(StatusCode::OK, POLL)
         .await;
+    // The real user's device: a familiar source from now on.
+    signed_in(&from("10.0.0.7", PASSWORD, "lock-familiar").await, "the user's device");
 
-    for _ in 0..3 {
-        assert_unauthorized(&from("10.0.0.66", "guess", "lock-guess").await, "wrong password");
+    // Three different guesses (a repeated one would count once).
+    for guess in ["guess 1", "guess 2", "guess 3"] {
+        assert_unauthorized(&from("10.0.0.66", guess, "lock-guess").await, "wrong password");
     }
     // Locked: even the right password gets no answer about itself.
     let (status, headers, _) = from("10.0.0.66", PASSWORD, "lock-locked").await;
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(headers[header::RETRY_AFTER], "2");
-    // The real user elsewhere is not locked out.
-    signed_in(&from("10.0.0.7", PASSWORD, "lock-elsewhere").await, "another address");
+    // So is any other address the user never signed in from: the count is
+    // the account's.
+    let (status, _, _) = from("10.0.0.8", PASSWORD, "lock-stranger").await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    // The real user's device is not locked out.
+    signed_in(
+        &from("10.0.0.7", PASSWORD, "lock-elsewhere").await,
+        "a familiar address",
+    );
     expect_reasons(
         &admin,
         &[
