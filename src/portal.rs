@@ -435,7 +435,7 @@ impl Portal {
                 let locked;
                 let message = match refused.refusal {
                     Refusal::TooManyAttempts => {
-                        let wait = refused.retry_after.unwrap_or_default().as_secs().max(1);
+                        let wait = auth::refusal::retry_after_seconds(refused.retry_after.unwrap_or_default());
                         locked = format!("Too many sign-in attempts: wait {wait} seconds, then try again.");
                         locked.as_str()
                     }

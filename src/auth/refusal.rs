@@ -39,6 +39,13 @@ pub struct SignInRefusal {
     pub retry_after: Option<Duration>,
 }
 
+/// A wait in whole seconds, as `Retry-After` and the portal's page say
+/// it: rounded up, so a client that comes back on time finds it over; at
+/// least one.
+pub fn retry_after_seconds(wait: Duration) -> u64 {
+    (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1)
+}
+
 impl SignInRefusal {
     /// See [`answers_a_guess`].
     pub fn answers_a_guess(&self) -> bool {

@@ -10,7 +10,7 @@ use std::time::Duration;
 use http::{header, HeaderValue, Response, StatusCode};
 
 use super::body::{full, ProxyBody};
-use crate::auth::refusal::{Refusal, SignInRefusal};
+use crate::auth::refusal::{retry_after_seconds, Refusal, SignInRefusal};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
@@ -132,9 +132,7 @@ fn refused(
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     if let Some(wait) = retry_after {
-        // Rounded up: a client that comes back on time must find the wait over.
-        let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-        h.insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+        h.insert(header::RETRY_AFTER, HeaderValue::from(retry_after_seconds(wait)));
     }
     resp
 }
