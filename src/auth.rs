@@ -130,7 +130,7 @@ pub struct Authenticator {
     ttl: Duration,
     failure_delay: Duration,
     directory: Option<DirectoryAuth>,
-    lockout: lockout::Lockout,
+    lockout: Arc<lockout::Lockout>,
     /// Whether the view in `index` may still be answered from.
     health: Arc<StoreHealth>,
 }
@@ -220,6 +220,15 @@ fn lockout_subject<'a>(name: Option<&'a LoginName>, entry: Option<&UserEntry>) -
     }
 }
 
+/// Whom a check counts against, carried into a directory check that may
+/// outlive its request.
+#[derive(Debug, Clone, Copy)]
+struct Asker<'a> {
+    subject: Option<lockout::Subject<'a>>,
+    ip: IpAddr,
+    epoch: u64,
+}
+
 /// The facts about a request the sign-in path needs besides its headers.
 #[derive(Debug, Clone, Copy)]
 pub struct Client {
@@ -256,14 +265,14 @@ impl Authenticator {
             ttl: config.cache_ttl,
             failure_delay: config.failure_delay,
             directory: directory.map(|(directory, ttl)| DirectoryAuth { directory, ttl }),
-            lockout: lockout::Lockout::new(lockout::Rules {
+            lockout: Arc::new(lockout::Lockout::new(lockout::Rules {
                 threshold: config.lockout_threshold,
                 duration: config.lockout_duration,
                 max_duration: config.lockout_max_duration,
                 source_threshold: config.lockout_source_threshold,
                 source_window: config.lockout_source_window,
                 max_entries: config.lockout_max_entries,
-            }),
+            })),
             health: Arc::new(StoreHealth::new(DEFAULT_MAX_STALENESS, loaded_at)),
         })
     }
@@ -333,8 +342,20 @@ impl Authenticator {
             _ if self.health.is_stale() => Verified::StoreUnavailable.into(),
             lockout::Check::KnownWrong(_) => self.dummy_verification().await,
             lockout::Check::Clear => {
-                self.verify(route.realm, name.as_ref(), entry.as_deref(), &secret, app_password)
-                    .await
+                let asker = Asker {
+                    subject,
+                    ip: client.ip,
+                    epoch,
+                };
+                self.verify(
+                    route.realm,
+                    name.as_ref(),
+                    entry.as_deref(),
+                    &secret,
+                    app_password,
+                    asker,
+                )
+                .await
             }
         };
         let entry = fresh.or(entry);
@@ -353,15 +374,12 @@ impl Authenticator {
         // the first time (both are 401 to the client).
         let decision = match (check, decision) {
             (
-                lockout::Check::KnownWrong(Reason::AppPasswordRequired),
+                lockout::Check::KnownWrong(first @ (Reason::AppPasswordRequired | Reason::AccountDisabled)),
                 Decision::Deny {
                     refusal,
                     reason: Reason::BadCredentials,
                 },
-            ) => Decision::Deny {
-                refusal,
-                reason: Reason::AppPasswordRequired,
-            },
+            ) => Decision::Deny { refusal, reason: first },
             (_, decision) => decision,
         };
         self.count_for_lockout(subject, entry.as_deref(), client.ip, attempt, decision.reason(), !warm);
@@ -419,7 +437,8 @@ impl Authenticator {
             reason: Reason::BadCredentials,
         };
         let subject = lockout_subject(name.as_ref(), entry.as_deref());
-        let attempt = lockout::Attempt::new(secret.expose(), self.lockout_epoch(entry.as_deref(), "portal"));
+        let epoch = self.lockout_epoch(entry.as_deref(), "portal");
+        let attempt = lockout::Attempt::new(secret.expose(), epoch);
         let check = self.lockout.check(subject, client.ip, attempt, Instant::now());
         let locked_out = matches!(check, lockout::Check::Locked(_));
         let verified = if locked_out {
@@ -433,7 +452,12 @@ impl Authenticator {
             audit.credential = CredentialKind::AppPassword;
             Verification::from(Verified::Invalid)
         } else {
-            self.verify(Realm::Cloud, name.as_ref(), entry.as_deref(), secret, None)
+            let asker = Asker {
+                subject,
+                ip: client.ip,
+                epoch,
+            };
+            self.verify(Realm::Cloud, name.as_ref(), entry.as_deref(), secret, None, asker)
                 .await
         };
         let entry = verified.fresh.clone().or(entry);
@@ -516,7 +540,10 @@ impl Authenticator {
     ) {
         let now = Instant::now();
         match (reason, subject) {
-            (Reason::BadCredentials | Reason::AppPasswordRequired, Some(subject)) => {
+            // `account_disabled` too: AD tells a disabled account only to
+            // the right password (`data 533`, `701`), so it must count as a
+            // wrong one would, or the count would tell.
+            (Reason::BadCredentials | Reason::AppPasswordRequired | Reason::AccountDisabled, Some(subject)) => {
                 let failed = self.lockout.failed(subject, ip, attempt, reason, now);
                 if let Some(length) = failed.locked {
                     let user = entry.map(|e| e.user.upn.as_str()).unwrap_or("(unknown name)");
@@ -560,6 +587,7 @@ impl Authenticator {
         entry: Option<&UserEntry>,
         secret: &Secret,
         app_password: Option<CanonicalAppPassword>,
+        asker: Asker<'_>,
     ) -> Verification {
         // An empty password is refused before anything else (an empty LDAP
         // bind is an anonymous bind that directories accept).
@@ -594,7 +622,7 @@ impl Authenticator {
                 let (verified, cached) = self.verify_app_password(entry, candidate).await;
                 (Verification::hashed(verified), cached.map(|c| (c, self.ttl)))
             }
-            None => self.verify_password(realm, name, entry, secret).await,
+            None => self.verify_password(realm, name, entry, secret, asker).await,
         };
         if let (Some(e), Some(key), Some((credential, ttl))) = (entry, cache_key, cached) {
             if !ttl.is_zero() {
@@ -656,6 +684,7 @@ impl Authenticator {
         name: Option<&LoginName>,
         entry: Option<&UserEntry>,
         secret: &Secret,
+        asker: Asker<'_>,
     ) -> (Verification, Option<(CachedCredential, Duration)>) {
         let directory = self.directory.as_ref().zip(name);
         match entry {
@@ -684,7 +713,7 @@ impl Authenticator {
             // directory's own lockout.
             Some(e) if !e.user.is_active() => (Verified::Invalid.into(), None),
             _ => match directory {
-                Some((d, name)) => self.verify_with_directory(d, name, entry, secret).await,
+                Some((d, name)) => self.verify_with_directory(d, name, entry, secret, asker).await,
                 // Federated user without a configured directory, or a name
                 // nobody knows.
                 None => (self.dummy_verification().await, None),
@@ -698,6 +727,7 @@ impl Authenticator {
         name: &LoginName,
         entry: Option<&UserEntry>,
         secret: &Secret,
+        asker: Asker<'_>,
     ) -> (Verification, Option<(CachedCredential, Duration)>) {
         let known = entry.and_then(|e| {
             e.user
@@ -705,19 +735,49 @@ impl Authenticator {
                 .as_ref()
                 .map(|attrs| (e.user.upn.clone(), attrs.dn.clone()))
         });
+        // The hash a refusal costs is reserved before the bind: with the
+        // pool full the answer is `overloaded` at once and nothing is sent
+        // to the directory (as for a cloud user), so filling the pool buys
+        // a guesser neither unthrottled binds nor a quicker answer.
+        let Ok(admission) = self.hasher.admit() else {
+            return (Verified::Overloaded.into(), None);
+        };
         let started = Instant::now();
         // The check runs to its end in a task of its own, even when the
         // client goes away mid-bind: an LDAP operation dropped half-way
         // leaves its answer with nobody to take it (and a warning in the
         // log for each).
-        let check = {
+        //
+        // A client that goes away mid-bind (an HTTP/2 stream reset, a
+        // closed connection) does not take its attempt with it: the task
+        // counts a wrong secret itself when nobody is left to take its
+        // answer, so cancelling cannot buy uncounted binds.
+        tracing::debug!(user = %name, "password check sent to the directory");
+        let (answer, checked) = tokio::sync::oneshot::channel();
+        {
             let (directory, name, secret) = (Arc::clone(&d.directory), name.clone(), secret.clone());
+            let (lockout, ip, epoch) = (Arc::clone(&self.lockout), asker.ip, asker.epoch);
+            let subject = asker.subject.map(lockout::OwnedSubject::from);
             tokio::spawn(async move {
                 let known = known.as_ref().map(|(upn, dn)| Known { upn, dn });
-                directory.check_password(&name, known, &secret).await
-            })
-        };
-        let checked = check.await;
+                let result = directory.check_password(&name, known, &secret).await;
+                let wrong = matches!(result, Ok(Checked::Invalid | Checked::Disabled));
+                if answer.send(result).is_err() && wrong {
+                    if let Some(subject) = &subject {
+                        tracing::debug!(client = %ip, "sign-in abandoned during its directory check: counted as a wrong secret");
+                        let attempt = lockout::Attempt::new(secret.expose(), epoch);
+                        lockout.failed(
+                            subject.as_subject(),
+                            ip,
+                            attempt,
+                            Reason::BadCredentials,
+                            Instant::now(),
+                        );
+                    }
+                }
+            });
+        }
+        let checked = checked.await;
         metrics::histogram!("fedgate_directory_check_seconds").record(started.elapsed().as_secs_f64());
         let checked = match checked {
             Ok(Ok(checked)) => checked,
@@ -731,8 +791,10 @@ impl Authenticator {
             }
         };
         match checked {
-            Checked::Invalid => (Verified::Invalid.into(), None),
-            Checked::Disabled => (Verified::AccountDisabled.into(), None),
+            Checked::Invalid => (self.dummy_admitted(admission, Verified::Invalid).await, None),
+            // AD says "disabled" only to the right password: costed like a
+            // wrong one so the answer's timing does not tell.
+            Checked::Disabled => (self.dummy_admitted(admission, Verified::AccountDisabled).await, None),
             Checked::LockedOut => (Verified::LockedOut.into(), None),
             Checked::Valid { entry: found } => {
                 let fresh = match found {
@@ -794,6 +856,27 @@ impl Authenticator {
             metrics::counter!("fedgate_argon2_total", "for" => what).increment(1);
         }
         verdict
+    }
+
+    /// The dummy verification of a refusal whose place in the pool was
+    /// taken before its check: it cannot be refused for a full pool, so the
+    /// verdict stands.
+    async fn dummy_admitted(&self, admission: hasher::Admission, verified: Verified) -> Verification {
+        let candidate = app_password::generate();
+        let ran = self
+            .hasher
+            .run_admitted(admission, move || {
+                app_password::verify(&candidate, app_password::dummy_hash())
+            })
+            .await
+            .is_ok();
+        if ran {
+            metrics::counter!("fedgate_argon2_total", "for" => "dummy").increment(1);
+        }
+        Verification {
+            hashed: true,
+            ..verified.into()
+        }
     }
 
     /// Spends what a real verification costs, then refuses.

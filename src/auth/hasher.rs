@@ -13,6 +13,11 @@ use tokio::sync::Semaphore;
 #[error("the password hashing pool is full")]
 pub struct Overloaded;
 
+/// A place taken in the pool's queue ([`Hasher::admit`]); given back when
+/// dropped unused.
+#[derive(Debug)]
+pub struct Admission(tokio::sync::OwnedSemaphorePermit);
+
 #[derive(Debug, Clone)]
 pub struct Hasher {
     admitted: Arc<Semaphore>,
@@ -43,7 +48,28 @@ impl Hasher {
         F: FnOnce() -> R + Send + 'static,
         R: Send + 'static,
     {
-        let admitted = Arc::clone(&self.admitted).try_acquire_owned().map_err(|_| Overloaded)?;
+        let admission = self.admit()?;
+        self.run_admitted(admission, work).await
+    }
+
+    /// A place in the pool, taken now for work that may follow: a check
+    /// that must be able to spend its hash afterwards asks first, so a full
+    /// pool refuses it before anything is checked.
+    pub fn admit(&self) -> Result<Admission, Overloaded> {
+        Arc::clone(&self.admitted)
+            .try_acquire_owned()
+            .map(Admission)
+            .map_err(|_| Overloaded)
+    }
+
+    /// Runs `work` in the place `admission` holds (never refused for a
+    /// full queue: the place is already taken).
+    pub async fn run_admitted<R, F>(&self, admission: Admission, work: F) -> Result<R, Overloaded>
+    where
+        F: FnOnce() -> R + Send + 'static,
+        R: Send + 'static,
+    {
+        let admitted = admission.0;
         metrics::gauge!("fedgate_hash_queue").increment(1.0);
         let running = Arc::clone(&self.running).acquire_owned().await;
         metrics::gauge!("fedgate_hash_queue").decrement(1.0);

@@ -117,6 +117,32 @@ pub enum Subject<'a> {
     Name(&'a str),
 }
 
+/// A [`Subject`] that can outlive the request it came from (a directory
+/// check finishing after its client left).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OwnedSubject {
+    User(UserId),
+    Name(String),
+}
+
+impl From<Subject<'_>> for OwnedSubject {
+    fn from(subject: Subject<'_>) -> OwnedSubject {
+        match subject {
+            Subject::User(id) => OwnedSubject::User(id),
+            Subject::Name(name) => OwnedSubject::Name(name.to_owned()),
+        }
+    }
+}
+
+impl OwnedSubject {
+    pub fn as_subject(&self) -> Subject<'_> {
+        match self {
+            OwnedSubject::User(id) => Subject::User(*id),
+            OwnedSubject::Name(name) => Subject::Name(name),
+        }
+    }
+}
+
 /// The secret presented, and the state of the account it was checked
 /// against: generations of the user and the settings, anything that
 /// changes when a refused secret might become right.

@@ -8,6 +8,7 @@
 //! [`store`] (a store that vanishes or breaks under a running server),
 //! [`refusal`] (what a refusal costs and when it is sent).
 
+mod abandon;
 mod lockout;
 mod refusal;
 mod request;

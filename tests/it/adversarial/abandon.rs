@@ -1,0 +1,183 @@
+//! A sign-in abandoned while the directory checks its password still
+//! counts: a client that resets its HTTP/2 stream mid-bind (or closes its
+//! connection) cannot take the attempt back, so cancelling buys no binds
+//! past the lockout threshold and cannot drive the directory's own lockout.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use http::StatusCode;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::signin::SignIn;
+use crate::support::client::basic;
+use crate::support::slapd::Slapd;
+use crate::support::Fedgate;
+
+const ALICE_PW: &str = "Alice's directory pw 1";
+
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len() as u32;
+    let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// HEADERS (END_STREAM | END_HEADERS) for a GET with these fields, as
+/// HPACK literals without indexing.
+fn headers(stream: u32, fields: &[(&str, &str)]) -> Vec<u8> {
+    let mut block = Vec::new();
+    for (name, value) in fields {
+        assert!(name.len() < 127 && value.len() < 127);
+        block.push(0x00);
+        block.push(name.len() as u8);
+        block.extend_from_slice(name.as_bytes());
+        block.push(value.len() as u8);
+        block.extend_from_slice(value.as_bytes());
+    }
+    frame(1, 0x5, stream, &block)
+}
+
+/// RST_STREAM with CANCEL: the client no longer wants the answer.
+fn cancel(stream: u32) -> Vec<u8> {
+    frame(3, 0, stream, &8u32.to_be_bytes())
+}
+
+/// An HTTP/2 connection (prior knowledge) whose frames from the server are
+/// read and thrown away, SETTINGS acknowledged, so it stays open.
+async fn h2_connection(addr: SocketAddr) -> tokio::net::tcp::OwnedWriteHalf {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (mut read, mut write) = stream.into_split();
+    write.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await.unwrap();
+    write.write_all(&frame(4, 0, 0, &[])).await.unwrap();
+    let (ack_tx, mut ack_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    tokio::spawn(async move {
+        let mut head = [0u8; 9];
+        while read.read_exact(&mut head).await.is_ok() {
+            let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+            let mut payload = vec![0u8; len];
+            if read.read_exact(&mut payload).await.is_err() {
+                break;
+            }
+            if head[3] == 4 && head[4] & 1 == 0 && ack_tx.send(()).is_err() {
+                break;
+            }
+        }
+    });
+    // The server's SETTINGS, acknowledged before anything else is sent.
+    tokio::time::timeout(Duration::from_secs(5), ack_rx.recv())
+        .await
+        .expect("no SETTINGS from the server")
+        .expect("connection closed");
+    write.write_all(&frame(4, 1, 0, &[])).await.unwrap();
+    write
+}
+
+async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_reset_mid_bind_still_counts_toward_lockout() {
+    let slapd = Slapd::start();
+    slapd.add_user("alice", "alice@example.com", ALICE_PW);
+    let fg = Fedgate::builder()
+        .section(&format!(
+            "[directory]\n\
+             urls = [\"{}\"]\n\
+             bind_dn = \"{}\"\n\
+             bind_password_file = \"{}\"\n\
+             base_dn = \"{}\"\n\
+             user_filter = \"(&(objectClass=inetOrgPerson)(mail={{upn}}))\"\n\
+             login_filter = \"(&(objectClass=inetOrgPerson)(uid={{login}}))\"\n\
+             pool_size = 1\n\
+             cache_ttl = \"0s\"\n\
+             timeout = \"10s\"\n\
+             [sync]\n\
+             enabled = false\n\
+             [lockout]\n\
+             threshold = 3\n\
+             source_threshold = 0\n",
+            slapd.url(),
+            slapd.service_dn(),
+            slapd.service_password_file().display(),
+            Slapd::PEOPLE_DN,
+        ))
+        .cloud_route("/whoami", "builtin:whoami", "")
+        .start();
+    // The first sign-in records alice, so the attempts below are one bind
+    // each to her known DN.
+    SignIn::new(fg.plain, "alice@example.com", ALICE_PW)
+        .until(StatusCode::OK, Duration::from_millis(50))
+        .await;
+    let asked = || fg.events("password check sent to the directory").len();
+    let abandoned = || fg.events("request").iter().filter(|e| e["status"] == 0).count();
+    // The log is read as it comes: the first sign-in's event is in first.
+    wait_until("the first sign-in's directory check in the log", || asked() == 1).await;
+    let asked_before = asked();
+    let binds_before = slapd.bind_count();
+
+    let authority = fg.plain.to_string();
+    let mut conn = h2_connection(fg.plain).await;
+    for i in 0..5u32 {
+        let stream = 2 * i + 1;
+        let wrong = format!("wrong password {i}");
+        let authorization = basic("alice@example.com", &wrong);
+        slapd.pause();
+        conn.write_all(&headers(
+            stream,
+            &[
+                (":method", "GET"),
+                (":scheme", "http"),
+                (":path", "/whoami"),
+                (":authority", &authority),
+                ("authorization", authorization.to_str().unwrap()),
+            ],
+        ))
+        .await
+        .unwrap();
+        // Locked out after three: the rest are refused before any bind.
+        if i < 3 {
+            wait_until("the password to be sent to the directory", || {
+                asked() == asked_before + i as usize + 1
+            })
+            .await;
+        }
+        let gone = abandoned();
+        conn.write_all(&cancel(stream)).await.unwrap();
+        if i < 3 {
+            // fedgate has dropped the request: nobody waits for the bind now.
+            wait_until("the reset request to be logged", || abandoned() == gone + 1).await;
+        }
+        slapd.resume();
+        if i < 3 {
+            wait_until("the abandoned bind to reach slapd", || {
+                slapd.bind_count() - binds_before == u64::from(i) + 1
+            })
+            .await;
+            wait_until("the abandoned attempt to be counted", || {
+                fg.events("sign-in abandoned during its directory check: counted as a wrong secret")
+                    .len()
+                    == i as usize + 1
+            })
+            .await;
+        }
+    }
+    // Three wrong passwords reached the directory and were counted: a
+    // fourth is not checked, whoever waits for its answer.
+    let (status, _, _) = SignIn::new(fg.plain, "alice@example.com", "wrong password 9")
+        .send()
+        .await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(
+        asked() - asked_before,
+        3,
+        "only the three counted attempts may be sent to the directory"
+    );
+}
