@@ -224,6 +224,9 @@ fn lockout_subject<'a>(name: Option<&'a LoginName>, entry: Option<&UserEntry>) -
 #[derive(Debug, Clone, Copy)]
 pub struct Client {
     pub ip: IpAddr,
+    /// `ip` is a trusted proxy's own (no client address was forwarded): it
+    /// stands for everyone behind that proxy, so it is never familiar.
+    pub ip_is_proxy: bool,
     /// When the sign-in began: a refusal that waits is sent
     /// `failure_delay` after this.
     pub started: Instant,
@@ -264,7 +267,7 @@ impl Authenticator {
                 source_window: config.lockout_source_window,
                 max_entries: config.lockout_max_entries,
             }),
-            health: Arc::new(StoreHealth::new(DEFAULT_MAX_STALENESS, loaded_at)),
+            health: Arc::new(StoreHealth::new(DEFAULT_MAX_STALENESS, Instant::now(), loaded_at)),
         })
     }
 
@@ -364,7 +367,7 @@ impl Authenticator {
             },
             (_, decision) => decision,
         };
-        self.count_for_lockout(subject, entry.as_deref(), client.ip, attempt, decision.reason(), !warm);
+        self.count_for_lockout(subject, entry.as_deref(), &client, attempt, decision.reason(), !warm);
         match decision {
             Decision::Allow { credential, reason } => {
                 if let Verified::AppPassword { id, .. } = &verified {
@@ -450,7 +453,7 @@ impl Authenticator {
             _ => Err((Refusal::Unauthorized, Reason::BadCredentials)),
         };
         let reason = found.map_or_else(|(_, reason)| reason, |_| Reason::Password);
-        self.count_for_lockout(subject, entry.as_deref(), client.ip, attempt, reason, !verified.warm);
+        self.count_for_lockout(subject, entry.as_deref(), &client, attempt, reason, !verified.warm);
         let refusal = match found {
             Ok(user) => {
                 audit.success = true;
@@ -509,11 +512,12 @@ impl Authenticator {
         &self,
         subject: Option<lockout::Subject<'_>>,
         entry: Option<&UserEntry>,
-        ip: IpAddr,
+        client: &Client,
         attempt: lockout::Attempt<'_>,
         reason: Reason,
         checked: bool,
     ) {
+        let ip = client.ip;
         let now = Instant::now();
         match (reason, subject) {
             (Reason::BadCredentials | Reason::AppPasswordRequired, Some(subject)) => {
@@ -528,7 +532,7 @@ impl Authenticator {
             }
             (Reason::Password | Reason::AppPassword, _) => {
                 if let Some(e) = entry {
-                    self.lockout.succeeded(e.user.id, ip, checked, now);
+                    self.lockout.signed_in(e.user.id, ip, client.ip_is_proxy, checked, now);
                 }
             }
             _ => {}
@@ -916,7 +920,7 @@ impl Authenticator {
         };
         let now = self.clock.now_ms();
         let transition = match &result {
-            Ok(()) => self.health.succeeded(now),
+            Ok(()) => self.health.succeeded(Instant::now(), now),
             Err(err) => self.health.failed(now, &err.to_string()),
         };
         metrics::gauge!("fedgate_store_up").set(if result.is_ok() { 1.0 } else { 0.0 });
@@ -968,7 +972,7 @@ impl Authenticator {
             Job::every("store.staleness", REFRESH_INTERVAL, shutdown.clone(), move || {
                 let this = Arc::clone(&this);
                 async move {
-                    if this.health.observe(this.clock.now_ms()) {
+                    if this.health.observe(Instant::now()) {
                         tracing::error!(
                             max_staleness = ?this.health.max_staleness(),
                             "store view too old: sign-ins are refused (store_unavailable) until the store is read again"
