@@ -13,7 +13,7 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::task::TaskTracker;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::admin::Admin;
 use crate::audit::AuditSink;
@@ -117,7 +117,11 @@ pub async fn serve(config: Config, shutdown: Shutdown) -> Result<(), ServeError>
         Arc::clone(&clock),
     )
     .await?;
-    let health = Arc::new(StoreHealth::new(config.store.max_staleness, clock.now_ms()));
+    let health = Arc::new(StoreHealth::new(
+        config.store.max_staleness,
+        Instant::now(),
+        clock.now_ms(),
+    ));
     let auth = Arc::new(auth.with_store_health(Arc::clone(&health)));
     let mut jobs = auth.start_jobs(&shutdown);
     let portal = Portal::new(&config, Arc::clone(&auth), Arc::clone(&store), Arc::new(SystemClock))?.map(Arc::new);

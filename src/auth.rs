@@ -233,6 +233,9 @@ struct Asker<'a> {
 #[derive(Debug, Clone, Copy)]
 pub struct Client {
     pub ip: IpAddr,
+    /// `ip` is a trusted proxy's own (no client address was forwarded): it
+    /// stands for everyone behind that proxy, so it is never familiar.
+    pub ip_is_proxy: bool,
     /// When the sign-in began: a refusal that waits is sent
     /// `failure_delay` after this.
     pub started: Instant,
@@ -273,7 +276,7 @@ impl Authenticator {
                 source_window: config.lockout_source_window,
                 max_entries: config.lockout_max_entries,
             })),
-            health: Arc::new(StoreHealth::new(DEFAULT_MAX_STALENESS, loaded_at)),
+            health: Arc::new(StoreHealth::new(DEFAULT_MAX_STALENESS, Instant::now(), loaded_at)),
         })
     }
 
@@ -382,7 +385,7 @@ impl Authenticator {
             ) => Decision::Deny { refusal, reason: first },
             (_, decision) => decision,
         };
-        self.count_for_lockout(subject, entry.as_deref(), client.ip, attempt, decision.reason(), !warm);
+        self.count_for_lockout(subject, entry.as_deref(), &client, attempt, decision.reason(), !warm);
         match decision {
             Decision::Allow { credential, reason } => {
                 if let Verified::AppPassword { id, .. } = &verified {
@@ -474,7 +477,7 @@ impl Authenticator {
             _ => Err((Refusal::Unauthorized, Reason::BadCredentials)),
         };
         let reason = found.map_or_else(|(_, reason)| reason, |_| Reason::Password);
-        self.count_for_lockout(subject, entry.as_deref(), client.ip, attempt, reason, !verified.warm);
+        self.count_for_lockout(subject, entry.as_deref(), &client, attempt, reason, !verified.warm);
         let refusal = match found {
             Ok(user) => {
                 audit.success = true;
@@ -533,11 +536,12 @@ impl Authenticator {
         &self,
         subject: Option<lockout::Subject<'_>>,
         entry: Option<&UserEntry>,
-        ip: IpAddr,
+        client: &Client,
         attempt: lockout::Attempt<'_>,
         reason: Reason,
         checked: bool,
     ) {
+        let ip = client.ip;
         let now = Instant::now();
         match (reason, subject) {
             // `account_disabled` too: AD tells a disabled account only to
@@ -555,7 +559,7 @@ impl Authenticator {
             }
             (Reason::Password | Reason::AppPassword, _) => {
                 if let Some(e) = entry {
-                    self.lockout.succeeded(e.user.id, ip, checked, now);
+                    self.lockout.signed_in(e.user.id, ip, client.ip_is_proxy, checked, now);
                 }
             }
             _ => {}
@@ -999,7 +1003,7 @@ impl Authenticator {
         };
         let now = self.clock.now_ms();
         let transition = match &result {
-            Ok(()) => self.health.succeeded(now),
+            Ok(()) => self.health.succeeded(Instant::now(), now),
             Err(err) => self.health.failed(now, &err.to_string()),
         };
         metrics::gauge!("fedgate_store_up").set(if result.is_ok() { 1.0 } else { 0.0 });
@@ -1051,7 +1055,7 @@ impl Authenticator {
             Job::every("store.staleness", REFRESH_INTERVAL, shutdown.clone(), move || {
                 let this = Arc::clone(&this);
                 async move {
-                    if this.health.observe(this.clock.now_ms()) {
+                    if this.health.observe(Instant::now()) {
                         tracing::error!(
                             max_staleness = ?this.health.max_staleness(),
                             "store view too old: sign-ins are refused (store_unavailable) until the store is read again"

@@ -26,7 +26,6 @@
 pub mod pages;
 
 use std::collections::HashMap;
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -49,6 +48,7 @@ use crate::model::{AppPasswordName, Clock, MfaState, Secret, User};
 use crate::proxy::body::{full, ProxyBody};
 use crate::proxy::canonical::{canonical_path, check_query};
 use crate::proxy::error::refused_page;
+use crate::proxy::forward::ClientInfo;
 use crate::proxy::route::Router;
 use crate::secretbox::SecretBox;
 use crate::store::{NewTotp, PortalSession, Store, StoreError, TotpLimit};
@@ -170,7 +170,7 @@ impl Portal {
         self.clock.now_ms()
     }
 
-    pub async fn handle(&self, req: Request<Incoming>, client_ip: IpAddr) -> Response<ProxyBody> {
+    pub async fn handle(&self, req: Request<Incoming>, client: &ClientInfo) -> Response<ProxyBody> {
         let path = req.uri().path().to_owned();
         let sub = path.strip_prefix(&self.config.path).unwrap_or("");
         let method = req.method().clone();
@@ -216,7 +216,7 @@ impl Portal {
                             "This form has expired. Go back, reload the page and try again.",
                         ),
                     ),
-                    Some(form) => self.post(action, &headers, form, client_ip, &frame).await,
+                    Some(form) => self.post(action, &headers, form, client, &frame).await,
                 }
             }
             _ => html(
@@ -377,11 +377,11 @@ impl Portal {
         action: &str,
         headers: &HeaderMap,
         form: Form,
-        client_ip: IpAddr,
+        client: &ClientInfo,
         frame: &Frame<'_>,
     ) -> Response<ProxyBody> {
         if action == "/sign-in" {
-            return self.sign_in(headers, &form, client_ip, frame).await;
+            return self.sign_in(headers, &form, client, frame).await;
         }
         let Some(mut c) = self.current(headers).await else {
             return redirect(&format!("{}/sign-in", self.config.path));
@@ -418,7 +418,7 @@ impl Portal {
         &self,
         headers: &HeaderMap,
         form: &Form,
-        client_ip: IpAddr,
+        client: &ClientInfo,
         frame: &Frame<'_>,
     ) -> Response<ProxyBody> {
         let given = form.get("upn").trim();
@@ -426,7 +426,8 @@ impl Portal {
         let agent = headers.get(USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or("");
         let password = Secret::from(form.get("password"));
         let signing_in = auth::Client {
-            ip: client_ip,
+            ip: client.ip,
+            ip_is_proxy: client.ip_is_proxy,
             started: Instant::now(),
         };
         let user = match self.auth.portal_password(given, &password, signing_in, agent).await {

@@ -181,7 +181,7 @@ impl Proxy {
         }
         if let Some(portal) = portal {
             record.route = Some(Arc::from("portal"));
-            let resp = portal.handle(req, client.ip).await;
+            let resp = portal.handle(req, &client).await;
             return Self::finish(resp, record);
         }
         let resp = match route {
@@ -250,6 +250,7 @@ impl Proxy {
             (None, auth, realm) => {
                 let signing_in = auth::Client {
                     ip: client.ip,
+                    ip_is_proxy: client.ip_is_proxy,
                     started: record.started,
                 };
                 self.decide(auth, realm, &route.config, &parts, signing_in).await

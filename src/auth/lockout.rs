@@ -674,6 +674,17 @@ impl Lockout {
         }
     }
 
+    /// [`Lockout::succeeded`], unless `ip` is a trusted proxy's own
+    /// address: everyone behind the proxy signs in from it, and were it
+    /// familiar to each of them, a guesser behind it would count against
+    /// the user's own counter. Nothing else is kept for such a source (it
+    /// never gets a familiar counter), so nothing is reset.
+    pub fn signed_in(&self, user: UserId, ip: IpAddr, ip_is_proxy: bool, checked: bool, now: Instant) {
+        if !ip_is_proxy {
+            self.succeeded(user, ip, checked, now);
+        }
+    }
+
     /// Drops entries that no longer matter; clears the warm path's flag
     /// when nothing failed lately.
     pub fn sweep(&self, now: Instant) {

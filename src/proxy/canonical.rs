@@ -45,6 +45,8 @@ pub enum PathRefusal {
     EncodedSlash,
     #[error("the path holds parameters (\";\"), which this route does not allow")]
     PathParameters,
+    #[error("the path's percent-encoded bytes are not valid UTF-8 (an overlong or partial sequence)")]
+    InvalidUtf8,
     #[error("the query holds a control character")]
     QueryControl,
 }
@@ -191,6 +193,7 @@ fn slow_path(raw: &str) -> Result<CanonicalPath<'_>, PathRefusal> {
     let mut decoded = Vec::with_capacity(bytes.len());
     let mut encoded_slash = false;
     let mut parameters = false;
+    let mut encoded_non_ascii = false;
     let mut i = 0;
     while i < bytes.len() {
         let b = bytes[i];
@@ -212,6 +215,7 @@ fn slow_path(raw: &str) -> Result<CanonicalPath<'_>, PathRefusal> {
                 } else {
                     encoded_slash |= v == b'/';
                     parameters |= v == b';';
+                    encoded_non_ascii |= !v.is_ascii();
                     push_encoded(&mut decoded, v);
                 }
                 i += 3;
@@ -229,6 +233,13 @@ fn slow_path(raw: &str) -> Result<CanonicalPath<'_>, PathRefusal> {
             b => push_encoded(&mut decoded, b),
         }
         i += 1;
+    }
+    // An upstream that decodes leniently reads `%C0%AE` as `.` and `%C0%AF`
+    // as `/`: a path whose bytes, decoded, are not UTF-8 means something
+    // different to each reader. Raw bytes are UTF-8 already (`raw` is a
+    // `str`), so only a path with an encoded non-ASCII byte is decoded.
+    if encoded_non_ascii && percent_encoding::percent_decode(bytes).decode_utf8().is_err() {
+        return Err(PathRefusal::InvalidUtf8);
     }
 
     // Dot segments and empty segments (RFC 3986 5.2.4, refusing to climb

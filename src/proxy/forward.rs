@@ -5,7 +5,7 @@
 //!
 //! Bodies are handed over as streams; nothing here buffers one.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,6 +32,10 @@ use crate::config::{RouteConfig, UpstreamDefaults};
 pub struct ClientInfo {
     pub ip: IpAddr,
     pub peer_trusted: bool,
+    /// `ip` is a trusted proxy's own address: the forwarding chain ran out
+    /// or held an entry that is not an address, so who the client is went
+    /// unsaid. Such an address stands for many people at once.
+    pub ip_is_proxy: bool,
     /// `https` or `http`, as the client reached the first proxy.
     pub proto: &'static str,
     /// The host the client asked for, as the first proxy saw it.
@@ -58,6 +62,7 @@ impl ClientInfo {
             return Ok(ClientInfo {
                 ip: peer,
                 peer_trusted: false,
+                ip_is_proxy: false,
                 proto: own_proto,
                 host: host.map(str::to_owned),
                 authority: host.map(str::to_owned),
@@ -67,17 +72,19 @@ impl ClientInfo {
         // one of our trusted proxies is the client. Anything to its left was
         // written by the client itself and proves nothing.
         let mut ip = peer;
+        let mut ip_is_proxy = true;
         'outer: for value in headers.get_all(&X_FORWARDED_FOR).iter().rev() {
             let Ok(text) = value.to_str() else { break };
             for part in text.rsplit(',') {
-                match part.trim().parse::<IpAddr>() {
-                    Ok(addr) => {
+                match forwarded_ip(part.trim()) {
+                    Some(addr) => {
                         ip = canonical_ip(addr);
                         if !trusted.iter().any(|net| net.contains(&ip)) {
+                            ip_is_proxy = false;
                             break 'outer;
                         }
                     }
-                    Err(_) => break 'outer,
+                    None => break 'outer,
                 }
             }
         }
@@ -97,11 +104,26 @@ impl ClientInfo {
         Ok(ClientInfo {
             ip,
             peer_trusted: true,
+            ip_is_proxy,
             proto,
             host: fwd_host.or_else(|| host.map(str::to_owned)),
             authority: host.map(str::to_owned),
         })
     }
+}
+
+/// One `X-Forwarded-For` entry: `ip`, or as some load balancers write it
+/// (Azure Application Gateway), `ip:port`, `[v6]` or `[v6]:port`. The port
+/// is the client's and says nothing about who the client is.
+fn forwarded_ip(entry: &str) -> Option<IpAddr> {
+    if let Ok(ip) = entry.parse::<IpAddr>() {
+        return Some(ip);
+    }
+    if let Ok(addr) = entry.parse::<SocketAddr>() {
+        return Some(addr.ip());
+    }
+    let v6 = entry.strip_prefix('[')?.strip_suffix(']')?;
+    v6.parse::<Ipv6Addr>().ok().map(IpAddr::V6)
 }
 
 /// An IPv4-mapped IPv6 address as the IPv4 address it is.
@@ -578,6 +600,52 @@ mod tests {
         let via_lb = ClientInfo::resolve("10.0.0.5".parse().unwrap(), &h, &trusted, false, Some("a")).unwrap();
         assert_eq!(via_lb.ip.to_string(), "192.0.2.7");
         assert_eq!(via_lb.proto, "https");
+    }
+
+    #[test]
+    fn forwarded_for_entries_may_carry_a_port() {
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let lb: IpAddr = "10.0.0.5".parse().unwrap();
+        for (entry, client) in [
+            ("192.0.2.7", "192.0.2.7"),
+            ("192.0.2.7:50312", "192.0.2.7"),
+            ("2001:db8::7", "2001:db8::7"),
+            ("[2001:db8::7]", "2001:db8::7"),
+            ("[2001:db8::7]:50312", "2001:db8::7"),
+            ("[::ffff:192.0.2.7]:443", "192.0.2.7"),
+            ("6.6.6.6, 192.0.2.7:1, 10.1.1.1:2", "192.0.2.7"),
+        ] {
+            let mut h = HeaderMap::new();
+            h.insert("x-forwarded-for", HeaderValue::from_str(entry).unwrap());
+            let info = ClientInfo::resolve(lb, &h, &trusted, false, Some("a")).unwrap();
+            assert_eq!(info.ip.to_string(), client, "{entry}");
+            assert!(!info.ip_is_proxy, "{entry}");
+        }
+    }
+
+    #[test]
+    fn a_client_left_unsaid_is_marked_as_the_proxy() {
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let lb: IpAddr = "10.0.0.5".parse().unwrap();
+        let mut h = HeaderMap::new();
+        let info = ClientInfo::resolve(lb, &h, &trusted, false, Some("a")).unwrap();
+        assert!(info.ip_is_proxy, "no X-Forwarded-For");
+        assert_eq!(info.ip, lb);
+        for (entry, ip) in [
+            ("10.1.1.1, 10.2.2.2", "10.1.1.1"),
+            ("192.0.2.7, garbage, 10.2.2.2", "10.2.2.2"),
+            ("192.0.2.7:99999", "10.0.0.5"),
+            ("[192.0.2.7]:1", "10.0.0.5"),
+            ("", "10.0.0.5"),
+        ] {
+            h.insert("x-forwarded-for", HeaderValue::from_str(entry).unwrap());
+            let info = ClientInfo::resolve(lb, &h, &trusted, false, Some("a")).unwrap();
+            assert_eq!(info.ip.to_string(), ip, "{entry}");
+            assert!(info.ip_is_proxy, "{entry}");
+        }
+        let peer: IpAddr = "198.51.100.1".parse().unwrap();
+        let info = ClientInfo::resolve(peer, &h, &trusted, false, Some("a")).unwrap();
+        assert!(!info.ip_is_proxy, "an untrusted peer is the client");
     }
 
     #[test]

@@ -8,14 +8,17 @@
 //! view's refresh lives in [`crate::auth`]. This module owns the rules:
 //! a state change is reported once (so the log says "failing" once and
 //! "recovered" once, not every poll), and the view is stale once the last
-//! good refresh is older than `max_staleness`. Time is a parameter.
+//! good refresh is older than `max_staleness`. Time is a parameter, of
+//! two kinds: the age of the view is measured on a monotonic clock
+//! ([`Instant`]), so that a wall clock stepped back cannot stretch the
+//! bound; wall-clock milliseconds only date what operators are shown.
 //!
 //! The sign-in path pays one relaxed atomic load ([`StoreHealth::is_stale`]);
 //! the flag is flipped by a background job, never computed per request.
 
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// The store as the last check found it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,26 +38,37 @@ pub enum Transition {
 
 #[derive(Debug)]
 pub struct StoreHealth {
-    max_staleness_ms: i64,
-    /// Unix ms of the last check and refresh that both succeeded.
-    last_ok: AtomicI64,
+    max_staleness_ms: u64,
+    /// What `last_ok` counts from.
+    origin: Instant,
+    /// Monotonic ms after `origin` of the last check and refresh that both
+    /// succeeded.
+    last_ok: AtomicU64,
     stale: AtomicBool,
     state: Mutex<HealthState>,
 }
 
 impl StoreHealth {
-    /// Healthy as of `now` (the store was just opened and loaded).
-    pub fn new(max_staleness: Duration, now: i64) -> StoreHealth {
+    /// Healthy as of `at` (monotonic) and `now` (wall-clock Unix ms): the
+    /// store was just opened and loaded.
+    pub fn new(max_staleness: Duration, at: Instant, now: i64) -> StoreHealth {
         StoreHealth {
-            max_staleness_ms: i64::try_from(max_staleness.as_millis()).unwrap_or(i64::MAX),
-            last_ok: AtomicI64::new(now),
+            max_staleness_ms: u64::try_from(max_staleness.as_millis()).unwrap_or(u64::MAX),
+            origin: at,
+            last_ok: AtomicU64::new(0),
             stale: AtomicBool::new(false),
             state: Mutex::new(HealthState::Healthy { since: now }),
         }
     }
 
     pub fn max_staleness(&self) -> Duration {
-        Duration::from_millis(self.max_staleness_ms.max(0) as u64)
+        Duration::from_millis(self.max_staleness_ms)
+    }
+
+    /// `at` as monotonic ms after `origin`; an `Instant` before it reads
+    /// as `origin`.
+    fn since_origin(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.origin).as_millis()).unwrap_or(u64::MAX)
     }
 
     /// Whether the view is older than the bound: sign-ins that rely on it
@@ -74,9 +88,9 @@ impl StoreHealth {
         self.lock().clone()
     }
 
-    /// A check and refresh succeeded at `now`.
-    pub fn succeeded(&self, now: i64) -> Option<Transition> {
-        self.last_ok.fetch_max(now, Ordering::AcqRel);
+    /// A check and refresh succeeded at `at` (monotonic), `now` (wall).
+    pub fn succeeded(&self, at: Instant, now: i64) -> Option<Transition> {
+        self.last_ok.fetch_max(self.since_origin(at), Ordering::AcqRel);
         self.stale.store(false, Ordering::Relaxed);
         let mut state = self.lock();
         match &*state {
@@ -122,9 +136,11 @@ impl StoreHealth {
 
     /// Flips the stale flag by time alone, so that a check that hangs
     /// (rather than fails) still ends answers from an old view. Returns
-    /// whether the view just became stale.
-    pub fn observe(&self, now: i64) -> bool {
-        let age = now.saturating_sub(self.last_ok.load(Ordering::Acquire));
+    /// whether the view just became stale. `at` is monotonic.
+    pub fn observe(&self, at: Instant) -> bool {
+        let age = self
+            .since_origin(at)
+            .saturating_sub(self.last_ok.load(Ordering::Acquire));
         let stale = age > self.max_staleness_ms;
         stale && !self.stale.swap(stale, Ordering::Relaxed)
     }
@@ -148,10 +164,16 @@ impl StoreHealth {
 mod tests {
     use super::*;
 
+    /// A monotonic instant `ms` after a fixed origin.
+    fn at(t0: Instant, ms: u64) -> Instant {
+        t0 + Duration::from_millis(ms)
+    }
+
     #[test]
     fn a_failure_is_reported_once_and_so_is_the_recovery() {
-        let h = StoreHealth::new(Duration::from_secs(5), 0);
-        assert_eq!(h.succeeded(200), None);
+        let t0 = Instant::now();
+        let h = StoreHealth::new(Duration::from_secs(5), t0, 0);
+        assert_eq!(h.succeeded(at(t0, 200), 200), None);
         assert_eq!(
             h.failed(400, "gone"),
             Some(Transition::Failing { reason: "gone".into() })
@@ -167,40 +189,60 @@ mod tests {
             })
         );
         assert_eq!(
-            h.succeeded(3400),
+            h.succeeded(at(t0, 3400), 3400),
             Some(Transition::Recovered {
                 since: 400,
                 reason: "corrupt".into()
             })
         );
-        assert_eq!(h.succeeded(3600), None);
+        assert_eq!(h.succeeded(at(t0, 3600), 3600), None);
         assert!(h.readiness(3600).is_ok());
     }
 
     #[test]
     fn the_view_goes_stale_past_the_bound_and_fresh_on_success() {
-        let h = StoreHealth::new(Duration::from_secs(5), 1_000);
-        assert!(!h.observe(6_000));
+        let t0 = Instant::now();
+        let h = StoreHealth::new(Duration::from_secs(5), at(t0, 1_000), 1_000);
+        assert!(!h.observe(at(t0, 6_000)));
         assert!(!h.is_stale());
-        assert!(h.observe(6_001));
+        assert!(h.observe(at(t0, 6_001)));
         assert!(h.is_stale());
         // Reported once.
-        assert!(!h.observe(7_000));
+        assert!(!h.observe(at(t0, 7_000)));
         assert!(h.readiness(7_000).is_err(), "stale without a failed check (a hung one)");
-        h.succeeded(7_200);
+        h.succeeded(at(t0, 7_200), 7_200);
         assert!(!h.is_stale());
-        assert!(!h.observe(12_000));
-        assert!(h.observe(12_201));
+        assert!(!h.observe(at(t0, 12_000)));
+        assert!(h.observe(at(t0, 12_201)));
+        // An instant from before the origin counts as the origin.
+        assert!(!h.observe(t0));
     }
 
     #[test]
     fn failures_make_the_view_stale_only_after_the_bound() {
-        let h = StoreHealth::new(Duration::from_secs(5), 0);
+        let t0 = Instant::now();
+        let h = StoreHealth::new(Duration::from_secs(5), t0, 0);
         h.failed(200, "gone");
-        assert!(!h.observe(200));
+        assert!(!h.observe(at(t0, 200)));
         assert!(!h.is_stale());
         h.failed(5_200, "gone");
-        assert!(h.observe(5_200));
+        assert!(h.observe(at(t0, 5_200)));
         assert!(h.is_stale());
+    }
+
+    #[test]
+    fn a_wall_clock_stepped_back_does_not_stretch_the_bound() {
+        let t0 = Instant::now();
+        let h = StoreHealth::new(Duration::from_secs(5), t0, 100_000);
+        h.succeeded(at(t0, 1_000), 101_000);
+        // The wall clock steps back an hour; the store then fails.
+        let wall = 101_000 - 3_600_000;
+        h.failed(wall + 1_000, "gone");
+        assert!(!h.observe(at(t0, 6_000)));
+        assert!(
+            h.observe(at(t0, 6_001)),
+            "stale 5 s after the last success, whatever the wall clock says"
+        );
+        assert!(h.readiness(wall + 5_001).is_err());
     }
 }

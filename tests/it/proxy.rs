@@ -183,6 +183,29 @@ async fn forwarding_headers_of_a_trusted_proxy_are_believed() {
         .to_bytes();
     let who: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(who["client_ip"], "203.0.113.9");
+
+    // Entries with a port, as some load balancers write them.
+    for (xff, want) in [
+        ("203.0.113.9:50312", "203.0.113.9"),
+        ("[2001:db8::9]:50312", "2001:db8::9"),
+        ("[2001:db8::9], 127.0.0.1:8443", "2001:db8::9"),
+    ] {
+        let req = Request::get("/whoami")
+            .header("x-forwarded-for", xff)
+            .body(empty())
+            .unwrap();
+        let body = client
+            .send(req)
+            .await
+            .unwrap()
+            .into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes();
+        let who: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(who["client_ip"], want, "{xff}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

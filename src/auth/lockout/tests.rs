@@ -130,6 +130,25 @@ fn a_familiar_source_keeps_its_own_counter() {
 }
 
 #[test]
+fn a_proxys_own_address_is_never_familiar() {
+    let l = lockout(3);
+    let t0 = Instant::now();
+    // Alice signed in through a balancer that did not say who she was;
+    // a guesser behind the same balancer then fails as that address.
+    l.signed_in(UserId(7), A, true, true, t0);
+    l.signed_in(UserId(7), A, true, false, t0);
+    assert!(l.familiar.read(&7, |_| ()).is_none(), "recorded as familiar");
+    fail_n(&l, ALICE, A, 3, t0);
+    assert!(
+        matches!(l.check(Some(ALICE), B, Attempt::new("right", 0), t0), Check::Locked(_)),
+        "the guesses counted on the balancer's own counter"
+    );
+    // A client's own address is familiar as before.
+    l.signed_in(UserId(7), PHONE, false, true, t0);
+    assert_eq!(l.check(Some(ALICE), PHONE, Attempt::new("right", 0), t0), Check::Clear);
+}
+
+#[test]
 fn familiar_sources_are_bounded() {
     let l = lockout(3);
     let t0 = Instant::now();

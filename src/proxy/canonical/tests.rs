@@ -47,6 +47,8 @@ fn spellings_of_one_path_become_that_path() {
     assert_eq!(canon("/a/.").as_deref(), Ok("/a/"));
     assert_eq!(canon("/a/b/..").as_deref(), Ok("/a/"));
     assert_eq!(canon("/%c3%a9").as_deref(), Ok("/%C3%A9"));
+    assert_eq!(canon("/%C3\u{a9}"), Err(PathRefusal::InvalidUtf8));
+    assert_eq!(canon("/\u{e9}%F0%9F%98%80").as_deref(), Ok("/%C3%A9%F0%9F%98%80"));
     assert_eq!(canon("/a%7eb").as_deref(), Ok("/a~b"));
     assert_eq!(canon("/\"{x}").as_deref(), Ok("/%22%7Bx%7D"));
 }
@@ -76,6 +78,20 @@ fn what_cannot_be_made_canonical_is_refused() {
         ("/a/..%2Fb", HiddenDotSegment),
         ("/a/%2F..%2Fb", HiddenDotSegment),
         ("/public/..;/admin", AboveRoot),
+        // Overlong `..`, `/` and `\\`, a surrogate, a stray continuation
+        // byte, a lead byte cut short (also by a raw byte), beyond U+10FFFF.
+        ("/%C0%AE%C0%AE/a", InvalidUtf8),
+        ("/a%C0%AFb", InvalidUtf8),
+        ("/a%c0%afb", InvalidUtf8),
+        ("/a%C1%9Cb", InvalidUtf8),
+        ("/a%E0%80%AEb", InvalidUtf8),
+        ("/a%ED%A0%80", InvalidUtf8),
+        ("/a%80", InvalidUtf8),
+        ("/a%C3", InvalidUtf8),
+        ("/a%C3b", InvalidUtf8),
+        ("/a%C3\u{e9}", InvalidUtf8),
+        ("/a%F4%90%80%80", InvalidUtf8),
+        ("/a%FF", InvalidUtf8),
     ] {
         assert_eq!(canon(raw), Err(why), "{raw}");
     }
@@ -103,6 +119,8 @@ fn queries_are_kept_but_not_control_characters() {
     assert_eq!(check_query("a=1&b=%20"), Ok(()));
     assert_eq!(check_query("a=%0a"), Err(PathRefusal::QueryControl));
     assert_eq!(check_query("a=%00"), Err(PathRefusal::QueryControl));
+    // Left as sent: what a query means is the upstream's to decide.
+    assert_eq!(check_query("a=%C0%AE%C0%AF"), Ok(()));
 }
 
 #[test]

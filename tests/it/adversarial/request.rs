@@ -187,6 +187,8 @@ async fn path_spellings_never_reach_the_pass_through_route() {
         "::$DATA",
         "%3Bx",
         "/..;/x",
+        "%C0%AFx",
+        "%80",
     ];
     let mut spellings: Vec<String> = [
         "/public/../Microsoft-Server-ActiveSync",
@@ -199,6 +201,9 @@ async fn path_spellings_never_reach_the_pass_through_route() {
         "/%2e/Microsoft-Server-ActiveSync",
         "/x/..%2FMicrosoft-Server-ActiveSync",
         "/Microsoft-Server-ActiveSync%2e",
+        // Overlong UTF-8 for `..` and `/`, which a lenient decoder reads.
+        "/x/%C0%AE%C0%AE/Microsoft-Server-ActiveSync",
+        "/x%C0%AF%C0%AE%C0%AE%C0%AFMicrosoft-Server-ActiveSync",
     ]
     .iter()
     .map(|s| s.to_string())
