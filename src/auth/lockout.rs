@@ -37,11 +37,20 @@
 //! - **Sources spraying many accounts are throttled.** A source with counted
 //!   failures for `source_threshold` distinct accounts within
 //!   `source_window` is locked for `source_window` for every account it has
-//!   not signed in before (0 turns this off).
+//!   not signed in before (0 turns this off). For this throttle an IPv6
+//!   source is its /56 ([`SPRAY_V6_PREFIX`]), a subscriber's usual
+//!   delegation, so one network does not count as 256 sprayers.
 //! - **Bounded memory.** Counters, sources and familiar lists are each kept
-//!   for at most `max_entries` keys of fixed size (names are hashed); when
-//!   full, the least recently failed (for familiar lists: signed in) goes
-//!   first. Names of sources and accounts refused for length never get here.
+//!   for at most `max_entries` keys of fixed size (names are hashed). When
+//!   full, an entry without a live lock goes, the least recently failed
+//!   first, names that resolve to nobody before accounts (for familiar
+//!   lists: the least recently signed in). An entry with a live lock is
+//!   never dropped, so a flood of junk names cannot free a locked account.
+//!   When nothing can go, the newcomers share one overflow counter (and, for
+//!   the throttle, one overflow source) that locks like any other; while it
+//!   is locked every name (every source) without an entry of its own is
+//!   refused: fail closed, and the bound still holds. Names of sources and
+//!   accounts refused for length never get here.
 //!
 //! Kept in memory per node: a restart forgets it, and each node counts on
 //! its own. The warm path pays one atomic load while nothing failed lately.
@@ -51,7 +60,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::hash::{BuildHasher, Hash};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
 use hmac::{Hmac, Mac};
@@ -67,6 +76,13 @@ pub const REMEMBERED_SECRETS: usize = 3;
 pub const QUIET: Duration = Duration::from_secs(24 * 3600);
 /// Shards of each map: failures on different keys rarely wait for each other.
 const SHARDS: usize = 16;
+/// Entries looked at, per class, to find one that may go when a shard is
+/// full. Bounded so a shard full of locks costs a little per newcomer, not a
+/// walk of the shard; the locked entries looked at move to the back, so the
+/// next newcomer looks at others.
+const EVICTION_SCAN: usize = 64;
+/// The prefix an IPv6 source is grouped by for the spray throttle.
+pub const SPRAY_V6_PREFIX: u32 = 56;
 
 /// The rules' parameters (`[lockout]`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -183,6 +199,18 @@ impl From<IpAddr> for Source {
         match ip.to_canonical() {
             IpAddr::V4(v4) => Source::V4(u32::from(v4)),
             IpAddr::V6(v6) => Source::V6((u128::from(v6) >> 64) as u64),
+        }
+    }
+}
+
+impl Source {
+    /// The source as the spray throttle counts it: an IPv6 source widened
+    /// to its /[`SPRAY_V6_PREFIX`] (`net` is the /64), since whoever holds one /64 of a
+    /// subscriber's delegation usually holds all of them.
+    fn spray(self) -> Source {
+        match self {
+            Source::V4(_) => self,
+            Source::V6(net) => Source::V6(net & (u64::MAX << (64 - SPRAY_V6_PREFIX))),
         }
     }
 }
@@ -322,15 +350,85 @@ struct Spray {
 }
 
 impl Spray {
+    fn new(now: Instant) -> Spray {
+        Spray {
+            window_start: now,
+            accounts: Vec::new(),
+            locked_until: None,
+        }
+    }
+
     fn locked(&self, now: Instant) -> Option<Duration> {
         self.locked_until
             .and_then(|until| until.checked_duration_since(now))
             .filter(|left| !left.is_zero())
     }
+
+    /// Notes a failure for the account with `fingerprint`; the lock's
+    /// length when this one locked the source.
+    fn fail(&mut self, fingerprint: u64, threshold: usize, window: Duration, now: Instant) -> Option<Duration> {
+        if now.saturating_duration_since(self.window_start) > window {
+            self.window_start = now;
+            self.accounts.clear();
+        }
+        if self.locked(now).is_some() || self.accounts.contains(&fingerprint) {
+            return None;
+        }
+        self.accounts.push(fingerprint);
+        if self.accounts.len() >= threshold {
+            self.locked_until = Some(now + window);
+            self.window_start = now;
+            self.accounts.clear();
+            return Some(window);
+        }
+        None
+    }
 }
 
-/// A map of at most `cap` keys, in shards, dropping the least recently
-/// touched key when full. Reads share a shard; only changes take it alone.
+/// What a full map may drop: the class a key belongs to (lower goes
+/// first), and whether a value must stay (a live lock).
+trait Evict {
+    fn class(&self) -> usize {
+        0
+    }
+}
+
+trait Pinned {
+    fn pinned(&self, _now: Instant) -> bool {
+        false
+    }
+}
+
+/// Classes of keys, each with its own age order.
+const CLASSES: usize = 2;
+
+impl Evict for Key {
+    fn class(&self) -> usize {
+        match self {
+            Key::Name(_) => 0,
+            Key::User(_) => 1,
+        }
+    }
+}
+impl Evict for i64 {}
+impl Evict for Source {}
+
+impl Pinned for Counters {
+    fn pinned(&self, now: Instant) -> bool {
+        self.unfamiliar.locked(now).is_some() || self.familiar.iter().any(|(_, c)| c.locked(now).is_some())
+    }
+}
+impl Pinned for Familiar {}
+impl Pinned for Spray {
+    fn pinned(&self, now: Instant) -> bool {
+        self.locked(now).is_some()
+    }
+}
+
+/// A map of at most `cap` keys, in shards. When full, an entry that is not
+/// pinned goes to make room, the lowest class first and in it the least
+/// recently touched; a newcomer that finds none is turned away. Reads share
+/// a shard; only changes take it alone.
 struct Bounded<K, V> {
     shards: Vec<RwLock<Shard<K, V>>>,
     cap_per_shard: usize,
@@ -339,8 +437,36 @@ struct Bounded<K, V> {
 
 struct Shard<K, V> {
     map: HashMap<K, (u64, V)>,
-    order: BTreeMap<u64, K>,
+    /// Per class, keys by the tick they were last touched.
+    order: [BTreeMap<u64, K>; CLASSES],
     tick: u64,
+}
+
+impl<K: Copy + Eq + Hash + Evict, V: Pinned> Shard<K, V> {
+    /// Drops one entry that may go; false when none was found.
+    fn make_room(&mut self, now: Instant) -> bool {
+        for class in 0..CLASSES {
+            for _ in 0..EVICTION_SCAN {
+                let Some((_, key)) = self.order[class].pop_first() else {
+                    break;
+                };
+                match self.map.get_mut(&key) {
+                    Some(slot) if slot.1.pinned(now) => {
+                        // Kept, and moved to the back so the next look
+                        // starts past it.
+                        self.tick += 1;
+                        slot.0 = self.tick;
+                        self.order[class].insert(self.tick, key);
+                    }
+                    _ => {
+                        self.map.remove(&key);
+                        return true;
+                    }
+                }
+            }
+        }
+        false
+    }
 }
 
 // Every critical section leaves the shard consistent, so a panic in
@@ -353,14 +479,18 @@ fn write<T>(m: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
     m.write().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-impl<K: Copy + Eq + Hash, V> Bounded<K, V> {
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl<K: Copy + Eq + Hash + Evict, V: Pinned> Bounded<K, V> {
     fn new(cap: usize) -> Self {
         Bounded {
             shards: (0..SHARDS)
                 .map(|_| {
                     RwLock::new(Shard {
                         map: HashMap::new(),
-                        order: BTreeMap::new(),
+                        order: Default::default(),
                         tick: 0,
                     })
                 })
@@ -381,29 +511,31 @@ impl<K: Copy + Eq + Hash, V> Bounded<K, V> {
         shard.map.get(key).map(|(_, v)| f(v))
     }
 
-    /// Changes (or makes) the value and marks it the most recently used.
-    fn update<R>(&self, key: K, make: impl FnOnce() -> V, f: impl FnOnce(&mut V) -> R) -> R {
+    /// Changes (or makes) the value and marks it the most recently used;
+    /// `None` when the key is new, its shard is full and nothing in it may
+    /// go (the map is unchanged).
+    fn update<R>(&self, key: K, now: Instant, make: impl FnOnce() -> V, f: impl FnOnce(&mut V) -> R) -> Option<R> {
         let mut guard = write(self.shard(&key));
         let shard = &mut *guard;
-        shard.tick += 1;
-        let tick = shard.tick;
+        let class = key.class();
         if let Some((old, _)) = shard.map.get(&key) {
             let old = *old;
-            shard.order.remove(&old);
+            shard.order[class].remove(&old);
         } else {
             while shard.map.len() >= self.cap_per_shard {
-                let Some((_, oldest)) = shard.order.pop_first() else {
-                    break;
-                };
-                shard.map.remove(&oldest);
+                if !shard.make_room(now) {
+                    return None;
+                }
             }
-            shard.map.insert(key, (tick, make()));
+            shard.map.insert(key, (0, make()));
         }
-        shard.order.insert(tick, key);
+        shard.tick += 1;
+        let tick = shard.tick;
+        shard.order[class].insert(tick, key);
         // Invariant: the key was present or has just been inserted.
         let slot = shard.map.get_mut(&key).expect("the entry was just made");
         slot.0 = tick;
-        f(&mut slot.1)
+        Some(f(&mut slot.1))
     }
 
     fn retain(&self, mut keep: impl FnMut(&V) -> bool) {
@@ -411,10 +543,10 @@ impl<K: Copy + Eq + Hash, V> Bounded<K, V> {
             let mut guard = write(shard);
             let shard = &mut *guard;
             let order = &mut shard.order;
-            shard.map.retain(|_, (tick, v)| {
+            shard.map.retain(|key, (tick, v)| {
                 let kept = keep(v);
                 if !kept {
-                    order.remove(tick);
+                    order[key.class()].remove(tick);
                 }
                 kept
             });
@@ -436,9 +568,24 @@ pub struct Lockout {
     /// process, so nothing need be comparable across restarts.
     mac: Hmac<Sha256>,
     names: std::collections::hash_map::RandomState,
+    /// Shared by the names (and users) that found no room in `counters`.
+    overflow: Mutex<Counter>,
+    /// Shared by the sources that found no room in `sources`.
+    overflow_source: Mutex<Option<Spray>>,
+    /// True while either overflow holds anything, so a check of a key
+    /// without an entry takes neither mutex in the usual case. Set and
+    /// cleared only with the overflow's mutex held.
+    overflowed: AtomicBool,
     /// False while no failure is recorded: the warm path then reads one
     /// atomic instead of any map.
     any: AtomicBool,
+    /// Orders `any` against the maps: writers hold it shared from their
+    /// first insert until `any` is set; `sweep` holds it alone from seeing
+    /// the maps empty until `any` is cleared. So `any` is never cleared
+    /// between a writer's insert and its setting the flag, whichever runs
+    /// first: either the sweep sees the entry and keeps the flag, or the
+    /// writer sets the flag after the sweep cleared it.
+    recording: RwLock<()>,
 }
 
 impl std::fmt::Debug for Lockout {
@@ -471,7 +618,11 @@ impl Lockout {
             mac: <Hmac<Sha256> as Mac>::new_from_slice(&rand::random::<[u8; 32]>())
                 .expect("HMAC accepts any key length"),
             names: Default::default(),
+            overflow: Mutex::new(Counter::default()),
+            overflow_source: Mutex::new(None),
+            overflowed: AtomicBool::new(false),
             any: AtomicBool::new(false),
+            recording: RwLock::new(()),
         }
     }
 
@@ -540,7 +691,14 @@ impl Lockout {
         let source = Source::from(ip);
         let familiar = subject.and_then(|s| self.familiar_source(s, source));
         if familiar.is_none() {
-            if let Some(left) = self.sources.read(&source, |s| s.locked(now)).flatten() {
+            let locked = match self.sources.read(&source.spray(), |s| s.locked(now)) {
+                Some(locked) => locked,
+                None if self.overflowed.load(Ordering::Acquire) => {
+                    lock(&self.overflow_source).as_ref().and_then(|s| s.locked(now))
+                }
+                None => None,
+            };
+            if let Some(left) = locked {
                 return Check::Locked(left);
             }
         }
@@ -555,7 +713,15 @@ impl Lockout {
                 (c.locked(now), !c.wrong.is_empty())
             })
         });
-        match state.flatten() {
+        let Some(state) = state else {
+            // No counter of its own: it may have been counted on the
+            // overflow counter, so that one's lock applies.
+            if !self.overflowed.load(Ordering::Acquire) {
+                return Check::Clear;
+            }
+            return lock(&self.overflow).locked(now).map_or(Check::Clear, Check::Locked);
+        };
+        match state {
             Some((Some(left), _)) => Check::Locked(left),
             Some((None, true)) => {
                 let tag = self.tag(key, attempt);
@@ -585,17 +751,27 @@ impl Lockout {
         if self.rules.threshold == 0 {
             return Failed::default();
         }
-        self.any.store(true, Ordering::Release);
         let source = Source::from(ip);
         let familiar = self.familiar_source(subject, source);
         let key = self.key(subject);
         let tag = self.tag(key, attempt);
         let rules = self.rules;
-        let (locked, counted) = self.counters.update(key, Counters::default, |c| {
-            let (counted, locked) = c.counter(familiar).fail(&rules, tag, reason, now);
-            (locked, counted)
-        });
+        let recording = read(&self.recording);
+        let (counted, locked) = self
+            .counters
+            .update(key, now, Counters::default, |c| {
+                c.counter(familiar).fail(&rules, tag, reason, now)
+            })
+            .unwrap_or_else(|| {
+                let mut overflow = lock(&self.overflow);
+                self.overflowed.store(true, Ordering::Release);
+                overflow.fail(&rules, tag, reason, now)
+            });
         let source_locked = if counted { self.spray(key, source, now) } else { None };
+        // Set only once the entries exist (see `recording`): set before,
+        // a sweep in between could clear it with the entry in place.
+        self.any.store(true, Ordering::Release);
+        drop(recording);
         Failed { locked, source_locked }
     }
 
@@ -608,31 +784,20 @@ impl Lockout {
         }
         let window = self.rules.source_window;
         let fingerprint = self.fingerprint(key);
-        self.sources.update(
-            source,
-            || Spray {
-                window_start: now,
-                accounts: Vec::new(),
-                locked_until: None,
-            },
-            |s| {
-                if now.saturating_duration_since(s.window_start) > window {
-                    s.window_start = now;
-                    s.accounts.clear();
-                }
-                if s.locked(now).is_some() || s.accounts.contains(&fingerprint) {
-                    return None;
-                }
-                s.accounts.push(fingerprint);
-                if s.accounts.len() >= threshold {
-                    s.locked_until = Some(now + window);
-                    s.window_start = now;
-                    s.accounts.clear();
-                    return Some(window);
-                }
-                None
-            },
-        )
+        self.sources
+            .update(
+                source.spray(),
+                now,
+                || Spray::new(now),
+                |s| s.fail(fingerprint, threshold, window, now),
+            )
+            .unwrap_or_else(|| {
+                let mut overflow = lock(&self.overflow_source);
+                self.overflowed.store(true, Ordering::Release);
+                overflow
+                    .get_or_insert_with(|| Spray::new(now))
+                    .fail(fingerprint, threshold, window, now)
+            })
     }
 
     /// A secret accepted for `user` from `ip`: the source is familiar from
@@ -657,7 +822,8 @@ impl Lockout {
                 return;
             }
         }
-        self.familiar.update(user.0, Familiar::default, |f| {
+        // Familiar lists are never pinned, so there is always room.
+        let _ = self.familiar.update(user.0, now, Familiar::default, |f| {
             f.0.retain(|(s, _)| *s != source);
             if f.0.len() >= FAMILIAR_SOURCES {
                 f.0.remove(0);
@@ -667,7 +833,9 @@ impl Lockout {
         if self.any.load(Ordering::Acquire) {
             let key = Key::User(user.0);
             if self.counters.read(&key, |_| ()).is_some() {
-                self.counters.update(key, Counters::default, |c| {
+                // The key is present, so this finds room (or, if a sweep
+                // dropped it meanwhile, there is nothing to reset).
+                let _ = self.counters.update(key, now, Counters::default, |c| {
                     c.familiar.retain(|(s, _)| *s != source);
                 });
             }
@@ -689,13 +857,32 @@ impl Lockout {
     /// when nothing failed lately.
     pub fn sweep(&self, now: Instant) {
         let rules = self.rules;
+        let spray_live =
+            |s: &Spray| s.locked(now).is_some() || now.saturating_duration_since(s.window_start) <= rules.source_window;
         self.counters.retain(|c| c.live(&rules, now));
-        self.sources.retain(|s| {
-            s.locked(now).is_some() || now.saturating_duration_since(s.window_start) <= rules.source_window
-        });
-        if self.counters.len() == 0 && self.sources.len() == 0 {
+        self.sources.retain(spray_live);
+        // Alone, so no writer is between its insert and setting `any`:
+        // every entry a writer made, overflow included, is seen here.
+        let alone = write(&self.recording);
+        let overflow_live = {
+            let mut overflow = lock(&self.overflow);
+            if !overflow.live(&rules, now) {
+                *overflow = Counter::default();
+            }
+            let mut source = lock(&self.overflow_source);
+            if source.as_ref().is_some_and(|s| !spray_live(s)) {
+                *source = None;
+            }
+            let live = overflow.live(&rules, now) || source.is_some();
+            if !live {
+                self.overflowed.store(false, Ordering::Release);
+            }
+            live
+        };
+        if !overflow_live && self.counters.len() == 0 && self.sources.len() == 0 {
             self.any.store(false, Ordering::Release);
         }
+        drop(alone);
         metrics::gauge!("fedgate_lockout_entries").set(self.counters.len() as f64);
     }
 

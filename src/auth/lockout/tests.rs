@@ -320,7 +320,7 @@ fn spraying_from_one_source_locks_it_for_unfamiliar_accounts() {
 }
 
 #[test]
-fn memory_is_bounded_and_the_least_recently_failed_go_first() {
+fn a_flood_of_junk_names_never_frees_a_locked_account() {
     let l = Lockout::new(Rules {
         max_entries: 160,
         source_threshold: 0,
@@ -328,6 +328,9 @@ fn memory_is_bounded_and_the_least_recently_failed_go_first() {
     });
     let t0 = Instant::now();
     fail_n(&l, ALICE, A, 3, t0);
+    // Bob has failed once: an account's count, not yet a lock.
+    let bob = Subject::User(UserId(8));
+    fail_n(&l, bob, A, 1, t0);
     let long = "x".repeat(40_000);
     for i in 0..10_000 {
         let name = format!("{long}{i}");
@@ -340,13 +343,139 @@ fn memory_is_bounded_and_the_least_recently_failed_go_first() {
         );
         assert!(l.sizes().0 <= 160 + SHARDS, "grew past its cap at {i}");
     }
-    // Alice's lock was the least recently failed: gone, not kept forever.
-    assert_eq!(l.check(Some(ALICE), A, Attempt::new("x", 0), t0), Check::Clear);
-    // The newest are kept.
+    let later = t0 + SECS(10);
+    // Alice was the least recently failed, but her lock is live: kept.
+    assert!(matches!(
+        l.check(Some(ALICE), A, Attempt::new("x", 0), later),
+        Check::Locked(_)
+    ));
+    // Unknown names went before an account: Bob's count is still there.
+    assert_eq!(fail_n(&l, bob, A, 2, later).locked, Some(SECS(60)));
+    // The newest names are kept, the older ones made room.
     let name = format!("{long}9999");
     assert_eq!(l.counters.read(&l.key(Subject::Name(&name)), |_| ()), Some(()));
+    let name = format!("{long}0");
+    assert_eq!(l.counters.read(&l.key(Subject::Name(&name)), |_| ()), None);
     // Keys are fixed-size whatever the name's length.
     assert_eq!(std::mem::size_of::<Key>(), 16);
+}
+
+#[test]
+fn when_every_entry_is_locked_newcomers_share_one_overflow_counter() {
+    // One key per shard, so a few hundred locks fill every shard.
+    let l = Lockout::new(Rules {
+        max_entries: SHARDS,
+        source_threshold: 0,
+        ..Rules::new(2, SECS(60))
+    });
+    let t0 = Instant::now();
+    let names: Vec<String> = (0..1_000).map(|i| format!("junk{i}")).collect();
+    for name in &names {
+        fail_n(&l, Subject::Name(name), A, 2, t0);
+        assert!(l.sizes().0 <= SHARDS, "grew past its cap at {name}");
+    }
+    let kept: Vec<&String> = names
+        .iter()
+        .filter(|n| l.counters.read(&l.key(Subject::Name(n)), |_| ()).is_some())
+        .collect();
+    assert_eq!(kept.len(), SHARDS, "every shard holds its first lock");
+    for name in &kept {
+        assert!(matches!(
+            l.check(Some(Subject::Name(name)), A, Attempt::new("x", 0), t0),
+            Check::Locked(_)
+        ));
+    }
+    // The rest were counted together, and that count locked: a name with
+    // no room of its own is refused, not checked (fail closed).
+    for who in [Subject::Name("newcomer"), Subject::Name(&names[999]), ALICE] {
+        assert_eq!(
+            l.check(Some(who), A, Attempt::new("x", 0), t0),
+            Check::Locked(SECS(60)),
+            "{who:?}"
+        );
+    }
+    // Once the locks run out, room is made again and the overflow is gone.
+    let later = t0 + SECS(61);
+    assert_eq!(
+        l.check(Some(Subject::Name("newcomer")), A, Attempt::new("x", 0), later),
+        Check::Clear
+    );
+    fail_n(&l, ALICE, A, 1, later);
+    assert_eq!(l.counters.read(&l.key(ALICE), |_| ()), Some(()));
+}
+
+#[test]
+fn a_flood_of_sources_never_frees_a_locked_source() {
+    let l = Lockout::new(Rules {
+        max_entries: 160,
+        source_threshold: 3,
+        ..Rules::new(100, SECS(60))
+    });
+    let t0 = Instant::now();
+    for id in 1..=3 {
+        l.failed(
+            Subject::User(UserId(id)),
+            A,
+            Attempt::new("Summer2026!", 0),
+            Reason::BadCredentials,
+            t0,
+        );
+    }
+    let stranger = Some(Subject::User(UserId(99)));
+    assert!(matches!(
+        l.check(stranger, A, Attempt::new("x", 0), t0),
+        Check::Locked(_)
+    ));
+    for i in 0..10_000u32 {
+        let ip = IpAddr::V4(std::net::Ipv4Addr::from(0x0b00_0000 + i));
+        l.failed(
+            Subject::Name("junk"),
+            ip,
+            Attempt::new(&i.to_string(), 0),
+            Reason::BadCredentials,
+            t0 + Duration::from_millis(u64::from(i)),
+        );
+        assert!(l.sizes().1 <= 160 + SHARDS, "grew past its cap at {i}");
+    }
+    assert!(matches!(
+        l.check(stranger, A, Attempt::new("x", 0), t0 + SECS(10)),
+        Check::Locked(_)
+    ));
+}
+
+#[test]
+fn the_spray_throttle_counts_an_ipv6_56_as_one_source() {
+    let l = Lockout::new(Rules {
+        source_threshold: 5,
+        ..Rules::new(100, SECS(60))
+    });
+    let t0 = Instant::now();
+    let mut locked = None;
+    // Five /64s of one /56, one account each.
+    for (id, net) in (1..=5).zip([
+        "2001:db8:0:1::1",
+        "2001:db8:0:2::1",
+        "2001:db8:0:3::1",
+        "2001:db8:0:4::1",
+        "2001:db8:0:ff::1",
+    ]) {
+        let failed = l.failed(
+            Subject::User(UserId(id)),
+            net.parse().unwrap(),
+            Attempt::new("Summer2026!", 0),
+            Reason::BadCredentials,
+            t0,
+        );
+        locked = locked.or(failed.source_locked);
+    }
+    assert_eq!(locked, Some(SECS(600)));
+    let stranger = Some(Subject::User(UserId(99)));
+    let check = |ip: &str| l.check(stranger, ip.parse().unwrap(), Attempt::new("x", 0), t0);
+    assert_eq!(check("2001:db8:0:80::9"), Check::Locked(SECS(600)));
+    // The next /56 is someone else.
+    assert_eq!(check("2001:db8:0:100::1"), Check::Clear);
+    // The account counters stay per /64: each user failed once.
+    assert_eq!(l.counters.read(&Key::User(1), |c| c.unfamiliar.failures), Some(1));
 }
 
 #[test]
@@ -360,4 +489,39 @@ fn threshold_zero_turns_it_off() {
         );
     }
     assert_eq!(l.check(Some(ALICE), A, Attempt::new("x", 0), t0), Check::Clear);
+}
+
+#[test]
+fn a_sweep_never_clears_the_flag_under_a_counter_just_made() {
+    let l = Lockout::new(Rules {
+        source_threshold: 0,
+        ..Rules::new(1, SECS(60))
+    });
+    let t0 = Instant::now();
+    // Far enough on that every counter is stale, so each sweep empties the
+    // maps and clears the flag, racing the next failure.
+    let far = t0 + QUIET + SECS(1);
+    let done = AtomicBool::new(false);
+    let witnessed = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            while !done.load(Ordering::Relaxed) {
+                l.sweep(far);
+            }
+        });
+        let mut witnessed = 0;
+        for i in 0..50_000 {
+            let name = format!("n{i}");
+            let who = Subject::Name(&name);
+            l.failed(who, A, Attempt::new("w", 0), Reason::BadCredentials, t0);
+            let check = l.check(Some(who), A, Attempt::new("x", 0), t0);
+            // Present after the check means present during it: nothing
+            // but the sweep removes it, and only this thread makes it.
+            if check == Check::Clear && l.counters.read(&l.key(who), |_| ()).is_some() {
+                witnessed += 1;
+            }
+        }
+        done.store(true, Ordering::Relaxed);
+        witnessed
+    });
+    assert_eq!(witnessed, 0, "checks let through with a lock in place");
 }
