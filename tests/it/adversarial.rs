@@ -6,7 +6,8 @@
 //! Each area has its own file: [`request`] (the canonical request: paths,
 //! hosts, upgrades, smuggling), [`lockout`] (names, budgets, timing),
 //! [`store`] (a store that vanishes or breaks under a running server),
-//! [`refusal`] (what a refusal costs and when it is sent).
+//! [`refusal`] (what a refusal costs and when it is sent), [`abandon`]
+//! (sign-ins abandoned mid-check still count).
 
 mod abandon;
 mod lockout;

@@ -2,6 +2,8 @@
 //! counts: a client that resets its HTTP/2 stream mid-bind (or closes its
 //! connection) cannot take the attempt back, so cancelling buys no binds
 //! past the lockout threshold and cannot drive the directory's own lockout.
+//! Nor does filling the hash pool: a directory password is then not checked
+//! at all.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -83,11 +85,10 @@ async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stream_reset_mid_bind_still_counts_toward_lockout() {
-    let slapd = Slapd::start();
-    slapd.add_user("alice", "alice@example.com", ALICE_PW);
-    let fg = Fedgate::builder()
+/// fedgate on `slapd` with `threshold = 3`, no cache, one service
+/// connection and no sync passes.
+fn with_directory(slapd: &Slapd, builder: crate::support::fedgate::Builder) -> Fedgate {
+    builder
         .section(&format!(
             "[directory]\n\
              urls = [\"{}\"]\n\
@@ -110,7 +111,14 @@ async fn a_stream_reset_mid_bind_still_counts_toward_lockout() {
             Slapd::PEOPLE_DN,
         ))
         .cloud_route("/whoami", "builtin:whoami", "")
-        .start();
+        .start()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_reset_mid_bind_still_counts_toward_lockout() {
+    let slapd = Slapd::start();
+    slapd.add_user("alice", "alice@example.com", ALICE_PW);
+    let fg = with_directory(&slapd, Fedgate::builder());
     // The first sign-in records alice, so the attempts below are one bind
     // each to her known DN.
     SignIn::new(fg.plain, "alice@example.com", ALICE_PW)
@@ -180,4 +188,46 @@ async fn a_stream_reset_mid_bind_still_counts_toward_lockout() {
         3,
         "only the three counted attempts may be sent to the directory"
     );
+}
+
+/// With the hash pool full, a directory password is not checked at all:
+/// the refusal's hash is reserved before the bind, so the answer is
+/// `overloaded` at once and nothing goes to the directory (before, the bind
+/// went out and its refusal came back as a quick 503, skipping
+/// `failure_delay`: a guesser who kept the pool busy got fast answers).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_hash_pool_sends_no_password_to_the_directory() {
+    let slapd = Slapd::start();
+    slapd.add_user("alice", "alice@example.com", ALICE_PW);
+    slapd.add_user("bob", "bob@example.com", ALICE_PW);
+    let fg = with_directory(
+        &slapd,
+        Fedgate::builder().auth("hash_workers = 1").auth("hash_queue = 0"),
+    );
+    for user in ["alice@example.com", "bob@example.com"] {
+        SignIn::new(fg.plain, user, ALICE_PW)
+            .until(StatusCode::OK, Duration::from_millis(50))
+            .await;
+    }
+    let asked = || fg.events("password check sent to the directory").len();
+    wait_until("the first sign-ins' directory checks in the log", || asked() == 2).await;
+
+    // alice's wrong password holds the pool's one place while slapd is
+    // stopped: her refusal will need its hash.
+    slapd.pause();
+    let addr = fg.plain;
+    let held = tokio::spawn(async move { SignIn::new(addr, "alice@example.com", "wrong 1").send().await });
+    wait_until("alice's password to be sent to the directory", || asked() == 3).await;
+
+    let started = Instant::now();
+    let (status, headers, _) = SignIn::new(fg.plain, "bob@example.com", "wrong 2").send().await;
+    let took = started.elapsed();
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(headers.contains_key(http::header::RETRY_AFTER));
+    assert!(took < Duration::from_secs(2), "answered after {took:?}");
+    assert_eq!(asked(), 3, "bob's password went to the directory with the pool full");
+
+    slapd.resume();
+    let (status, _, _) = held.await.unwrap();
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
 }
