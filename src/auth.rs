@@ -164,6 +164,20 @@ impl From<Verified> for Verification {
 }
 
 impl Verification {
+    /// A repeat of one of the counter's last wrong secrets: refused without
+    /// any check and without the argon2 a refused guess otherwise costs.
+    /// The client knows it repeated itself, so a quicker answer tells it
+    /// nothing (and `failure_delay` still holds the 401 back); hashing
+    /// each repeat would let one client that retries a wrong password in a
+    /// loop fill the hashing pool, and turn every answer into a 503 that
+    /// is sent at once.
+    fn repeat() -> Self {
+        Verification {
+            hashed: true,
+            ..Verified::Invalid.into()
+        }
+    }
+
     /// A verdict reached by an argon2 verification (or refused by the pool
     /// before one could run).
     fn hashed(verified: Verified) -> Self {
@@ -343,7 +357,7 @@ impl Authenticator {
             // The view could not be refreshed for longer than the bound: a
             // revocation may be missing from it.
             _ if self.health.is_stale() => Verified::StoreUnavailable.into(),
-            lockout::Check::KnownWrong(_) => self.dummy_verification().await,
+            lockout::Check::KnownWrong(_) => Verification::repeat(),
             lockout::Check::Clear => {
                 let asker = Asker {
                     subject,
@@ -449,7 +463,7 @@ impl Authenticator {
         } else if self.health.is_stale() {
             Verification::from(Verified::StoreUnavailable)
         } else if matches!(check, lockout::Check::KnownWrong(_)) {
-            self.dummy_verification().await
+            Verification::repeat()
         } else if app_password::normalize(secret.expose()).is_some() {
             // App passwords are for devices; the portal wants the person.
             audit.credential = CredentialKind::AppPassword;
