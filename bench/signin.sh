@@ -313,7 +313,7 @@ declare -A LABEL=(
     [apr1]="nginx \`auth_basic\`, htpasswd apr1"
     [bcrypt]="nginx \`auth_basic\`, htpasswd bcrypt cost $BCRYPT_COST"
     [fedgate]="fedgate, app password, \`realm = \"cloud\"\`"
-    [spray-fedgate]="fedgate, default \`failure_delay = \"1s\"\` (each spraying connection throttled)"
+    [spray-fedgate]="fedgate, default \`failure_delay = \"1s\"\`"
     [spray0-fedgate]="fedgate, \`failure_delay = \"0s\"\` (unthrottled spray)"
     [spray-bcrypt]="nginx \`auth_basic\` bcrypt cost $BCRYPT_COST"
 )
@@ -520,15 +520,20 @@ wrong password, on a bounded pool, and answers 503 at once when the pool's
 queue is full; nginx runs bcrypt in its event loop for the real user and
 refuses the unknown user without hashing.
 
-fedgate is measured twice. As configured by default, each refused sign-in
-is answered after \`failure_delay = "1s"\` (padded to that total), which
-holds each of the spray's connections to about one attempt a second; 503
-(hash queue full) and 429 are answered at once. With \`failure_delay =
-"0s"\` (a second fedgate on the same store, otherwise identical) nothing
-throttles the spray, which then offers what refusing costs, as against
-nginx: this is the row to compare with nginx. Lockout is off in both
-(\`[lockout] threshold = 0\`): the spray shares the measured client's
-address and user name.
+fedgate is measured twice: with the default \`failure_delay = "1s"\` (a
+401 is answered that long after the sign-in began) and with
+\`failure_delay = "0s"\` (a second fedgate on the same store, otherwise
+identical). Lockout is off in both (\`[lockout] threshold = 0\`): the spray
+shares the measured client's address and user name, so it would lock the
+measured client out with it. Without lockout every attempt is a new guess
+that costs one argon2; 200 connections keep the pool's queue full, and a
+503 (hash queue full) is answered at once, without \`failure_delay\`. So
+the delay throttles only the few attempts that get a 401, the spray offers
+what refusing costs in both rows, and both compare with nginx. (With
+lockout on, as by default, a repeat of one of the last wrong secrets is
+refused without argon2 and its 401 waits \`failure_delay\`: this spray,
+three secrets repeated, would be held to one attempt per connection a
+second.)
 EOF
     echo
     echo "| target | warm req/s | warm p50 ms | warm p99 ms | spray req/s (median) | spray 401 | spray 503 | spray other | spray socket errors |"
