@@ -161,12 +161,31 @@ pub fn generate() -> CanonicalAppPassword {
     CanonicalAppPassword(Secret::new(letters))
 }
 
-/// The canonical app password if `input` has the app-password shape, in
-/// display form or not: 16 ASCII letters in any case, with any spaces or
-/// dashes between them, and correct check letters. `None` otherwise.
-pub fn normalize(input: &str) -> Option<CanonicalAppPassword> {
+/// What a secret is, by its shape alone (no lookup).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Shape {
+    /// An app password with correct check letters, in canonical form.
+    AppPassword(CanonicalAppPassword),
+    /// The app-password shape with wrong check letters: a mistyped or
+    /// made-up app password. Never an organizational password.
+    Mistyped,
+    /// Anything else: an organizational password, as far as fedgate can
+    /// tell.
+    Other,
+}
+
+/// Classifies `input`: 16 ASCII letters in any case, with any spaces or
+/// dashes between them, is the app-password shape (see the module doc);
+/// its check letters tell a real one from a mistyped one.
+///
+/// An organizational password of exactly this shape (16 letters and
+/// nothing else but spaces or dashes) is refused as a mistyped app
+/// password rather than sent to the directory; such passwords are
+/// vanishingly rare, and sending a mistyped app password to the directory
+/// would count toward locking the person's account there.
+pub fn classify(input: &str) -> Shape {
     if input.len() > MAX_INPUT_BYTES {
-        return None;
+        return Shape::Other;
     }
     let mut values = [0u8; LETTERS];
     let mut count = 0;
@@ -179,24 +198,36 @@ pub fn normalize(input: &str) -> Option<CanonicalAppPassword> {
             }
             _ => {
                 zeroize::Zeroize::zeroize(&mut values);
-                return None;
+                return Shape::Other;
             }
         }
     }
-    let shaped = count == LETTERS && check_values(&values) == (values[RANDOM_LETTERS], values[RANDOM_LETTERS + 1]);
-    let canonical = shaped.then(|| {
+    let shape = if count != LETTERS {
+        Shape::Other
+    } else if check_values(&values) == (values[RANDOM_LETTERS], values[RANDOM_LETTERS + 1]) {
         let letters: String = values.iter().map(|&v| char::from(b'a' + v)).collect();
-        CanonicalAppPassword(Secret::new(letters))
-    });
+        Shape::AppPassword(CanonicalAppPassword(Secret::new(letters)))
+    } else {
+        Shape::Mistyped
+    };
     zeroize::Zeroize::zeroize(&mut values);
-    canonical
+    shape
 }
 
-/// Whether `input` has the app-password shape (see [`normalize`]). A secret
-/// of this shape is only ever checked as an app password, never sent to
-/// the directory.
+/// The canonical app password if `input` is one with correct check
+/// letters (see [`classify`]). `None` otherwise.
+pub fn normalize(input: &str) -> Option<CanonicalAppPassword> {
+    match classify(input) {
+        Shape::AppPassword(canonical) => Some(canonical),
+        Shape::Mistyped | Shape::Other => None,
+    }
+}
+
+/// Whether `input` has the app-password shape, check letters right or
+/// wrong (see [`classify`]). A secret of this shape is only ever checked as
+/// an app password, never sent to the directory.
 pub fn is_app_password_shaped(input: &str) -> bool {
-    normalize(input).is_some()
+    !matches!(classify(input), Shape::Other)
 }
 
 /// The two check letters (as 0..26) for the random letters in `values`.

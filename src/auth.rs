@@ -39,7 +39,7 @@ use dashmap::DashMap;
 use http::header::USER_AGENT;
 use http::request::Parts;
 
-use crate::app_password::{self, CanonicalAppPassword};
+use crate::app_password::{self, CanonicalAppPassword, Shape};
 use crate::audit::{AuditSink, Event};
 use crate::config::{AuthConfig, Realm, RouteConfig};
 use crate::directory::{Checked, Directory, Known, LoginName};
@@ -333,11 +333,18 @@ impl Authenticator {
         };
         audit.upn_given = &user_given;
         let (name, entry) = self.resolve(&user_given);
-        let app_password = app_password::normalize(secret.expose());
-        audit.credential = match (&app_password, secret.expose().is_empty()) {
-            (Some(_), _) => CredentialKind::AppPassword,
-            (None, true) => CredentialKind::None,
-            (None, false) => CredentialKind::Password,
+        // The shape decides what the secret is: an app password (looked
+        // up in the store), a mistyped one (refused, never sent anywhere),
+        // or an organizational password.
+        let (app_password, mistyped) = match app_password::classify(secret.expose()) {
+            Shape::AppPassword(canonical) => (Some(canonical), false),
+            Shape::Mistyped => (None, true),
+            Shape::Other => (None, false),
+        };
+        audit.credential = match (&app_password, mistyped, secret.expose().is_empty()) {
+            (Some(_), _, _) | (None, true, _) => CredentialKind::AppPassword,
+            (None, false, true) => CredentialKind::None,
+            (None, false, false) => CredentialKind::Password,
         };
 
         // A locked account gets no answer about the secret at all; a wrong
@@ -358,6 +365,8 @@ impl Authenticator {
             // revocation may be missing from it.
             _ if self.health.is_stale() => Verified::StoreUnavailable.into(),
             lockout::Check::KnownWrong(_) => Verification::repeat(),
+            // Costs what a wrong app password costs; nothing is asked.
+            lockout::Check::Clear if mistyped => self.dummy_verification().await,
             lockout::Check::Clear => {
                 let asker = Asker {
                     subject,
@@ -375,6 +384,10 @@ impl Authenticator {
                 .await
             }
         };
+        let verified = match verified {
+            Verified::Invalid if mistyped => Verified::Mistyped,
+            verified => verified,
+        };
         let entry = fresh.or(entry);
         audit.user_id = entry.as_ref().map(|e| e.user.id);
         if let Verified::AppPassword { name, .. } = &verified {
@@ -391,7 +404,9 @@ impl Authenticator {
         // the first time (both are 401 to the client).
         let decision = match (check, decision) {
             (
-                lockout::Check::KnownWrong(first @ (Reason::AppPasswordRequired | Reason::AccountDisabled)),
+                lockout::Check::KnownWrong(
+                    first @ (Reason::AppPasswordRequired | Reason::AccountDisabled | Reason::AppPasswordMistyped),
+                ),
                 Decision::Deny {
                     refusal,
                     reason: Reason::BadCredentials,
@@ -464,10 +479,14 @@ impl Authenticator {
             Verification::from(Verified::StoreUnavailable)
         } else if matches!(check, lockout::Check::KnownWrong(_)) {
             Verification::repeat()
-        } else if app_password::normalize(secret.expose()).is_some() {
+        } else if app_password::is_app_password_shaped(secret.expose()) {
             // App passwords are for devices; the portal wants the person.
+            // Nothing of their shape is a directory password.
             audit.credential = CredentialKind::AppPassword;
-            Verification::from(Verified::Invalid)
+            match app_password::classify(secret.expose()) {
+                Shape::Mistyped => Verification::from(Verified::Mistyped),
+                _ => Verification::from(Verified::Invalid),
+            }
         } else {
             let asker = Asker {
                 subject,
@@ -488,6 +507,7 @@ impl Authenticator {
             (Verified::DirectoryUnavailable, _) => Err((Refusal::Unavailable, Reason::DirectoryUnavailable)),
             (Verified::Overloaded, _) => Err((Refusal::Unavailable, Reason::Overloaded)),
             (Verified::StoreUnavailable, _) => Err((Refusal::Unavailable, Reason::StoreUnavailable)),
+            (Verified::Mistyped, _) => Err((Refusal::Unauthorized, Reason::AppPasswordMistyped)),
             _ => Err((Refusal::Unauthorized, Reason::BadCredentials)),
         };
         let reason = found.map_or_else(|(_, reason)| reason, |_| Reason::Password);
@@ -561,7 +581,13 @@ impl Authenticator {
             // `account_disabled` too: AD tells a disabled account only to
             // the right password (`data 533`, `701`), so it must count as a
             // wrong one would, or the count would tell.
-            (Reason::BadCredentials | Reason::AppPasswordRequired | Reason::AccountDisabled, Some(subject)) => {
+            (
+                Reason::BadCredentials
+                | Reason::AppPasswordMistyped
+                | Reason::AppPasswordRequired
+                | Reason::AccountDisabled,
+                Some(subject),
+            ) => {
                 let failed = self.lockout.failed(subject, ip, attempt, reason, now);
                 if let Some(length) = failed.locked {
                     let user = entry.map(|e| e.user.upn.as_str()).unwrap_or("(unknown name)");

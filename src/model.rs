@@ -262,6 +262,10 @@ named_enum! {
         AppPasswordRequired = "app_password_required",
         AppPasswordNotValidOnprem = "app_password_not_valid_onprem",
         BadCredentials = "bad_credentials",
+        /// A secret of the app-password shape whose check letters are
+        /// wrong: refused like `bad_credentials`, never sent to the
+        /// directory, and named apart so a helpdesk can tell the user.
+        AppPasswordMistyped = "app_password_mistyped",
         DirectoryUnavailable = "directory_unavailable",
         Overloaded = "overloaded",
         StoreUnavailable = "store_unavailable",

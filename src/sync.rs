@@ -74,6 +74,9 @@ pub struct Syncer {
     clock: Arc<dyn Clock>,
     holder: String,
     last_full: Mutex<Option<Instant>>,
+    /// AD: whether the service account could read `CN=Deleted Objects`
+    /// when last checked (each full pass), so a change is logged once.
+    tombstones_readable: Mutex<Option<bool>>,
 }
 
 impl Syncer {
@@ -91,6 +94,7 @@ impl Syncer {
             clock,
             holder: format!("{}:{}", host.trim(), std::process::id()),
             last_full: Mutex::new(None),
+            tombstones_readable: Mutex::new(None),
         }
     }
 
@@ -185,6 +189,9 @@ impl Syncer {
             }
             (_, kind) => kind,
         };
+        if kind == PassKind::Full && self.directory.config().kind == DirectoryKind::ActiveDirectory {
+            self.check_tombstone_access(&mut session).await;
+        }
         let outcome = self.read_and_apply(&mut session, kind, mark.as_ref(), force).await;
         session.close().await;
         let (pass, new_mark) = match outcome {
@@ -226,6 +233,40 @@ impl Syncer {
         self.finish(pass, new_mark).await
     }
 
+    /// AD: incremental passes see deletions through tombstones, which only
+    /// accounts allowed to list `CN=Deleted Objects` can read (by default,
+    /// administrators). Says so when that changes, naming the right to
+    /// grant; a failed check is left to the pass itself to report.
+    async fn check_tombstone_access(&self, session: &mut SyncSession<'_>) {
+        let Ok(Some((readable, container))) = session.can_read_tombstones().await else {
+            return;
+        };
+        let previous = self
+            .tombstones_readable
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .replace(readable);
+        let account = match &self.directory.config().bind {
+            crate::config::DirectoryBind::Search { dn, .. } => dn.as_str(),
+            crate::config::DirectoryBind::Direct { .. } => "",
+        };
+        match (previous, readable) {
+            (Some(true) | None, false) => tracing::warn!(
+                account = %account,
+                container = %container,
+                full_every = ?self.config.full_every,
+                fix = "grant the account List Contents and Read Property on the container: dsacls \"<container>\" /takeownership, then dsacls \"<container>\" /G <DOMAIN>\\<account>:LCRP",
+                "the sync's service account cannot read CN=Deleted Objects: users deleted in the directory are noticed only by full passes"
+            ),
+            (Some(false), true) => tracing::info!(
+                account = %account,
+                container = %container,
+                "the sync's service account can read CN=Deleted Objects again: incremental passes see deletions"
+            ),
+            _ => {}
+        }
+    }
+
     /// Reads the directory, plans, guards, applies. The inner `Err` is a
     /// pass the guard stopped.
     async fn read_and_apply(
@@ -259,21 +300,8 @@ impl Syncer {
         if ad {
             attributes.extend(["userAccountControl".to_owned(), "accountExpires".to_owned()]);
         }
-        // Disabled entries first (DNs only), so that each user entry can be
-        // converted the moment it arrives and then dropped.
-        let disabled_dns: HashSet<String> = match &dir.disabled_filter {
-            None => HashSet::new(),
-            Some(disabled) => {
-                let disabled_filter = Template::and(&filter, &disabled.render_any());
-                let mut dns = HashSet::new();
-                session
-                    .scan(&disabled_filter, &["1.1".to_owned()], self.config.page_size, |e| {
-                        dns.insert(e.dn.to_ascii_lowercase());
-                    })
-                    .await?;
-                dns
-            }
-        };
+        // Each user entry is converted the moment it arrives and then
+        // dropped. AD says in the entry itself whether it is disabled.
         let now_ms = self.clock.now_ms();
         let mut found: Vec<FederatedUser> = Vec::new();
         let mut errors = 0usize;
@@ -285,8 +313,7 @@ impl Syncer {
                         highest = Some(value);
                     }
                 }
-                let disabled =
-                    disabled_dns.contains(&entry.dn.to_ascii_lowercase()) || (ad && ad_account_off(&entry, now_ms));
+                let disabled = ad && ad_account_off(&entry, now_ms);
                 match self.directory.federated_user(&entry, !disabled) {
                     Some(user) => found.push(user),
                     None => {
@@ -296,6 +323,26 @@ impl Syncer {
                 }
             })
             .await?;
+        // Then the entries `disabled_filter` matches (DNs only). After the
+        // users, not before: an entry disabled between the two reads is
+        // then taken as disabled in this pass. Read the other way round,
+        // it was taken as enabled, the mark moved past its change, and
+        // only the next pass (which reads it again, the mark being
+        // inclusive) disabled it.
+        if let Some(disabled) = &dir.disabled_filter {
+            let disabled_filter = Template::and(&filter, &disabled.render_any());
+            let mut dns = HashSet::new();
+            session
+                .scan(&disabled_filter, &["1.1".to_owned()], self.config.page_size, |e| {
+                    dns.insert(e.dn.to_ascii_lowercase());
+                })
+                .await?;
+            for user in &mut found {
+                if dns.contains(&user.attributes.dn.to_ascii_lowercase()) {
+                    user.enabled = false;
+                }
+            }
+        }
         // AD keeps tombstones: an incremental pass sees deletions too.
         let gone = match (kind, mark, &usn_mark) {
             (PassKind::Incremental, Some(mark), Some(_)) => {

@@ -52,6 +52,7 @@ fn every_single_letter_typo_is_refused() {
                 typo[position] = letter;
                 let typo = String::from_utf8(typo).unwrap();
                 assert!(normalize(&typo).is_none(), "{typo} passed the check");
+                assert_eq!(classify(&typo), Shape::Mistyped, "{typo}");
             }
         }
     }
@@ -94,8 +95,14 @@ fn other_shapes_are_not_app_passwords() {
     ] {
         assert!(!is_app_password_shaped(input), "{input:?}");
     }
-    // Offsets keep the most obvious human string out.
-    assert!(!is_app_password_shaped("aaaaaaaaaaaaaaaa"));
+    // Offsets keep the most obvious human string from passing the check;
+    // it still has the shape, so it is a mistyped app password, never a
+    // directory password.
+    assert!(normalize("aaaaaaaaaaaaaaaa").is_none());
+    assert_eq!(classify("aaaaaaaaaaaaaaaa"), Shape::Mistyped);
+    assert_eq!(classify("abcd-efgh-ijkl-mnop"), Shape::Mistyped);
+    assert_eq!(classify("ABCD EFGH IJKL MNOP"), Shape::Mistyped);
+    assert!(is_app_password_shaped("abcdefghijklmnop"));
 }
 
 #[test]
@@ -104,7 +111,8 @@ fn random_letter_strings_rarely_pass() {
     let mut passed = 0;
     for _ in 0..26_000 {
         let s: String = (0..16).map(|_| char::from(b'a' + OsRng.gen_range(0..26u8))).collect();
-        passed += usize::from(is_app_password_shaped(&s));
+        passed += usize::from(normalize(&s).is_some());
+        assert!(is_app_password_shaped(&s));
     }
     assert!((10..100).contains(&passed), "{passed} passed");
 }

@@ -19,6 +19,9 @@ pub enum Verified {
     Password,
     /// Wrong secret, unknown user, or an empty password.
     Invalid,
+    /// The app-password shape with wrong check letters: never looked up,
+    /// never sent to the directory.
+    Mistyped,
     /// The directory could not be asked.
     DirectoryUnavailable,
     /// The directory says the account is disabled or expired.
@@ -82,6 +85,7 @@ pub fn decide(f: Facts<'_>) -> Decision {
         (Verified::StoreUnavailable, _) => return deny(Refusal::Unavailable, Reason::StoreUnavailable),
         (Verified::Overloaded, _) => return deny(Refusal::Unavailable, Reason::Overloaded),
         (Verified::DirectoryUnavailable, _) => return deny(Refusal::Unavailable, Reason::DirectoryUnavailable),
+        (Verified::Mistyped, _) => return deny(Refusal::Unauthorized, Reason::AppPasswordMistyped),
         (Verified::Invalid, _) | (_, None) => return deny(Refusal::Unauthorized, Reason::BadCredentials),
         (_, Some(user)) => user,
     };
@@ -117,6 +121,7 @@ pub fn decide(f: Facts<'_>) -> Decision {
         (
             _,
             Verified::Invalid
+            | Verified::Mistyped
             | Verified::DirectoryUnavailable
             | Verified::Overloaded
             | Verified::AccountDisabled

@@ -43,6 +43,8 @@ mod rc {
     pub const SIZE_LIMIT_EXCEEDED: u32 = 4;
     pub const REFERRAL: u32 = 10;
     pub const NO_SUCH_OBJECT: u32 = 32;
+    pub const STRONG_AUTH_REQUIRED: u32 = 8;
+    pub const CONFIDENTIALITY_REQUIRED: u32 = 13;
     pub const INVALID_CREDENTIALS: u32 = 49;
 }
 
@@ -316,7 +318,7 @@ impl LdapDirectory {
                 let err = DirectoryError::ServiceBind {
                     server: self.url(&conn).to_owned(),
                     dn: dn.clone(),
-                    reason: format!("result code {}: {}", r.rc, r.text),
+                    reason: bind_refused(r.rc, &r.text),
                 };
                 tracing::error!(error = %err, "directory service account refused");
                 Err(err)
@@ -488,7 +490,7 @@ impl LdapDirectory {
                         rc::INVALID_CREDENTIALS => Err(ad::bind_failure(&r.text)),
                         code => {
                             return Err(
-                                self.unavailable(&conn, format!("bind failed with result code {code}: {}", r.text))
+                                self.unavailable(&conn, format!("bind failed with {}", bind_refused(code, &r.text)))
                             )
                         }
                     };
@@ -542,7 +544,7 @@ impl LdapDirectory {
             Ok(r) => Err(DirectoryError::ServiceBind {
                 server,
                 dn: dn.clone(),
-                reason: format!("result code {}: {}", r.rc, r.text),
+                reason: bind_refused(r.rc, &r.text),
             }),
             Err(err) => Err(DirectoryError::Unavailable {
                 server,
@@ -564,11 +566,7 @@ impl LdapDirectory {
     /// it has no usable UPN (a group or computer matched a loose filter).
     pub fn federated_user(&self, entry: &SearchEntry, enabled: bool) -> Option<FederatedUser> {
         let upn = attribute(entry, &self.config.upn_attribute).and_then(|v| Upn::parse(&v).ok())?;
-        let anchor = attribute(entry, &self.config.anchor_attribute).or_else(|| {
-            binary_attribute(entry, &self.config.anchor_attribute).map(|bytes| {
-                ad::guid_string(&bytes).unwrap_or_else(|| bytes.iter().map(|b| format!("{b:02x}")).collect())
-            })
-        });
+        let anchor = anchor_of(entry, &self.config.anchor_attribute);
         Some(FederatedUser {
             upn,
             enabled,
@@ -782,45 +780,59 @@ impl SyncSession<'_> {
     /// Show Deleted control. Deleted objects move out of `base_dn` (to
     /// `CN=Deleted Objects`), so a search there would not see them.
     pub async fn deleted_anchors(&mut self, since: &str, page_size: u32) -> Result<Vec<String>, DirectoryError> {
-        const SHOW_DELETED: &str = "1.2.840.113556.1.4.417";
         let config = &self.directory.config;
-        let root: Vec<&str> = config
-            .base_dn
-            .split(',')
-            .map(str::trim)
-            .filter(|rdn| rdn.len() > 3 && rdn[..3].eq_ignore_ascii_case("dc="))
-            .collect();
-        if root.is_empty() {
+        let Some(root) = domain_root(&config.base_dn) else {
             return Ok(Vec::new());
-        }
-        let root = root.join(",");
+        };
         let filter = format!(
             "(&(isDeleted=TRUE)(objectClass=user)(uSNChanged>={}))",
             ldap3::ldap_escape(since)
         );
         let anchor = config.anchor_attribute.clone();
-        let control = ldap3::controls::RawControl {
-            ctype: SHOW_DELETED.into(),
-            crit: true,
-            val: None,
-        };
         let mut anchors = Vec::new();
         self.scan_under(
             &root,
             &filter,
             std::slice::from_ref(&anchor),
             page_size,
-            vec![control],
+            vec![show_deleted()],
             |e| {
-                if let Some(a) =
-                    attribute(&e, &anchor).or_else(|| binary_attribute(&e, &anchor).and_then(|b| ad::guid_string(&b)))
-                {
+                if let Some(a) = anchor_of(&e, &anchor) {
                     anchors.push(a);
                 }
             },
         )
         .await?;
         Ok(anchors)
+    }
+
+    /// AD: whether this session's account can read `CN=Deleted Objects`
+    /// under the domain root (its own attributes, with the Show Deleted
+    /// control). By default only administrators can; an account that
+    /// cannot sees no tombstones, and deletions wait for a full pass.
+    /// `None` when the base DN has no domain root.
+    pub async fn can_read_tombstones(&mut self) -> Result<Option<(bool, String)>, DirectoryError> {
+        let Some(root) = domain_root(&self.directory.config.base_dn) else {
+            return Ok(None);
+        };
+        let container = format!("CN=Deleted Objects,{root}");
+        let ldap = self.ldap.with_timeout(self.directory.config.timeout);
+        ldap.with_controls(vec![show_deleted()]);
+        let result = ldap
+            .search(&container, Scope::Base, "(objectClass=*)", ["isDeleted"])
+            .await
+            .map_err(|e| DirectoryError::Unavailable {
+                server: self.server.clone(),
+                reason: e.to_string(),
+            })?;
+        let readable = result.1.rc == rc::SUCCESS
+            && result
+                .0
+                .into_iter()
+                .filter(|e| !e.is_ref())
+                .filter_map(construct)
+                .any(|e| attribute(&e, "isDeleted").is_some());
+        Ok(Some((readable, container)))
     }
 
     async fn scan_under(
@@ -903,6 +915,59 @@ impl SyncSession<'_> {
     }
 }
 
+/// A refused bind's result, with what to change when the server wants TLS
+/// (AD requires it for simple binds once LDAP signing is enforced).
+fn bind_refused(code: u32, text: &str) -> String {
+    match code {
+        rc::STRONG_AUTH_REQUIRED | rc::CONFIDENTIALITY_REQUIRED => format!(
+            "result code {code}: {text} (the server requires TLS for password binds: use an ldaps:// URL \
+             or directory.starttls = true)"
+        ),
+        _ => format!("result code {code}: {text}"),
+    }
+}
+
+/// AD's Show Deleted control: tombstones are returned too.
+fn show_deleted() -> ldap3::controls::RawControl {
+    ldap3::controls::RawControl {
+        ctype: "1.2.840.113556.1.4.417".into(),
+        crit: true,
+        val: None,
+    }
+}
+
+/// The `DC=` components of `base_dn` (the domain's root, where AD keeps
+/// `CN=Deleted Objects`), or `None` if it has none.
+fn domain_root(base_dn: &str) -> Option<String> {
+    let root: Vec<&str> = base_dn
+        .split(',')
+        .map(str::trim)
+        .filter(|rdn| rdn.len() > 3 && rdn[..3].eq_ignore_ascii_case("dc="))
+        .collect();
+    (!root.is_empty()).then(|| root.join(","))
+}
+
+/// The entry's anchor. AD's `objectGUID` is 16 raw bytes, which land among
+/// the text attributes when they happen to be valid UTF-8: read as bytes
+/// wherever they are, never trimmed.
+fn anchor_of(entry: &SearchEntry, name: &str) -> Option<String> {
+    if name.eq_ignore_ascii_case("objectGUID") {
+        let bytes = binary_attribute(entry, name).or_else(|| {
+            entry
+                .attrs
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                .and_then(|(_, v)| v.first())
+                .map(|v| v.as_bytes().to_vec())
+        })?;
+        return Some(ad::guid_string(&bytes).unwrap_or_else(|| bytes.iter().map(|b| format!("{b:02x}")).collect()));
+    }
+    attribute(entry, name).or_else(|| {
+        binary_attribute(entry, name)
+            .map(|bytes| ad::guid_string(&bytes).unwrap_or_else(|| bytes.iter().map(|b| format!("{b:02x}")).collect()))
+    })
+}
+
 fn refused(failure: BindFailure) -> Checked {
     match failure {
         BindFailure::InvalidCredentials | BindFailure::PasswordExpired => Checked::Invalid,
@@ -956,9 +1021,10 @@ impl Directory for LdapDirectory {
     ) -> BoxFuture<'a, Result<Checked, DirectoryError>> {
         Box::pin(async move {
             // An empty password is an unauthenticated bind that servers
-            // accept; an app password is never a directory password, and a
-            // failed bind would count toward the account's lockout.
-            if password.expose().is_empty() || app_password::normalize(password.expose()).is_some() {
+            // accept; nothing of the app-password shape (check letters
+            // right or wrong) is a directory password, and a failed bind
+            // would count toward the account's lockout.
+            if password.expose().is_empty() || app_password::is_app_password_shaped(password.expose()) {
                 return Ok(Checked::Invalid);
             }
             let deadline = Instant::now() + self.config.timeout;

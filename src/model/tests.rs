@@ -83,6 +83,7 @@ fn reasons_are_the_decision_table_codes() {
             "app_password_required",
             "app_password_not_valid_onprem",
             "bad_credentials",
+            "app_password_mistyped",
             "directory_unavailable",
             "overloaded",
             "store_unavailable",

@@ -1,5 +1,6 @@
 //! Integration tests: the real `fedgate` binary on loopback sockets.
 
+mod ad;
 mod adversarial;
 mod cli;
 mod directory;

@@ -75,6 +75,13 @@ fn the_decision_table() {
             run(Cloud, Verified::Invalid, Some(&u), true, false),
             d401(Reason::BadCredentials)
         );
+        // a mistyped app password, on either realm
+        for realm in [Cloud, Onprem] {
+            assert_eq!(
+                run(realm, Verified::Mistyped, Some(&u), true, false),
+                d401(Reason::AppPasswordMistyped)
+            );
+        }
         // directory down: 503, never a 401 that re-prompts
         assert_eq!(
             run(Onprem, Verified::DirectoryUnavailable, Some(&u), true, false),
@@ -144,6 +151,10 @@ fn the_decision_table() {
     assert_eq!(
         run(Cloud, Verified::Invalid, None, true, false),
         d401(Reason::BadCredentials)
+    );
+    assert_eq!(
+        run(Onprem, Verified::Mistyped, None, true, false),
+        d401(Reason::AppPasswordMistyped)
     );
     // a directory account not yet in the store, disabled there
     assert_eq!(

@@ -116,11 +116,11 @@ async fn every_refused_secret_costs_one_argon2() {
             "account_disabled",
         ),
         (
-            "app-password shape, unknown",
+            "app-password shape, wrong check letters",
             "carl@example.com",
             app_shaped,
             "t-app",
-            "bad_credentials",
+            "app_password_mistyped",
         ),
         (
             "enforced, right password",

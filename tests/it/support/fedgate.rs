@@ -167,6 +167,16 @@ impl Fedgate {
         Builder::default()
     }
 
+    /// fedgate with a configuration of the test's own: `config` gets the
+    /// test's directory (for the store, keys and certificates) and returns
+    /// the file's text.
+    pub fn start_with(config: impl FnOnce(&Path) -> String) -> Fedgate {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("fedgate.toml");
+        std::fs::write(&path, config(dir.path())).expect("write config");
+        Fedgate::spawn(Arc::new(dir), path)
+    }
+
     fn spawn(dir: Arc<tempfile::TempDir>, config: PathBuf) -> Fedgate {
         let mut child = Command::new(binary())
             .args([

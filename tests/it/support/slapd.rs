@@ -901,7 +901,7 @@ fn stdout_or_error(cmd: Command) -> Result<String, String> {
     }
 }
 
-fn run(mut cmd: Command, input: Option<&str>) -> Output {
+pub(crate) fn run(mut cmd: Command, input: Option<&str>) -> Output {
     cmd.stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -920,7 +920,7 @@ fn run(mut cmd: Command, input: Option<&str>) -> Output {
     out
 }
 
-fn collect(stream: impl Read + Send + 'static, log: Arc<Mutex<String>>) -> JoinHandle<()> {
+pub(crate) fn collect(stream: impl Read + Send + 'static, log: Arc<Mutex<String>>) -> JoinHandle<()> {
     std::thread::spawn(move || {
         let mut reader = BufReader::new(stream);
         let mut line = Vec::new();
@@ -977,7 +977,7 @@ fn has_module(dir: &Path, name: &str) -> bool {
 
 /// Owner-only, as the ldap tools warn about a password file others can
 /// read.
-fn write_secret(path: &Path, secret: &str) {
+pub(crate) fn write_secret(path: &Path, secret: &str) {
     use std::os::unix::fs::OpenOptionsExt;
     let mut file = std::fs::OpenOptions::new()
         .write(true)
@@ -1052,7 +1052,7 @@ fn ldif_attr(name: &str, value: &str) -> String {
 }
 
 /// The values of `attr` in unwrapped LDIF (base64 values decoded).
-fn ldif_values(ldif: &str, attr: &str) -> Vec<String> {
+pub(crate) fn ldif_values(ldif: &str, attr: &str) -> Vec<String> {
     ldif.lines()
         .filter_map(|line| {
             let (name, rest) = line.split_once(':')?;
