@@ -2,10 +2,10 @@
 # Sign-in benchmark: warm app-password sign-ins through fedgate against nginx
 # auth_basic (htpasswd with apr1 and with bcrypt hashes) and plain nginx
 # proxy_pass, then the warm path while 200 clients spray wrong passwords:
-# once against fedgate as configured by default (refused sign-ins answered
-# after `auth.failure_delay`, which throttles each spraying connection) and
-# once against a second fedgate with `failure_delay = "0s"`, so the spray
-# runs unthrottled, as it does against nginx.
+# once against fedgate as configured by default (a 401 answered after
+# `auth.failure_delay`; a 503 for a full hash queue at once) and once
+# against a second fedgate with `failure_delay = "0s"`, so nothing holds
+# the spray back, as against nginx.
 #
 # One nginx answers `200 ok` and is the upstream of every target. The nginx
 # peers all proxy_pass to it with upstream keep-alive, so they differ only in

@@ -168,30 +168,44 @@ pub enum Shape {
     AppPassword(CanonicalAppPassword),
     /// The app-password shape with wrong check letters: a mistyped or
     /// made-up app password. Never an organizational password.
+    /// The shape, here, is strict: 16 letters, either run together or in
+    /// four groups of four with one space or dash between groups
+    /// (`abcd-efgh-ijkl-mnop`), so a passphrase such as
+    /// `Blue-Sky-Green-Tree` (16 letters in other groups) stays a password.
     Mistyped,
     /// Anything else: an organizational password, as far as fedgate can
     /// tell.
     Other,
 }
 
-/// Classifies `input`: 16 ASCII letters in any case, with any spaces or
-/// dashes between them, is the app-password shape (see the module doc);
-/// its check letters tell a real one from a mistyped one.
+/// Classifies `input`. 16 ASCII letters in any case, with any spaces or
+/// dashes between them, and correct check letters: an app password (see
+/// the module doc). With wrong check letters, in the display layout (run
+/// together, or four groups of four split by one space or dash): a
+/// mistyped app password. Anything else: an organizational password.
 ///
-/// An organizational password of exactly this shape (16 letters and
-/// nothing else but spaces or dashes) is refused as a mistyped app
-/// password rather than sent to the directory; such passwords are
-/// vanishingly rare, and sending a mistyped app password to the directory
-/// would count toward locking the person's account there.
+/// An organizational password of exactly that layout (16 letters, or four
+/// groups of four letters) is refused as a mistyped app password rather
+/// than sent to the directory; such passwords are rare, and sending a
+/// mistyped app password to the directory would count toward locking the
+/// person's account there.
 pub fn classify(input: &str) -> Shape {
     if input.len() > MAX_INPUT_BYTES {
         return Shape::Other;
     }
     let mut values = [0u8; LETTERS];
     let mut count = 0;
+    // Separators seen, and whether each stood alone between two groups of
+    // four (after the 4th, 8th and 12th letter).
+    let (mut separators, mut grouped) = (0usize, true);
+    let mut last_separator_at = None;
     for b in input.bytes() {
         match b {
-            b' ' | b'-' => continue,
+            b' ' | b'-' => {
+                separators += 1;
+                grouped &= count % GROUP == 0 && count > 0 && count < LETTERS && last_separator_at != Some(count);
+                last_separator_at = Some(count);
+            }
             b'a'..=b'z' | b'A'..=b'Z' if count < LETTERS => {
                 values[count] = b.to_ascii_lowercase() - b'a';
                 count += 1;
@@ -202,13 +216,16 @@ pub fn classify(input: &str) -> Shape {
             }
         }
     }
+    let laid_out = separators == 0 || (separators == LETTERS / GROUP - 1 && grouped);
     let shape = if count != LETTERS {
         Shape::Other
     } else if check_values(&values) == (values[RANDOM_LETTERS], values[RANDOM_LETTERS + 1]) {
         let letters: String = values.iter().map(|&v| char::from(b'a' + v)).collect();
         Shape::AppPassword(CanonicalAppPassword(Secret::new(letters)))
-    } else {
+    } else if laid_out {
         Shape::Mistyped
+    } else {
+        Shape::Other
     };
     zeroize::Zeroize::zeroize(&mut values);
     shape
@@ -223,9 +240,9 @@ pub fn normalize(input: &str) -> Option<CanonicalAppPassword> {
     }
 }
 
-/// Whether `input` has the app-password shape, check letters right or
-/// wrong (see [`classify`]). A secret of this shape is only ever checked as
-/// an app password, never sent to the directory.
+/// Whether `input` is an app password or a mistyped one (see
+/// [`classify`]). A secret of this shape is only ever checked as an app
+/// password, never sent to the directory.
 pub fn is_app_password_shaped(input: &str) -> bool {
     !matches!(classify(input), Shape::Other)
 }

@@ -164,13 +164,14 @@ impl From<Verified> for Verification {
 }
 
 impl Verification {
-    /// A repeat of one of the counter's last wrong secrets: refused without
-    /// any check and without the argon2 a refused guess otherwise costs.
-    /// The client knows it repeated itself, so a quicker answer tells it
-    /// nothing (and `failure_delay` still holds the 401 back); hashing
-    /// each repeat would let one client that retries a wrong password in a
-    /// loop fill the hashing pool, and turn every answer into a 503 that
-    /// is sent at once.
+    /// A repeat of one of the counter's last wrong secrets, from the source
+    /// that first sent it: refused without any check and without the
+    /// argon2 a refused guess otherwise costs. That source knows it
+    /// repeated itself, so a quicker answer tells it nothing (and
+    /// `failure_delay` still holds the 401 back); hashing each repeat would
+    /// let one client that retries a wrong password in a loop fill the
+    /// hashing pool, and turn every answer into a 503 sent at once. (A
+    /// repeat from another source costs a dummy argon2, as a guess does.)
     fn repeat() -> Self {
         Verification {
             hashed: true,
@@ -364,7 +365,8 @@ impl Authenticator {
             // The view could not be refreshed for longer than the bound: a
             // revocation may be missing from it.
             _ if self.health.is_stale() => Verified::StoreUnavailable.into(),
-            lockout::Check::KnownWrong(_) => Verification::repeat(),
+            lockout::Check::KnownWrong { from_here: true, .. } => Verification::repeat(),
+            lockout::Check::KnownWrong { from_here: false, .. } => self.dummy_verification().await,
             // Costs what a wrong app password costs; nothing is asked.
             lockout::Check::Clear if mistyped => self.dummy_verification().await,
             lockout::Check::Clear => {
@@ -404,9 +406,11 @@ impl Authenticator {
         // the first time (both are 401 to the client).
         let decision = match (check, decision) {
             (
-                lockout::Check::KnownWrong(
-                    first @ (Reason::AppPasswordRequired | Reason::AccountDisabled | Reason::AppPasswordMistyped),
-                ),
+                lockout::Check::KnownWrong {
+                    reason:
+                        first @ (Reason::AppPasswordRequired | Reason::AccountDisabled | Reason::AppPasswordMistyped),
+                    ..
+                },
                 Decision::Deny {
                     refusal,
                     reason: Reason::BadCredentials,
@@ -477,16 +481,19 @@ impl Authenticator {
             Verification::from(Verified::Invalid)
         } else if self.health.is_stale() {
             Verification::from(Verified::StoreUnavailable)
-        } else if matches!(check, lockout::Check::KnownWrong(_)) {
-            Verification::repeat()
         } else if app_password::is_app_password_shaped(secret.expose()) {
             // App passwords are for devices; the portal wants the person.
-            // Nothing of their shape is a directory password.
+            // Nothing of their shape is a directory password. (Before the
+            // repeat check, so a repeat is refused as what it is.)
             audit.credential = CredentialKind::AppPassword;
             match app_password::classify(secret.expose()) {
                 Shape::Mistyped => Verification::from(Verified::Mistyped),
                 _ => Verification::from(Verified::Invalid),
             }
+        } else if matches!(check, lockout::Check::KnownWrong { from_here: true, .. }) {
+            Verification::repeat()
+        } else if matches!(check, lockout::Check::KnownWrong { from_here: false, .. }) {
+            self.dummy_verification().await
         } else {
             let asker = Asker {
                 subject,
@@ -808,7 +815,6 @@ impl Authenticator {
                 let wrong = matches!(result, Ok(Checked::Invalid | Checked::Disabled));
                 if answer.send(result).is_err() && wrong {
                     if let Some(subject) = &subject {
-                        tracing::debug!(client = %ip, "sign-in abandoned during its directory check: counted as a wrong secret");
                         let attempt = lockout::Attempt::new(secret.expose(), epoch);
                         lockout.failed(
                             subject.as_subject(),
@@ -817,6 +823,8 @@ impl Authenticator {
                             Reason::BadCredentials,
                             Instant::now(),
                         );
+                        // Logged once counted, so whoever reads it can rely on it.
+                        tracing::debug!(client = %ip, "sign-in abandoned during its directory check: counted as a wrong secret");
                     }
                 }
             });

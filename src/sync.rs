@@ -189,7 +189,11 @@ impl Syncer {
             }
             (_, kind) => kind,
         };
-        if kind == PassKind::Full && self.directory.config().kind == DirectoryKind::ActiveDirectory {
+        // Tombstones are read only when passes run on USNs.
+        if kind == PassKind::Full
+            && self.directory.config().kind == DirectoryKind::ActiveDirectory
+            && self.config.change_attribute.eq_ignore_ascii_case("uSNChanged")
+        {
             self.check_tombstone_access(&mut session).await;
         }
         let outcome = self.read_and_apply(&mut session, kind, mark.as_ref(), force).await;
@@ -238,8 +242,13 @@ impl Syncer {
     /// administrators). Says so when that changes, naming the right to
     /// grant; a failed check is left to the pass itself to report.
     async fn check_tombstone_access(&self, session: &mut SyncSession<'_>) {
-        let Ok(Some((readable, container))) = session.can_read_tombstones().await else {
-            return;
+        let (readable, container) = match session.can_read_tombstones().await {
+            Ok(Some(answer)) => answer,
+            Ok(None) => return,
+            Err(err) => {
+                tracing::debug!(error = %err, "could not check access to CN=Deleted Objects");
+                return;
+            }
         };
         let previous = self
             .tombstones_readable

@@ -102,7 +102,20 @@ fn other_shapes_are_not_app_passwords() {
     assert_eq!(classify("aaaaaaaaaaaaaaaa"), Shape::Mistyped);
     assert_eq!(classify("abcd-efgh-ijkl-mnop"), Shape::Mistyped);
     assert_eq!(classify("ABCD EFGH IJKL MNOP"), Shape::Mistyped);
+    assert_eq!(classify("abcd-efgh ijkl-mnop"), Shape::Mistyped);
     assert!(is_app_password_shaped("abcdefghijklmnop"));
+    // Passphrases of 16 letters in other groups stay passwords.
+    for passphrase in [
+        "Blue-Sky-Green-Tree",
+        "blue sky green tree",
+        "abcd--efgh-ijkl-mnop",
+        "-abcd-efgh-ijkl-mnop",
+        "abcd-efgh-ijkl-mnop-",
+        "abcdefgh-ijklmnop",
+        "a-b-c-d-e-f-g-h-i-j-k-l-m-n-o-p",
+    ] {
+        assert_eq!(classify(passphrase), Shape::Other, "{passphrase:?}");
+    }
 }
 
 #[test]

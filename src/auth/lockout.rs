@@ -22,8 +22,11 @@
 //! - **Repeats count once.** The keyed hashes (HMAC-SHA256 under a key made
 //!   at start; the secret itself is never kept) of the counter's last
 //!   [`REMEMBERED_SECRETS`] wrong secrets of the current run are remembered;
-//!   a repeat is refused as wrong without being checked again (no argon2
-//!   beyond the dummy, no bind) and without counting. The hash covers the
+//!   a repeat is refused as wrong without being checked again (no bind)
+//!   and without counting. A repeat from the source that first sent the
+//!   secret costs nothing at all; from another source it costs the dummy
+//!   argon2 a guess costs, so its answer does not tell a stranger what
+//!   someone else tried. The hash covers the
 //!   account's state (the user's and the settings' generations), so once
 //!   anything changes (an app password added, the user re-enabled) a
 //!   refused secret is checked again.
@@ -182,8 +185,12 @@ pub enum Check {
     /// Refuse with 429 for this long, checking nothing.
     Locked(Duration),
     /// This exact secret was refused for this account through this counter
-    /// in the current run, as this: refuse it again without checking it.
-    KnownWrong(Reason),
+    /// in the current run, as `reason`: refuse it again without checking
+    /// it. `from_here`: it was first refused from this same source, which
+    /// knows it is repeating itself (so the repeat need not cost what a
+    /// guess costs; from elsewhere it must, or the answer would tell a
+    /// stranger what someone else tried).
+    KnownWrong { reason: Reason, from_here: bool },
 }
 
 /// A source: an IPv4 address, or an IPv6 address's /64 (one subscriber's
@@ -234,8 +241,9 @@ struct Counter {
     /// Lockouts in a row (drives the growing duration).
     lockouts: u32,
     last_failure: Option<Instant>,
-    /// The run's refused secrets and what they were refused as.
-    wrong: Vec<(SecretTag, Reason)>,
+    /// The run's refused secrets, what they were refused as, and the
+    /// source that first sent each.
+    wrong: Vec<(SecretTag, Reason, Source)>,
 }
 
 impl Counter {
@@ -269,16 +277,23 @@ impl Counter {
 
     /// Counts one failure unless its secret was seen in this run (false);
     /// with the lock's length when this failure locked the counter.
-    fn fail(&mut self, rules: &Rules, tag: SecretTag, reason: Reason, now: Instant) -> (bool, Option<Duration>) {
+    fn fail(
+        &mut self,
+        rules: &Rules,
+        tag: SecretTag,
+        reason: Reason,
+        source: Source,
+        now: Instant,
+    ) -> (bool, Option<Duration>) {
         self.settle(rules, now);
-        if self.wrong.iter().any(|(t, _)| *t == tag) {
+        if self.wrong.iter().any(|(t, _, _)| *t == tag) {
             self.last_failure = Some(now);
             return (false, None);
         }
         if self.wrong.len() == REMEMBERED_SECRETS {
             self.wrong.remove(0);
         }
-        self.wrong.push((tag, reason));
+        self.wrong.push((tag, reason, source));
         self.since.get_or_insert(now);
         self.last_failure = Some(now);
         self.failures += 1;
@@ -725,14 +740,20 @@ impl Lockout {
             Some((Some(left), _)) => Check::Locked(left),
             Some((None, true)) => {
                 let tag = self.tag(key, attempt);
-                let known = self
-                    .counters
-                    .read(&key, |c| {
-                        c.peek(familiar)
-                            .and_then(|c| c.wrong.iter().find(|(t, _)| *t == tag).map(|(_, r)| *r))
-                    })
-                    .flatten();
-                known.map_or(Check::Clear, Check::KnownWrong)
+                let known =
+                    self.counters
+                        .read(&key, |c| {
+                            c.peek(familiar).and_then(|c| {
+                                c.wrong.iter().find(|(t, _, _)| *t == tag).map(|&(_, reason, first)| {
+                                    Check::KnownWrong {
+                                        reason,
+                                        from_here: first == source,
+                                    }
+                                })
+                            })
+                        })
+                        .flatten();
+                known.unwrap_or(Check::Clear)
             }
             _ => Check::Clear,
         }
@@ -760,12 +781,12 @@ impl Lockout {
         let (counted, locked) = self
             .counters
             .update(key, now, Counters::default, |c| {
-                c.counter(familiar).fail(&rules, tag, reason, now)
+                c.counter(familiar).fail(&rules, tag, reason, source, now)
             })
             .unwrap_or_else(|| {
                 let mut overflow = lock(&self.overflow);
                 self.overflowed.store(true, Ordering::Release);
-                overflow.fail(&rules, tag, reason, now)
+                overflow.fail(&rules, tag, reason, source, now)
             });
         let source_locked = if counted { self.spray(key, source, now) } else { None };
         // Set only once the entries exist (see `recording`): set before,

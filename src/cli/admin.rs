@@ -170,7 +170,7 @@ pub async fn user(ctx: &Ctx, cmd: UserCommand) -> Result<(), CommandError> {
                 }
                 if app_password::is_app_password_shaped(password.expose()) {
                     return Err(input(
-                        "this password has the shape of an app password (16 letters, with or without spaces or dashes), \
+                        "this password has the shape of an app password (16 letters, run together or in four groups of four), \
                          which fedgate reserves for generated app passwords: choose another",
                     ));
                 }

@@ -46,6 +46,7 @@ mod rc {
     pub const STRONG_AUTH_REQUIRED: u32 = 8;
     pub const CONFIDENTIALITY_REQUIRED: u32 = 13;
     pub const INVALID_CREDENTIALS: u32 = 49;
+    pub const INSUFFICIENT_ACCESS_RIGHTS: u32 = 50;
 }
 
 /// Problems found when the directory client is built from the config.
@@ -825,13 +826,22 @@ impl SyncSession<'_> {
                 server: self.server.clone(),
                 reason: e.to_string(),
             })?;
-        let readable = result.1.rc == rc::SUCCESS
-            && result
+        let readable = match result.1.rc {
+            rc::SUCCESS => result
                 .0
                 .into_iter()
                 .filter(|e| !e.is_ref())
                 .filter_map(construct)
-                .any(|e| attribute(&e, "isDeleted").is_some());
+                .any(|e| attribute(&e, "isDeleted").is_some()),
+            // Not visible to this account, or refused outright.
+            rc::NO_SUCH_OBJECT | rc::INSUFFICIENT_ACCESS_RIGHTS => false,
+            code => {
+                return Err(DirectoryError::Unavailable {
+                    server: self.server.clone(),
+                    reason: format!("reading {container} failed with result code {code}: {}", result.1.text),
+                })
+            }
+        };
         Ok(Some((readable, container)))
     }
 
@@ -920,8 +930,8 @@ impl SyncSession<'_> {
 fn bind_refused(code: u32, text: &str) -> String {
     match code {
         rc::STRONG_AUTH_REQUIRED | rc::CONFIDENTIALITY_REQUIRED => format!(
-            "result code {code}: {text} (the server requires TLS for password binds: use an ldaps:// URL \
-             or directory.starttls = true)"
+            "result code {code}: {text} (the server requires a protected connection for password binds: use \
+             an ldaps:// URL or directory.starttls = true)"
         ),
         _ => format!("result code {code}: {text}"),
     }

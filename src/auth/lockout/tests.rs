@@ -186,9 +186,21 @@ fn a_repeated_wrong_secret_counts_once_and_is_known() {
             None
         );
     }
+    // Known from anywhere; only the source that sent it first is told it
+    // may skip the cost of a guess.
     assert_eq!(
         l.check(Some(ALICE), B, Attempt::new("old password", 0), t0),
-        Check::KnownWrong(Reason::BadCredentials)
+        Check::KnownWrong {
+            reason: Reason::BadCredentials,
+            from_here: false
+        }
+    );
+    assert_eq!(
+        l.check(Some(ALICE), A, Attempt::new("old password", 0), t0),
+        Check::KnownWrong {
+            reason: Reason::BadCredentials,
+            from_here: true
+        }
     );
     assert_eq!(l.check(Some(ALICE), B, Attempt::new("another", 0), t0), Check::Clear);
     // A change to the account (an app password added, the user enabled)

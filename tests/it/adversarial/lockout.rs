@@ -284,3 +284,54 @@ async fn one_address_spraying_many_users_is_stopped() {
         "another address",
     );
 }
+
+/// A repeat of a wrong secret is refused unchecked. From the address that
+/// sent it first it costs nothing (that client knows it repeated itself,
+/// and a loop of it cannot fill the hashing pool); from any other address
+/// it costs the argon2 a guess costs, so the answer does not tell a
+/// stranger what someone else tried.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeat_is_free_only_from_the_address_that_sent_it_first() {
+    let fedgate = Fedgate::builder()
+        .admin()
+        .server("trusted_proxies = [\"127.0.0.1/32\"]")
+        .section("[lockout]\nthreshold = 10\n")
+        .cloud_route("/whoami", "builtin:whoami", "")
+        .start();
+    let metrics = fedgate.admin.expect("admin listener");
+    let admin = fedgate.admin();
+    admin.add_user("rita@contoso.example", "disabled", Some(PASSWORD));
+    SignIn::new(fedgate.plain, "rita@contoso.example", PASSWORD)
+        .until(StatusCode::OK, std::time::Duration::from_millis(50))
+        .await;
+    let argon2 = || super::refusal::argon2_total(metrics);
+    let mut costs = Vec::new();
+    for (ip, agent) in [
+        ("192.0.2.1", "first"),
+        ("192.0.2.1", "repeat-same"),
+        ("192.0.2.1", "repeat-same-2"),
+        ("198.51.100.7", "repeat-elsewhere"),
+    ] {
+        let before = argon2().await;
+        let answer = from(&fedgate, ip, "rita@contoso.example", "Wrong horse 3", agent).await;
+        assert_unauthorized(&answer, agent);
+        costs.push((agent, argon2().await - before));
+    }
+    assert_eq!(
+        costs,
+        [
+            ("first", 1),
+            ("repeat-same", 0),
+            ("repeat-same-2", 0),
+            ("repeat-elsewhere", 1)
+        ]
+    );
+    expect_reasons(
+        &admin,
+        &[
+            ("first", "bad_credentials"),
+            ("repeat-same", "bad_credentials"),
+            ("repeat-elsewhere", "bad_credentials"),
+        ],
+    );
+}

@@ -35,7 +35,7 @@ fn fedgate(slapd: &Slapd, failure_delay: &str, lockout: &str) -> Fedgate {
 const NO_LOCKOUT: &str = "[lockout]\nthreshold = 0\n";
 
 /// `fedgate_argon2_total` summed over its labels, from /metrics.
-async fn argon2_total(admin: SocketAddr) -> u64 {
+pub(super) async fn argon2_total(admin: SocketAddr) -> u64 {
     let (status, _, body) = client::get(admin, "/metrics").await;
     assert_eq!(status, StatusCode::OK);
     String::from_utf8_lossy(&body)
