@@ -19,6 +19,7 @@ use crate::signin::{expect_reasons, signed_in, SignIn};
 use crate::support::admin::Admin;
 use crate::support::samba::{self, Samba};
 use crate::support::Fedgate;
+use crate::sync::eventually;
 
 const ONPREM: &str = "/onprem/whoami";
 const POLL: Duration = Duration::from_millis(20);
@@ -329,27 +330,16 @@ async fn sync_follows_ad_in_incremental_passes_including_deletions() {
     admin.allow_app_passwords(true);
     let app = admin.create_app_password(&upn, "phone");
     let addr = fedgate.plain;
-    let phone = |upn: &str| {
+    let phone = |upn: &str, want: StatusCode| {
         let (upn, app) = (upn.to_owned(), app.clone());
-        async move { SignIn::new(addr, &upn, &app).agent("phone").send().await.0 }
+        async move { SignIn::new(addr, &upn, &app).agent("phone").until(want, POLL).await }
     };
-    let until = |want: StatusCode, upn: String, what: &'static str| {
-        let phone = &phone;
-        async move {
-            let start = Instant::now();
-            while phone(&upn).await != want {
-                assert!(start.elapsed() < Duration::from_secs(10), "{what}: not after 10 s");
-                tokio::time::sleep(POLL).await;
-            }
-            start.elapsed()
-        }
-    };
-    until(StatusCode::OK, upn.clone(), "new app password").await;
+    phone(&upn, StatusCode::OK).await;
 
     let before = unix_ms();
     dc.disable(&dn);
     let written = unix_ms();
-    let took = until(StatusCode::UNAUTHORIZED, upn.clone(), "disable").await;
+    let took = phone(&upn, StatusCode::UNAUTHORIZED).await;
     eprintln!("AD disable refused the app password after {took:?}");
     expect_reasons(&admin, &[("phone", "account_disabled")]);
     // One pass: the pass that applied it ran during the write or is the
@@ -375,39 +365,36 @@ async fn sync_follows_ad_in_incremental_passes_including_deletions() {
         "the first pass after the disable did not apply it: {passes:?}"
     );
     dc.enable(&dn);
-    until(StatusCode::OK, upn.clone(), "enable").await;
+    phone(&upn, StatusCode::OK).await;
 
     dc.set_account_expires(&dn, 116_444_736_000_000_000 + 10_000_000);
-    until(StatusCode::UNAUTHORIZED, upn.clone(), "expiry").await;
+    phone(&upn, StatusCode::UNAUTHORIZED).await;
     dc.set_account_expires(&dn, 0);
-    until(StatusCode::OK, upn.clone(), "expiry lifted").await;
+    phone(&upn, StatusCode::OK).await;
 
     // Rename and move: the same user (by objectGUID), app password kept.
     let new_login = "syncdavid";
     dn = dc.rename(&dn, new_login);
     let new_upn = Samba::upn(new_login);
-    until(StatusCode::OK, new_upn.clone(), "rename").await;
+    phone(&new_upn, StatusCode::OK).await;
     let renamed = user_json(&admin, &new_upn);
     assert_eq!(renamed["id"], id, "{renamed}");
     assert_eq!(renamed["directory"]["login"], new_login, "{renamed}");
     assert_eq!(renamed["app_passwords"].as_array().map(Vec::len), Some(1), "{renamed}");
     dn = dc.move_to(&dn, samba::MOVED_DN);
     let moved_dn = dn.clone();
-    let start = Instant::now();
-    loop {
+    let moved = eventually("the move synced", Duration::from_secs(10), Some(&fedgate), || {
         let moved = user_json(&admin, &new_upn);
-        if moved["directory"]["dn"] == moved_dn.as_str() {
-            assert_eq!(moved["id"], id, "{moved}");
-            break;
-        }
-        assert!(start.elapsed() < Duration::from_secs(10), "move not synced: {moved}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(phone(&new_upn).await, StatusCode::OK);
+        (moved["directory"]["dn"] == moved_dn.as_str()).then_some(moved)
+    })
+    .await;
+    assert_eq!(moved["id"], id, "{moved}");
+    let after_move = SignIn::new(addr, &new_upn, &app).agent("phone").send().await;
+    assert_eq!(after_move.0, StatusCode::OK);
 
     // Deleted: refused within an incremental pass, app passwords gone.
     dc.delete(&dn);
-    let took = until(StatusCode::UNAUTHORIZED, new_upn.clone(), "deletion").await;
+    let took = phone(&new_upn, StatusCode::UNAUTHORIZED).await;
     eprintln!("AD deletion refused the app password after {took:?}");
     let passes = fedgate.events("sync pass");
     assert!(
@@ -493,6 +480,9 @@ async fn revocation_latency_figures() {
                 if status == StatusCode::UNAUTHORIZED {
                     return Some(start.elapsed());
                 }
+                // A deadline of its own rather than SignIn::until's: a
+                // change never seen is a figure ("not refused"), not a
+                // failure.
                 if start.elapsed() > Duration::from_secs(30) {
                     return None;
                 }
@@ -508,7 +498,9 @@ async fn revocation_latency_figures() {
                 SignIn::new(addr, &Samba::upn(login), app).send().await.0,
                 StatusCode::OK
             );
-            // Changes land at random points of the 1 s pass cycle.
+            // Deliberately not a wait for anything: changes must land at
+            // random points of the 1 s pass cycle for the figures to mean
+            // anything.
             tokio::time::sleep(Duration::from_millis(rand::random::<u64>() % 1000)).await;
             let dn = Samba::user_dn(login);
             match what {
@@ -523,12 +515,9 @@ async fn revocation_latency_figures() {
             }
             if what == "disable" {
                 dc.enable(&dn);
-                let upn = Samba::upn(login);
-                let start = Instant::now();
-                while SignIn::new(addr, &upn, app).send().await.0 != StatusCode::OK {
-                    assert!(start.elapsed() < Duration::from_secs(30), "{login} not enabled again");
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
+                SignIn::new(addr, &Samba::upn(login), app)
+                    .until(StatusCode::OK, Duration::from_millis(20))
+                    .await;
             }
         }
         let mut ms: Vec<f64> = took.iter().flatten().map(|d| d.as_secs_f64() * 1000.0).collect();

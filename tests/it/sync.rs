@@ -255,7 +255,7 @@ fn app_password_count(admin: &Admin, upn: &str) -> usize {
 
 /// Polls `check` every 100 ms until it returns `Some`; panics naming
 /// `what` (and with the server's log, if any) after `timeout`.
-async fn eventually<T>(
+pub(crate) async fn eventually<T>(
     what: &str,
     timeout: Duration,
     fedgate: Option<&Fedgate>,

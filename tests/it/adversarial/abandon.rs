@@ -17,30 +17,9 @@ use crate::support::client::basic;
 use crate::support::slapd::Slapd;
 use crate::support::Fedgate;
 
+use super::request::h2raw::{frame, headers, settings, PREFACE};
+
 const ALICE_PW: &str = "Alice's directory pw 1";
-
-fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-    let len = payload.len() as u32;
-    let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
-    f.extend_from_slice(&stream.to_be_bytes());
-    f.extend_from_slice(payload);
-    f
-}
-
-/// HEADERS (END_STREAM | END_HEADERS) for a GET with these fields, as
-/// HPACK literals without indexing.
-fn headers(stream: u32, fields: &[(&str, &str)]) -> Vec<u8> {
-    let mut block = Vec::new();
-    for (name, value) in fields {
-        assert!(name.len() < 127 && value.len() < 127);
-        block.push(0x00);
-        block.push(name.len() as u8);
-        block.extend_from_slice(name.as_bytes());
-        block.push(value.len() as u8);
-        block.extend_from_slice(value.as_bytes());
-    }
-    frame(1, 0x5, stream, &block)
-}
 
 /// RST_STREAM with CANCEL: the client no longer wants the answer.
 fn cancel(stream: u32) -> Vec<u8> {
@@ -52,8 +31,8 @@ fn cancel(stream: u32) -> Vec<u8> {
 async fn h2_connection(addr: SocketAddr) -> tokio::net::tcp::OwnedWriteHalf {
     let stream = TcpStream::connect(addr).await.unwrap();
     let (mut read, mut write) = stream.into_split();
-    write.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await.unwrap();
-    write.write_all(&frame(4, 0, 0, &[])).await.unwrap();
+    write.write_all(PREFACE).await.unwrap();
+    write.write_all(&settings()).await.unwrap();
     let (ack_tx, mut ack_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
     tokio::spawn(async move {
         let mut head = [0u8; 9];

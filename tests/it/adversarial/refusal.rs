@@ -336,7 +336,7 @@ async fn portal_refusals_are_mapped_like_basic_ones() {
 /// drift of the machine touches the three alike. `bench/timing.sh` runs it
 /// on a release build.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore]
+#[ignore = "a measurement, not a check: bench/timing.sh runs it on a release build"]
 async fn timing_figures() {
     const ROUNDS: usize = 200;
     const CLOUD_USERS: usize = 20;

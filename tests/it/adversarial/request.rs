@@ -69,10 +69,10 @@ async fn get_raw(addr: SocketAddr, target: &str, host: &str) -> u16 {
 
 /// Raw HTTP/2 with prior knowledge: each request's header fields are
 /// written as HPACK literals, exactly as given.
-mod h2raw {
+pub(super) mod h2raw {
     use super::*;
 
-    fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    pub fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
         let len = payload.len() as u32;
         let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
         f.extend_from_slice(&stream.to_be_bytes());
@@ -87,6 +87,16 @@ mod h2raw {
         block.extend_from_slice(name.as_bytes());
         block.push(value.len() as u8);
         block.extend_from_slice(value.as_bytes());
+    }
+
+    /// HEADERS (END_STREAM | END_HEADERS) for a request with these fields,
+    /// as HPACK literals without indexing.
+    pub fn headers(stream: u32, fields: &[(&str, &str)]) -> Vec<u8> {
+        let mut block = Vec::new();
+        for (name, value) in fields {
+            literal(&mut block, name, value);
+        }
+        frame(1, 0x5, stream, &block)
     }
 
     pub const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -107,13 +117,9 @@ mod h2raw {
 
     /// One GET with these fields on stream 1 of a fresh connection.
     pub async fn request(addr: SocketAddr, fields: &[(&str, &str)]) -> Outcome {
-        let mut block = Vec::new();
-        for (name, value) in fields {
-            literal(&mut block, name, value);
-        }
         let mut out = PREFACE.to_vec();
         out.extend(settings());
-        out.extend(frame(1, 0x5, 1, &block));
+        out.extend(headers(1, fields));
         let mut s = TcpStream::connect(addr).await.unwrap();
         s.write_all(&out).await.unwrap();
         let deadline = Instant::now() + Duration::from_secs(5);

@@ -43,7 +43,7 @@ use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Output, Stdio};
 
-use super::slapd::{collect, ldif_values, run, write_secret};
+use super::slapd::{collect, ldif_values, run, write_ca_and_server, write_secret};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -549,34 +549,14 @@ fn expect_success(mut cmd: Command, what: &str) {
 }
 
 /// A CA, and the DC's certificate signed by it for `dc1.corp.example.com`
-/// and `ip`.
+/// and `ip` (`dc.pem`, `dc.key`).
 fn write_tls(dir: &Path, ip: Ipv4Addr) {
-    use rcgen::{
-        BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
-        KeyUsagePurpose,
-    };
-    let ca_key = KeyPair::generate().expect("CA key");
-    let mut ca = CertificateParams::new(Vec::<String>::new()).expect("CA params");
-    ca.distinguished_name = DistinguishedName::new();
-    ca.distinguished_name
-        .push(DnType::CommonName, "CORP test enterprise CA");
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    let ca_cert = ca.self_signed(&ca_key).expect("self-sign CA");
-
-    let key = KeyPair::generate().expect("DC key");
-    let mut dc = CertificateParams::new(vec![format!("dc1.{DNS_DOMAIN}"), ip.to_string()]).expect("DC params");
-    dc.distinguished_name = DistinguishedName::new();
-    dc.distinguished_name
-        .push(DnType::CommonName, format!("dc1.{DNS_DOMAIN}"));
-    dc.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
-    dc.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    let cert = dc
-        .signed_by(&key, &ca_cert, &ca_key)
-        .expect("sign the DC's certificate");
-    std::fs::write(dir.join("ca.pem"), ca_cert.pem()).expect("write ca.pem");
-    std::fs::write(dir.join("dc.pem"), cert.pem()).expect("write dc.pem");
-    write_secret(&dir.join("dc.key"), &key.serialize_pem());
+    write_ca_and_server(
+        dir,
+        "CORP test enterprise CA",
+        &[format!("dc1.{DNS_DOMAIN}"), ip.to_string()],
+        "dc",
+    );
 }
 
 /// Logins go into DNs and LDIF unescaped, so the harness keeps them plain.

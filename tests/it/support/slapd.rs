@@ -998,6 +998,18 @@ fn random_password() -> String {
 
 /// A CA and a server certificate for 127.0.0.1 and localhost, signed by it.
 fn write_tls(dir: &Path) {
+    write_ca_and_server(
+        dir,
+        "fedgate test directory CA",
+        &["127.0.0.1".to_string(), "localhost".to_string()],
+        "server",
+    );
+}
+
+/// A CA (`ca.pem`) and a server certificate for `names` (DNS names or IP
+/// addresses, the first also its common name) signed by it:
+/// `<server>.pem`, and its key `<server>.key`, owner-only.
+pub(crate) fn write_ca_and_server(dir: &Path, ca_name: &str, names: &[String], server: &str) {
     use rcgen::{
         BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
         KeyUsagePurpose,
@@ -1005,26 +1017,24 @@ fn write_tls(dir: &Path) {
     let ca_key = KeyPair::generate().expect("CA key");
     let mut ca = CertificateParams::new(Vec::<String>::new()).expect("CA params");
     ca.distinguished_name = DistinguishedName::new();
-    ca.distinguished_name
-        .push(DnType::CommonName, "fedgate test directory CA");
+    ca.distinguished_name.push(DnType::CommonName, ca_name);
     ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     let ca_cert = ca.self_signed(&ca_key).expect("self-sign CA");
 
     let key = KeyPair::generate().expect("server key");
-    let mut server =
-        CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).expect("server params");
-    server.distinguished_name = DistinguishedName::new();
-    server.distinguished_name.push(DnType::CommonName, "localhost");
-    server.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    server.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    let cert = server
+    let mut params = CertificateParams::new(names.to_vec()).expect("server params");
+    params.distinguished_name = DistinguishedName::new();
+    params.distinguished_name.push(DnType::CommonName, names[0].as_str());
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let cert = params
         .signed_by(&key, &ca_cert, &ca_key)
         .expect("sign server certificate");
 
     std::fs::write(dir.join("ca.pem"), ca_cert.pem()).expect("write ca.pem");
-    std::fs::write(dir.join("server.pem"), cert.pem()).expect("write server.pem");
-    std::fs::write(dir.join("server.key"), key.serialize_pem()).expect("write server.key");
+    std::fs::write(dir.join(format!("{server}.pem")), cert.pem()).expect("write the server certificate");
+    write_secret(&dir.join(format!("{server}.key")), &key.serialize_pem());
 }
 
 /// Uids go into DNs and LDIF unescaped, so the harness keeps them plain.
