@@ -89,7 +89,7 @@ pub async fn serve(config: Config, shutdown: Shutdown) -> Result<(), ServeError>
     // The audit writer outlives the drain: requests finishing during the
     // grace period still produce records.
     let audit_stop = Shutdown::new();
-    let (audit, audit_writer) = AuditSink::start(Arc::clone(&store), audit_stop.clone());
+    let (audit, audit_writer) = AuditSink::start(store.clone(), audit_stop.clone());
     let ldap = match &config.directory {
         None => None,
         Some(d) => Some(Arc::new(LdapDirectory::new(d.clone())?)),

@@ -23,7 +23,7 @@ use crate::model::{
     audit_text, AuditRecord, CredentialKind, Reason, UserId, MAX_AUDIT_UPN_CHARS, MAX_AUDIT_USER_AGENT_CHARS,
 };
 use crate::shutdown::Shutdown;
-use crate::store::Store;
+use crate::store::AuditStore;
 
 /// How long decisions are gathered before they are written.
 pub const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
@@ -144,7 +144,7 @@ impl AuditSink {
     /// Starts the writer. Trigger `stop` once nothing records any more (after
     /// the drain), then await the handle: the writer writes what it still
     /// holds and ends.
-    pub fn start(store: Arc<dyn Store>, stop: Shutdown) -> (AuditSink, JoinHandle<()>) {
+    pub fn start(store: Arc<dyn AuditStore>, stop: Shutdown) -> (AuditSink, JoinHandle<()>) {
         let shared = Arc::new(Shared::default());
         let handle = tokio::spawn(writer(store, Arc::clone(&shared), stop));
         (AuditSink { shared }, handle)
@@ -158,7 +158,7 @@ impl AuditSink {
     }
 }
 
-async fn writer(store: Arc<dyn Store>, shared: Arc<Shared>, stop: Shutdown) {
+async fn writer(store: Arc<dyn AuditStore>, shared: Arc<Shared>, stop: Shutdown) {
     let mut tick = tokio::time::interval(FLUSH_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut failing = false;
@@ -174,7 +174,7 @@ async fn writer(store: Arc<dyn Store>, shared: Arc<Shared>, stop: Shutdown) {
 /// Writes the window's records. `failing` carries whether the last write
 /// failed, so that a store that stays broken is one error in the log (and
 /// a counter that keeps growing), not one line a second.
-async fn flush(store: &dyn Store, shared: &Shared, failing: &mut bool) {
+async fn flush(store: &dyn AuditStore, shared: &Shared, failing: &mut bool) {
     let batch = {
         let mut guard = shared.batch.lock().unwrap_or_else(|p| p.into_inner());
         std::mem::take(&mut *guard)

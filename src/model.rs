@@ -324,7 +324,7 @@ pub struct DirectoryAttributes {
 }
 
 /// A user as the directory describes them, for
-/// [`crate::store::Store::upsert_federated_user`].
+/// [`crate::store::UserStore::upsert_federated_user`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FederatedUser {
     pub upn: Upn,

@@ -25,6 +25,7 @@ use crate::model::{
 };
 
 pub mod health;
+mod rules;
 mod sqlite;
 
 pub use health::StoreHealth;
@@ -64,12 +65,43 @@ pub async fn open(url: &str, clock: Arc<dyn Clock>, mode: OpenMode) -> Result<Ar
     }
 }
 
-/// Persistence for the cloud store. Users are addressed by UPN (what
-/// operators type), app passwords by their owner's id (what the portal and
-/// the sign-in path hold).
-pub trait Store: Send + Sync + fmt::Debug {
-    // Users.
+/// Persistence for the cloud store: every capability below, and the
+/// store's own lifecycle. Business code takes the narrowest capability it
+/// needs (`Arc<dyn AuditStore>`, say); whoever opens the store holds it
+/// as `Arc<dyn Store>` and hands out those parts.
+pub trait Store:
+    UserStore
+    + TotpStore
+    + AppPasswordStore
+    + SettingsStore
+    + ChangeFeed
+    + SyncStore
+    + SyncLease
+    + SessionStore
+    + AuditStore
+    + Send
+    + Sync
+    + fmt::Debug
+{
+    /// Whether the store answers (for `/readyz`).
+    fn ping(&self) -> StoreFuture<'_, ()>;
 
+    /// Whether this is still the store that was opened, and readable: for
+    /// SQLite, the file at the path is the same file (device and inode),
+    /// its header is a database's, and it holds the store id read at open.
+    /// A store found removed or replaced stays failed (its connections
+    /// still point at the old file): every later call fails with
+    /// [`StoreError::Unavailable`] until fedgate is restarted.
+    fn check(&self) -> StoreFuture<'_, ()>;
+
+    /// Closes connections after in-flight work; later calls fail.
+    fn close(&self) -> BoxFuture<'_, ()>;
+}
+
+/// Users: cloud-only ones made here and federated ones from the directory.
+/// Users are addressed by UPN (what operators type) or by id (what the
+/// portal and the sign-in path hold).
+pub trait UserStore: Send + Sync {
     /// Creates a cloud-only user. A deleted user with this UPN is brought
     /// back as a new cloud user (same id, no app passwords, not registered).
     fn create_cloud_user<'a>(
@@ -117,10 +149,11 @@ pub trait Store: Send + Sync + fmt::Debug {
     fn require_registration<'a>(&'a self, upn: &'a Upn) -> StoreFuture<'a, User>;
 
     fn set_registered_at<'a>(&'a self, upn: &'a Upn, at: i64) -> StoreFuture<'a, User>;
+}
 
-    // Second factor (TOTP). The store keeps the secret sealed and never
-    // sees it: sealing and code checks are [`crate::totp`]'s.
-
+/// The second factor (TOTP). The store keeps the secret sealed and never
+/// sees it: sealing and code checks are [`crate::totp`]'s.
+pub trait TotpStore: Send + Sync {
     /// Registers (`Some`) or removes (`None`) the user's TOTP.
     ///
     /// Registering replaces any earlier secret, sets `registered_at` to now
@@ -157,9 +190,10 @@ pub trait Store: Send + Sync + fmt::Debug {
         accepted: bool,
         limit: &'a TotpLimit,
     ) -> StoreFuture<'a, Option<i64>>;
+}
 
-    // App passwords.
-
+/// App passwords, addressed by their owner's id.
+pub trait AppPasswordStore: Send + Sync {
     /// Refuses a user's 41st app password ([`StoreError::TooManyAppPasswords`])
     /// and a name the user already has, compared case-insensitively
     /// ([`StoreError::DuplicateAppPasswordName`]).
@@ -186,24 +220,28 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// older than the one recorded is ignored (batches from several nodes
     /// may arrive out of order); unknown ids are ignored (deleted since).
     fn record_last_used<'a>(&'a self, uses: &'a [LastUsed]) -> StoreFuture<'a, ()>;
+}
 
-    // Settings.
-
+/// Settings that operators change while fedgate runs.
+pub trait SettingsStore: Send + Sync {
     fn get_settings(&self) -> StoreFuture<'_, Settings>;
 
     fn set_allow_app_passwords(&self, allow: bool) -> StoreFuture<'_, Settings>;
+}
 
-    // Change feed.
-
+/// The change feed: every change that can grant or revoke access, in
+/// commit order, which running servers follow to drop cached decisions.
+pub trait ChangeFeed: Send + Sync {
     /// Changes with a sequence number above `seq`, oldest first.
     fn changes_since(&self, seq: i64) -> StoreFuture<'_, Vec<Change>>;
 
     /// The newest sequence number, 0 on an empty feed. A server reads it
-    /// before loading its caches and then polls [`Store::changes_since`].
+    /// before loading its caches and then polls [`ChangeFeed::changes_since`].
     fn latest_change_seq(&self) -> StoreFuture<'_, i64>;
+}
 
-    // Directory sync.
-
+/// What the directory sync keeps between passes.
+pub trait SyncStore: Send + Sync {
     /// Applies a sync pass's changes, in batches of one transaction each
     /// (a failure leaves earlier batches applied; the next pass redoes the
     /// rest, every change being idempotent).
@@ -225,7 +263,10 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// Federated users not deleted: what the mass-change guard's share is
     /// of.
     fn count_synced_users(&self) -> StoreFuture<'_, usize>;
+}
 
+/// The right to run sync passes: one holder at a time, for a while.
+pub trait SyncLease: Send + Sync {
     /// Takes (or renews) the right to run sync passes until `until` (unix
     /// ms); false when another holder has it. `replacing` names a holder
     /// known to be dead, whose lease may be taken before it expires.
@@ -238,9 +279,10 @@ pub trait Store: Send + Sync + fmt::Debug {
     fn last_completed_sync_at(&self) -> StoreFuture<'_, Option<i64>>;
 
     fn release_sync_lease<'a>(&'a self, holder: &'a str) -> StoreFuture<'a, ()>;
+}
 
-    // Portal sessions.
-
+/// Portal sessions, addressed by the hash of the cookie's id.
+pub trait SessionStore: Send + Sync {
     fn put_portal_session<'a>(&'a self, session: &'a PortalSession) -> StoreFuture<'a, ()>;
 
     fn portal_session<'a>(&'a self, id_hash: &'a [u8; 32]) -> StoreFuture<'a, Option<PortalSession>>;
@@ -250,31 +292,16 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// Deletes sessions last seen before `before` (unix ms); returns how
     /// many.
     fn prune_portal_sessions(&self, before: i64) -> StoreFuture<'_, u64>;
+}
 
-    // Audit.
-
+/// The sign-in log.
+pub trait AuditStore: Send + Sync {
     /// Appends sign-in records in one transaction. Client-supplied text is
     /// clamped ([`AuditRecord::clamped`]).
     fn append_audit<'a>(&'a self, records: &'a [AuditRecord]) -> StoreFuture<'a, ()>;
 
     /// Matching records, newest first.
     fn query_audit<'a>(&'a self, filter: &'a AuditFilter) -> StoreFuture<'a, Vec<AuditRecord>>;
-
-    // Lifecycle.
-
-    /// Whether the store answers (for `/readyz`).
-    fn ping(&self) -> StoreFuture<'_, ()>;
-
-    /// Whether this is still the store that was opened, and readable: for
-    /// SQLite, the file at the path is the same file (device and inode),
-    /// its header is a database's, and it holds the store id read at open.
-    /// A store found removed or replaced stays failed (its connections
-    /// still point at the old file): every later call fails with
-    /// [`StoreError::Unavailable`] until fedgate is restarted.
-    fn check(&self) -> StoreFuture<'_, ()>;
-
-    /// Closes connections after in-flight work; later calls fail.
-    fn close(&self) -> BoxFuture<'_, ()>;
 }
 
 /// How many wrong second-factor codes in a row are allowed, and how long
@@ -329,7 +356,7 @@ pub enum DirectoryChange {
     Delete { id: UserId },
 }
 
-/// What [`Store::apply_directory_changes`] did.
+/// What [`SyncStore::apply_directory_changes`] did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct AppliedChanges {
     pub created: usize,
@@ -372,7 +399,7 @@ pub struct SyncMark {
     pub server: String,
 }
 
-/// A federated user after [`Store::upsert_federated_user`], and what
+/// A federated user after [`UserStore::upsert_federated_user`], and what
 /// happened to it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Upserted {
@@ -467,7 +494,7 @@ impl fmt::Debug for NewAppPassword {
     }
 }
 
-/// A TOTP registration for [`Store::set_totp`]: the secret sealed by
+/// A TOTP registration for [`TotpStore::set_totp`]: the secret sealed by
 /// [`crate::totp::TotpSecret::seal`], and the step of the code the user
 /// confirmed it with.
 #[derive(Clone, PartialEq, Eq)]
@@ -503,7 +530,7 @@ impl fmt::Debug for StoredTotp {
     }
 }
 
-/// One app password's last use, for [`Store::record_last_used`].
+/// One app password's last use, for [`AppPasswordStore::record_last_used`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LastUsed {
     pub id: AppPasswordId,
@@ -604,7 +631,7 @@ pub struct Change {
     pub user_id: Option<UserId>,
 }
 
-/// Which audit records [`Store::query_audit`] returns.
+/// Which audit records [`AuditStore::query_audit`] returns.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuditFilter {
     /// Records resolved to this user, or whose given name is this UPN

@@ -9,7 +9,7 @@
 //!
 //! It stores nothing and reads no clock: the caller passes the time, and
 //! keeps the step [`TotpSecret::verify`] accepted with
-//! [`crate::store::Store::use_totp_step`], which records it only if it is
+//! [`crate::store::TotpStore::use_totp_step`], which records it only if it is
 //! newer than the stored one. That compare-and-set, not this module, is
 //! what stops two nodes from both accepting one code. Who must register a
 //! second factor, and when it is asked for, is the portal's business.
@@ -173,7 +173,7 @@ impl TotpSecret {
     /// Checks a code the user typed at `now_unix_secs` against the steps
     /// from one before to one after the current one. Returns the step it
     /// matched, which the caller records (see
-    /// [`crate::store::Store::use_totp_step`]); `None` for a wrong code, a
+    /// [`crate::store::TotpStore::use_totp_step`]); `None` for a wrong code, a
     /// code of a step at or before `last_used_step` (a replay, or an older
     /// code once a newer one was used), or input that is not 6 digits
     /// (spaces anywhere are ignored).
