@@ -84,7 +84,13 @@ pub async fn serve(config: Config, shutdown: Shutdown) -> Result<(), ServeError>
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     // The first start on a new machine creates the store; every admin
     // command needs one that exists.
-    let store = crate::store::open(&config.store.url, Arc::clone(&clock), OpenMode::CreateIfMissing).await?;
+    let store = crate::store::open_with(
+        &config.store.url,
+        &config.store.access,
+        Arc::clone(&clock),
+        OpenMode::CreateIfMissing,
+    )
+    .await?;
     let key = crate::server_key::load_or_create(&config.store.key_file)?;
     // The audit writer outlives the drain: requests finishing during the
     // grace period still produce records.

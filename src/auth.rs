@@ -117,6 +117,10 @@ const LAST_USED_FLUSH: Duration = Duration::from_secs(5);
 /// `[store] max_staleness` when nobody passes another.
 const DEFAULT_MAX_STALENESS: Duration = Duration::from_secs(5);
 const CACHE_SWEEP: Duration = Duration::from_secs(60);
+/// The least time between two refreshes asked for by sign-ins that missed
+/// the view: a flood of unknown names or made-up app passwords costs the
+/// store at most one change-feed read per this interval per node.
+const CATCH_UP_SPACING: Duration = Duration::from_millis(25);
 
 pub struct Authenticator {
     store: Arc<dyn Store>,
@@ -133,6 +137,10 @@ pub struct Authenticator {
     lockout: Arc<lockout::Lockout>,
     /// Whether the view in `index` may still be answered from.
     health: Arc<StoreHealth>,
+    /// One refresh of the view at a time (two at once could apply an older
+    /// read of a user after a newer one), and when the newest one began:
+    /// a sign-in that missed the view waits for one that began after it.
+    refreshing: tokio::sync::Mutex<Option<Instant>>,
 }
 
 /// The directory and how long a password it verified stays warm.
@@ -292,6 +300,7 @@ impl Authenticator {
                 max_entries: config.lockout_max_entries,
             })),
             health: Arc::new(StoreHealth::new(DEFAULT_MAX_STALENESS, Instant::now(), loaded_at)),
+            refreshing: tokio::sync::Mutex::new(None),
         })
     }
 
@@ -370,20 +379,30 @@ impl Authenticator {
             // Costs what a wrong app password costs; nothing is asked.
             lockout::Check::Clear if mistyped => self.dummy_verification().await,
             lockout::Check::Clear => {
+                // Not in the view: perhaps made a moment ago elsewhere.
+                let caught_up = if entry.is_none() {
+                    self.catch_up(Instant::now()).await;
+                    self.resolve(&user_given).1
+                } else {
+                    None
+                };
                 let asker = Asker {
                     subject,
                     ip: client.ip,
                     epoch,
                 };
-                self.verify(
-                    route.realm,
-                    name.as_ref(),
-                    entry.as_deref(),
-                    &secret,
-                    app_password,
-                    asker,
-                )
-                .await
+                let mut verification = self
+                    .verify(
+                        route.realm,
+                        name.as_ref(),
+                        caught_up.as_deref().or(entry.as_deref()),
+                        &secret,
+                        app_password,
+                        asker,
+                    )
+                    .await;
+                verification.fresh = verification.fresh.or(caught_up);
+                verification
             }
         };
         let verified = match verified {
@@ -698,10 +717,20 @@ impl Authenticator {
         candidate: CanonicalAppPassword,
     ) -> (Verified, Option<CachedCredential>) {
         let tag = app_password::lookup_tag(&self.key, &candidate);
-        let record = self
-            .index
-            .app_password_by_tag(&tag)
-            .filter(|r| entry.is_some_and(|e| e.user.id == r.user_id));
+        let find = || {
+            self.index
+                .app_password_by_tag(&tag)
+                .filter(|r| entry.is_some_and(|e| e.user.id == r.user_id))
+        };
+        let record = match find() {
+            Some(record) => Some(record),
+            // Perhaps created a moment ago on another node or by the CLI.
+            None if entry.is_some() => {
+                self.catch_up(Instant::now()).await;
+                find()
+            }
+            None => None,
+        };
         let Some(record) = record else {
             return (self.dummy_verification().await.verified, None);
         };
@@ -1022,6 +1051,35 @@ impl Authenticator {
 
     /// Applies changes committed by any process since the last call.
     pub async fn refresh(&self) -> Result<(), StoreError> {
+        let mut began = self.refreshing.lock().await;
+        *began = Some(Instant::now());
+        self.apply_changes().await
+    }
+
+    /// Brings the view up to date for a sign-in that did not find its user
+    /// or its app password in it at `missed_at`: one made a moment ago on
+    /// another node, or by the CLI, must work at once, not after the next
+    /// poll. A refresh that began after the miss answers for it; otherwise
+    /// this one waits its turn, at most one per [`CATCH_UP_SPACING`]. A
+    /// store that cannot be read leaves the view as it is (the refresh job
+    /// reports that).
+    async fn catch_up(&self, missed_at: Instant) {
+        let mut began = self.refreshing.lock().await;
+        if let Some(at) = *began {
+            if at >= missed_at {
+                return;
+            }
+            let wait = CATCH_UP_SPACING.saturating_sub(at.elapsed());
+            if !wait.is_zero() {
+                tokio::time::sleep(wait).await;
+            }
+        }
+        *began = Some(Instant::now());
+        metrics::counter!("fedgate_view_catch_ups_total").increment(1);
+        let _ = self.apply_changes().await;
+    }
+
+    async fn apply_changes(&self) -> Result<(), StoreError> {
         let refreshed = self.index.refresh(&*self.store).await?;
         if refreshed.everything {
             self.cache.clear();
@@ -1093,7 +1151,10 @@ impl Authenticator {
     pub fn start_jobs(self: &Arc<Self>, shutdown: &Shutdown) -> Vec<Job> {
         let refresh = {
             let this = Arc::clone(self);
-            Job::every("auth.refresh", REFRESH_INTERVAL, shutdown.clone(), move || {
+            // At every poll, and at once when the store announces a change
+            // (PostgreSQL's NOTIFY).
+            let wake = self.store.change_signal();
+            Job::every_or_when("auth.refresh", REFRESH_INTERVAL, wake, shutdown.clone(), move || {
                 let this = Arc::clone(&this);
                 async move { this.check_and_refresh().await }
             })

@@ -164,8 +164,12 @@ pub enum DirectoryBind {
 
 #[derive(Debug, Clone)]
 pub struct StoreConfig {
-    /// `sqlite://PATH` (created on first start) or `sqlite::memory:`.
+    /// `sqlite://PATH` (created on first start), `sqlite::memory:`, or
+    /// `postgres://USER@HOST:PORT/DATABASE` (several nodes on one database).
     pub url: String,
+    /// The credentials and TLS of a PostgreSQL store: `store.password_file`
+    /// and `store.ca_file`.
+    pub access: crate::store::StoreAccess,
     /// The server key (HMAC of app-password lookup tags); created with mode
     /// 0600 on first start. The CLI needs the same file.
     pub key_file: PathBuf,
@@ -395,19 +399,54 @@ impl TryFrom<FileConfig> for Config {
         let store = match file.store {
             None => StoreConfig {
                 url: "sqlite://data/fedgate.db".into(),
+                access: Default::default(),
                 key_file: PathBuf::from("data/fedgate.key"),
                 max_staleness: Duration::from_secs(5),
             },
             Some(st) => StoreConfig {
-                url: match st.url {
+                url: match st.url.clone() {
                     None => "sqlite://data/fedgate.db".into(),
-                    Some(u) if u.starts_with("sqlite:") => u,
-                    Some(u) => {
-                        return Err(ConfigError::invalid(
-                            "store.url",
-                            format!("expected \"sqlite://PATH\" or \"sqlite::memory:\", got \"{u}\""),
-                        ))
+                    Some(u) => match crate::store::backend_of(&u) {
+                        Ok(_) => u,
+                        Err(_) => {
+                            return Err(ConfigError::invalid(
+                                "store.url",
+                                format!(
+                                    "expected \"sqlite://PATH\", \"sqlite::memory:\" or \
+                                     \"postgres://USER@HOST:PORT/DATABASE\", got \"{}\"",
+                                    crate::store::redact_url(&u)
+                                ),
+                            ))
+                        }
+                    },
+                },
+                access: {
+                    let postgres = st
+                        .url
+                        .as_deref()
+                        .is_some_and(|u| matches!(crate::store::backend_of(u), Ok(crate::store::Backend::Postgres)));
+                    let password_file = st
+                        .password_file
+                        .as_deref()
+                        .map(|p| non_empty_path("store.password_file", Some(p), ""))
+                        .transpose()?;
+                    let ca_file = st
+                        .ca_file
+                        .as_deref()
+                        .map(|p| non_empty_path("store.ca_file", Some(p), ""))
+                        .transpose()?;
+                    for (key, set) in [
+                        ("store.password_file", password_file.is_some()),
+                        ("store.ca_file", ca_file.is_some()),
+                    ] {
+                        if set && !postgres {
+                            return Err(ConfigError::invalid(
+                                key,
+                                "is for a PostgreSQL store (store.url = \"postgres://...\"); a SQLite store has no password or TLS".to_string(),
+                            ));
+                        }
                     }
+                    crate::store::StoreAccess { password_file, ca_file }
                 },
                 key_file: non_empty_path("store.key_file", st.key_file.as_deref(), "data/fedgate.key")?,
                 max_staleness: {

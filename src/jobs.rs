@@ -3,8 +3,10 @@
 //! shutdown, and whose handle is awaited at exit.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
 
@@ -35,7 +37,39 @@ impl Job {
         Job::spawn(name, Duration::ZERO, period, shutdown, step)
     }
 
-    fn spawn<F, Fut>(name: &'static str, first: Duration, period: Duration, shutdown: Shutdown, mut step: F) -> Job
+    /// Like [`Job::every`], but also as soon as `wake` is notified (a
+    /// notification during a step runs one more step right after it; many
+    /// make one).
+    pub fn every_or_when<F, Fut>(
+        name: &'static str,
+        period: Duration,
+        wake: Option<Arc<Notify>>,
+        shutdown: Shutdown,
+        step: F,
+    ) -> Job
+    where
+        F: FnMut() -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        Job::spawn_woken(name, period, period, wake, shutdown, step)
+    }
+
+    fn spawn<F, Fut>(name: &'static str, first: Duration, period: Duration, shutdown: Shutdown, step: F) -> Job
+    where
+        F: FnMut() -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        Job::spawn_woken(name, first, period, None, shutdown, step)
+    }
+
+    fn spawn_woken<F, Fut>(
+        name: &'static str,
+        first: Duration,
+        period: Duration,
+        wake: Option<Arc<Notify>>,
+        shutdown: Shutdown,
+        mut step: F,
+    ) -> Job
     where
         F: FnMut() -> Fut + Send + 'static,
         Fut: Future<Output = ()> + Send + 'static,
@@ -43,9 +77,16 @@ impl Job {
         let handle = tokio::spawn(async move {
             let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + first, period);
             tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
+            let woken = || async {
+                match &wake {
+                    Some(wake) => wake.notified().await,
+                    None => std::future::pending().await,
+                }
+            };
             loop {
                 tokio::select! {
                     _ = tick.tick() => step().await,
+                    _ = woken() => step().await,
                     _ = shutdown.wait() => break,
                 }
             }

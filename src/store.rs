@@ -13,6 +13,7 @@
 //! [`crate::app_password`].
 
 use std::fmt;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
@@ -25,10 +26,12 @@ use crate::model::{
 };
 
 pub mod health;
+mod postgres;
 mod rules;
 mod sqlite;
 
 pub use health::StoreHealth;
+pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
 /// What every [`Store`] method returns: a boxed future, so the trait can be
@@ -48,20 +51,74 @@ pub enum OpenMode {
     New,
 }
 
-/// Opens the store named by a `[store] url` from the configuration.
-pub async fn open(url: &str, clock: Arc<dyn Clock>, mode: OpenMode) -> Result<Arc<dyn Store>, StoreError> {
+/// What opening a store needs besides its URL: `[store] password_file`
+/// and `[store] ca_file` (PostgreSQL only).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StoreAccess {
+    /// A file holding the database password (one line), so the URL in the
+    /// config carries none.
+    pub password_file: Option<PathBuf>,
+    /// The CA that signed the database server's certificate: connect over
+    /// TLS and check the server against it (and its name).
+    pub ca_file: Option<PathBuf>,
+}
+
+/// The PostgreSQL channel every committed change-feed row is announced on,
+/// so that nodes drop what they cached without waiting for their next poll.
+pub const CHANGES_CHANNEL: &str = "fedgate_changes";
+
+/// `url` with any password in it replaced by `***`, for logs and errors.
+pub fn redact_url(url: &str) -> String {
+    postgres::redact(url)
+}
+
+/// Which backend a `[store] url` names, or why none.
+pub fn backend_of(url: &str) -> Result<Backend, StoreError> {
     if url.starts_with("sqlite:") {
-        Ok(Arc::new(SqliteStore::open_with(url, clock, mode).await?))
-    } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
-        Err(StoreError::Unsupported {
-            url: url.to_owned(),
-            reason: "the PostgreSQL backend is not built yet; use sqlite://PATH",
-        })
+        Ok(Backend::Sqlite)
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(Backend::Postgres)
     } else {
         Err(StoreError::Unsupported {
-            url: url.to_owned(),
-            reason: "expected sqlite://PATH, sqlite::memory: or postgres://...",
+            url: postgres::redact(url),
+            reason: "expected sqlite://PATH, sqlite::memory: or postgres://USER@HOST:PORT/DATABASE",
         })
+    }
+}
+
+/// The two backends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// One node, one file.
+    Sqlite,
+    /// Any number of nodes on one database.
+    Postgres,
+}
+
+/// Opens the store named by a `[store] url` from the configuration.
+pub async fn open(url: &str, clock: Arc<dyn Clock>, mode: OpenMode) -> Result<Arc<dyn Store>, StoreError> {
+    open_with(url, &StoreAccess::default(), clock, mode).await
+}
+
+/// Opens the store named by `url` with the credentials and TLS settings of
+/// `access`.
+pub async fn open_with(
+    url: &str,
+    access: &StoreAccess,
+    clock: Arc<dyn Clock>,
+    mode: OpenMode,
+) -> Result<Arc<dyn Store>, StoreError> {
+    match backend_of(url)? {
+        Backend::Sqlite => {
+            if access.password_file.is_some() || access.ca_file.is_some() {
+                return Err(StoreError::Unsupported {
+                    url: url.to_owned(),
+                    reason: "store.password_file and store.ca_file are for PostgreSQL; a SQLite store has neither",
+                });
+            }
+            Ok(Arc::new(SqliteStore::open_with(url, clock, mode).await?))
+        }
+        Backend::Postgres => Ok(Arc::new(PgStore::open_with(url, access, clock, mode).await?)),
     }
 }
 
@@ -238,6 +295,16 @@ pub trait ChangeFeed: Send + Sync {
     /// The newest sequence number, 0 on an empty feed. A server reads it
     /// before loading its caches and then polls [`ChangeFeed::changes_since`].
     fn latest_change_seq(&self) -> StoreFuture<'_, i64>;
+
+    /// Notified when another process or node may have committed changes,
+    /// so a server reads the feed at once instead of at its next poll:
+    /// PostgreSQL's `LISTEN`/`NOTIFY` on [`CHANGES_CHANNEL`]. Also notified
+    /// when the listening connection comes back after a loss, since
+    /// announcements made meanwhile were not heard. `None` where polling is
+    /// the only way (SQLite).
+    fn change_signal(&self) -> Option<Arc<tokio::sync::Notify>> {
+        None
+    }
 }
 
 /// What the directory sync keeps between passes.
@@ -701,6 +768,15 @@ pub enum StoreError {
         #[source]
         source: sqlx::Error,
     },
+    #[error("cannot read {path} ({key}): {source}")]
+    ReadFile {
+        key: &'static str,
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} ({key}) is empty")]
+    EmptyFile { key: &'static str, path: String },
     #[error("store holds an invalid value: {0}")]
     Corrupt(String),
     #[error("no user {upn}")]

@@ -73,7 +73,7 @@ impl Ctx {
         // Never a new store: a mistyped path, or a store removed under a
         // running server, must not turn into an empty one that says "no
         // user".
-        let store = crate::store::open(&config.store.url, clock, OpenMode::Existing).await?;
+        let store = crate::store::open_with(&config.store.url, &config.store.access, clock, OpenMode::Existing).await?;
         Ok(Ctx { config, store, json })
     }
 
@@ -99,7 +99,7 @@ impl Ctx {
 /// `fedgate store init`: a new store with its schema, and the server key.
 pub async fn store_init(config: &Config) -> Result<(), CommandError> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let store = crate::store::open(&config.store.url, clock, OpenMode::New).await?;
+    let store = crate::store::open_with(&config.store.url, &config.store.access, clock, OpenMode::New).await?;
     store.close().await;
     crate::server_key::load_or_create(&config.store.key_file)?;
     outln!(

@@ -22,6 +22,8 @@ pub struct FileConfig {
 #[serde(deny_unknown_fields)]
 pub struct StoreFile {
     pub url: Option<String>,
+    pub password_file: Option<String>,
+    pub ca_file: Option<String>,
     pub key_file: Option<String>,
     pub max_staleness: Option<String>,
 }

@@ -304,3 +304,34 @@ fn lockout_keys() {
         assert!(err.contains(key), "expected {key} in {err}");
     }
 }
+
+#[test]
+fn store_keys_for_postgres() {
+    let c = parse(&format!(
+        "{MINIMAL}\n[store]\nurl = \"postgres://fedgate@db.corp.example.com:5432/fedgate\"\n\
+         password_file = \"/etc/fedgate/db-password\"\nca_file = \"/etc/fedgate/db-ca.pem\"\n"
+    ))
+    .unwrap();
+    assert_eq!(c.store.url, "postgres://fedgate@db.corp.example.com:5432/fedgate");
+    assert_eq!(
+        c.store.access.password_file.as_deref(),
+        Some(Path::new("/etc/fedgate/db-password"))
+    );
+    assert_eq!(
+        c.store.access.ca_file.as_deref(),
+        Some(Path::new("/etc/fedgate/db-ca.pem"))
+    );
+
+    // A SQLite store has neither key.
+    for key in ["password_file", "ca_file"] {
+        let err = parse(&format!("{MINIMAL}\n[store]\n{key} = \"/etc/x\"\n")).unwrap_err();
+        assert!(err.to_string().contains(&format!("store.{key}")), "{err}");
+    }
+    // Other URLs are named without the password they carry.
+    let err = parse(&format!("{MINIMAL}\n[store]\nurl = \"mysql://u:hunter2@db/x\"\n")).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("store.url") && msg.contains("postgres://") && !msg.contains("hunter2"),
+        "{msg}"
+    );
+}

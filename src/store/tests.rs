@@ -1,6 +1,9 @@
 use std::sync::Arc;
 
 use super::*;
+
+#[path = "pg_cluster.rs"]
+mod pg_cluster;
 use crate::model::{CredentialKind, DirectoryAttributes, FederatedUser, ManualClock, Reason, UserSource};
 
 const T0: i64 = 1_700_000_000_000;
@@ -27,12 +30,64 @@ fn federated(upn: &Upn, enabled: bool) -> FederatedUser {
     }
 }
 
-async fn memory_store() -> (Arc<dyn Store>, Arc<ManualClock>) {
-    let clock = Arc::new(ManualClock::new(T0));
-    let store = open("sqlite::memory:", clock.clone(), OpenMode::CreateIfMissing)
-        .await
-        .unwrap();
-    (store, clock)
+/// A fresh, empty store of one backend, and its clock: what every test of
+/// the shared suite starts from.
+struct Fixture {
+    store: Arc<dyn Store>,
+    clock: Arc<ManualClock>,
+    url: String,
+    access: StoreAccess,
+    /// Holds the SQLite file's directory for the test's length.
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Fixture {
+    async fn sqlite() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("fedgate.db").display());
+        Fixture::open(url, StoreAccess::default(), Some(dir)).await
+    }
+
+    /// A new database on the test run's private PostgreSQL cluster, opened
+    /// as fedgate opens one: the password from `[store] password_file`.
+    async fn postgres() -> Fixture {
+        let cluster = pg_cluster::shared();
+        let database = cluster.create_database().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let password_file = dir.path().join("store-password");
+        std::fs::write(&password_file, format!("{}\n", cluster.password())).unwrap();
+        let access = StoreAccess {
+            password_file: Some(password_file),
+            ca_file: None,
+        };
+        Fixture::open(cluster.url(&database), access, Some(dir)).await
+    }
+
+    async fn open(url: String, access: StoreAccess, dir: Option<tempfile::TempDir>) -> Fixture {
+        let clock = Arc::new(ManualClock::new(T0));
+        let store = open_with(&url, &access, clock.clone(), OpenMode::CreateIfMissing)
+            .await
+            .unwrap();
+        Fixture {
+            store,
+            clock,
+            url,
+            access,
+            _dir: dir,
+        }
+    }
+
+    fn parts(&self) -> (Arc<dyn Store>, Arc<ManualClock>) {
+        (self.store.clone(), self.clock.clone())
+    }
+
+    /// Another handle on the same store, with its own connections: a
+    /// second process or node.
+    async fn open_again(&self) -> Arc<dyn Store> {
+        open_with(&self.url, &self.access, self.clock.clone(), OpenMode::Existing)
+            .await
+            .unwrap()
+    }
 }
 
 fn new_app_password(user: UserId, name: &str, n: u32) -> NewAppPassword {
@@ -77,9 +132,8 @@ fn audit(at: i64, upn_given: &str, user: Option<UserId>, success: bool) -> Audit
     }
 }
 
-#[tokio::test]
-async fn cloud_users_are_created_and_found_case_insensitively() {
-    let (store, clock) = memory_store().await;
+async fn cloud_users_are_created_and_found_case_insensitively(f: Fixture) {
+    let (store, clock) = f.parts();
     let alice = store
         .create_cloud_user(&upn("Alice@Corp.Example.com"), MfaState::Enabled, Some("$h"))
         .await
@@ -107,9 +161,8 @@ async fn cloud_users_are_created_and_found_case_insensitively() {
     assert!(err.to_string().contains("alice@corp.example.com"));
 }
 
-#[tokio::test]
-async fn list_filters_by_state_and_hides_deleted_users() {
-    let (store, _) = memory_store().await;
+async fn list_filters_by_state_and_hides_deleted_users(f: Fixture) {
+    let (store, _) = f.parts();
     for (name, state) in [
         ("carol@x.example", MfaState::Enforced),
         ("alice@x.example", MfaState::Disabled),
@@ -142,9 +195,8 @@ async fn list_filters_by_state_and_hides_deleted_users() {
     assert!(everyone.iter().any(|u| u.deleted));
 }
 
-#[tokio::test]
-async fn federated_upsert_creates_updates_and_leaves_alone() {
-    let (store, _) = memory_store().await;
+async fn federated_upsert_creates_updates_and_leaves_alone(f: Fixture) {
+    let (store, _) = f.parts();
     let bob = upn("bob@corp.example.com");
     let seq = store.latest_change_seq().await.unwrap();
 
@@ -171,9 +223,8 @@ async fn federated_upsert_creates_updates_and_leaves_alone() {
     );
 }
 
-#[tokio::test]
-async fn federated_upsert_does_not_take_over_a_cloud_user() {
-    let (store, _) = memory_store().await;
+async fn federated_upsert_does_not_take_over_a_cloud_user(f: Fixture) {
+    let (store, _) = f.parts();
     let alice = upn("alice@corp.example.com");
     store
         .create_cloud_user(&alice, MfaState::Disabled, Some("$h"))
@@ -184,9 +235,8 @@ async fn federated_upsert_does_not_take_over_a_cloud_user() {
     assert!(err.to_string().contains("alice@corp.example.com"));
 }
 
-#[tokio::test]
-async fn federated_upsert_follows_a_rename_by_anchor() {
-    let (store, _) = memory_store().await;
+async fn federated_upsert_follows_a_rename_by_anchor(f: Fixture) {
+    let (store, _) = f.parts();
     let bob = upn("bob@corp.example.com");
     let user = store.upsert_federated_user(&federated(&bob, true)).await.unwrap().user;
     store
@@ -224,9 +274,8 @@ async fn federated_upsert_follows_a_rename_by_anchor() {
     );
 }
 
-#[tokio::test]
-async fn sync_lookups_find_users_by_anchor_or_upn_and_count_synced_ones() {
-    let (store, _) = memory_store().await;
+async fn sync_lookups_find_users_by_anchor_or_upn_and_count_synced_ones(f: Fixture) {
+    let (store, _) = f.parts();
     for name in ["a", "b", "c"] {
         store
             .upsert_federated_user(&federated(&upn(&format!("{name}@corp.example.com")), true))
@@ -251,9 +300,8 @@ async fn sync_lookups_find_users_by_anchor_or_upn_and_count_synced_ones() {
     assert_eq!(names, ["a@corp.example.com", "b@corp.example.com"]);
 }
 
-#[tokio::test]
-async fn deleted_users_lose_app_passwords_and_come_back_without_them() {
-    let (store, _) = memory_store().await;
+async fn deleted_users_lose_app_passwords_and_come_back_without_them(f: Fixture) {
+    let (store, _) = f.parts();
     let bob = upn("bob@corp.example.com");
     let user = store.upsert_federated_user(&federated(&bob, true)).await.unwrap().user;
     store.set_mfa_state(&bob, MfaState::Enforced).await.unwrap();
@@ -298,9 +346,8 @@ async fn deleted_users_lose_app_passwords_and_come_back_without_them() {
     assert!(store.list_app_passwords(user.id).await.unwrap().is_empty());
 }
 
-#[tokio::test]
-async fn a_deleted_upn_can_be_added_again_as_a_cloud_user() {
-    let (store, _) = memory_store().await;
+async fn a_deleted_upn_can_be_added_again_as_a_cloud_user(f: Fixture) {
+    let (store, _) = f.parts();
     let carol = upn("carol@corp.example.com");
     let first = store
         .create_cloud_user(&carol, MfaState::Enforced, Some("$old"))
@@ -317,9 +364,8 @@ async fn a_deleted_upn_can_be_added_again_as_a_cloud_user() {
     assert_eq!(again.password_hash.as_deref(), Some("$new"));
 }
 
-#[tokio::test]
-async fn unknown_users_are_named_in_errors() {
-    let (store, _) = memory_store().await;
+async fn unknown_users_are_named_in_errors(f: Fixture) {
+    let (store, _) = f.parts();
     let ghost = upn("ghost@corp.example.com");
     for err in [
         store.set_mfa_state(&ghost, MfaState::Enabled).await.unwrap_err(),
@@ -344,9 +390,8 @@ async fn unknown_users_are_named_in_errors() {
     }
 }
 
-#[tokio::test]
-async fn user_state_changes_write_the_change_feed() {
-    let (store, clock) = memory_store().await;
+async fn user_state_changes_write_the_change_feed(f: Fixture) {
+    let (store, clock) = f.parts();
     let alice = upn("alice@corp.example.com");
     let id = store
         .create_cloud_user(&alice, MfaState::Disabled, None)
@@ -397,18 +442,16 @@ async fn user_state_changes_write_the_change_feed() {
     );
 }
 
-#[tokio::test]
-async fn federated_users_have_no_fedgate_password() {
-    let (store, _) = memory_store().await;
+async fn federated_users_have_no_fedgate_password(f: Fixture) {
+    let (store, _) = f.parts();
     let bob = upn("bob@corp.example.com");
     store.upsert_federated_user(&federated(&bob, true)).await.unwrap();
     let err = store.set_password_hash(&bob, Some("$h")).await.unwrap_err();
     assert!(matches!(err, StoreError::NotCloudUser { .. }), "{err}");
 }
 
-#[tokio::test]
-async fn bulk_state_change_applies_every_line() {
-    let (store, _) = memory_store().await;
+async fn bulk_state_change_applies_every_line(f: Fixture) {
+    let (store, _) = f.parts();
     for name in ["a@x.example", "b@x.example", "c@x.example"] {
         store
             .create_cloud_user(&upn(name), MfaState::Disabled, None)
@@ -439,9 +482,8 @@ async fn bulk_state_change_applies_every_line() {
     assert_eq!(kinds_since(store.as_ref(), seq).await.len(), 2);
 }
 
-#[tokio::test]
-async fn bulk_state_change_is_all_or_nothing_and_reports_every_bad_line() {
-    let (store, _) = memory_store().await;
+async fn bulk_state_change_is_all_or_nothing_and_reports_every_bad_line(f: Fixture) {
+    let (store, _) = f.parts();
     for name in ["a@x.example", "b@x.example", "gone@x.example"] {
         store
             .create_cloud_user(&upn(name), MfaState::Disabled, None)
@@ -486,9 +528,8 @@ async fn bulk_state_change_is_all_or_nothing_and_reports_every_bad_line() {
     assert!(kinds_since(store.as_ref(), seq).await.is_empty());
 }
 
-#[tokio::test]
-async fn app_passwords_are_created_listed_and_deleted() {
-    let (store, clock) = memory_store().await;
+async fn app_passwords_are_created_listed_and_deleted(f: Fixture) {
+    let (store, clock) = f.parts();
     let alice = upn("alice@corp.example.com");
     let user = store.create_cloud_user(&alice, MfaState::Enforced, None).await.unwrap();
     let seq = store.latest_change_seq().await.unwrap();
@@ -549,9 +590,8 @@ async fn app_passwords_are_created_listed_and_deleted() {
     );
 }
 
-#[tokio::test]
-async fn the_41st_app_password_is_refused() {
-    let (store, _) = memory_store().await;
+async fn the_41st_app_password_is_refused(f: Fixture) {
+    let (store, _) = f.parts();
     let alice = upn("alice@corp.example.com");
     let user = store.create_cloud_user(&alice, MfaState::Enforced, None).await.unwrap();
     for n in 0..MAX_APP_PASSWORDS_PER_USER as u32 {
@@ -589,9 +629,8 @@ async fn the_41st_app_password_is_refused() {
         .unwrap();
 }
 
-#[tokio::test]
-async fn duplicate_names_and_tags_are_refused() {
-    let (store, _) = memory_store().await;
+async fn duplicate_names_and_tags_are_refused(f: Fixture) {
+    let (store, _) = f.parts();
     let user = store
         .create_cloud_user(&upn("alice@corp.example.com"), MfaState::Enforced, None)
         .await
@@ -618,9 +657,8 @@ async fn duplicate_names_and_tags_are_refused() {
     assert_eq!(store.list_app_passwords(user.id).await.unwrap().len(), 1);
 }
 
-#[tokio::test]
-async fn last_use_is_recorded_in_batches_and_only_moves_forward() {
-    let (store, _) = memory_store().await;
+async fn last_use_is_recorded_in_batches_and_only_moves_forward(f: Fixture) {
+    let (store, _) = f.parts();
     let user = store
         .create_cloud_user(&upn("alice@corp.example.com"), MfaState::Enforced, None)
         .await
@@ -665,9 +703,8 @@ async fn last_use_is_recorded_in_batches_and_only_moves_forward() {
     assert!(kinds_since(store.as_ref(), seq).await.is_empty());
 }
 
-#[tokio::test]
-async fn settings_default_off_and_changes_are_fed() {
-    let (store, _) = memory_store().await;
+async fn settings_default_off_and_changes_are_fed(f: Fixture) {
+    let (store, _) = f.parts();
     assert!(!store.get_settings().await.unwrap().allow_app_passwords);
     let seq = store.latest_change_seq().await.unwrap();
     assert!(store.set_allow_app_passwords(true).await.unwrap().allow_app_passwords);
@@ -680,9 +717,8 @@ async fn settings_default_off_and_changes_are_fed() {
     );
 }
 
-#[tokio::test]
-async fn audit_is_appended_and_queried_newest_first() {
-    let (store, _) = memory_store().await;
+async fn audit_is_appended_and_queried_newest_first(f: Fixture) {
+    let (store, _) = f.parts();
     let alice = store
         .create_cloud_user(&upn("alice@corp.example.com"), MfaState::Enforced, None)
         .await
@@ -738,9 +774,8 @@ async fn audit_is_appended_and_queried_newest_first() {
     assert_eq!(newest[0].at, T0 + 4);
 }
 
-#[tokio::test]
-async fn audit_text_from_clients_is_clamped_on_write() {
-    let (store, _) = memory_store().await;
+async fn audit_text_from_clients_is_clamped_on_write(f: Fixture) {
+    let (store, _) = f.parts();
     let mut record = audit(T0, &"u".repeat(5000), None, false);
     record.user_agent = "evil\r\nX-Forged: 1".into();
     store.append_audit(&[record]).await.unwrap();
@@ -808,6 +843,11 @@ fn migrations_are_numbered_from_one_without_gaps() {
     assert_eq!(versions, expected);
 }
 
+#[test]
+fn both_backends_have_the_same_migration_history() {
+    assert_eq!(postgres::migration_versions(), sqlite::migration_versions());
+}
+
 #[tokio::test]
 async fn a_store_from_a_newer_fedgate_is_refused() {
     let dir = tempfile::tempdir().unwrap();
@@ -824,14 +864,11 @@ async fn a_store_from_a_newer_fedgate_is_refused() {
     assert!(err.to_string().contains("upgrade fedgate"));
 }
 
-#[tokio::test]
-async fn two_processes_sharing_a_file_see_each_others_changes() {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("fedgate.db").display());
-    let clock = Arc::new(ManualClock::new(T0));
-    // The server and the CLI each open their own pool on the same file.
-    let server = SqliteStore::open(&url, clock.clone()).await.unwrap();
-    let cli = SqliteStore::open(&url, clock.clone()).await.unwrap();
+async fn two_processes_sharing_a_store_see_each_others_changes(f: Fixture) {
+    // The server and the CLI (or two nodes) each open their own pool on
+    // the same store.
+    let cli = f.open_again().await;
+    let server = f.store;
 
     let seen = server.latest_change_seq().await.unwrap();
     let bob = upn("bob@corp.example.com");
@@ -848,7 +885,7 @@ async fn two_processes_sharing_a_file_see_each_others_changes() {
 
     // Concurrent writers from both sides all commit.
     let writes = (0..20).map(|n| {
-        let store = if n % 2 == 0 { &server } else { &cli };
+        let store = if n % 2 == 0 { &*server } else { &*cli };
         let name = upn(&format!("user{n}@corp.example.com"));
         async move { store.upsert_federated_user(&federated(&name, true)).await.map(|_| ()) }
     });
@@ -859,15 +896,173 @@ async fn two_processes_sharing_a_file_see_each_others_changes() {
 }
 
 #[tokio::test]
-async fn only_sqlite_urls_open() {
+async fn only_sqlite_and_postgres_urls_open() {
     let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(T0));
-    let err = open("postgres://localhost/fedgate", clock.clone(), OpenMode::CreateIfMissing)
+    for url in ["mysql://x", "postgres:/nohost", "file:///tmp/x"] {
+        let err = open(url, clock.clone(), OpenMode::Existing).await.unwrap_err();
+        assert!(matches!(err, StoreError::Unsupported { .. }), "{url}: {err}");
+    }
+    // A password in an unsupported URL is not repeated in the error.
+    let err = open("mysql://fedgate:hunter2@db/x", clock.clone(), OpenMode::Existing)
         .await
         .unwrap_err();
-    assert!(matches!(err, StoreError::Unsupported { .. }), "{err}");
+    assert!(!err.to_string().contains("hunter2"), "{err}");
+    let access = StoreAccess {
+        password_file: Some("/nonexistent".into()),
+        ca_file: None,
+    };
+    let err = open_with("sqlite::memory:", &access, clock, OpenMode::CreateIfMissing)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("store.password_file"), "{err}");
+}
+
+/// Opens `url` with the cluster's password in a file, as `[store]
+/// password_file` does.
+async fn open_postgres(url: &str, mode: OpenMode) -> Result<Arc<dyn Store>, StoreError> {
+    let dir = tempfile::tempdir().unwrap();
+    let password_file = dir.path().join("pw");
+    std::fs::write(&password_file, pg_cluster::shared().password()).unwrap();
+    let access = StoreAccess {
+        password_file: Some(password_file),
+        ca_file: None,
+    };
+    open_with(url, &access, Arc::new(ManualClock::new(T0)), mode).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_store_is_created_only_where_allowed() {
+    let cluster = pg_cluster::shared();
+    let url = cluster.url(&cluster.create_database().unwrap());
+    // An empty database is no store for the CLI...
+    let err = open_postgres(&url, OpenMode::Existing).await.unwrap_err();
+    assert!(matches!(err, StoreError::Missing { .. }), "{err}");
+    assert!(err.to_string().contains("fedgate store init"), "{err}");
+    // ...`store init` makes one, once...
+    let store = open_postgres(&url, OpenMode::New).await.unwrap();
+    store
+        .create_cloud_user(&upn("a@corp.example.com"), MfaState::Enabled, None)
+        .await
+        .unwrap();
+    let err = open_postgres(&url, OpenMode::New).await.unwrap_err();
+    assert!(matches!(err, StoreError::Exists { .. }), "{err}");
+    // ...and opening it again migrates nothing and keeps what it holds.
+    let again = open_postgres(&url, OpenMode::Existing).await.unwrap();
+    assert_eq!(again.list_users(None).await.unwrap().len(), 1);
+    let versions = cluster
+        .psql(
+            url.rsplit('/').next().unwrap(),
+            "SELECT count(*), max(version) FROM schema_version",
+        )
+        .unwrap();
+    let latest = sqlite::migration_versions().last().unwrap().0;
+    assert_eq!(versions.trim(), format!("{latest}|{latest}"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_starting_together_migrate_once() {
+    let cluster = pg_cluster::shared();
+    let url = cluster.url(&cluster.create_database().unwrap());
+    let opens = (0..4).map(|_| open_postgres(&url, OpenMode::CreateIfMissing));
+    for store in futures_util::future::join_all(opens).await {
+        store.unwrap();
+    }
+    let rows = cluster
+        .psql(url.rsplit('/').next().unwrap(), "SELECT count(*) FROM schema_version")
+        .unwrap();
+    assert_eq!(rows.trim(), sqlite::migration_versions().len().to_string());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_open_errors_say_what_is_wrong() {
+    let cluster = pg_cluster::shared();
+    let database = cluster.create_database().unwrap();
+    let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(T0));
+    let dir = tempfile::tempdir().unwrap();
+    let wrong = dir.path().join("wrong");
+    std::fs::write(&wrong, "not-the-password\n").unwrap();
+    let access = |password_file: &std::path::Path| StoreAccess {
+        password_file: Some(password_file.to_owned()),
+        ca_file: None,
+    };
+    // A wrong password is the server's refusal, not a pool timeout.
+    let err = open_with(
+        &cluster.url(&database),
+        &access(&wrong),
+        clock.clone(),
+        OpenMode::Existing,
+    )
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("password authentication failed"), "{err}");
+    // The password is in the file or in the URL, never both; the error does
+    // not repeat it.
+    let err = open_with(
+        &cluster.url_with_password(&database),
+        &access(&wrong),
+        clock.clone(),
+        OpenMode::Existing,
+    )
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("store.password_file"), "{err}");
+    assert!(!err.to_string().contains(cluster.password()), "{err}");
+    let empty = dir.path().join("empty");
+    std::fs::write(&empty, "\n").unwrap();
+    let err = open_with(
+        &cluster.url(&database),
+        &access(&empty),
+        clock.clone(),
+        OpenMode::Existing,
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, StoreError::EmptyFile { .. }), "{err}");
+    let err = open_with(
+        &cluster.url(&database),
+        &access(&dir.path().join("missing")),
+        clock.clone(),
+        OpenMode::Existing,
+    )
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("store.password_file"), "{err}");
+    // A server that is not there is named as refusing the connection.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let err = open_with(
+        &format!("postgres://fedgate@127.0.0.1:{port}/x"),
+        &StoreAccess::default(),
+        clock,
+        OpenMode::Existing,
+    )
+    .await
+    .unwrap_err();
+    assert!(err.to_string().to_lowercase().contains("refused"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_database_under_a_running_postgres_store_is_noticed() {
+    let f = Fixture::postgres().await;
+    f.store.check().await.unwrap();
+    let database = f.url.rsplit('/').next().unwrap().to_owned();
+    // The store is recreated behind the server's back (a restore of
+    // another site's dump, say): same database, another store id.
+    pg_cluster::shared()
+        .psql(
+            &database,
+            "UPDATE store_meta SET value = 'another' WHERE key = 'store_id'",
+        )
+        .unwrap();
+    let err = f.store.check().await.unwrap_err();
+    assert!(err.to_string().contains("another store"), "{err}");
+    // Lost for good: the next call fails too, without asking the database.
     assert!(matches!(
-        open("mysql://x", clock, OpenMode::Existing).await.unwrap_err(),
-        StoreError::Unsupported { .. }
+        f.store.list_users(None).await.unwrap_err(),
+        StoreError::Unavailable { .. }
     ));
 }
 
@@ -913,9 +1108,8 @@ fn new_totp(sealed: &[u8], confirmed_step: u64) -> NewTotp {
     }
 }
 
-#[tokio::test]
-async fn totp_registration_is_stored_fed_and_removed() {
-    let (store, clock) = memory_store().await;
+async fn totp_registration_is_stored_fed_and_removed(f: Fixture) {
+    let (store, clock) = f.parts();
     let alice = upn("alice@corp.example.com");
     let id = store
         .create_cloud_user(&alice, MfaState::Enabled, None)
@@ -962,9 +1156,8 @@ async fn totp_registration_is_stored_fed_and_removed() {
     );
 }
 
-#[tokio::test]
-async fn a_totp_step_is_used_once_and_only_moves_forward() {
-    let (store, _) = memory_store().await;
+async fn a_totp_step_is_used_once_and_only_moves_forward(f: Fixture) {
+    let (store, _) = f.parts();
     let alice = upn("alice@corp.example.com");
     let id = store
         .create_cloud_user(&alice, MfaState::Enabled, None)
@@ -994,13 +1187,9 @@ async fn a_totp_step_is_used_once_and_only_moves_forward() {
     assert!(matches!(err, StoreError::TotpStepOutOfRange { .. }), "{err}");
 }
 
-#[tokio::test]
-async fn two_nodes_cannot_both_accept_one_code() {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("fedgate.db").display());
-    let clock = Arc::new(ManualClock::new(T0));
-    let node_a = SqliteStore::open(&url, clock.clone()).await.unwrap();
-    let node_b = SqliteStore::open(&url, clock.clone()).await.unwrap();
+async fn two_nodes_cannot_both_accept_one_code(f: Fixture) {
+    let node_b = f.open_again().await;
+    let node_a = f.store;
     let id = node_a
         .create_cloud_user(&upn("alice@corp.example.com"), MfaState::Enforced, None)
         .await
@@ -1010,7 +1199,7 @@ async fn two_nodes_cannot_both_accept_one_code() {
 
     for step in 11..31 {
         let attempts = (0..6).map(|n| {
-            let node = if n % 2 == 0 { &node_a } else { &node_b };
+            let node = if n % 2 == 0 { &*node_a } else { &*node_b };
             node.use_totp_step(id, step)
         });
         let accepted = futures_util::future::join_all(attempts)
@@ -1024,9 +1213,8 @@ async fn two_nodes_cannot_both_accept_one_code() {
     assert_eq!(node_b.totp(id).await.unwrap().unwrap().last_step, Some(30));
 }
 
-#[tokio::test]
-async fn totp_goes_with_required_registration_and_deletion() {
-    let (store, _) = memory_store().await;
+async fn totp_goes_with_required_registration_and_deletion(f: Fixture) {
+    let (store, _) = f.parts();
     let alice = upn("alice@corp.example.com");
     let bob = upn("bob@corp.example.com");
     let carol = upn("carol@corp.example.com");
@@ -1137,9 +1325,8 @@ fn totp_change_kinds_round_trip() {
     }
 }
 
-#[tokio::test]
-async fn wrong_codes_block_per_user_and_a_right_one_resets() {
-    let (store, clock) = memory_store().await;
+async fn wrong_codes_block_per_user_and_a_right_one_resets(f: Fixture) {
+    let (store, clock) = f.parts();
     let user = store
         .create_cloud_user(&upn("heidi@corp.example.com"), MfaState::Enabled, None)
         .await
@@ -1159,9 +1346,8 @@ async fn wrong_codes_block_per_user_and_a_right_one_resets() {
     assert_eq!(store.totp_blocked_until(user.id).await.unwrap(), until);
 }
 
-#[tokio::test]
-async fn portal_sessions_round_trip_update_and_prune() {
-    let (store, _) = memory_store().await;
+async fn portal_sessions_round_trip_update_and_prune(f: Fixture) {
+    let (store, _) = f.parts();
     let user = store
         .create_cloud_user(&upn("ivan@corp.example.com"), MfaState::Enabled, None)
         .await
@@ -1264,3 +1450,52 @@ async fn a_damaged_header_is_noticed() {
     let err = store.check().await.unwrap_err();
     assert!(err.to_string().contains("header is damaged"), "{err}");
 }
+
+/// Runs each named test (an `async fn(Fixture)`) once on each backend:
+/// `on_sqlite::NAME` and `on_postgres::NAME`.
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod on_sqlite {
+            $(#[tokio::test]
+            async fn $name() {
+                super::$name(super::Fixture::sqlite().await).await
+            })*
+        }
+        mod on_postgres {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                super::$name(super::Fixture::postgres().await).await
+            })*
+        }
+    };
+}
+
+on_both_backends!(
+    cloud_users_are_created_and_found_case_insensitively,
+    list_filters_by_state_and_hides_deleted_users,
+    federated_upsert_creates_updates_and_leaves_alone,
+    federated_upsert_does_not_take_over_a_cloud_user,
+    federated_upsert_follows_a_rename_by_anchor,
+    sync_lookups_find_users_by_anchor_or_upn_and_count_synced_ones,
+    deleted_users_lose_app_passwords_and_come_back_without_them,
+    a_deleted_upn_can_be_added_again_as_a_cloud_user,
+    unknown_users_are_named_in_errors,
+    user_state_changes_write_the_change_feed,
+    federated_users_have_no_fedgate_password,
+    bulk_state_change_applies_every_line,
+    bulk_state_change_is_all_or_nothing_and_reports_every_bad_line,
+    app_passwords_are_created_listed_and_deleted,
+    the_41st_app_password_is_refused,
+    duplicate_names_and_tags_are_refused,
+    last_use_is_recorded_in_batches_and_only_moves_forward,
+    settings_default_off_and_changes_are_fed,
+    audit_is_appended_and_queried_newest_first,
+    audit_text_from_clients_is_clamped_on_write,
+    totp_registration_is_stored_fed_and_removed,
+    a_totp_step_is_used_once_and_only_moves_forward,
+    totp_goes_with_required_registration_and_deletion,
+    wrong_codes_block_per_user_and_a_right_one_resets,
+    portal_sessions_round_trip_update_and_prune,
+    two_processes_sharing_a_store_see_each_others_changes,
+    two_nodes_cannot_both_accept_one_code,
+);

@@ -22,6 +22,8 @@ pub struct Builder {
     admin: bool,
     server: Vec<String>,
     store: Vec<String>,
+    store_url: Option<String>,
+    key_file: Option<PathBuf>,
     auth: Vec<String>,
     sections: Vec<String>,
     routes: Vec<String>,
@@ -44,6 +46,22 @@ impl Builder {
     /// `key_file`, which point into the test's directory).
     pub fn store(mut self, line: &str) -> Self {
         self.store.push(line.to_string());
+        self
+    }
+
+    /// The store at `url` (a PostgreSQL database) instead of a SQLite file
+    /// in the test's directory; `password_file` is `[store] password_file`.
+    pub fn store_url(mut self, url: &str, password_file: &Path) -> Self {
+        self.store_url = Some(url.to_owned());
+        self.store
+            .push(format!("password_file = \"{}\"", password_file.display()));
+        self
+    }
+
+    /// The server key at `path` (shared by the nodes of one store) instead
+    /// of one in the test's directory.
+    pub fn key_file(mut self, path: &Path) -> Self {
+        self.key_file = Some(path.to_owned());
         self
     }
 
@@ -104,10 +122,14 @@ impl Builder {
             text.push_str(line);
             text.push('\n');
         }
+        let url = match &self.store_url {
+            Some(url) => url.clone(),
+            None => format!("sqlite://{}", dir.join("data/fedgate.db").display()),
+        };
+        let key_file = self.key_file.clone().unwrap_or_else(|| dir.join("data/fedgate.key"));
         text.push_str(&format!(
-            "[store]\nurl = \"sqlite://{}\"\nkey_file = \"{}\"\n",
-            dir.join("data/fedgate.db").display(),
-            dir.join("data/fedgate.key").display()
+            "[store]\nurl = \"{url}\"\nkey_file = \"{}\"\n",
+            key_file.display()
         ));
         for line in &self.store {
             text.push_str(line);

@@ -1,0 +1,83 @@
+//! Settings and the change feed in the PostgreSQL store.
+
+use super::*;
+
+impl SettingsStore for PgStore {
+    fn get_settings(&self) -> StoreFuture<'_, Settings> {
+        Box::pin(async move {
+            let allow: bool = sqlx::query_scalar("SELECT allow_app_passwords FROM settings WHERE id = 1")
+                .fetch_one(self.live_pool()?)
+                .await
+                .map_err(db("read settings"))?;
+            Ok(Settings {
+                allow_app_passwords: allow,
+            })
+        })
+    }
+
+    fn set_allow_app_passwords(&self, allow: bool) -> StoreFuture<'_, Settings> {
+        Box::pin(async move {
+            let now = self.clock.now_ms();
+            let mut tx = self.write_tx().await?;
+            let changed = sqlx::query(
+                "UPDATE settings SET allow_app_passwords = $1 WHERE id = 1
+                     AND allow_app_passwords <> $2",
+            )
+            .bind(allow)
+            .bind(allow)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("change settings"))?
+            .rows_affected();
+            if changed > 0 {
+                record_change(&mut tx, now, ChangeKind::SettingsChanged, None).await?;
+            }
+            commit(tx).await?;
+            Ok(Settings {
+                allow_app_passwords: allow,
+            })
+        })
+    }
+}
+
+impl ChangeFeed for PgStore {
+    fn changes_since(&self, seq: i64) -> StoreFuture<'_, Vec<Change>> {
+        Box::pin(async move {
+            let rows = sqlx::query("SELECT seq, at, kind, user_id FROM changes WHERE seq > $1 ORDER BY seq LIMIT $2")
+                .bind(seq)
+                .bind(CHANGES_PAGE)
+                .fetch_all(self.live_pool()?)
+                .await
+                .map_err(db("read the change feed"))?;
+            rows.iter().map(change_from_row).collect()
+        })
+    }
+
+    fn latest_change_seq(&self) -> StoreFuture<'_, i64> {
+        Box::pin(async move {
+            sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM changes")
+                .fetch_one(self.live_pool()?)
+                .await
+                .map_err(db("read the change feed"))
+        })
+    }
+
+    fn change_signal(&self) -> Option<Arc<tokio::sync::Notify>> {
+        Some(self.signal.clone())
+    }
+}
+
+/// The most changes one [`super::ChangeFeed::changes_since`] call returns.
+const CHANGES_PAGE: i64 = 10_000;
+
+fn change_from_row(row: &PgRow) -> Result<Change, StoreError> {
+    let read = || db("read the change feed");
+    let kind: String = row.try_get("kind").map_err(read())?;
+    let user_id: Option<i64> = row.try_get("user_id").map_err(read())?;
+    Ok(Change {
+        seq: row.try_get("seq").map_err(read())?,
+        at: row.try_get("at").map_err(read())?,
+        kind: ChangeKind::parse(&kind),
+        user_id: user_id.map(UserId),
+    })
+}

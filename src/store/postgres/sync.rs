@@ -1,0 +1,295 @@
+//! Directory sync state and the sync lease in the PostgreSQL store.
+
+use super::*;
+
+impl SyncStore for PgStore {
+    fn users_matching<'a>(&'a self, anchors: &'a [&'a str], upns: &'a [&'a str]) -> StoreFuture<'a, Vec<User>> {
+        Box::pin(async move {
+            // PostgreSQL allows 32766 parameters a statement; stay well under.
+            const CHUNK: usize = 500;
+            let mut users: Vec<User> = Vec::new();
+            let mut ids = std::collections::HashSet::new();
+            let mut conn = self.live_pool()?.acquire().await.map_err(db("connect"))?;
+            for (column, values) in [("anchor", anchors), ("upn", upns)] {
+                for chunk in values.chunks(CHUNK) {
+                    let mut query =
+                        QueryBuilder::<Postgres>::new(format!("SELECT {USER_COLUMNS} FROM users WHERE {column} IN ("));
+                    let mut list = query.separated(", ");
+                    for value in chunk {
+                        list.push_bind(*value);
+                    }
+                    query.push(")");
+                    let rows = query
+                        .build()
+                        .fetch_all(&mut *conn)
+                        .await
+                        .map_err(db("look up users for a sync pass"))?;
+                    for row in &rows {
+                        let user = user_from_row(row)?;
+                        if ids.insert(user.id) {
+                            users.push(user);
+                        }
+                    }
+                }
+            }
+            Ok(users)
+        })
+    }
+
+    fn count_synced_users(&self) -> StoreFuture<'_, usize> {
+        Box::pin(async move {
+            let n: i64 =
+                sqlx::query_scalar("SELECT COUNT(*) FROM users WHERE source = 'federated' AND deleted = FALSE")
+                    .fetch_one(self.live_pool()?)
+                    .await
+                    .map_err(db("count synced users"))?;
+            Ok(usize::try_from(n).unwrap_or(0))
+        })
+    }
+
+    fn apply_directory_changes<'a>(&'a self, changes: &'a [DirectoryChange]) -> StoreFuture<'a, AppliedChanges> {
+        Box::pin(async move {
+            let mut applied = AppliedChanges::default();
+            for batch in changes.chunks(SYNC_BATCH) {
+                let now = self.clock.now_ms();
+                let mut tx = self.write_tx().await?;
+                for change in batch {
+                    match change {
+                        DirectoryChange::Upsert {
+                            user,
+                            revoke_app_passwords,
+                        } => {
+                            let (id, _, kind) = match upsert_in(&mut tx, user, now).await {
+                                Ok(done) => done,
+                                Err(err @ (StoreError::SourceConflict { .. } | StoreError::UpnTaken { .. })) => {
+                                    tracing::warn!(error = %err, dn = %user.attributes.dn, "directory user not synced");
+                                    applied.errors += 1;
+                                    continue;
+                                }
+                                Err(err) => return Err(err),
+                            };
+                            if let Some(kind) = kind {
+                                match kind {
+                                    ChangeKind::UserCreated => applied.created += 1,
+                                    ChangeKind::UserEnabled => applied.enabled += 1,
+                                    ChangeKind::UserDisabled => applied.disabled += 1,
+                                    _ => applied.updated += 1,
+                                }
+                                record_change(&mut tx, now, kind, Some(id)).await?;
+                            }
+                            if *revoke_app_passwords {
+                                let done = sqlx::query("DELETE FROM app_passwords WHERE user_id = $1")
+                                    .bind(id.0)
+                                    .execute(&mut *tx)
+                                    .await
+                                    .map_err(db("revoke app passwords after a password change"))?;
+                                if done.rows_affected() > 0 {
+                                    applied.revoked += 1;
+                                    record_change(&mut tx, now, ChangeKind::AppPasswordsRevoked, Some(id)).await?;
+                                }
+                            }
+                        }
+                        DirectoryChange::Delete { id } => {
+                            let done = sqlx::query(
+                                "UPDATE users SET deleted = TRUE, password_hash = NULL, registered_at = NULL,
+                                     totp_secret = NULL, totp_last_step = NULL, updated_at = $1
+                                 WHERE id = $2 AND deleted = FALSE AND source = 'federated'",
+                            )
+                            .bind(now)
+                            .bind(id.0)
+                            .execute(&mut *tx)
+                            .await
+                            .map_err(db("delete a user gone from the directory"))?;
+                            if done.rows_affected() == 0 {
+                                continue;
+                            }
+                            sqlx::query("DELETE FROM app_passwords WHERE user_id = $1")
+                                .bind(id.0)
+                                .execute(&mut *tx)
+                                .await
+                                .map_err(db("delete a deleted user's app passwords"))?;
+                            record_change(&mut tx, now, ChangeKind::UserDeleted, Some(*id)).await?;
+                            applied.deleted += 1;
+                        }
+                    }
+                }
+                commit(tx).await?;
+            }
+            Ok(applied)
+        })
+    }
+
+    fn record_sync_pass<'a>(&'a self, pass: &'a SyncPass, mark: Option<&'a SyncMark>) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            let mut tx = self.plain_tx().await?;
+            sqlx::query(
+                "INSERT INTO sync_passes (kind, outcome, started_at, duration_ms, seen, created, updated,
+                                          disabled, enabled, deleted, errors, server, message)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+            )
+            .bind(&pass.kind)
+            .bind(&pass.outcome)
+            .bind(pass.started_at)
+            .bind(pass.duration_ms)
+            .bind(pass.seen)
+            .bind(pass.created)
+            .bind(pass.updated)
+            .bind(pass.disabled)
+            .bind(pass.enabled)
+            .bind(pass.deleted)
+            .bind(pass.errors)
+            .bind(&pass.server)
+            .bind(&pass.message)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("record a sync pass"))?;
+            sqlx::query(
+                "DELETE FROM sync_passes WHERE kind = $1 AND id NOT IN
+                     (SELECT id FROM sync_passes WHERE kind = $2 ORDER BY id DESC LIMIT $3)",
+            )
+            .bind(&pass.kind)
+            .bind(&pass.kind)
+            .bind(SYNC_PASSES_KEPT)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("prune old sync passes"))?;
+            if let Some(mark) = mark {
+                sqlx::query("UPDATE sync_state SET mark = $1, mark_server = $2 WHERE id = 1")
+                    .bind(&mark.value)
+                    .bind(&mark.server)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db("move the sync mark"))?;
+            }
+            commit(tx).await
+        })
+    }
+
+    fn last_sync_passes(&self) -> StoreFuture<'_, (Option<SyncPass>, Option<SyncPass>)> {
+        Box::pin(async move {
+            let mut conn = self.live_pool()?.acquire().await.map_err(db("connect"))?;
+            let last = |kind: &'static str| {
+                sqlx::query(
+                    "SELECT kind, outcome, started_at, duration_ms, seen, created, updated, disabled, enabled,
+                            deleted, errors, server, message
+                     FROM sync_passes WHERE kind = $1 ORDER BY id DESC LIMIT 1",
+                )
+                .bind(kind)
+            };
+            let incremental = last("incremental")
+                .fetch_optional(&mut *conn)
+                .await
+                .map_err(db("read sync passes"))?;
+            let full = last("full")
+                .fetch_optional(&mut *conn)
+                .await
+                .map_err(db("read sync passes"))?;
+            Ok((
+                incremental.as_ref().map(sync_pass_from_row).transpose()?,
+                full.as_ref().map(sync_pass_from_row).transpose()?,
+            ))
+        })
+    }
+
+    fn sync_mark(&self) -> StoreFuture<'_, Option<SyncMark>> {
+        Box::pin(async move {
+            let row: Option<(Option<String>, Option<String>)> =
+                sqlx::query_as("SELECT mark, mark_server FROM sync_state WHERE id = 1")
+                    .fetch_optional(self.live_pool()?)
+                    .await
+                    .map_err(db("read the sync mark"))?;
+            Ok(match row {
+                Some((Some(value), Some(server))) => Some(SyncMark { value, server }),
+                _ => None,
+            })
+        })
+    }
+}
+
+impl SyncLease for PgStore {
+    fn take_sync_lease<'a>(&'a self, holder: &'a str, until: i64, replacing: Option<&'a str>) -> StoreFuture<'a, bool> {
+        Box::pin(async move {
+            let now = self.clock.now_ms();
+            let mut tx = self.plain_tx().await?;
+            let done = sqlx::query(
+                "UPDATE sync_state SET lease_holder = $1, lease_until = $2
+                 WHERE id = 1 AND (lease_holder IS NULL OR lease_holder = $3 OR lease_until < $4
+                                   OR lease_holder = $5)",
+            )
+            .bind(holder)
+            .bind(until)
+            .bind(holder)
+            .bind(now)
+            .bind(replacing)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("take the sync lease"))?;
+            commit(tx).await?;
+            Ok(done.rows_affected() == 1)
+        })
+    }
+
+    fn sync_lease(&self) -> StoreFuture<'_, Option<(String, i64)>> {
+        Box::pin(async move {
+            let row: Option<(Option<String>, Option<i64>)> =
+                sqlx::query_as("SELECT lease_holder, lease_until FROM sync_state WHERE id = 1")
+                    .fetch_optional(self.live_pool()?)
+                    .await
+                    .map_err(db("read the sync lease"))?;
+            Ok(match row {
+                Some((Some(holder), Some(until))) => Some((holder, until)),
+                _ => None,
+            })
+        })
+    }
+
+    fn last_completed_sync_at(&self) -> StoreFuture<'_, Option<i64>> {
+        Box::pin(async move {
+            sqlx::query_scalar("SELECT MAX(started_at + duration_ms) FROM sync_passes WHERE outcome = 'completed'")
+                .fetch_one(self.live_pool()?)
+                .await
+                .map_err(db("read sync passes"))
+        })
+    }
+
+    fn release_sync_lease<'a>(&'a self, holder: &'a str) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            let mut tx = self.plain_tx().await?;
+            sqlx::query(
+                "UPDATE sync_state SET lease_holder = NULL, lease_until = NULL WHERE id = 1 AND lease_holder = $1",
+            )
+            .bind(holder)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("release the sync lease"))?;
+            commit(tx).await
+        })
+    }
+}
+
+/// Directory changes applied per transaction: large enough that a sync of
+/// 100,000 users is a hundred commits, small enough that the server's
+/// readers never wait long for the write lock.
+const SYNC_BATCH: usize = 1000;
+
+/// Sync passes kept per kind.
+const SYNC_PASSES_KEPT: i64 = 100;
+
+fn sync_pass_from_row(row: &PgRow) -> Result<SyncPass, StoreError> {
+    let read = || db("read a sync pass");
+    Ok(SyncPass {
+        kind: row.try_get("kind").map_err(read())?,
+        outcome: row.try_get("outcome").map_err(read())?,
+        started_at: row.try_get("started_at").map_err(read())?,
+        duration_ms: row.try_get("duration_ms").map_err(read())?,
+        seen: row.try_get("seen").map_err(read())?,
+        created: row.try_get("created").map_err(read())?,
+        updated: row.try_get("updated").map_err(read())?,
+        disabled: row.try_get("disabled").map_err(read())?,
+        enabled: row.try_get("enabled").map_err(read())?,
+        deleted: row.try_get("deleted").map_err(read())?,
+        errors: row.try_get("errors").map_err(read())?,
+        server: row.try_get("server").map_err(read())?,
+        message: row.try_get("message").map_err(read())?,
+    })
+}
