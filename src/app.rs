@@ -144,6 +144,7 @@ pub async fn serve(config: Config, shutdown: Shutdown) -> Result<(), ServeError>
         ));
         tracing::info!(path = %config.portal.as_ref().map_or("", |p| p.path.as_str()), "portal enabled");
     }
+    let mut sync_lead = None;
     if let (Some(sync), Some(ldap)) = (&config.sync, &ldap) {
         let syncer = Arc::new(Syncer::new(
             Arc::clone(ldap),
@@ -152,7 +153,8 @@ pub async fn serve(config: Config, shutdown: Shutdown) -> Result<(), ServeError>
             Arc::new(SystemClock),
         ));
         tracing::info!(interval = ?sync.interval, full_every = ?sync.full_every, "directory sync scheduled");
-        jobs.push(syncer.start_job(&shutdown));
+        jobs.extend(syncer.start_jobs(&shutdown));
+        sync_lead = Some(syncer);
     }
     if let Some(handle) = metrics.clone() {
         // Histograms keep their samples until upkeep folds them in.
@@ -166,7 +168,7 @@ pub async fn serve(config: Config, shutdown: Shutdown) -> Result<(), ServeError>
             },
         ));
     }
-    tracing::info!(store = %config.store.url, "store opened");
+    tracing::info!(store = %crate::store::redact_url(&config.store.url), "store opened");
 
     // Build the routes once here so that a bad route (an unreadable
     // upstream_ca_file) stops start-up with its message; each worker then
@@ -234,6 +236,10 @@ pub async fn serve(config: Config, shutdown: Shutdown) -> Result<(), ServeError>
     }
     for job in jobs {
         job.join().await;
+    }
+    // Another node takes the lead at its next try, not when it runs out.
+    if let Some(syncer) = sync_lead {
+        syncer.give_up_lead().await;
     }
     auth.flush().await;
     audit_stop.trigger();

@@ -346,6 +346,31 @@ pub trait SyncLease: Send + Sync {
     fn last_completed_sync_at(&self) -> StoreFuture<'_, Option<i64>>;
 
     fn release_sync_lease<'a>(&'a self, holder: &'a str) -> StoreFuture<'a, ()>;
+
+    /// Takes or renews the lead of the directory sync for `node` until
+    /// `until` (unix ms): true when `node` leads afterwards (it led
+    /// already, or the lead was free or had run out). The time the lead
+    /// was taken is kept across renewals. One compare-and-set, so of nodes
+    /// trying at once exactly one is told `true`.
+    fn take_sync_lead<'a>(&'a self, node: &'a str, until: i64) -> StoreFuture<'a, bool>;
+
+    /// Who leads the directory sync, since when and until when; `None`
+    /// when nobody ever did or the last leader gave the lead up.
+    fn sync_lead(&self) -> StoreFuture<'_, Option<SyncLead>>;
+
+    /// Gives the lead up (a node shutting down), so another node takes it
+    /// at its next try instead of waiting for it to run out.
+    fn release_sync_lead<'a>(&'a self, node: &'a str) -> StoreFuture<'a, ()>;
+}
+
+/// Which node leads the directory sync (see [`SyncLease::take_sync_lead`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SyncLead {
+    pub node: String,
+    /// When it took the lead, unix ms.
+    pub since: i64,
+    /// When the lead runs out unless renewed, unix ms.
+    pub until: i64,
 }
 
 /// Portal sessions, addressed by the hash of the cookie's id.

@@ -12,7 +12,12 @@
 //!   `entryCSN`, AD's `uSNChanged`) is at or past the last pass's mark;
 //! - *full*: every entry, which also finds the users that are gone.
 //!
-//! One pass at a time across processes: a lease in the store.
+//! One pass at a time across processes: a lease in the store. And with
+//! several nodes on one store, one node schedules passes, the *leader*:
+//! the lead is a lease of one `interval` that the leader renews three times
+//! an interval and the other nodes try to take as often; when the leader
+//! dies, another takes the lead within an interval and a third, and starts
+//! with a full pass at once.
 
 pub mod plan;
 
@@ -53,6 +58,17 @@ impl PassKind {
     }
 }
 
+/// This node's view of the sync lead.
+#[derive(Debug, Default)]
+struct Lead {
+    /// Until when (unix ms) this node holds the lead, as last renewed;
+    /// `None` when it does not lead.
+    until: Option<i64>,
+    /// The leader this node took the lead from (its lead had run out, so
+    /// it is dead or cut off): a pass lease it still holds may be taken.
+    took_over_from: Option<String>,
+}
+
 /// Why a pass did not complete.
 #[derive(Debug, thiserror::Error)]
 enum PassError {
@@ -74,6 +90,9 @@ pub struct Syncer {
     clock: Arc<dyn Clock>,
     holder: String,
     last_full: Mutex<Option<Instant>>,
+    lead: Mutex<Lead>,
+    /// Notified when this node takes the lead, so it runs a pass at once.
+    lead_taken: Arc<tokio::sync::Notify>,
     /// AD: whether the service account could read `CN=Deleted Objects`
     /// when last checked (each full pass), so a change is logged once.
     tombstones_readable: Mutex<Option<bool>>,
@@ -94,6 +113,8 @@ impl Syncer {
             clock,
             holder: format!("{}:{}", host.trim(), std::process::id()),
             last_full: Mutex::new(None),
+            lead: Mutex::new(Lead::default()),
+            lead_taken: Arc::new(tokio::sync::Notify::new()),
             tombstones_readable: Mutex::new(None),
         }
     }
@@ -104,9 +125,20 @@ impl Syncer {
         let started = Instant::now();
         loop {
             let until = self.clock.now_ms() + LEASE.as_millis() as i64;
-            let dead = self.dead_holder().await;
+            let dead = match self.dead_holder().await {
+                Some(dead) => Some(dead),
+                None => self
+                    .lead
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .took_over_from
+                    .clone(),
+            };
             match self.store.take_sync_lease(&self.holder, until, dead.as_deref()).await {
-                Ok(true) => break,
+                Ok(true) => {
+                    self.lead.lock().unwrap_or_else(|p| p.into_inner()).took_over_from = None;
+                    break;
+                }
                 Ok(false) if wait && started.elapsed() < LEASE_WAIT => {
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
@@ -443,14 +475,104 @@ impl Syncer {
         }
     }
 
-    /// The scheduled passes of `fedgate serve`: a full pass at start, then
-    /// incremental ones every `interval` and a full one every `full_every`.
-    pub fn start_job(self: &Arc<Self>, shutdown: &Shutdown) -> Job {
+    /// The length of the lead: one interval. Renewed three times as often,
+    /// so two failed renewals in a row (a database that is slow for a
+    /// moment) do not lose it.
+    fn lead_length(&self) -> Duration {
+        self.config.interval
+    }
+
+    /// Takes or renews the lead; says so in the log and the metrics when
+    /// that changes. A store that cannot be reached leaves the lead as it
+    /// was until it runs out: a leader that cannot renew stops scheduling
+    /// passes once another node could have taken over.
+    async fn try_lead(&self) {
+        let now = self.clock.now_ms();
+        let until = now + self.lead_length().as_millis() as i64;
+        let before = self.store.sync_lead().await.ok().flatten();
+        let taken = self.store.take_sync_lead(&self.holder, until).await;
+        let mut lead = self.lead.lock().unwrap_or_else(|p| p.into_inner());
+        let was_leading = lead.until.is_some_and(|at| at > now);
+        match taken {
+            Ok(true) => {
+                lead.until = Some(until);
+                if !was_leading {
+                    let from = before.filter(|l| l.node != self.holder);
+                    tracing::info!(
+                        node = %self.holder,
+                        previous = from.as_ref().map_or("none", |l| l.node.as_str()),
+                        "leading the directory sync"
+                    );
+                    lead.took_over_from = from.map(|l| l.node);
+                    metrics::gauge!("fedgate_sync_leader", "node" => self.holder.clone()).set(1.0);
+                    metrics::gauge!("fedgate_sync_leader_since_seconds", "node" => self.holder.clone())
+                        .set(now as f64 / 1000.0);
+                    self.lead_taken.notify_one();
+                }
+            }
+            Ok(false) => {
+                if was_leading {
+                    tracing::warn!(
+                        node = %self.holder,
+                        leader = before.as_ref().map_or("none", |l| l.node.as_str()),
+                        "lost the lead of the directory sync"
+                    );
+                }
+                lead.until = None;
+                metrics::gauge!("fedgate_sync_leader", "node" => self.holder.clone()).set(0.0);
+            }
+            Err(err) => {
+                if was_leading {
+                    tracing::warn!(error = %err, "cannot renew the sync lead");
+                }
+            }
+        }
+    }
+
+    /// Whether this node leads now (its last renewal has not run out).
+    fn leading(&self) -> bool {
+        let lead = self.lead.lock().unwrap_or_else(|p| p.into_inner());
+        lead.until.is_some_and(|at| at > self.clock.now_ms())
+    }
+
+    /// Gives up the lead at shutdown.
+    pub async fn give_up_lead(&self) {
+        let leading = self
+            .lead
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .until
+            .take()
+            .is_some();
+        if leading {
+            if let Err(err) = self.store.release_sync_lead(&self.holder).await {
+                tracing::warn!(error = %err, "cannot give up the sync lead; it runs out by itself");
+            }
+            metrics::gauge!("fedgate_sync_leader", "node" => self.holder.clone()).set(0.0);
+        }
+    }
+
+    /// The scheduled passes of `fedgate serve`: the lead job, and on the
+    /// leader a full pass as soon as it takes the lead, then incremental
+    /// ones every `interval` and a full one every `full_every`.
+    pub fn start_jobs(self: &Arc<Self>, shutdown: &Shutdown) -> Vec<Job> {
+        let lead = {
+            let this = Arc::clone(self);
+            let every = (self.lead_length() / 3).max(Duration::from_millis(100));
+            Job::now_and_every("sync.lead", every, shutdown.clone(), move || {
+                let this = Arc::clone(&this);
+                async move { this.try_lead().await }
+            })
+        };
         let this = Arc::clone(self);
         let stop = shutdown.clone();
-        Job::now_and_every("sync", this.config.interval, shutdown.clone(), move || {
+        let wake = Some(Arc::clone(&self.lead_taken));
+        let passes = Job::every_or_when("sync", this.config.interval, wake, shutdown.clone(), move || {
             let (this, stop) = (Arc::clone(&this), stop.clone());
             async move {
+                if !this.leading() {
+                    return;
+                }
                 let kind = if this.full_due() {
                     PassKind::Full
                 } else {
@@ -468,7 +590,8 @@ impl Syncer {
                     _ = stop.wait() => this.release().await,
                 }
             }
-        })
+        });
+        vec![lead, passes]
     }
 }
 

@@ -104,7 +104,7 @@ pub async fn store_init(config: &Config) -> Result<(), CommandError> {
     crate::server_key::load_or_create(&config.store.key_file)?;
     outln!(
         "created store {} (server key {})",
-        config.store.url,
+        crate::store::redact_url(&config.store.url),
         config.store.key_file.display()
     );
     Ok(())
@@ -509,7 +509,9 @@ pub async fn sync(ctx: &Ctx, cmd: crate::cli::SyncCommand) -> Result<(), Command
             let (incremental, full) = ctx.store.last_sync_passes().await?;
             let now = SystemClock.now_ms();
             let last_completed = ctx.store.last_completed_sync_at().await?;
+            let leader = ctx.store.sync_lead().await?.filter(|lead| lead.until > now);
             let status = SyncStatus {
+                leader,
                 lag_seconds: last_completed.map(|at| (now - at).max(0) / 1000),
                 incremental,
                 full,
@@ -525,6 +527,10 @@ pub async fn sync(ctx: &Ctx, cmd: crate::cli::SyncCommand) -> Result<(), Command
                     Some(lag) => outln!("lag          {lag} s since the last completed pass"),
                     None => outln!("lag          no pass has completed yet"),
                 }
+                match &status.leader {
+                    Some(lead) => outln!("leader       {} since {}", lead.node, time(lead.since)),
+                    None => outln!("leader       none (no fedgate serve with [sync] is running)"),
+                }
             });
             Ok(())
         }
@@ -533,6 +539,8 @@ pub async fn sync(ctx: &Ctx, cmd: crate::cli::SyncCommand) -> Result<(), Command
 
 #[derive(Serialize)]
 struct SyncStatus {
+    /// The node scheduling passes, unless its lead has run out.
+    leader: Option<crate::store::SyncLead>,
     incremental: Option<crate::store::SyncPass>,
     full: Option<crate::store::SyncPass>,
     lag_seconds: Option<i64>,

@@ -30,8 +30,8 @@ use sqlx::{Postgres, QueryBuilder, Row, Transaction};
 use super::{
     AppPasswordStore, AppliedChanges, AuditFilter, AuditStore, BulkApplied, Change, ChangeFeed, ChangeKind,
     DirectoryChange, LastUsed, NewAppPassword, NewTotp, OpenMode, PortalSession, SessionStore, SettingsStore,
-    StateLine, Store, StoreAccess, StoreError, StoreFuture, StoredTotp, SyncLease, SyncMark, SyncPass, SyncStore,
-    TotpLimit, TotpStore, UpsertOutcome, Upserted, UserStore,
+    StateLine, Store, StoreAccess, StoreError, StoreFuture, StoredTotp, SyncLead, SyncLease, SyncMark, SyncPass,
+    SyncStore, TotpLimit, TotpStore, UpsertOutcome, Upserted, UserStore,
 };
 use crate::app_password::MAX_APP_PASSWORDS_PER_USER;
 use crate::model::{
@@ -75,6 +75,7 @@ const MIGRATIONS: &[Migration] = migrations![
     6 "portal_sessions" "postgres/migrations/0006_portal_sessions.sql",
     7 "totp_failures" "postgres/migrations/0007_totp_failures.sql",
     8 "store_id" "postgres/migrations/0008_store_id.sql",
+    9 "sync_lead" "postgres/migrations/0009_sync_lead.sql",
 ];
 
 /// The advisory lock (transaction-scoped) that writers of the change feed

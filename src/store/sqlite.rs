@@ -27,8 +27,8 @@ use sqlx::{QueryBuilder, Row, Sqlite, Transaction};
 use super::{
     AppPasswordStore, AppliedChanges, AuditFilter, AuditStore, BulkApplied, Change, ChangeFeed, ChangeKind,
     DirectoryChange, LastUsed, NewAppPassword, NewTotp, OpenMode, PortalSession, SessionStore, SettingsStore,
-    StateLine, Store, StoreError, StoreFuture, StoredTotp, SyncLease, SyncMark, SyncPass, SyncStore, TotpLimit,
-    TotpStore, UpsertOutcome, Upserted, UserStore,
+    StateLine, Store, StoreError, StoreFuture, StoredTotp, SyncLead, SyncLease, SyncMark, SyncPass, SyncStore,
+    TotpLimit, TotpStore, UpsertOutcome, Upserted, UserStore,
 };
 use crate::app_password::MAX_APP_PASSWORDS_PER_USER;
 use crate::model::{
@@ -72,6 +72,7 @@ const MIGRATIONS: &[Migration] = migrations![
     6 "portal_sessions" "migrations/0006_portal_sessions.sql",
     7 "totp_failures" "migrations/0007_totp_failures.sql",
     8 "store_id" "migrations/0008_store_id.sql",
+    9 "sync_lead" "migrations/0009_sync_lead.sql",
 ];
 
 /// Several processes share the file; a writer waits this long for another

@@ -1451,6 +1451,42 @@ async fn a_damaged_header_is_noticed() {
     assert!(err.to_string().contains("header is damaged"), "{err}");
 }
 
+async fn one_node_leads_until_its_lead_runs_out_or_is_given_up(f: Fixture) {
+    let (store, clock) = f.parts();
+    let other = f.open_again().await;
+    assert_eq!(store.sync_lead().await.unwrap(), None);
+    assert!(store.take_sync_lead("node-a", T0 + 1000).await.unwrap());
+    // Held: another node is refused, the leader renews and keeps its start.
+    assert!(!other.take_sync_lead("node-b", T0 + 1000).await.unwrap());
+    clock.advance(500);
+    assert!(store.take_sync_lead("node-a", T0 + 1500).await.unwrap());
+    let lead = other.sync_lead().await.unwrap().unwrap();
+    assert_eq!((lead.node.as_str(), lead.since, lead.until), ("node-a", T0, T0 + 1500));
+    // Run out: the other node takes it, from now.
+    clock.advance(1001);
+    assert!(other.take_sync_lead("node-b", T0 + 3000).await.unwrap());
+    assert!(!store.take_sync_lead("node-a", T0 + 3000).await.unwrap());
+    let lead = store.sync_lead().await.unwrap().unwrap();
+    assert_eq!((lead.node.as_str(), lead.since), ("node-b", T0 + 1501));
+    // Given up: free at once. Only its holder can give it up.
+    store.release_sync_lead("node-a").await.unwrap();
+    assert_eq!(store.sync_lead().await.unwrap().unwrap().node, "node-b");
+    other.release_sync_lead("node-b").await.unwrap();
+    assert_eq!(store.sync_lead().await.unwrap(), None);
+    // Of nodes trying at once, exactly one leads.
+    let tries = (0..8).map(|n| {
+        let store = if n % 2 == 0 { &*store } else { &*other };
+        let node = format!("node-{n}");
+        async move { store.take_sync_lead(&node, T0 + 9000).await.unwrap() }
+    });
+    let won = futures_util::future::join_all(tries)
+        .await
+        .into_iter()
+        .filter(|&won| won)
+        .count();
+    assert_eq!(won, 1);
+}
+
 /// Runs each named test (an `async fn(Fixture)`) once on each backend:
 /// `on_sqlite::NAME` and `on_postgres::NAME`.
 macro_rules! on_both_backends {
@@ -1471,6 +1507,7 @@ macro_rules! on_both_backends {
 }
 
 on_both_backends!(
+    one_node_leads_until_its_lead_runs_out_or_is_given_up,
     cloud_users_are_created_and_found_case_insensitively,
     list_filters_by_state_and_hides_deleted_users,
     federated_upsert_creates_updates_and_leaves_alone,

@@ -131,3 +131,91 @@ pub(crate) async fn metric(admin: std::net::SocketAddr, name: &str) -> f64 {
         .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_node_leads_the_sync_and_another_takes_over_when_it_dies() {
+    use crate::support::slapd::Slapd;
+    use crate::sync::{directory_section, eventually, sync_section};
+    const CAROL: &str = "carol@example.com";
+    const CAROL_PW: &str = "Carol's directory pw 3";
+    /// The sync interval: the lead runs out one interval after the
+    /// leader's last renewal, and the other node tries three times an
+    /// interval.
+    const INTERVAL: Duration = Duration::from_secs(1);
+
+    let slapd = Slapd::start();
+    slapd.add_user("carol", CAROL, CAROL_PW);
+    let db = Database::new();
+    let sections = [
+        directory_section(&slapd, Slapd::PEOPLE_DN, "timeout = \"2s\""),
+        sync_section("interval = \"1s\"\nfull_every = \"10m\""),
+    ];
+    let node = || {
+        sections
+            .iter()
+            .fold(db.node(), |b, s| b.section(s))
+            .route_in("onprem", "/onprem", "builtin:whoami", "")
+    };
+    let mut a = node().start();
+    a.wait_log(Duration::from_secs(10), |v| {
+        v["message"] == "leading the directory sync"
+    });
+    let b = node().start();
+    // Passes run on A alone: several of A's, none of B's.
+    a.wait_log(Duration::from_secs(10), |v| {
+        v["message"] == "sync pass" && v["kind"] == "incremental"
+    });
+    let a_passes = || a.events("sync pass").len();
+    let seen = a_passes();
+    eventually(
+        "two more passes on the leader",
+        Duration::from_secs(10),
+        Some(&a),
+        || (a_passes() >= seen + 2).then_some(()),
+    )
+    .await;
+    assert!(
+        b.events("sync pass").is_empty(),
+        "B ran passes while A led: {}",
+        b.raw_logs()
+    );
+    assert!(b.events("leading the directory sync").is_empty());
+    let status = b.admin().run(&["--json", "sync", "status"]).json();
+    assert!(
+        status["leader"]["node"]
+            .as_str()
+            .unwrap()
+            .ends_with(&format!(":{}", a.pid())),
+        "{status}"
+    );
+    assert_eq!(metric(a.admin.unwrap(), "fedgate_sync_leader").await, 1.0);
+    assert_eq!(metric(b.admin.unwrap(), "fedgate_sync_leader").await, 0.0);
+
+    // The leader dies without a word: B takes the lead once A's has run
+    // out, and runs a full pass at once.
+    a.signal("KILL");
+    let killed = std::time::Instant::now();
+    a.wait_exit(Duration::from_secs(10)).expect("A exits after SIGKILL");
+    b.wait_log(Duration::from_secs(10), |v| {
+        v["message"] == "leading the directory sync"
+    });
+    let took = killed.elapsed();
+    assert!(took <= 2 * INTERVAL, "B took the lead {took:?} after A died");
+    b.wait_log(Duration::from_secs(10), |v| {
+        v["message"] == "sync pass" && v["kind"] == "full" && v["outcome"] == "completed"
+    });
+    let status = b.admin().run(&["--json", "sync", "status"]).json();
+    assert!(
+        status["leader"]["node"]
+            .as_str()
+            .unwrap()
+            .ends_with(&format!(":{}", b.pid())),
+        "{status}"
+    );
+    assert_eq!(metric(b.admin.unwrap(), "fedgate_sync_leader").await, 1.0);
+    // And it carries the directory's changes: a disable reaches sign-ins.
+    let carol = SignIn::new(b.plain, CAROL, CAROL_PW).path("/onprem/whoami");
+    carol.until(StatusCode::OK, POLL).await;
+    slapd.disable_user("carol");
+    carol.until(StatusCode::UNAUTHORIZED, Duration::from_millis(50)).await;
+}

@@ -53,7 +53,7 @@ const COUNTERS: [&str; 8] = [
 
 /// The `[directory]` table for `slapd` (search-then-bind with the service
 /// account) searching under `base_dn`, with `extra` lines appended.
-fn directory_section(slapd: &Slapd, base_dn: &str, extra: &str) -> String {
+pub(crate) fn directory_section(slapd: &Slapd, base_dn: &str, extra: &str) -> String {
     format!(
         "[directory]\n\
          kind = \"openldap\"\n\
@@ -73,7 +73,7 @@ fn directory_section(slapd: &Slapd, base_dn: &str, extra: &str) -> String {
     )
 }
 
-fn sync_section(lines: &str) -> String {
+pub(crate) fn sync_section(lines: &str) -> String {
     format!("[sync]\nenabled = true\n{lines}\n")
 }
 

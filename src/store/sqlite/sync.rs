@@ -264,6 +264,58 @@ impl SyncLease for SqliteStore {
             commit(tx).await
         })
     }
+
+    fn take_sync_lead<'a>(&'a self, node: &'a str, until: i64) -> StoreFuture<'a, bool> {
+        Box::pin(async move {
+            let now = self.clock.now_ms();
+            let mut tx = self.write_tx().await?;
+            let done = sqlx::query(
+                "UPDATE sync_state SET leader = ?, leader_until = ?,
+                     leader_since = CASE WHEN leader = ? THEN leader_since ELSE ? END
+                 WHERE id = 1 AND (leader IS NULL OR leader = ? OR leader_until < ?)",
+            )
+            .bind(node)
+            .bind(until)
+            .bind(node)
+            .bind(now)
+            .bind(node)
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("take the sync lead"))?;
+            commit(tx).await?;
+            Ok(done.rows_affected() == 1)
+        })
+    }
+
+    fn sync_lead(&self) -> StoreFuture<'_, Option<SyncLead>> {
+        Box::pin(async move {
+            let row: Option<(Option<String>, Option<i64>, Option<i64>)> =
+                sqlx::query_as("SELECT leader, leader_since, leader_until FROM sync_state WHERE id = 1")
+                    .fetch_optional(self.live_pool()?)
+                    .await
+                    .map_err(db("read the sync lead"))?;
+            Ok(match row {
+                Some((Some(node), Some(since), Some(until))) => Some(SyncLead { node, since, until }),
+                _ => None,
+            })
+        })
+    }
+
+    fn release_sync_lead<'a>(&'a self, node: &'a str) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            let mut tx = self.write_tx().await?;
+            sqlx::query(
+                "UPDATE sync_state SET leader = NULL, leader_since = NULL, leader_until = NULL
+                 WHERE id = 1 AND leader = ?",
+            )
+            .bind(node)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("give up the sync lead"))?;
+            commit(tx).await
+        })
+    }
 }
 
 /// Directory changes applied per transaction: large enough that a sync of
