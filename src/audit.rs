@@ -30,6 +30,14 @@ pub const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 /// Distinct records held per window; beyond this, records are counted as
 /// dropped rather than letting a flood of unique user names grow memory.
 const MAX_PENDING: usize = 100_000;
+/// Records kept for the store while it cannot be written (a database
+/// restarting, a failover): about a minute of a busy site's distinct
+/// records, a few tens of MiB at most. Beyond this the oldest are dropped
+/// (each was logged as a `fedgate::audit` event when it was made).
+const MAX_QUEUED: usize = 200_000;
+/// Records written per store call when catching up, so a long queue is
+/// many small transactions rather than one huge one.
+const WRITE_CHUNK: usize = 1_000;
 
 /// One decision as the sign-in path sees it: borrowed, nothing allocated.
 #[derive(Debug, Clone, Copy)]
@@ -161,20 +169,51 @@ impl AuditSink {
 async fn writer(store: Arc<dyn AuditStore>, shared: Arc<Shared>, stop: Shutdown) {
     let mut tick = tokio::time::interval(FLUSH_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    let mut failing = false;
+    let mut queue = Queue::default();
     loop {
         tokio::select! {
-            _ = tick.tick() => flush(&*store, &shared, &mut failing).await,
+            _ = tick.tick() => flush(&*store, &shared, &mut queue).await,
             _ = stop.wait() => break,
         }
     }
-    flush(&*store, &shared, &mut failing).await;
+    flush(&*store, &shared, &mut queue).await;
+    if !queue.records.is_empty() {
+        tracing::error!(
+            records = queue.records.len(),
+            "stopping with sign-in records the store could not take; they are in this log only"
+        );
+    }
 }
 
-/// Writes the window's records. `failing` carries whether the last write
-/// failed, so that a store that stays broken is one error in the log (and
-/// a counter that keeps growing), not one line a second.
-async fn flush(store: &dyn AuditStore, shared: &Shared, failing: &mut bool) {
+/// Records on their way to the store, oldest first: the window just
+/// closed, behind whatever earlier windows the store could not take.
+#[derive(Default)]
+struct Queue {
+    records: std::collections::VecDeque<AuditRecord>,
+    /// Whether the last write failed, so a store that stays broken is one
+    /// error in the log (and counters that keep growing), not one a second.
+    failing: bool,
+}
+
+impl Queue {
+    /// Adds a window's records, dropping the oldest beyond [`MAX_QUEUED`].
+    fn push(&mut self, records: Vec<AuditRecord>) {
+        self.records.extend(records);
+        let over = self.records.len().saturating_sub(MAX_QUEUED);
+        if over > 0 {
+            self.records.drain(..over);
+            metrics::counter!("fedgate_audit_dropped_total").increment(over as u64);
+        }
+    }
+}
+
+/// Logs the window's records and writes them, after any that earlier
+/// flushes could not write, in chunks. What the store refuses stays queued
+/// for the next flush. A chunk leaves the queue once the store said its
+/// transaction committed, so nothing acknowledged is written twice; only a
+/// connection lost during the commit itself leaves it unknown whether the
+/// chunk was written, and it is written again.
+async fn flush(store: &dyn AuditStore, shared: &Shared, queue: &mut Queue) {
     let batch = {
         let mut guard = shared.batch.lock().unwrap_or_else(|p| p.into_inner());
         std::mem::take(&mut *guard)
@@ -185,9 +224,6 @@ async fn flush(store: &dyn AuditStore, shared: &Shared, failing: &mut bool) {
             dropped = batch.dropped,
             "too many distinct sign-in records in one second: some were not kept"
         );
-    }
-    if batch.records.is_empty() {
-        return;
     }
     let records: Vec<AuditRecord> = batch.records.into_iter().map(|p| p.record).collect();
     for r in &records {
@@ -206,27 +242,34 @@ async fn flush(store: &dyn AuditStore, shared: &Shared, failing: &mut bool) {
             "sign-in"
         );
     }
-    match store.append_audit(&records).await {
-        Err(err) => {
-            // The events were logged; the store copy of this window is
-            // lost, which the metrics and the log make visible.
-            metrics::counter!("fedgate_audit_dropped_total").increment(records.len() as u64);
-            metrics::counter!("fedgate_audit_unwritten_total").increment(records.len() as u64);
-            if !*failing {
-                tracing::error!(
-                    error = %err,
-                    records = records.len(),
-                    "cannot write sign-in records to the store; counting them in fedgate_audit_unwritten_total"
-                );
+    let fresh = records.len();
+    queue.push(records);
+    while !queue.records.is_empty() {
+        let n = queue.records.len().min(WRITE_CHUNK);
+        let chunk: Vec<AuditRecord> = queue.records.iter().take(n).cloned().collect();
+        match store.append_audit(&chunk).await {
+            Ok(()) => {
+                queue.records.drain(..n);
             }
-            *failing = true;
+            Err(err) => {
+                metrics::counter!("fedgate_audit_unwritten_total").increment(fresh as u64);
+                if !queue.failing {
+                    tracing::error!(
+                        error = %err,
+                        queued = queue.records.len(),
+                        "cannot write sign-in records to the store; they wait in memory (fedgate_audit_queued, at most {MAX_QUEUED}, the oldest dropped beyond)"
+                    );
+                }
+                queue.failing = true;
+                break;
+            }
         }
-        Ok(()) if *failing => {
-            *failing = false;
-            tracing::warn!("sign-in records are written to the store again");
-        }
-        Ok(()) => {}
     }
+    if queue.records.is_empty() && queue.failing {
+        queue.failing = false;
+        tracing::warn!("sign-in records are written to the store again, the ones that waited included");
+    }
+    metrics::gauge!("fedgate_audit_queued").set(queue.records.len() as f64);
 }
 
 #[cfg(test)]

@@ -47,7 +47,7 @@ use crate::jobs::Job;
 use crate::model::{AppPasswordId, Clock, CredentialKind, FederatedUser, Reason, Secret, Upn, UserSource};
 use crate::server_key::ServerKey;
 use crate::shutdown::Shutdown;
-use crate::store::health::Transition;
+use crate::store::health::{HealthState, Transition};
 use crate::store::{LastUsed, Store, StoreError, StoreHealth, UpsertOutcome};
 use cache::{CachedCredential, VerifiedCache};
 use decision::{Decision, Facts, Refusal, Verified};
@@ -121,6 +121,9 @@ const CACHE_SWEEP: Duration = Duration::from_secs(60);
 /// the view: a flood of unknown names or made-up app passwords costs the
 /// store at most one change-feed read per this interval per node.
 const CATCH_UP_SPACING: Duration = Duration::from_millis(25);
+/// How long such a refresh may take before the sign-in is answered as the
+/// store being unavailable.
+const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(1);
 
 pub struct Authenticator {
     store: Arc<dyn Store>,
@@ -140,7 +143,15 @@ pub struct Authenticator {
     /// One refresh of the view at a time (two at once could apply an older
     /// read of a user after a newer one), and when the newest one began:
     /// a sign-in that missed the view waits for one that began after it.
-    refreshing: tokio::sync::Mutex<Option<Instant>>,
+    refreshing: tokio::sync::Mutex<Refreshes>,
+}
+
+/// When the newest refresh of the view began, and the newest that
+/// succeeded.
+#[derive(Debug, Default)]
+struct Refreshes {
+    began: Option<Instant>,
+    succeeded: Option<Instant>,
 }
 
 /// The directory and how long a password it verified stays warm.
@@ -300,7 +311,7 @@ impl Authenticator {
                 max_entries: config.lockout_max_entries,
             })),
             health: Arc::new(StoreHealth::new(DEFAULT_MAX_STALENESS, Instant::now(), loaded_at)),
-            refreshing: tokio::sync::Mutex::new(None),
+            refreshing: tokio::sync::Mutex::new(Refreshes::default()),
         })
     }
 
@@ -380,8 +391,9 @@ impl Authenticator {
             lockout::Check::Clear if mistyped => self.dummy_verification().await,
             lockout::Check::Clear => {
                 // Not in the view: perhaps made a moment ago elsewhere.
+                let mut current = true;
                 let caught_up = if entry.is_none() {
-                    self.catch_up(Instant::now()).await;
+                    current = self.catch_up(Instant::now()).await;
                     self.resolve(&user_given).1
                 } else {
                     None
@@ -391,8 +403,10 @@ impl Authenticator {
                     ip: client.ip,
                     epoch,
                 };
-                let mut verification = self
-                    .verify(
+                let mut verification = if !current && caught_up.is_none() {
+                    Verified::StoreUnavailable.into()
+                } else {
+                    self.verify(
                         route.realm,
                         name.as_ref(),
                         caught_up.as_deref().or(entry.as_deref()),
@@ -400,7 +414,8 @@ impl Authenticator {
                         app_password,
                         asker,
                     )
-                    .await;
+                    .await
+                };
                 verification.fresh = verification.fresh.or(caught_up);
                 verification
             }
@@ -726,7 +741,9 @@ impl Authenticator {
             Some(record) => Some(record),
             // Perhaps created a moment ago on another node or by the CLI.
             None if entry.is_some() => {
-                self.catch_up(Instant::now()).await;
+                if !self.catch_up(Instant::now()).await {
+                    return (Verified::StoreUnavailable, None);
+                }
                 find()
             }
             None => None,
@@ -1051,32 +1068,51 @@ impl Authenticator {
 
     /// Applies changes committed by any process since the last call.
     pub async fn refresh(&self) -> Result<(), StoreError> {
-        let mut began = self.refreshing.lock().await;
-        *began = Some(Instant::now());
-        self.apply_changes().await
+        let mut refreshes = self.refreshing.lock().await;
+        let began = Instant::now();
+        refreshes.began = Some(began);
+        self.apply_changes().await?;
+        refreshes.succeeded = Some(began);
+        Ok(())
     }
 
     /// Brings the view up to date for a sign-in that did not find its user
     /// or its app password in it at `missed_at`: one made a moment ago on
     /// another node, or by the CLI, must work at once, not after the next
     /// poll. A refresh that began after the miss answers for it; otherwise
-    /// this one waits its turn, at most one per [`CATCH_UP_SPACING`]. A
-    /// store that cannot be read leaves the view as it is (the refresh job
-    /// reports that).
-    async fn catch_up(&self, missed_at: Instant) {
-        let mut began = self.refreshing.lock().await;
-        if let Some(at) = *began {
+    /// this one waits its turn, at most one per [`CATCH_UP_SPACING`].
+    /// False when the store could not be read: the view may lack what the
+    /// sign-in needs, so it is answered as the store being unavailable,
+    /// not as a wrong secret.
+    async fn catch_up(&self, missed_at: Instant) -> bool {
+        // A store known to be failing is not waited on: the answer is the
+        // same, and the refresh job tells when it is back.
+        if matches!(self.health.state(), HealthState::Failing { .. }) {
+            return false;
+        }
+        let mut refreshes = self.refreshing.lock().await;
+        if let Some(at) = refreshes.began {
             if at >= missed_at {
-                return;
+                return refreshes.succeeded.is_some_and(|ok| ok >= missed_at);
             }
             let wait = CATCH_UP_SPACING.saturating_sub(at.elapsed());
             if !wait.is_zero() {
                 tokio::time::sleep(wait).await;
             }
         }
-        *began = Some(Instant::now());
+        let began = Instant::now();
+        refreshes.began = Some(began);
         metrics::counter!("fedgate_view_catch_ups_total").increment(1);
-        let _ = self.apply_changes().await;
+        // An interrupted refresh leaves the feed position where it was, so
+        // the next one applies those changes again.
+        let current = matches!(
+            tokio::time::timeout(CATCH_UP_TIMEOUT, self.apply_changes()).await,
+            Ok(Ok(()))
+        );
+        if current {
+            refreshes.succeeded = Some(began);
+        }
+        current
     }
 
     async fn apply_changes(&self) -> Result<(), StoreError> {

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 #[path = "../../../src/store/pg_cluster.rs"]
 mod pg_cluster;
 
-pub use pg_cluster::shared;
+pub use pg_cluster::{shared, Cluster};
 
 use super::fedgate::Builder;
 use super::Fedgate;
@@ -24,8 +24,14 @@ pub struct Database {
 }
 
 impl Database {
+    /// A database on the test run's shared cluster.
     pub fn new() -> Database {
-        let cluster = shared();
+        Database::on(shared())
+    }
+
+    /// A database on `cluster`: a test that stops its database server
+    /// starts a cluster of its own, so the other tests keep theirs.
+    pub fn on(cluster: &Cluster) -> Database {
         let name = cluster.create_database().unwrap_or_else(|e| panic!("{e}"));
         let dir = tempfile::tempdir().expect("temp dir");
         let password_file = dir.path().join("store-password");
