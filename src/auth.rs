@@ -30,6 +30,7 @@ pub mod hasher;
 pub mod index;
 pub mod lockout;
 pub mod refusal;
+pub mod share;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -138,6 +139,8 @@ pub struct Authenticator {
     failure_delay: Duration,
     directory: Option<DirectoryAuth>,
     lockout: Arc<lockout::Lockout>,
+    /// What the lockout counts, sent to and read from the other nodes.
+    sharing: Arc<share::Sharing>,
     /// Whether the view in `index` may still be answered from.
     health: Arc<StoreHealth>,
     /// One refresh of the view at a time (two at once could apply an older
@@ -286,6 +289,12 @@ impl Authenticator {
     ) -> Result<Authenticator, StoreError> {
         let index = Index::load(&*store).await?;
         let loaded_at = clock.now_ms();
+        let window = config
+            .lockout_max_duration
+            .max(config.lockout_source_window)
+            .max(config.lockout_duration)
+            .min(share::KEPT);
+        let sharing = share::Sharing::start(&*store, crate::model::this_node(), Arc::clone(&clock), window).await?;
         // Made once, before the first request, so that refusing an unknown
         // user costs what verifying a real one does.
         let hasher = Hasher::new(config.hash_workers, config.hash_queue);
@@ -312,6 +321,7 @@ impl Authenticator {
             })),
             health: Arc::new(StoreHealth::new(DEFAULT_MAX_STALENESS, Instant::now(), loaded_at)),
             refreshing: tokio::sync::Mutex::new(Refreshes::default()),
+            sharing: Arc::new(sharing),
         })
     }
 
@@ -630,6 +640,9 @@ impl Authenticator {
                 Some(subject),
             ) => {
                 let failed = self.lockout.failed(subject, ip, attempt, reason, now);
+                if failed.counted {
+                    self.sharing.failed(subject, ip, reason);
+                }
                 if let Some(length) = failed.locked {
                     let user = entry.map(|e| e.user.upn.as_str()).unwrap_or("(unknown name)");
                     tracing::warn!(user = %user, client = %ip, lockout = ?length, "too many wrong secrets: account locked out for a while");
@@ -640,7 +653,9 @@ impl Authenticator {
             }
             (Reason::Password | Reason::AppPassword, _) => {
                 if let Some(e) = entry {
-                    self.lockout.signed_in(e.user.id, ip, client.ip_is_proxy, checked, now);
+                    if self.lockout.signed_in(e.user.id, ip, client.ip_is_proxy, checked, now) {
+                        self.sharing.signed_in(e.user.id, ip);
+                    }
                 }
             }
             _ => {}
@@ -854,6 +869,7 @@ impl Authenticator {
         {
             let (directory, name, secret) = (Arc::clone(&d.directory), name.clone(), secret.clone());
             let (lockout, ip, epoch) = (Arc::clone(&self.lockout), asker.ip, asker.epoch);
+            let sharing = Arc::clone(&self.sharing);
             let subject = asker.subject.map(lockout::OwnedSubject::from);
             tokio::spawn(async move {
                 let known = known.as_ref().map(|(upn, dn)| Known { upn, dn });
@@ -862,13 +878,16 @@ impl Authenticator {
                 if answer.send(result).is_err() && wrong {
                     if let Some(subject) = &subject {
                         let attempt = lockout::Attempt::new(secret.expose(), epoch);
-                        lockout.failed(
+                        let failed = lockout.failed(
                             subject.as_subject(),
                             ip,
                             attempt,
                             Reason::BadCredentials,
                             Instant::now(),
                         );
+                        if failed.counted {
+                            sharing.failed(subject.as_subject(), ip, Reason::BadCredentials);
+                        }
                         // Logged once counted, so whoever reads it can rely on it.
                         tracing::debug!(client = %ip, "sign-in abandoned during its directory check: counted as a wrong secret");
                     }
@@ -1216,18 +1235,42 @@ impl Authenticator {
                 async move { this.flush_last_used().await }
             })
         };
+        let share = {
+            let this = Arc::clone(self);
+            let wake = self.store.lockout_signal();
+            Job::every_or_when(
+                "lockout.share",
+                share::SHARE_INTERVAL,
+                wake,
+                shutdown.clone(),
+                move || {
+                    let this = Arc::clone(&this);
+                    async move {
+                        // A store that fails is reported by the refresh job;
+                        // what could not be sent waits for the next time.
+                        if let Err(err) = this.sharing.exchange(&*this.store, &this.lockout).await {
+                            tracing::debug!(error = %err, "cannot share lockout counts with the other nodes");
+                        }
+                    }
+                },
+            )
+        };
         let sweep = {
             let this = Arc::clone(self);
             Job::every("auth.cache_sweep", CACHE_SWEEP, shutdown.clone(), move || {
                 let this = Arc::clone(&this);
                 async move {
+                    let before = this.clock.now_ms() - share::KEPT.as_millis() as i64;
+                    if let Err(err) = this.store.prune_lockout_events(before).await {
+                        tracing::debug!(error = %err, "cannot prune lockout events");
+                    }
                     this.lockout.sweep(Instant::now());
                     let left = this.cache.sweep(Instant::now());
                     metrics::gauge!("fedgate_credential_cache_entries").set(left as f64);
                 }
             })
         };
-        vec![refresh, staleness, last_used, sweep]
+        vec![refresh, staleness, last_used, share, sweep]
     }
 
     /// Writes what is still buffered; call at shutdown after the jobs ended.

@@ -611,3 +611,10 @@ pub fn rfc3339(ms: i64) -> String {
     let t = UNIX_EPOCH + std::time::Duration::from_millis(u64::try_from(ms).unwrap_or(0));
     humantime::format_rfc3339_seconds(t).to_string()
 }
+
+/// This process as the other nodes of a store see it (`host:pid`): the
+/// holder of the sync lease and lead, the sender of lockout events.
+pub fn this_node() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    format!("{}:{}", host.trim(), std::process::id())
+}

@@ -136,6 +136,7 @@ pub trait Store:
     + SyncLease
     + SessionStore
     + AuditStore
+    + LockoutStore
     + Send
     + Sync
     + fmt::Debug
@@ -371,6 +372,59 @@ pub struct SyncLead {
     pub since: i64,
     /// When the lead runs out unless renewed, unix ms.
     pub until: i64,
+}
+
+/// What nodes' lockouts counted, shared between the nodes of one store
+/// (see [`crate::auth::lockout`]).
+pub trait LockoutStore: Send + Sync {
+    /// Appends events in one transaction; announces them to the other
+    /// nodes (PostgreSQL: on [`LOCKOUT_CHANNEL`]).
+    fn append_lockout_events<'a>(&'a self, events: &'a [LockoutEvent]) -> StoreFuture<'a, ()>;
+
+    /// Events with a sequence number above `seq`, oldest first, at most
+    /// `limit`.
+    fn lockout_events_since(&self, seq: i64, limit: u32) -> StoreFuture<'_, Vec<(i64, LockoutEvent)>>;
+
+    /// The newest sequence number, 0 when there is none.
+    fn latest_lockout_seq(&self) -> StoreFuture<'_, i64>;
+
+    /// The sequence number of the first event at or after `at` (unix ms),
+    /// minus one: where a node starting now begins to read, so it counts
+    /// what the others counted lately.
+    fn lockout_seq_before(&self, at: i64) -> StoreFuture<'_, i64>;
+
+    /// Deletes events older than `before` (unix ms); returns how many.
+    fn prune_lockout_events(&self, before: i64) -> StoreFuture<'_, u64>;
+
+    /// Notified when another node appended events (PostgreSQL's NOTIFY);
+    /// `None` where polling is the only way.
+    fn lockout_signal(&self) -> Option<Arc<tokio::sync::Notify>> {
+        None
+    }
+}
+
+/// The PostgreSQL channel lockout events are announced on.
+pub const LOCKOUT_CHANNEL: &str = "fedgate_lockout";
+
+/// One thing a node's lockout counted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LockoutEvent {
+    pub at: i64,
+    pub node: String,
+    pub kind: LockoutEventKind,
+    /// Whom it counted against: the user, or a name that resolved to
+    /// nobody (its canonical login part).
+    pub user_id: Option<UserId>,
+    pub name: Option<String>,
+    pub client_ip: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockoutEventKind {
+    /// A refused secret was counted, for this reason.
+    Failed(crate::model::Reason),
+    /// The source signed the user in: it is familiar from now on.
+    SignedIn,
 }
 
 /// Portal sessions, addressed by the hash of the cookie's id.

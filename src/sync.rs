@@ -105,13 +105,12 @@ impl Syncer {
         config: SyncConfig,
         clock: Arc<dyn Clock>,
     ) -> Self {
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
         Syncer {
             directory,
             store,
             config,
             clock,
-            holder: format!("{}:{}", host.trim(), std::process::id()),
+            holder: crate::model::this_node(),
             last_full: Mutex::new(None),
             lead: Mutex::new(Lead::default()),
             lead_taken: Arc::new(tokio::sync::Notify::new()),

@@ -55,8 +55,12 @@
 //!   refused: fail closed, and the bound still holds. Names of sources and
 //!   accounts refused for length never get here.
 //!
-//! Kept in memory per node: a restart forgets it, and each node counts on
-//! its own. The warm path pays one atomic load while nothing failed lately.
+//! Kept in memory per node, and shared between the nodes of one store:
+//! each node sends what it counted (a refused secret's account, source and
+//! reason; a source that became familiar; never the secret) through the
+//! store, and counts what the others sent (see
+//! [`Lockout::failed_elsewhere`]). A restarted node reads the last window
+//! of that back. The warm path pays one atomic load while nothing failed lately.
 //! Time is passed in; nothing here reads a clock.
 
 use std::collections::{BTreeMap, HashMap};
@@ -620,6 +624,8 @@ pub struct Failed {
     pub locked: Option<Duration>,
     /// The source's throttle locked, for this long.
     pub source_locked: Option<Duration>,
+    /// Whether it counted (a repeat of a remembered secret does not).
+    pub counted: bool,
 }
 
 impl Lockout {
@@ -772,10 +778,25 @@ impl Lockout {
         if self.rules.threshold == 0 {
             return Failed::default();
         }
+        let tag = self.tag(self.key(subject), attempt);
+        self.count_failure(subject, ip, tag, reason, now)
+    }
+
+    /// Counts a failure another node counted (it shares what it counts
+    /// through the store). The secret never leaves the node that saw it, so
+    /// this one cannot tell a repeat: each such failure counts, which locks
+    /// no later than one node alone would.
+    pub fn failed_elsewhere(&self, subject: Subject<'_>, ip: IpAddr, reason: Reason, now: Instant) -> Failed {
+        if self.rules.threshold == 0 {
+            return Failed::default();
+        }
+        self.count_failure(subject, ip, rand::random::<SecretTag>(), reason, now)
+    }
+
+    fn count_failure(&self, subject: Subject<'_>, ip: IpAddr, tag: SecretTag, reason: Reason, now: Instant) -> Failed {
         let source = Source::from(ip);
         let familiar = self.familiar_source(subject, source);
         let key = self.key(subject);
-        let tag = self.tag(key, attempt);
         let rules = self.rules;
         let recording = read(&self.recording);
         let (counted, locked) = self
@@ -793,7 +814,11 @@ impl Lockout {
         // a sweep in between could clear it with the entry in place.
         self.any.store(true, Ordering::Release);
         drop(recording);
-        Failed { locked, source_locked }
+        Failed {
+            locked,
+            source_locked,
+            counted,
+        }
     }
 
     /// Notes a failure for `key` from `source`; returns the source lock's
@@ -826,9 +851,12 @@ impl Lockout {
     /// verified-credential cache (`checked` false) counts as well (a phone
     /// that moved to another network is still the user's phone); it costs a
     /// read of the user's list, and a write at most once a minute.
-    pub fn succeeded(&self, user: UserId, ip: IpAddr, checked: bool, now: Instant) {
+    ///
+    /// Returns whether anything was written (what the other nodes need to
+    /// hear of).
+    pub fn succeeded(&self, user: UserId, ip: IpAddr, checked: bool, now: Instant) -> bool {
         if self.rules.threshold == 0 {
-            return;
+            return false;
         }
         let source = Source::from(ip);
         if !checked {
@@ -840,7 +868,7 @@ impl Lockout {
                 })
                 .unwrap_or(false);
             if fresh {
-                return;
+                return false;
             }
         }
         // Familiar lists are never pinned, so there is always room.
@@ -861,6 +889,7 @@ impl Lockout {
                 });
             }
         }
+        true
     }
 
     /// [`Lockout::succeeded`], unless `ip` is a trusted proxy's own
@@ -868,10 +897,8 @@ impl Lockout {
     /// familiar to each of them, a guesser behind it would count against
     /// the user's own counter. Nothing else is kept for such a source (it
     /// never gets a familiar counter), so nothing is reset.
-    pub fn signed_in(&self, user: UserId, ip: IpAddr, ip_is_proxy: bool, checked: bool, now: Instant) {
-        if !ip_is_proxy {
-            self.succeeded(user, ip, checked, now);
-        }
+    pub fn signed_in(&self, user: UserId, ip: IpAddr, ip_is_proxy: bool, checked: bool, now: Instant) -> bool {
+        !ip_is_proxy && self.succeeded(user, ip, checked, now)
     }
 
     /// Drops entries that no longer matter; clears the warm path's flag

@@ -31,7 +31,7 @@ use super::{
     AppPasswordStore, AppliedChanges, AuditFilter, AuditStore, BulkApplied, Change, ChangeFeed, ChangeKind,
     DirectoryChange, LastUsed, NewAppPassword, NewTotp, OpenMode, PortalSession, SessionStore, SettingsStore,
     StateLine, Store, StoreAccess, StoreError, StoreFuture, StoredTotp, SyncLead, SyncLease, SyncMark, SyncPass,
-    SyncStore, TotpLimit, TotpStore, UpsertOutcome, Upserted, UserStore,
+    SyncStore, TotpLimit, TotpStore, UpsertOutcome, Upserted, UserStore, LOCKOUT_CHANNEL,
 };
 use crate::app_password::MAX_APP_PASSWORDS_PER_USER;
 use crate::model::{
@@ -43,6 +43,7 @@ use crate::model::{
 mod app_passwords;
 mod audit;
 mod feed;
+mod lockout;
 mod sessions;
 mod sync;
 mod totp;
@@ -76,6 +77,7 @@ const MIGRATIONS: &[Migration] = migrations![
     7 "totp_failures" "postgres/migrations/0007_totp_failures.sql",
     8 "store_id" "postgres/migrations/0008_store_id.sql",
     9 "sync_lead" "postgres/migrations/0009_sync_lead.sql",
+    10 "lockout_events" "postgres/migrations/0010_lockout_events.sql",
 ];
 
 /// The advisory lock (transaction-scoped) that writers of the change feed
@@ -86,6 +88,10 @@ const FEED_LOCK: i64 = 0x6665_6467_6174_6501;
 /// The advisory lock that migrations hold, so nodes starting together
 /// migrate one at a time.
 const MIGRATE_LOCK: i64 = 0x6665_6467_6174_6502;
+
+/// The advisory lock that appenders of lockout events hold to their
+/// commit, so those sequence numbers commit in order too.
+const LOCKOUT_LOCK: i64 = 0x6665_6467_6174_6503;
 
 /// How long a query waits for a connection before failing.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -111,6 +117,8 @@ pub struct PgStore {
     /// Notified for every change another connection commits (see
     /// [`listen`]).
     signal: Arc<tokio::sync::Notify>,
+    /// Notified for every batch of lockout events another node commits.
+    lockout_signal: Arc<tokio::sync::Notify>,
     listener: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
@@ -176,7 +184,12 @@ impl PgStore {
             .await?
             .ok_or_else(|| corrupt("the store has no store id"))?;
         let signal = Arc::new(tokio::sync::Notify::new());
-        let listener = tokio::spawn(listen(pool.clone(), signal.clone(), shown.clone()));
+        let lockout_signal = Arc::new(tokio::sync::Notify::new());
+        let listener = tokio::spawn(listen(
+            pool.clone(),
+            [signal.clone(), lockout_signal.clone()],
+            shown.clone(),
+        ));
         Ok(PgStore {
             pool,
             clock,
@@ -184,6 +197,7 @@ impl PgStore {
             store_id,
             lost: std::sync::OnceLock::new(),
             signal,
+            lockout_signal,
             listener: std::sync::Mutex::new(Some(listener)),
         })
     }
@@ -233,6 +247,18 @@ impl PgStore {
         Ok(tx)
     }
 
+    /// A transaction that appends lockout events: it holds
+    /// [`LOCKOUT_LOCK`] to its commit.
+    async fn lockout_tx(&self) -> Result<Transaction<'static, Postgres>, StoreError> {
+        let mut tx = self.plain_tx().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(LOCKOUT_LOCK)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("take the lockout-events lock"))?;
+        Ok(tx)
+    }
+
     /// A transaction that writes nothing the change feed reports.
     async fn plain_tx(&self) -> Result<Transaction<'static, Postgres>, StoreError> {
         self.live_pool()?.begin().await.map_err(db("begin a transaction"))
@@ -243,16 +269,17 @@ impl PgStore {
 /// at most.
 const LISTEN_RETRY_MAX: Duration = Duration::from_secs(5);
 
-/// Keeps one connection listening on [`super::CHANGES_CHANNEL`] for as long
-/// as the pool is open, and notifies `signal` for every announcement, and
-/// once more each time listening starts (announcements made while it was
+/// Keeps one connection listening on [`super::CHANGES_CHANNEL`] and
+/// [`super::LOCKOUT_CHANNEL`] for as long as the pool is open, and notifies
+/// the signal of the channel (`signals`, in that order) for every
+/// announcement, and both once more each time listening starts (announcements made while it was
 /// not listening were not heard; the poll of the change feed finds those
 /// rows, and the extra notification makes it look at once).
-async fn listen(pool: PgPool, signal: Arc<tokio::sync::Notify>, url: String) {
+async fn listen(pool: PgPool, signals: [Arc<tokio::sync::Notify>; 2], url: String) {
     let mut retry = Duration::from_millis(100);
     let mut failing = false;
     while !pool.is_closed() {
-        let Err(err) = listen_once(&pool, &signal, &url, &mut failing).await;
+        let Err(err) = listen_once(&pool, &signals, &url, &mut failing).await;
         metrics::gauge!("fedgate_store_listening").set(0.0);
         if pool.is_closed() {
             break;
@@ -272,24 +299,29 @@ async fn listen(pool: PgPool, signal: Arc<tokio::sync::Notify>, url: String) {
 /// One listening connection, until a reconnection fails.
 async fn listen_once(
     pool: &PgPool,
-    signal: &tokio::sync::Notify,
+    signals: &[Arc<tokio::sync::Notify>; 2],
     url: &str,
     failing: &mut bool,
 ) -> Result<std::convert::Infallible, sqlx::Error> {
     let mut listener = sqlx::postgres::PgListener::connect_with(pool).await?;
-    listener.listen(super::CHANGES_CHANNEL).await?;
+    listener
+        .listen_all([super::CHANGES_CHANNEL, super::LOCKOUT_CHANNEL])
+        .await?;
     if std::mem::take(failing) {
         tracing::info!(store = %url, "listening for store changes again");
     }
     loop {
         metrics::gauge!("fedgate_store_listening").set(1.0);
-        signal.notify_one();
+        for signal in signals {
+            signal.notify_one();
+        }
         // `try_recv` says `None` when the connection was lost, and
         // reconnects (and listens again) at its next call; an error is a
         // reconnection that failed.
-        while listener.try_recv().await?.is_some() {
+        while let Some(announced) = listener.try_recv().await? {
             metrics::counter!("fedgate_store_notifications_total").increment(1);
-            signal.notify_one();
+            let lockout = announced.channel() == super::LOCKOUT_CHANNEL;
+            signals[usize::from(lockout)].notify_one();
         }
         metrics::gauge!("fedgate_store_listening").set(0.0);
         tracing::warn!(store = %url, "lost the connection listening for store changes; reconnecting");

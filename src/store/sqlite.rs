@@ -40,6 +40,7 @@ use crate::model::{
 mod app_passwords;
 mod audit;
 mod feed;
+mod lockout;
 mod sessions;
 mod sync;
 mod totp;
@@ -73,6 +74,7 @@ const MIGRATIONS: &[Migration] = migrations![
     7 "totp_failures" "migrations/0007_totp_failures.sql",
     8 "store_id" "migrations/0008_store_id.sql",
     9 "sync_lead" "migrations/0009_sync_lead.sql",
+    10 "lockout_events" "migrations/0010_lockout_events.sql",
 ];
 
 /// Several processes share the file; a writer waits this long for another

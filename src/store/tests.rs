@@ -1487,6 +1487,57 @@ async fn one_node_leads_until_its_lead_runs_out_or_is_given_up(f: Fixture) {
     assert_eq!(won, 1);
 }
 
+async fn lockout_events_are_kept_in_order_and_pruned(f: Fixture) {
+    use crate::store::{LockoutEvent, LockoutEventKind};
+    let (store, _) = f.parts();
+    let other = f.open_again().await;
+    assert_eq!(store.latest_lockout_seq().await.unwrap(), 0);
+    let event = |at: i64, node: &str, kind: LockoutEventKind, user: Option<UserId>, name: Option<&str>| LockoutEvent {
+        at,
+        node: node.into(),
+        kind,
+        user_id: user,
+        name: name.map(str::to_owned),
+        client_ip: "192.0.2.7".into(),
+    };
+    let first = [
+        event(
+            T0,
+            "a",
+            LockoutEventKind::Failed(Reason::BadCredentials),
+            Some(UserId(7)),
+            None,
+        ),
+        event(
+            T0 + 10,
+            "a",
+            LockoutEventKind::Failed(Reason::AppPasswordRequired),
+            None,
+            Some("nobody"),
+        ),
+    ];
+    store.append_lockout_events(&first).await.unwrap();
+    other
+        .append_lockout_events(&[event(T0 + 20, "b", LockoutEventKind::SignedIn, Some(UserId(7)), None)])
+        .await
+        .unwrap();
+    let read = other.lockout_events_since(0, 100).await.unwrap();
+    let seqs: Vec<i64> = read.iter().map(|(seq, _)| *seq).collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+    let events: Vec<LockoutEvent> = read.into_iter().map(|(_, e)| e).collect();
+    assert_eq!(events[..2], first);
+    assert_eq!(events[2].kind, LockoutEventKind::SignedIn);
+    // Paged, and from a position.
+    assert_eq!(store.lockout_events_since(seqs[0], 1).await.unwrap()[0].0, seqs[1]);
+    assert_eq!(store.latest_lockout_seq().await.unwrap(), seqs[2]);
+    // Where a node starting at T0 + 10 begins: just before the event at
+    // T0 + 10; after everything, the newest.
+    assert_eq!(store.lockout_seq_before(T0 + 10).await.unwrap(), seqs[0]);
+    assert_eq!(store.lockout_seq_before(T0 + 999).await.unwrap(), seqs[2]);
+    assert_eq!(store.prune_lockout_events(T0 + 15).await.unwrap(), 2);
+    assert_eq!(store.lockout_events_since(0, 100).await.unwrap().len(), 1);
+}
+
 /// Runs each named test (an `async fn(Fixture)`) once on each backend:
 /// `on_sqlite::NAME` and `on_postgres::NAME`.
 macro_rules! on_both_backends {
@@ -1507,6 +1558,7 @@ macro_rules! on_both_backends {
 }
 
 on_both_backends!(
+    lockout_events_are_kept_in_order_and_pruned,
     one_node_leads_until_its_lead_runs_out_or_is_given_up,
     cloud_users_are_created_and_found_case_insensitively,
     list_filters_by_state_and_hides_deleted_users,

@@ -349,3 +349,56 @@ async fn a_node_killed_loses_nothing_it_acknowledged() {
     assert_eq!(show["mfa_state"], "enabled", "{show}");
     signed_in(&SignIn::new(node.plain, ALICE, &app).send().await, "after SIGKILL");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guesser_spreading_over_the_nodes_meets_one_budget() {
+    const THRESHOLD: usize = 6;
+    let db = Database::new();
+    let lockout = format!("[lockout]\nthreshold = {THRESHOLD}\nduration = \"10m\"\n");
+    let node = || {
+        db.node()
+            .section(&lockout)
+            .server("trusted_proxies = [\"127.0.0.1/32\"]")
+    };
+    let (a, b) = (node().start(), node().start());
+    a.admin().add_user(ALICE, "enabled", Some(PASSWORD));
+    SignIn::new(a.plain, ALICE, PASSWORD).until(StatusCode::OK, POLL).await;
+    SignIn::new(b.plain, ALICE, PASSWORD).until(StatusCode::OK, POLL).await;
+
+    // Distinct wrong passwords, half to each node, from an address that
+    // never signed Alice in (behind a proxy the nodes trust, as behind a
+    // load balancer).
+    let guesser = |node: &crate::support::Fedgate, n: usize| {
+        let password = format!("wrong password {n}");
+        let addr = node.plain;
+        async move {
+            crate::support::client::get_with(
+                addr,
+                "/whoami",
+                &[
+                    ("authorization", crate::support::client::basic(ALICE, &password)),
+                    ("x-forwarded-for", http::HeaderValue::from_static("203.0.113.9")),
+                ],
+            )
+            .await
+            .0
+        }
+    };
+    for n in 0..THRESHOLD {
+        let node = if n % 2 == 0 { &a } else { &b };
+        assert_eq!(guesser(node, n).await, StatusCode::UNAUTHORIZED, "guess {n}");
+    }
+    // Each node saw half the guesses; both count them all.
+    for node in [&a, &b] {
+        node.wait_log(Duration::from_secs(5), |v| {
+            v["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("too many wrong secrets") && m.contains("locked out"))
+        });
+        assert_eq!(
+            guesser(node, 99).await,
+            StatusCode::TOO_MANY_REQUESTS,
+            "a guess once the budget is spent over both nodes"
+        );
+    }
+}

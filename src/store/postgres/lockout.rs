@@ -1,0 +1,119 @@
+//! Lockout events in the PostgreSQL store.
+
+use super::*;
+use crate::store::{LockoutEvent, LockoutEventKind, LockoutStore};
+
+impl LockoutStore for PgStore {
+    fn append_lockout_events<'a>(&'a self, events: &'a [LockoutEvent]) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            if events.is_empty() {
+                return Ok(());
+            }
+            let mut tx = self.lockout_tx().await?;
+            for event in events {
+                let (kind, reason) = match event.kind {
+                    LockoutEventKind::Failed(reason) => ("failed", Some(reason.as_str())),
+                    LockoutEventKind::SignedIn => ("signed_in", None),
+                };
+                sqlx::query(
+                    "INSERT INTO lockout_events (at, node, kind, user_id, name, client_ip, reason)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                )
+                .bind(event.at)
+                .bind(&event.node)
+                .bind(kind)
+                .bind(event.user_id.map(|id| id.0))
+                .bind(&event.name)
+                .bind(&event.client_ip)
+                .bind(reason)
+                .execute(&mut *tx)
+                .await
+                .map_err(db("record lockout events"))?;
+            }
+            sqlx::query("SELECT pg_notify($1, '')")
+                .bind(LOCKOUT_CHANNEL)
+                .execute(&mut *tx)
+                .await
+                .map_err(db("notify the other nodes"))?;
+            commit(tx).await
+        })
+    }
+
+    fn lockout_events_since(&self, seq: i64, limit: u32) -> StoreFuture<'_, Vec<(i64, LockoutEvent)>> {
+        Box::pin(async move {
+            let rows = sqlx::query(
+                "SELECT seq, at, node, kind, user_id, name, client_ip, reason FROM lockout_events
+                 WHERE seq > $1 ORDER BY seq LIMIT $2",
+            )
+            .bind(seq)
+            .bind(i64::from(limit))
+            .fetch_all(self.live_pool()?)
+            .await
+            .map_err(db("read lockout events"))?;
+            rows.iter().map(lockout_event_from_row).collect()
+        })
+    }
+
+    fn latest_lockout_seq(&self) -> StoreFuture<'_, i64> {
+        Box::pin(async move {
+            sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM lockout_events")
+                .fetch_one(self.live_pool()?)
+                .await
+                .map_err(db("read lockout events"))
+        })
+    }
+
+    fn lockout_seq_before(&self, at: i64) -> StoreFuture<'_, i64> {
+        Box::pin(async move {
+            sqlx::query_scalar(
+                "SELECT COALESCE(MIN(seq) - 1, (SELECT COALESCE(MAX(seq), 0) FROM lockout_events))
+                 FROM lockout_events WHERE at >= $1",
+            )
+            .bind(at)
+            .fetch_one(self.live_pool()?)
+            .await
+            .map_err(db("read lockout events"))
+        })
+    }
+
+    fn prune_lockout_events(&self, before: i64) -> StoreFuture<'_, u64> {
+        Box::pin(async move {
+            let done = sqlx::query("DELETE FROM lockout_events WHERE at < $1")
+                .bind(before)
+                .execute(self.live_pool()?)
+                .await
+                .map_err(db("prune lockout events"))?;
+            Ok(done.rows_affected())
+        })
+    }
+
+    fn lockout_signal(&self) -> Option<Arc<tokio::sync::Notify>> {
+        Some(self.lockout_signal.clone())
+    }
+}
+
+fn lockout_event_from_row(row: &PgRow) -> Result<(i64, LockoutEvent), StoreError> {
+    let read = || db("read a lockout event");
+    let kind: String = row.try_get("kind").map_err(read())?;
+    let reason: Option<String> = row.try_get("reason").map_err(read())?;
+    let kind = match (kind.as_str(), reason) {
+        ("signed_in", _) => LockoutEventKind::SignedIn,
+        ("failed", Some(reason)) => LockoutEventKind::Failed(
+            reason
+                .parse::<Reason>()
+                .map_err(|e| corrupt(format!("lockout event: {e}")))?,
+        ),
+        (kind, _) => return Err(corrupt(format!("lockout event of kind {kind:?}"))),
+    };
+    Ok((
+        row.try_get("seq").map_err(read())?,
+        LockoutEvent {
+            at: row.try_get("at").map_err(read())?,
+            node: row.try_get("node").map_err(read())?,
+            kind,
+            user_id: row.try_get::<Option<i64>, _>("user_id").map_err(read())?.map(UserId),
+            name: row.try_get("name").map_err(read())?,
+            client_ip: row.try_get("client_ip").map_err(read())?,
+        },
+    ))
+}
