@@ -25,6 +25,7 @@ use crate::model::{
     Settings, Upn, User, UserId,
 };
 
+pub mod copy;
 pub mod health;
 mod postgres;
 mod rules;
@@ -136,6 +137,7 @@ pub trait Store:
     + SyncLease
     + SessionStore
     + AuditStore
+    + StoreCopy
     + Send
     + Sync
     + fmt::Debug
@@ -369,6 +371,25 @@ pub trait AuditStore: Send + Sync {
 
     /// Matching records, newest first.
     fn query_audit<'a>(&'a self, filter: &'a AuditFilter) -> StoreFuture<'a, Vec<AuditRecord>>;
+}
+
+/// Whole-store copies ([`copy`], `fedgate store copy`): one consistent
+/// snapshot to read every copied table from, and one transaction to write
+/// them into.
+pub trait StoreCopy: Send + Sync {
+    /// The random id written when the store was created: it tells two
+    /// databases apart however their URLs are spelled.
+    fn store_id(&self) -> &str;
+
+    /// Starts reading the store as it is now: what is written after this
+    /// call is not read. Writes nothing.
+    fn export(&self) -> StoreFuture<'_, Box<dyn copy::CopySource>>;
+
+    /// Starts the transaction a copy is written in. It holds the store's
+    /// write lock (SQLite) or change-feed lock (PostgreSQL) until it is
+    /// committed or dropped, so no other writer slips a row in between the
+    /// check that the store is empty and the commit.
+    fn import(&self) -> StoreFuture<'_, Box<dyn copy::CopyTarget>>;
 }
 
 /// How many wrong second-factor codes in a row are allowed, and how long
@@ -608,7 +629,9 @@ pub struct LastUsed {
 
 /// What a change-feed entry is about. Each one that names a user means
 /// "drop what you cached about this user"; [`ChangeKind::SettingsChanged`]
-/// and [`ChangeKind::Unknown`] mean "drop everything".
+/// means "read the settings again and drop every cached decision";
+/// [`ChangeKind::StoreCopied`] and [`ChangeKind::Unknown`] mean "drop
+/// everything and read every user again".
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ChangeKind {
@@ -631,6 +654,9 @@ pub enum ChangeKind {
     AppPasswordDeleted,
     AppPasswordsRevoked,
     SettingsChanged,
+    /// The whole store was written by `fedgate store copy`: reload
+    /// everything.
+    StoreCopied,
     /// Written by a newer fedgate; treated as "drop everything".
     Unknown(String),
 }
@@ -653,6 +679,7 @@ impl ChangeKind {
             ChangeKind::AppPasswordDeleted => "app_password_deleted",
             ChangeKind::AppPasswordsRevoked => "app_passwords_revoked",
             ChangeKind::SettingsChanged => "settings_changed",
+            ChangeKind::StoreCopied => "store_copied",
             ChangeKind::Unknown(kind) => kind,
         }
     }
@@ -674,6 +701,7 @@ impl ChangeKind {
             ChangeKind::AppPasswordDeleted,
             ChangeKind::AppPasswordsRevoked,
             ChangeKind::SettingsChanged,
+            ChangeKind::StoreCopied,
         ];
         KNOWN
             .iter()
