@@ -57,7 +57,7 @@ pub enum Command {
     #[command(subcommand)]
     Sync(SyncCommand),
     /// Create the store (every other command but `serve` needs one that
-    /// exists).
+    /// exists), or copy it into another.
     #[command(subcommand)]
     Store(StoreCommand),
 }
@@ -67,6 +67,68 @@ pub enum StoreCommand {
     /// Create the store named by `[store] url` with its schema, and the
     /// server key; refuses (exit 2) if the store exists.
     Init,
+    /// Copy a whole store into an empty one (SQLite to PostgreSQL, or back).
+    #[command(long_about = COPY_ABOUT)]
+    Copy(StoreCopyArgs),
+}
+
+const COPY_ABOUT: &str = "\
+Copy a whole store into an empty one: SQLite to PostgreSQL (a one-node site
+growing to several nodes), PostgreSQL to SQLite, or either to its own kind.
+
+Everything a running fedgate relies on is copied as stored, ids included:
+users (password hashes, directory attributes, TOTP secrets, failed-code
+counts), app passwords and their last use, settings, portal sessions, the
+sign-in log, sync passes and the sync mark. Not copied: the change feed
+(the target keeps its own), the sync lease (the target's nodes take their
+own), and the store id (the target keeps its own: it is another database).
+
+The source must exist; it is read in one snapshot and not written (a store
+made by an older fedgate is first brought to this one's schema, as by any
+command). The target is created with its schema when missing (a SQLite
+file, or the schema in an existing, empty PostgreSQL database); a target
+that holds any user, app password, portal session, sign-in record or sync
+pass is refused (exit 2) and left unchanged. The copy is written in one
+transaction: if it fails, the target holds none of it. Prints the rows
+copied per table.
+
+This command reads no config file: name both stores, and the password and
+CA files of PostgreSQL ones, here. The store's key files are not in the
+store and must travel with it: [store] key_file (app-password lookup tags
+are keyed with it) and [portal] secret_key_file (TOTP secrets are sealed
+with it). Without the same two files on every node, app passwords and
+authenticators stop working.
+
+Moving a one-node site to PostgreSQL:
+  1. stop fedgate (what it writes after the copy's snapshot is not copied)
+  2. fedgate store copy --from sqlite://data/fedgate.db \\
+       --to postgres://fedgate@db.example.com:5432/fedgate \\
+       --to-password-file /etc/fedgate/db-password --to-ca-file /etc/fedgate/db-ca.pem
+  3. set [store] url, password_file and ca_file in every node's config to
+     the PostgreSQL store, give every node the same data/fedgate.key and
+     data/portal.key, and start them";
+
+#[derive(Debug, clap::Args)]
+pub struct StoreCopyArgs {
+    /// The store to copy: sqlite://PATH or postgres://USER@HOST:PORT/DATABASE.
+    #[arg(long, value_name = "URL")]
+    pub from: String,
+    /// The store to copy into: a new SQLite file, an empty store, or an
+    /// empty PostgreSQL database.
+    #[arg(long, value_name = "URL")]
+    pub to: String,
+    /// A file holding the source database's password (as [store] password_file).
+    #[arg(long, value_name = "FILE")]
+    pub from_password_file: Option<PathBuf>,
+    /// A file holding the target database's password (as [store] password_file).
+    #[arg(long, value_name = "FILE")]
+    pub to_password_file: Option<PathBuf>,
+    /// The CA of the source database server's certificate (as [store] ca_file).
+    #[arg(long, value_name = "FILE")]
+    pub from_ca_file: Option<PathBuf>,
+    /// The CA of the target database server's certificate (as [store] ca_file).
+    #[arg(long, value_name = "FILE")]
+    pub to_ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -174,6 +236,7 @@ pub fn run(cli: Cli) -> ExitCode {
     let code = match cli.command {
         Command::Serve => serve(&cli),
         Command::CheckConfig => check_config(&cli),
+        Command::Store(StoreCommand::Copy(ref args)) => store_copy(args, cli.json),
         Command::User(_)
         | Command::AppPassword(_)
         | Command::Settings(_)
@@ -200,12 +263,9 @@ fn admin_command(cli: Cli) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match command_runtime() {
         Ok(rt) => rt,
-        Err(err) => {
-            eprintln!("fedgate: cannot start the async runtime: {err}");
-            return ExitCode::from(1);
-        }
+        Err(code) => return code,
     };
     let json = cli.json;
     let result = runtime.block_on(async move {
@@ -225,6 +285,32 @@ fn admin_command(cli: Cli) -> ExitCode {
         result
     });
     match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("fedgate: {err}");
+            err.exit_code()
+        }
+    }
+}
+
+/// The runtime an admin command runs on: one thread is plenty.
+fn command_runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|err| {
+            eprintln!("fedgate: cannot start the async runtime: {err}");
+            ExitCode::from(1)
+        })
+}
+
+/// `fedgate store copy`: needs no config, only the two stores.
+fn store_copy(args: &StoreCopyArgs, json: bool) -> ExitCode {
+    let runtime = match command_runtime() {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    match runtime.block_on(admin::store_copy(args, json)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("fedgate: {err}");

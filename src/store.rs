@@ -25,6 +25,7 @@ use crate::model::{
     Settings, Upn, User, UserId,
 };
 
+pub mod copy;
 pub mod health;
 mod postgres;
 mod rules;
@@ -137,6 +138,7 @@ pub trait Store:
     + SessionStore
     + AuditStore
     + LockoutStore
+    + StoreCopy
     + Send
     + Sync
     + fmt::Debug
@@ -450,6 +452,25 @@ pub trait AuditStore: Send + Sync {
     fn query_audit<'a>(&'a self, filter: &'a AuditFilter) -> StoreFuture<'a, Vec<AuditRecord>>;
 }
 
+/// Whole-store copies ([`copy`], `fedgate store copy`): one consistent
+/// snapshot to read every copied table from, and one transaction to write
+/// them into.
+pub trait StoreCopy: Send + Sync {
+    /// The random id written when the store was created: it tells two
+    /// databases apart however their URLs are spelled.
+    fn store_id(&self) -> &str;
+
+    /// Starts reading the store as it is now: what is written after this
+    /// call is not read. Writes nothing.
+    fn export(&self) -> StoreFuture<'_, Box<dyn copy::CopySource>>;
+
+    /// Starts the transaction a copy is written in. It holds the store's
+    /// write lock (SQLite) or change-feed lock (PostgreSQL) until it is
+    /// committed or dropped, so no other writer slips a row in between the
+    /// check that the store is empty and the commit.
+    fn import(&self) -> StoreFuture<'_, Box<dyn copy::CopyTarget>>;
+}
+
 /// How many wrong second-factor codes in a row are allowed, and how long
 /// codes are refused after that.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -687,7 +708,9 @@ pub struct LastUsed {
 
 /// What a change-feed entry is about. Each one that names a user means
 /// "drop what you cached about this user"; [`ChangeKind::SettingsChanged`]
-/// and [`ChangeKind::Unknown`] mean "drop everything".
+/// means "read the settings again and drop every cached decision";
+/// [`ChangeKind::StoreCopied`] and [`ChangeKind::Unknown`] mean "drop
+/// everything and read every user again".
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ChangeKind {
@@ -710,6 +733,9 @@ pub enum ChangeKind {
     AppPasswordDeleted,
     AppPasswordsRevoked,
     SettingsChanged,
+    /// The whole store was written by `fedgate store copy`: reload
+    /// everything.
+    StoreCopied,
     /// Written by a newer fedgate; treated as "drop everything".
     Unknown(String),
 }
@@ -732,6 +758,7 @@ impl ChangeKind {
             ChangeKind::AppPasswordDeleted => "app_password_deleted",
             ChangeKind::AppPasswordsRevoked => "app_passwords_revoked",
             ChangeKind::SettingsChanged => "settings_changed",
+            ChangeKind::StoreCopied => "store_copied",
             ChangeKind::Unknown(kind) => kind,
         }
     }
@@ -753,6 +780,7 @@ impl ChangeKind {
             ChangeKind::AppPasswordDeleted,
             ChangeKind::AppPasswordsRevoked,
             ChangeKind::SettingsChanged,
+            ChangeKind::StoreCopied,
         ];
         KNOWN
             .iter()

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use dashmap::DashMap;
 
 use crate::model::{AppPasswordSecretRecord, User, UserId};
-use crate::store::{Change, Store, StoreError};
+use crate::store::{Change, ChangeKind, Store, StoreError};
 
 /// Lookups on the sign-in path hash a UPN or a tag per request; foldhash
 /// (randomly seeded) does that several times faster than SipHash.
@@ -136,12 +136,18 @@ impl Index {
             return Ok(Refreshed::default());
         };
         let mut refreshed = Refreshed::default();
+        // A change naming no user is about the settings, or (a copied
+        // store, a kind a newer fedgate wrote) about everything at once.
+        let mut reload = false;
         for change in &changes {
             match change.user_id {
                 Some(id) => {
                     refreshed.users.insert(id);
                 }
-                None => refreshed.everything = true,
+                None => {
+                    refreshed.everything = true;
+                    reload |= change.kind != ChangeKind::SettingsChanged;
+                }
             }
         }
         if refreshed.everything {
@@ -151,9 +157,10 @@ impl Index {
             self.settings_generation
                 .store(self.next_generation(), Ordering::Release);
         }
-        if refreshed.users.len() > BULK_RELOAD {
-            // A sync pass that created or changed thousands of users: one
-            // read of everything beats a query pair per user.
+        if reload || refreshed.users.len() > BULK_RELOAD {
+            // A copied store, or a sync pass that created or changed
+            // thousands of users: one read of everything beats a query pair
+            // per user.
             self.reload_all(store).await?;
             refreshed.everything = true;
             self.seq.store(last, Ordering::Release);

@@ -11,17 +11,21 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 
 use super::output::{self, outln};
-use super::{AppPasswordCommand, SettingsCommand, SigninsArgs, UserCommand};
+use super::{AppPasswordCommand, SettingsCommand, SigninsArgs, StoreCopyArgs, UserCommand};
 use crate::app_password;
 use crate::config::Config;
 use crate::model::{AppPassword, AppPasswordName, Clock, MfaState, Secret, SystemClock, Upn, User};
-use crate::store::{AuditFilter, OpenMode, StateLine, Store, StoreError};
+use crate::store::copy::{CopyError, Endpoint};
+use crate::store::{AuditFilter, OpenMode, StateLine, Store, StoreAccess, StoreError};
 
 /// Why an admin command failed; printed as one line on stderr.
 #[derive(Debug, thiserror::Error)]
 pub enum CommandError {
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// Boxed: a copy's error names two stores and is large.
+    #[error(transparent)]
+    Copy(Box<CopyError>),
     #[error("store.key_file: {0}")]
     Key(#[from] crate::server_key::KeyError),
     #[error("{0}")]
@@ -41,8 +45,15 @@ impl CommandError {
             CommandError::Input(_) | CommandError::Store(StoreError::Missing { .. } | StoreError::Exists { .. }) => {
                 ExitCode::from(2)
             }
+            CommandError::Copy(err) if err.is_input() => ExitCode::from(2),
             _ => ExitCode::from(1),
         }
+    }
+}
+
+impl From<CopyError> for CommandError {
+    fn from(err: CopyError) -> CommandError {
+        CommandError::Copy(Box::new(err))
     }
 }
 
@@ -107,6 +118,41 @@ pub async fn store_init(config: &Config) -> Result<(), CommandError> {
         crate::store::redact_url(&config.store.url),
         config.store.key_file.display()
     );
+    Ok(())
+}
+
+/// `fedgate store copy`: every table of one store into an empty one.
+pub async fn store_copy(args: &StoreCopyArgs, json: bool) -> Result<(), CommandError> {
+    let from_access = StoreAccess {
+        password_file: args.from_password_file.clone(),
+        ca_file: args.from_ca_file.clone(),
+    };
+    let to_access = StoreAccess {
+        password_file: args.to_password_file.clone(),
+        ca_file: args.to_ca_file.clone(),
+    };
+    let report = crate::store::copy::copy_store(
+        Endpoint {
+            url: &args.from,
+            access: &from_access,
+        },
+        Endpoint {
+            url: &args.to,
+            access: &to_access,
+        },
+        Arc::new(SystemClock),
+    )
+    .await?;
+    if json {
+        outln!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+        return Ok(());
+    }
+    outln!("copied {} to {}", report.from, report.to);
+    for (table, rows) in &report.tables {
+        outln!("  {table:<16} {rows:>9}");
+    }
+    outln!("the target keeps its own store id. Every node of it needs this site's [store] key_file and");
+    outln!("[portal] secret_key_file: app passwords and TOTP secrets do not work without them.");
     Ok(())
 }
 

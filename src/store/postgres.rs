@@ -42,6 +42,7 @@ use crate::model::{
 
 mod app_passwords;
 mod audit;
+mod copy;
 mod feed;
 mod lockout;
 mod sessions;

@@ -1588,3 +1588,5 @@ on_both_backends!(
     two_processes_sharing_a_store_see_each_others_changes,
     two_nodes_cannot_both_accept_one_code,
 );
+
+mod copying;

@@ -8,5 +8,6 @@ mod nodes;
 mod portal;
 mod proxy;
 mod signin;
+mod store_copy;
 mod support;
 mod sync;
