@@ -402,3 +402,50 @@ async fn a_guesser_spreading_over_the_nodes_meets_one_budget() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_database_is_reached_over_tls_checked_against_ca_file() {
+    use crate::support::postgres::{Cluster, Options};
+    let certs = tempfile::tempdir().unwrap();
+    crate::support::slapd::write_ca_and_server(certs.path(), "fedgate test DB CA", &["127.0.0.1".into()], "db");
+    let cluster = Cluster::start_with(Options {
+        tls: Some((certs.path().join("db.pem"), certs.path().join("db.key"))),
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    let db = Database::on(&cluster);
+    let ca_line = |ca: &std::path::Path| format!("ca_file = \"{}\"", ca.display());
+    let node = db.node().store(&ca_line(&certs.path().join("ca.pem"))).start();
+    let admin = node.admin();
+    admin.add_user(ALICE, "enabled", Some(PASSWORD));
+    signed_in(
+        &SignIn::new(node.plain, ALICE, PASSWORD).send().await,
+        "a node on a TLS database",
+    );
+    // Every connection of fedgate's (the node's and the CLI's) used TLS.
+    let plain = cluster
+        .psql(
+            &db.name,
+            "SELECT count(*) FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid)
+             WHERE a.application_name = 'fedgate' AND NOT s.ssl",
+        )
+        .unwrap();
+    assert_eq!(plain.trim(), "0");
+
+    // A server whose certificate another CA signed is refused, by name.
+    let other = tempfile::tempdir().unwrap();
+    crate::support::slapd::write_ca_and_server(other.path(), "another CA", &["127.0.0.1".into()], "x");
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("fedgate.toml");
+    let text = db
+        .node()
+        .store(&ca_line(&other.path().join("ca.pem")))
+        .config_text(dir.path());
+    std::fs::write(&config, text).unwrap();
+    let out = crate::support::admin::Admin::new(&config).run(&["user", "list"]);
+    assert_ne!(out.code, 0);
+    assert!(
+        out.stderr.to_lowercase().contains("certificate") && !out.stderr.contains(cluster.password()),
+        "{}",
+        out.stderr
+    );
+}

@@ -8,13 +8,14 @@ use std::path::PathBuf;
 #[path = "../../../src/store/pg_cluster.rs"]
 mod pg_cluster;
 
-pub use pg_cluster::{shared, Cluster};
+pub use pg_cluster::{shared, Cluster, Options};
 
 use super::fedgate::Builder;
 use super::Fedgate;
 
 /// A fresh database, and what every node of it needs to reach it.
 pub struct Database {
+    pub name: String,
     pub url: String,
     pub password_file: PathBuf,
     /// Every node of one store must hold the same server key (it makes the
@@ -33,11 +34,13 @@ impl Database {
     /// starts a cluster of its own, so the other tests keep theirs.
     pub fn on(cluster: &Cluster) -> Database {
         let name = cluster.create_database().unwrap_or_else(|e| panic!("{e}"));
+        let url = cluster.url(&name);
         let dir = tempfile::tempdir().expect("temp dir");
         let password_file = dir.path().join("store-password");
         std::fs::write(&password_file, format!("{}\n", cluster.password())).expect("write password file");
         Database {
-            url: cluster.url(&name),
+            url,
+            name,
             password_file,
             key_file: dir.path().join("fedgate.key"),
             _dir: dir,
