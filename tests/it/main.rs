@@ -4,6 +4,7 @@ mod ad;
 mod adversarial;
 mod cli;
 mod directory;
+mod lb;
 mod nodes;
 mod portal;
 mod proxy;

@@ -6,6 +6,7 @@ pub mod admin;
 pub mod browser;
 pub mod client;
 pub mod fedgate;
+pub mod haproxy;
 pub mod postgres;
 pub mod samba;
 pub mod slapd;
