@@ -586,6 +586,12 @@ for n in "${NODES[@]}"; do
     FG_WARN=$((FG_WARN + $(grep -c '"level":"WARN"' "$W/fedgate-$n.log" || true)))
     FG_ERROR=$((FG_ERROR + $(grep -c '"level":"ERROR"' "$W/fedgate-$n.log" || true)))
 done
+# What the nodes complained about, by node and message, most frequent first.
+FG_COMPLAINTS=$(for n in "${NODES[@]}"; do
+    grep -E '"level":"(WARN|ERROR)"' "$W/fedgate-$n.log" |
+        sed -n "s/.*\"level\":\"\([A-Z]*\)\".*\"message\":\"\([^\"]*\)\".*/$n \1 \2/p" || true
+done | sort | uniq -c | sort -rn | head -n 5 | awk '{ c = $1; $1 = ""; printf "%s%s x%d", sep, substr($0, 2), c; sep = "; " }')
+[ -z "$FG_COMPLAINTS" ] || bench_log "fedgate complained: $FG_COMPLAINTS"
 
 mkdir -p "$(dirname "$SECTION_FILE")"
 {
@@ -735,7 +741,7 @@ EOF
     bench_machine_facts
     echo "- load average (1/5/15 min) before the runs: $LOAD_BEFORE; after: $(bench_loadavg)"
     echo "- fedgate: $(bench_git_rev), release profile;" \
-        "its logs over the runs (six processes): $FG_WARN warnings, $FG_ERROR errors"
+        "its logs over the runs (six processes): $FG_WARN warnings, $FG_ERROR errors${FG_COMPLAINTS:+ ($FG_COMPLAINTS)}"
 } >"$SECTION_FILE"
 
 bench_replace_section "$RESULTS" nodes "$SECTION_FILE"
