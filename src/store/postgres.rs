@@ -374,23 +374,60 @@ fn connect_options(url: &str, shown: &str, access: &StoreAccess) -> Result<PgCon
 }
 
 fn url_has_password(url: &str) -> bool {
-    url.split_once("://")
+    let in_userinfo = url
+        .split_once("://")
         .and_then(|(_, rest)| rest.split_once('@'))
-        .is_some_and(|(userinfo, _)| userinfo.contains(':'))
+        .is_some_and(|(userinfo, _)| userinfo.contains(':'));
+    in_userinfo || query_password(url).is_some()
 }
 
-/// `url` with any password replaced by `***`, for logs and errors.
+/// Where a `password=` query parameter's value is in `url`, if it has one.
+fn query_password(url: &str) -> Option<std::ops::Range<usize>> {
+    let query = url.find('?')? + 1;
+    let mut at = query;
+    for pair in url[query..].split('&') {
+        if let Some(value) = pair.strip_prefix("password=") {
+            let start = at + "password=".len();
+            return Some(start..start + value.len());
+        }
+        at += pair.len() + 1;
+    }
+    None
+}
+
+/// `url` with any password (in the user part or as a `password=` query
+/// parameter) replaced by `***`, for logs and errors.
 pub(super) fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
+    let mut shown = url.to_owned();
+    if let Some(range) = query_password(&shown) {
+        shown.replace_range(range, "***");
+    }
+    let Some((scheme, rest)) = shown.split_once("://") else {
+        return shown;
     };
     match rest.split_once('@') {
         Some((userinfo, host)) if userinfo.contains(':') => {
             let user = userinfo.split(':').next().unwrap_or("");
             format!("{scheme}://{user}:***@{host}")
         }
-        _ => url.to_owned(),
+        _ => shown,
     }
+}
+
+#[cfg(test)]
+#[test]
+fn passwords_are_redacted_wherever_a_url_holds_them() {
+    assert_eq!(
+        redact("postgres://fedgate:s3cret@db:5432/x"),
+        "postgres://fedgate:***@db:5432/x"
+    );
+    assert_eq!(
+        redact("postgres://fedgate@db/x?sslmode=require&password=s3cret&application_name=y"),
+        "postgres://fedgate@db/x?sslmode=require&password=***&application_name=y"
+    );
+    assert_eq!(redact("postgres://fedgate@db/x"), "postgres://fedgate@db/x");
+    assert!(url_has_password("postgres://u@db/x?password=p"));
+    assert!(!url_has_password("postgres://u@db/x?sslmode=require"));
 }
 
 async fn read_store_id(pool: &PgPool) -> Result<Option<String>, StoreError> {
