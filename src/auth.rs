@@ -400,9 +400,11 @@ impl Authenticator {
             // Costs what a wrong app password costs; nothing is asked.
             lockout::Check::Clear if mistyped => self.dummy_verification().await,
             lockout::Check::Clear => {
-                // Not in the view: perhaps made a moment ago elsewhere.
+                // A name not in the view: perhaps made a moment ago
+                // elsewhere. (One that cannot name anybody, say of another
+                // domain, is not looked for.)
                 let mut current = true;
-                let caught_up = if entry.is_none() {
+                let caught_up = if entry.is_none() && name.is_some() {
                     current = self.catch_up(Instant::now()).await;
                     self.resolve(&user_given).1
                 } else {
