@@ -28,6 +28,7 @@ use crate::model::{
 pub mod copy;
 pub mod health;
 mod postgres;
+mod rows;
 mod rules;
 mod sqlite;
 

@@ -47,6 +47,9 @@ mod sync;
 mod totp;
 mod users;
 
+super::rows::row_decoders!(SqliteRow);
+use rows::*;
+
 use users::upsert_in;
 
 /// A schema migration, applied once, in its own transaction.
@@ -400,45 +403,6 @@ fn db(action: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
 
 fn corrupt(what: impl fmt::Display) -> StoreError {
     StoreError::Corrupt(what.to_string())
-}
-
-fn user_from_row(row: &SqliteRow) -> Result<User, StoreError> {
-    let read = || db("read a user");
-    let upn: String = row.try_get("upn").map_err(read())?;
-    let source: String = row.try_get("source").map_err(read())?;
-    let mfa_state: String = row.try_get("mfa_state").map_err(read())?;
-    let operator_enabled: bool = row.try_get("enabled").map_err(read())?;
-    let directory_enabled: bool = row.try_get("directory_enabled").map_err(read())?;
-    let invalid = |e: crate::model::ModelError| corrupt(format!("user {upn:?}: {e}"));
-    Ok(User {
-        id: UserId(row.try_get("id").map_err(read())?),
-        upn: Upn::parse(&upn).map_err(invalid)?,
-        source: source.parse::<UserSource>().map_err(invalid)?,
-        enabled: operator_enabled && directory_enabled,
-        operator_enabled,
-        directory_enabled,
-        deleted: row.try_get("deleted").map_err(read())?,
-        mfa_state: mfa_state.parse::<MfaState>().map_err(invalid)?,
-        registered_at: row.try_get("registered_at").map_err(read())?,
-        created_at: row.try_get("created_at").map_err(read())?,
-        password_hash: row.try_get("password_hash").map_err(read())?,
-        directory: match row.try_get::<Option<String>, _>("dn").map_err(read())? {
-            None => None,
-            Some(dn) => Some(DirectoryAttributes {
-                dn,
-                login: row.try_get("login").map_err(read())?,
-                anchor: row.try_get("anchor").map_err(read())?,
-                display_name: row.try_get("display_name").map_err(read())?,
-                mail: row.try_get("mail").map_err(read())?,
-                groups: row
-                    .try_get::<Option<String>, _>("groups")
-                    .map_err(read())?
-                    .map(|g| g.lines().map(str::to_owned).collect())
-                    .unwrap_or_default(),
-                password_changed: row.try_get("password_changed").map_err(read())?,
-            }),
-        },
-    })
 }
 
 async fn user_by_upn(conn: &mut SqliteConnection, upn: &Upn) -> Result<Option<User>, StoreError> {

@@ -171,31 +171,3 @@ impl AppPasswordStore for PgStore {
 const APP_PASSWORD_COLUMNS: &str = "id, user_id, name, created_at, last_used_at, last_ip, last_user_agent";
 
 const SECRET_COLUMNS: &str = "id, user_id, name, tag, hash";
-
-fn app_password_from_row(row: &PgRow) -> Result<AppPassword, StoreError> {
-    let read = || db("read an app password");
-    Ok(AppPassword {
-        id: AppPasswordId(row.try_get("id").map_err(read())?),
-        user_id: UserId(row.try_get("user_id").map_err(read())?),
-        name: row.try_get("name").map_err(read())?,
-        created_at: row.try_get("created_at").map_err(read())?,
-        last_used_at: row.try_get("last_used_at").map_err(read())?,
-        last_ip: row.try_get("last_ip").map_err(read())?,
-        last_user_agent: row.try_get("last_user_agent").map_err(read())?,
-    })
-}
-
-fn secret_from_row(row: &PgRow) -> Result<AppPasswordSecretRecord, StoreError> {
-    let read = || db("read an app password's tag and hash");
-    let id = AppPasswordId(row.try_get("id").map_err(read())?);
-    let tag: Vec<u8> = row.try_get("tag").map_err(read())?;
-    Ok(AppPasswordSecretRecord {
-        id,
-        user_id: UserId(row.try_get("user_id").map_err(read())?),
-        name: row.try_get("name").map_err(read())?,
-        tag: tag
-            .try_into()
-            .map_err(|_| corrupt(format!("app password {id} has a tag that is not 32 bytes")))?,
-        hash: row.try_get("hash").map_err(read())?,
-    })
-}

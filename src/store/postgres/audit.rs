@@ -65,27 +65,3 @@ impl AuditStore for PgStore {
 
 const AUDIT_COLUMNS: &str = "at, upn_given, user_id, route, credential, app_password_name, \
                              client_ip, user_agent, success, reason, count";
-
-fn audit_from_row(row: &PgRow) -> Result<AuditRecord, StoreError> {
-    let read = || db("read the audit log");
-    let credential: String = row.try_get("credential").map_err(read())?;
-    let reason: String = row.try_get("reason").map_err(read())?;
-    let user_id: Option<i64> = row.try_get("user_id").map_err(read())?;
-    Ok(AuditRecord {
-        at: row.try_get("at").map_err(read())?,
-        upn_given: row.try_get("upn_given").map_err(read())?,
-        user_id: user_id.map(UserId),
-        route: row.try_get("route").map_err(read())?,
-        credential: credential
-            .parse::<CredentialKind>()
-            .map_err(|e| corrupt(format!("audit record: {e}")))?,
-        app_password_name: row.try_get("app_password_name").map_err(read())?,
-        client_ip: row.try_get("client_ip").map_err(read())?,
-        user_agent: row.try_get("user_agent").map_err(read())?,
-        success: row.try_get("success").map_err(read())?,
-        reason: reason
-            .parse::<Reason>()
-            .map_err(|e| corrupt(format!("audit record: {e}")))?,
-        count: u32::try_from(row.try_get::<i64, _>("count").map_err(read())?).unwrap_or(u32::MAX),
-    })
-}

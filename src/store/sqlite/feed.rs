@@ -65,15 +65,3 @@ impl ChangeFeed for SqliteStore {
 
 /// The most changes one [`super::ChangeFeed::changes_since`] call returns.
 const CHANGES_PAGE: i64 = 10_000;
-
-fn change_from_row(row: &SqliteRow) -> Result<Change, StoreError> {
-    let read = || db("read the change feed");
-    let kind: String = row.try_get("kind").map_err(read())?;
-    let user_id: Option<i64> = row.try_get("user_id").map_err(read())?;
-    Ok(Change {
-        seq: row.try_get("seq").map_err(read())?,
-        at: row.try_get("at").map_err(read())?,
-        kind: ChangeKind::parse(&kind),
-        user_id: user_id.map(UserId),
-    })
-}

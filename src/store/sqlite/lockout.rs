@@ -82,29 +82,3 @@ impl LockoutStore for SqliteStore {
         })
     }
 }
-
-fn lockout_event_from_row(row: &SqliteRow) -> Result<(i64, LockoutEvent), StoreError> {
-    let read = || db("read a lockout event");
-    let kind: String = row.try_get("kind").map_err(read())?;
-    let reason: Option<String> = row.try_get("reason").map_err(read())?;
-    let kind = match (kind.as_str(), reason) {
-        ("signed_in", _) => LockoutEventKind::SignedIn,
-        ("failed", Some(reason)) => LockoutEventKind::Failed(
-            reason
-                .parse::<Reason>()
-                .map_err(|e| corrupt(format!("lockout event: {e}")))?,
-        ),
-        (kind, _) => return Err(corrupt(format!("lockout event of kind {kind:?}"))),
-    };
-    Ok((
-        row.try_get("seq").map_err(read())?,
-        LockoutEvent {
-            at: row.try_get("at").map_err(read())?,
-            node: row.try_get("node").map_err(read())?,
-            kind,
-            user_id: row.try_get::<Option<i64>, _>("user_id").map_err(read())?.map(UserId),
-            name: row.try_get("name").map_err(read())?,
-            client_ip: row.try_get("client_ip").map_err(read())?,
-        },
-    ))
-}

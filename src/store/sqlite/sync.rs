@@ -325,22 +325,3 @@ const SYNC_BATCH: usize = 1000;
 
 /// Sync passes kept per kind.
 const SYNC_PASSES_KEPT: i64 = 100;
-
-fn sync_pass_from_row(row: &SqliteRow) -> Result<SyncPass, StoreError> {
-    let read = || db("read a sync pass");
-    Ok(SyncPass {
-        kind: row.try_get("kind").map_err(read())?,
-        outcome: row.try_get("outcome").map_err(read())?,
-        started_at: row.try_get("started_at").map_err(read())?,
-        duration_ms: row.try_get("duration_ms").map_err(read())?,
-        seen: row.try_get("seen").map_err(read())?,
-        created: row.try_get("created").map_err(read())?,
-        updated: row.try_get("updated").map_err(read())?,
-        disabled: row.try_get("disabled").map_err(read())?,
-        enabled: row.try_get("enabled").map_err(read())?,
-        deleted: row.try_get("deleted").map_err(read())?,
-        errors: row.try_get("errors").map_err(read())?,
-        server: row.try_get("server").map_err(read())?,
-        message: row.try_get("message").map_err(read())?,
-    })
-}
