@@ -2,6 +2,15 @@
 //! listeners are bound, the server is not draining and the store is
 //! healthy; else 503 with the reason) and `/metrics` (Prometheus text
 //! format). Keep it on a loopback or management address.
+//!
+//! With `[admin] tls = true` it speaks TLS with the server's certificate
+//! (swapped by a reload like the main listeners'). With
+//! `[admin] client_ca_file` the TLS layer asks for a client certificate and
+//! refuses any presented one that does not chain to that CA; a client with
+//! none is let through, so probes reach `/healthz`, `/readyz` and
+//! `/metrics`, but every `/api/` path then requires a verified certificate
+//! and answers 403 `client_certificate_required` without one. What a
+//! connection proved is handed to the handler as [`ConnInfo`].
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,10 +23,20 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 
+use tokio_rustls::TlsAcceptor;
+
 use crate::model::Clock;
 use crate::proxy::body::{full, ProxyBody};
 use crate::shutdown::Shutdown;
 use crate::store::StoreHealth;
+
+/// What one admin connection is: who is on the other end, and whether they
+/// presented a client certificate that chains to `admin.client_ca_file`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnInfo {
+    pub peer: std::net::SocketAddr,
+    pub client_cert_verified: bool,
+}
 
 #[derive(Clone)]
 pub struct Admin {
@@ -26,10 +45,35 @@ pub struct Admin {
     pub store: Option<Arc<StoreHealth>>,
     pub clock: Arc<dyn Clock>,
     pub metrics: Option<PrometheusHandle>,
+    /// `admin.client_ca_file` is set: `/api/` paths need a verified client
+    /// certificate.
+    pub api_needs_client_cert: bool,
+}
+
+/// The admin API's paths; the probes and metrics stay open.
+fn is_api(path: &str) -> bool {
+    path == "/api" || path.starts_with("/api/")
+}
+
+fn json_error(status: StatusCode, code: &str, message: &str) -> Response<ProxyBody> {
+    let body = serde_json::json!({ "error": code, "message": message }).to_string();
+    let mut resp = Response::new(full(body));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
 }
 
 impl Admin {
-    fn handle(&self, req: &Request<Incoming>) -> Response<ProxyBody> {
+    pub fn handle(&self, conn: &ConnInfo, req: &Request<Incoming>) -> Response<ProxyBody> {
+        if self.api_needs_client_cert && is_api(req.uri().path()) && !conn.client_cert_verified {
+            tracing::info!(peer = %conn.peer, path = %req.uri().path(), "admin API refused: no verified client certificate");
+            return json_error(
+                StatusCode::FORBIDDEN,
+                "client_certificate_required",
+                "this path needs a client certificate signed by the CA of admin.client_ca_file",
+            );
+        }
         let (status, content_type, body) = match (req.method(), req.uri().path()) {
             (&Method::GET | &Method::HEAD, "/healthz") => (StatusCode::OK, "text/plain", "ok\n".to_string()),
             (&Method::GET | &Method::HEAD, "/readyz") => {
@@ -64,9 +108,10 @@ impl Admin {
         resp
     }
 
-    pub async fn serve(self, listener: TcpListener, shutdown: Shutdown) {
+    /// Serves connections until shutdown; `tls` is `None` for plain HTTP.
+    pub async fn serve(self, listener: TcpListener, tls: Option<TlsAcceptor>, shutdown: Shutdown) {
         loop {
-            let (stream, _) = tokio::select! {
+            let (stream, peer) = tokio::select! {
                 accepted = listener.accept() => match accepted {
                     Ok(pair) => pair,
                     Err(err) => {
@@ -78,16 +123,53 @@ impl Admin {
                 _ = shutdown.wait() => return,
             };
             let admin = self.clone();
+            let tls = tls.clone();
             tokio::spawn(async move {
-                let service = service_fn(move |req| {
-                    let resp = admin.handle(&req);
-                    async move { Ok::<_, Infallible>(resp) }
-                });
-                let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-                let conn = builder.serve_connection(TokioIo::new(stream), service);
                 // Admin requests are short; a stuck client only holds its own socket.
-                let _ = tokio::time::timeout(std::time::Duration::from_secs(30), conn).await;
+                let limit = std::time::Duration::from_secs(30);
+                match tls {
+                    None => {
+                        let conn = ConnInfo {
+                            peer,
+                            client_cert_verified: false,
+                        };
+                        let _ = tokio::time::timeout(limit, admin.serve_connection(stream, conn)).await;
+                    }
+                    Some(acceptor) => {
+                        let _ = tokio::time::timeout(limit, async move {
+                            let stream = match acceptor.accept(stream).await {
+                                Ok(s) => s,
+                                Err(err) => {
+                                    tracing::info!(%peer, error = %err, "admin TLS handshake failed");
+                                    return;
+                                }
+                            };
+                            // The verifier refused every certificate that does not
+                            // chain to the CA: one present here was verified.
+                            let client_cert_verified = admin.api_needs_client_cert
+                                && stream.get_ref().1.peer_certificates().is_some_and(|c| !c.is_empty());
+                            let conn = ConnInfo {
+                                peer,
+                                client_cert_verified,
+                            };
+                            admin.serve_connection(stream, conn).await
+                        })
+                        .await;
+                    }
+                }
             });
         }
+    }
+
+    async fn serve_connection<IO>(self, io: IO, conn: ConnInfo)
+    where
+        IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let service = service_fn(move |req| {
+            let resp = self.handle(&conn, &req);
+            async move { Ok::<_, Infallible>(resp) }
+        });
+        let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        let _ = builder.serve_connection(TokioIo::new(io), service).await;
     }
 }

@@ -23,11 +23,15 @@ use crate::directory::{Directory, LdapDirectory};
 use crate::jobs::Job;
 use crate::model::{Clock, SystemClock};
 use crate::portal::Portal;
-use crate::proxy::workers::{self, Bound, Shared, Workers};
+use crate::proxy::tls::CertSlot;
+use crate::proxy::workers::{self, Bound, RouteTables, Shared, Workers};
 use crate::proxy::{tls, Proxy};
+use crate::reload::Registry;
 use crate::shutdown::Shutdown;
 use crate::store::{OpenMode, StoreHealth};
 use crate::sync::Syncer;
+use std::path::Path;
+use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::Semaphore;
 
 #[derive(Debug, thiserror::Error)]
@@ -41,8 +45,8 @@ pub enum ServeError {
     },
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
-    #[error("cannot start worker threads: {0}")]
-    Threads(std::io::Error),
+    #[error(transparent)]
+    Workers(#[from] workers::WorkerError),
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
     #[error("store.url: {0}")]
@@ -53,21 +57,85 @@ pub enum ServeError {
     Directory(#[from] crate::directory::client::SetupError),
     #[error("{0}")]
     Portal(#[from] crate::portal::PortalError),
+    #[error(transparent)]
+    InUse(#[from] crate::instance::InUse),
+}
+
+/// Serves SIGHUP until shutdown: each one reloads (when there is a file to
+/// read) on a blocking thread, one at a time.
+fn spawn_reloads(
+    registry: Registry,
+    from_file: bool,
+    mut hangup: Signal,
+    shutdown: Shutdown,
+) -> tokio::task::JoinHandle<()> {
+    let registry = Arc::new(registry);
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                got = hangup.recv() => if got.is_none() { return },
+                _ = shutdown.wait() => return,
+            }
+            if !from_file {
+                tracing::warn!("SIGHUP ignored: this server was not started from a config file");
+                continue;
+            }
+            tracing::info!(signal = "SIGHUP", "reloading the configuration");
+            let registry = Arc::clone(&registry);
+            // Reading files and building route tables is blocking work.
+            let _ = tokio::task::spawn_blocking(move || registry.reload()).await;
+        }
+    })
 }
 
 fn bind(key: String, addr: SocketAddr, tls: Option<TlsAcceptor>, workers: usize) -> Result<Bound, ServeError> {
     workers::bind(key.clone(), addr, tls, workers).map_err(|source| ServeError::Bind { key, addr, source })
 }
 
+/// Every address `serve` listens on, with the key it comes from.
+fn config_addresses(config: &Config) -> Vec<(String, SocketAddr)> {
+    let mut all = Vec::new();
+    for (i, addr) in config.server.listen.iter().enumerate() {
+        all.push((format!("server.listen[{i}]"), *addr));
+    }
+    for (i, addr) in config.server.listen_plain.iter().enumerate() {
+        all.push((format!("server.listen_plain[{i}]"), *addr));
+    }
+    if let Some(admin) = &config.admin {
+        all.push(("admin.listen".to_owned(), admin.listen));
+    }
+    all
+}
+
 /// Runs until `shutdown` is triggered (by a signal or by the caller), then
-/// drains in-flight requests for at most `server.shutdown_grace`.
+/// drains in-flight requests for at most `server.shutdown_grace`. With no
+/// config file to read again, SIGHUP is logged and ignored.
 pub async fn serve(config: Config, shutdown: Shutdown) -> Result<(), ServeError> {
+    serve_inner(config, None, shutdown).await
+}
+
+/// [`serve`] for a configuration read from `path`: SIGHUP reads it again
+/// and applies what can change while running (see [`crate::reload`]).
+pub async fn serve_file(config: Config, path: &Path, shutdown: Shutdown) -> Result<(), ServeError> {
+    serve_inner(config, Some(path), shutdown).await
+}
+
+async fn serve_inner(config: Config, path: Option<&Path>, shutdown: Shutdown) -> Result<(), ServeError> {
+    // First of all: SIGHUP's default action ends the process, and one sent
+    // during start-up must not.
+    let hangup = signal(SignalKind::hangup()).map_err(ServeError::Signals)?;
+    // Before anything is opened: a second fedgate on these addresses stops
+    // here, whatever store it names.
+    for (key, addr) in config_addresses(&config) {
+        crate::instance::ensure_free(&key, addr)?;
+    }
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
         .install_recorder()
         .map_err(|err| tracing::warn!(error = %err, "metrics recorder not installed"))
         .ok();
 
-    let tls_acceptor = if config.server.listen.is_empty() {
+    let admin_tls = config.admin.as_ref().is_some_and(|a| a.tls);
+    let certs = if config.server.listen.is_empty() && !admin_tls {
         None
     } else {
         let (cert, key) = (&config.server.tls_cert, &config.server.tls_key);
@@ -78,7 +146,18 @@ pub async fn serve(config: Config, shutdown: Shutdown) -> Result<(), ServeError>
                 "no TLS certificate configured: generated a self-signed one for localhost; replace it with a real certificate for production"
             );
         }
-        Some(TlsAcceptor::from(tls::server_config(cert, key)?))
+        Some(CertSlot::new(tls::load_certified_key(cert, key)?))
+    };
+    let tls_acceptor = match &certs {
+        Some(certs) if !config.server.listen.is_empty() => Some(TlsAcceptor::from(tls::server_config(certs)?)),
+        _ => None,
+    };
+    let admin_acceptor = match (&certs, &config.admin) {
+        (Some(certs), Some(admin)) if admin.tls => Some(TlsAcceptor::from(tls::admin_server_config(
+            certs,
+            admin.client_ca_file.as_deref(),
+        )?)),
+        _ => None,
     };
 
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
@@ -199,7 +278,7 @@ pub async fn serve(config: Config, shutdown: Shutdown) -> Result<(), ServeError>
         connections: Arc::new(Semaphore::new(config.server.limits.max_connections)),
         shutdown: shutdown.clone(),
     });
-    let worker_threads = Workers::start(shared, bound, workers).map_err(ServeError::Threads)?;
+    let worker_threads = Workers::start(shared, bound, workers)?;
 
     let ready = Arc::new(AtomicBool::new(false));
     let admin_task = match &config.admin {
@@ -213,16 +292,37 @@ pub async fn serve(config: Config, shutdown: Shutdown) -> Result<(), ServeError>
                     source,
                 })?;
             let local = listener.local_addr().unwrap_or(admin.listen);
-            tracing::info!(addr = %local, kind = "admin", "listening");
-            let admin = Admin {
+            tracing::info!(
+                addr = %local,
+                kind = "admin",
+                tls = admin.tls,
+                client_certificates = admin.client_ca_file.is_some(),
+                "listening"
+            );
+            let handler = Admin {
                 ready: Arc::clone(&ready),
                 store: Some(Arc::clone(&health)),
                 clock: Arc::clone(&clock),
                 metrics,
+                api_needs_client_cert: admin.client_ca_file.is_some(),
             };
-            Some(tokio::spawn(admin.serve(listener, shutdown.clone())))
+            Some(tokio::spawn(handler.serve(listener, admin_acceptor, shutdown.clone())))
         }
     };
+    let mut registry = Registry::new(path.unwrap_or(Path::new("")), Arc::clone(&config), Arc::clone(&clock));
+    if let Some(certs) = &certs {
+        registry.register(Arc::new(tls::CertReload(Arc::clone(certs))));
+    }
+    registry.register(Arc::new(RouteTables {
+        routes: worker_threads.routes.clone(),
+        auth: Some(Arc::clone(&auth)),
+        portal: portal.clone(),
+    }));
+    // Parts that check and apply in one call register last, with
+    // `registry.register_one_step(name, |config| ...)`: the admin API's
+    // bearer tokens (`[admin] token_file`) go here.
+    registry.start_metrics();
+    let reloads = spawn_reloads(registry, path.is_some(), hangup, shutdown.clone());
     shutdown.trigger_on_signals().map_err(ServeError::Signals)?;
     ready.store(true, Ordering::Release);
     tracing::info!(routes = config.routes.len(), "fedgate ready");
@@ -231,6 +331,7 @@ pub async fn serve(config: Config, shutdown: Shutdown) -> Result<(), ServeError>
     ready.store(false, Ordering::Release);
     tracing::info!(grace = ?config.server.shutdown_grace, "draining");
     worker_threads.join().await;
+    let _ = reloads.await;
     if let Some(task) = admin_task {
         let _ = task.await;
     }

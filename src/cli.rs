@@ -60,7 +60,29 @@ pub enum Command {
     /// exists), or copy it into another.
     #[command(subcommand)]
     Store(StoreCommand),
+    /// Write a consistent, checked copy of the running SQLite store to a new file.
+    #[command(long_about = BACKUP_ABOUT)]
+    Backup {
+        /// The file to create (refused if it exists).
+        path: PathBuf,
+    },
 }
+
+const BACKUP_ABOUT: &str = "\
+Write a consistent copy of the SQLite store named by [store] url to PATH,
+while `fedgate serve` keeps running and writing.
+
+The copy is one snapshot of the store (SQLite's VACUUM INTO), written under
+a temporary name in PATH's directory with mode 0600, checked (PRAGMA
+integrity_check, the store's schema version) and only then given its name.
+A PATH that exists is refused (exit 2); so is a PostgreSQL store: back it up
+with pg_dump, or copy it into a SQLite file with `fedgate store copy`.
+
+Keep the key files with every backup: [store] key_file (app passwords are
+found through tags keyed with it) and [portal] secret_key_file (TOTP secrets
+are sealed with it). A restored store without them signs in no app password
+and accepts no authenticator code. Never copy the database file or its
+-wal and -shm files by hand while fedgate runs.";
 
 #[derive(Debug, Subcommand)]
 pub enum StoreCommand {
@@ -237,6 +259,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Serve => serve(&cli),
         Command::CheckConfig => check_config(&cli),
         Command::Store(StoreCommand::Copy(ref args)) => store_copy(args, cli.json),
+        Command::Backup { ref path } => backup(&cli, path),
         Command::User(_)
         | Command::AppPassword(_)
         | Command::Settings(_)
@@ -279,7 +302,7 @@ fn admin_command(cli: Cli) -> ExitCode {
             Command::Settings(cmd) => admin::settings(&ctx, cmd).await,
             Command::Signins(args) => admin::signins(&ctx, args).await,
             Command::Sync(cmd) => admin::sync(&ctx, cmd).await,
-            Command::Serve | Command::CheckConfig | Command::Store(_) => Ok(()),
+            Command::Serve | Command::CheckConfig | Command::Store(_) | Command::Backup { .. } => Ok(()),
         };
         ctx.store.close().await;
         result
@@ -319,6 +342,47 @@ fn store_copy(args: &StoreCopyArgs, json: bool) -> ExitCode {
     }
 }
 
+/// `fedgate backup PATH`: needs the config's store and key file names, not
+/// an opened store (the copy reads the file on its own).
+fn backup(cli: &Cli, path: &std::path::Path) -> ExitCode {
+    let config = match load(cli) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let runtime = match command_runtime() {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    let report = match runtime.block_on(crate::backup::backup(&config, path)) {
+        Ok(report) => report,
+        Err(err) => {
+            eprintln!("fedgate: {err}");
+            return ExitCode::from(if err.is_input() { 2 } else { 1 });
+        }
+    };
+    if cli.json {
+        match serde_json::to_string(&report) {
+            Ok(s) => outln!("{s}"),
+            Err(err) => {
+                eprintln!("fedgate: {err}");
+                return ExitCode::from(1);
+            }
+        }
+        return ExitCode::SUCCESS;
+    }
+    outln!(
+        "backup written: {} ({} bytes, schema version {}, integrity ok)",
+        report.path.display(),
+        report.bytes,
+        report.schema_version
+    );
+    outln!("keep these files with it (they are not in the store):");
+    for kept in &report.keep_with_it {
+        outln!("  {} = {}: {}", kept.key, kept.path.display(), kept.why);
+    }
+    ExitCode::SUCCESS
+}
+
 fn load(cli: &Cli) -> Result<Config, ExitCode> {
     Config::load(&cli.config).map_err(|err| {
         report_config_error(&err);
@@ -342,7 +406,7 @@ fn serve(cli: &Cli) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let result = runtime.block_on(crate::app::serve(config, Shutdown::new()));
+    let result = runtime.block_on(crate::app::serve_file(config, &cli.config, Shutdown::new()));
     // Connections past the grace period are dropped here, not awaited.
     runtime.shutdown_timeout(std::time::Duration::from_millis(100));
     match result {

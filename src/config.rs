@@ -244,6 +244,12 @@ pub struct UpstreamDefaults {
 #[derive(Debug, Clone)]
 pub struct AdminConfig {
     pub listen: SocketAddr,
+    /// `admin.tls`: serve the admin listener over TLS with the server's
+    /// certificate (`server.tls_cert`, `server.tls_key`).
+    pub tls: bool,
+    /// `admin.client_ca_file`: client certificates presented to the admin
+    /// listener must chain to this CA, and `/api/` paths require one.
+    pub client_ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -391,9 +397,25 @@ impl TryFrom<FileConfig> for Config {
 
         let admin = match file.admin {
             None => None,
-            Some(a) => Some(AdminConfig {
-                listen: parse_addr("admin.listen", &a.listen)?,
-            }),
+            Some(a) => {
+                let tls = a.tls.unwrap_or(false);
+                let client_ca_file = match a.client_ca_file.as_deref() {
+                    None => None,
+                    Some(v) if v.trim().is_empty() => None,
+                    Some(_) if !tls => {
+                        return Err(ConfigError::invalid(
+                            "admin.client_ca_file",
+                            "client certificates need TLS: set admin.tls = true, or remove admin.client_ca_file",
+                        ))
+                    }
+                    Some(v) => Some(PathBuf::from(v)),
+                };
+                Some(AdminConfig {
+                    listen: parse_addr("admin.listen", &a.listen)?,
+                    tls,
+                    client_ca_file,
+                })
+            }
         };
 
         let store = match file.store {

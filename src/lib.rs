@@ -8,10 +8,13 @@
 //! - [`proxy`]: listeners, routing, forwarding, the built-in upstream
 //! - [`auth`]: the one place a request is authenticated before forwarding
 //! - [`admin`]: health, readiness and metrics
+//! - [`backup`]: `fedgate backup`, a checked copy of a running SQLite store
 //! - [`key_file`]: 32-byte key files made on first use (server key, portal key)
 //! - [`secretbox`]: secrets sealed at rest under the portal key
 //! - [`totp`]: the TOTP second factor (RFC 6238), its QR code and text key
+//! - [`reload`]: SIGHUP: the parts of a running server a new config replaces
 //! - [`logging`]: tracing set-up (human or JSON)
+//! - [`instance`]: one fedgate per listening address
 //! - [`shutdown`]: the shutdown signal shared by listeners and tasks
 
 pub mod admin;
@@ -19,10 +22,12 @@ pub mod app;
 pub mod app_password;
 pub mod audit;
 pub mod auth;
+pub mod backup;
 pub mod cli;
 pub mod config;
 pub mod directory;
 pub mod html;
+pub mod instance;
 pub mod jobs;
 pub mod key_file;
 pub mod logging;
@@ -30,6 +35,7 @@ pub mod model;
 pub mod names;
 pub mod portal;
 pub mod proxy;
+pub mod reload;
 pub mod secretbox;
 pub mod server_key;
 pub mod shutdown;

@@ -34,6 +34,7 @@ mod sqlite;
 
 pub use health::StoreHealth;
 pub use postgres::PgStore;
+pub use sqlite::backup as sqlite_backup;
 pub use sqlite::SqliteStore;
 
 /// What every [`Store`] method returns: a boxed future, so the trait can be

@@ -130,6 +130,8 @@ pub struct ServerFile {
 #[serde(deny_unknown_fields)]
 pub struct AdminFile {
     pub listen: String,
+    pub tls: Option<bool>,
+    pub client_ca_file: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -13,7 +13,7 @@
 //!   cut by either clock.
 //!
 //! This module does not know what a request means: it hands each one to the
-//! [`Proxy`](super::Proxy).
+//! [`Proxy`](super::Proxy) current in its worker's [`WorkerRoutes`].
 
 use std::convert::Infallible;
 use std::io;
@@ -33,7 +33,7 @@ use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::task::TaskTracker;
 
-use super::Proxy;
+use super::workers::WorkerRoutes;
 use crate::config::ListenerLimits;
 use crate::shutdown::Shutdown;
 
@@ -214,7 +214,8 @@ impl<IO: AsyncWrite> AsyncWrite for Watched<IO> {
 /// Everything the accept loops share.
 #[derive(Clone)]
 pub struct Server {
-    pub proxy: Arc<Proxy>,
+    /// Read per request: a reload changes what the next request uses.
+    pub routes: Arc<WorkerRoutes>,
     pub limits: ListenerLimits,
     pub connections: Arc<Semaphore>,
     pub tracker: TaskTracker,
@@ -225,7 +226,7 @@ pub struct Server {
 impl Server {
     /// `connections` bounds open connections across all listeners and workers.
     pub fn new(
-        proxy: Arc<Proxy>,
+        routes: Arc<WorkerRoutes>,
         limits: ListenerLimits,
         connections: Arc<Semaphore>,
         tracker: TaskTracker,
@@ -244,7 +245,7 @@ impl Server {
             .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
             .max_concurrent_streams(256);
         Server {
-            proxy,
+            routes,
             limits,
             connections,
             tracker,
@@ -377,9 +378,9 @@ impl Server {
             tls,
             state: Arc::clone(&state),
         });
-        let proxy = Arc::clone(&self.proxy);
+        let routes = Arc::clone(&self.routes);
         let service = service_fn(move |req| {
-            let proxy = Arc::clone(&proxy);
+            let proxy = routes.current();
             let info = Arc::clone(&info);
             async move { Ok::<_, Infallible>(proxy.handle(info, req).await) }
         });

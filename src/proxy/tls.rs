@@ -1,16 +1,23 @@
 //! TLS for both sides: the listeners' server certificate (loaded, or
-//! generated self-signed on first start) and the rustls client used for
-//! https:// upstreams. One rustls, with the ring provider, everywhere.
+//! generated self-signed on first start, and swappable by a reload), the
+//! admin listener's optional client-certificate check, and the rustls
+//! client used for https:// upstreams. One rustls, with the ring provider,
+//! everywhere.
 
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
+
+use crate::config::Config;
+use crate::reload::{Commit, CommitFn, ReloadError, Reloadable};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -97,8 +104,9 @@ fn read_certs(what: &'static str, path: &Path) -> Result<Vec<CertificateDer<'sta
         .map_err(|e| read_err(e.to_string()))
 }
 
-/// The listeners' rustls configuration: TLS 1.2 and 1.3, ALPN h2 and http/1.1.
-pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsError> {
+/// Loads the certificate chain and private key of `server.tls_cert` and
+/// `server.tls_key`, checking that they belong together.
+pub fn load_certified_key(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, TlsError> {
     let certs = read_certs("server.tls_cert", cert)?;
     if certs.is_empty() {
         return Err(TlsError::Read {
@@ -112,17 +120,115 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsEr
         path: key.to_owned(),
         message: e.to_string(),
     })?;
-    let rejected = |source| TlsError::Rejected {
+    let certified = CertifiedKey::from_der(certs, private_key, &provider()).map_err(|source| TlsError::Rejected {
         cert: cert.to_owned(),
         key: key.to_owned(),
         source,
-    };
+    })?;
+    Ok(Arc::new(certified))
+}
+
+/// The server certificate every TLS listener (the admin one included)
+/// presents, swapped whole by a reload: a handshake that starts after
+/// [`CertSlot::set`] gets the new pair, connections made before keep the
+/// session they have.
+#[derive(Debug)]
+pub struct CertSlot {
+    current: RwLock<Arc<CertifiedKey>>,
+}
+
+impl CertSlot {
+    pub fn new(first: Arc<CertifiedKey>) -> Arc<CertSlot> {
+        Arc::new(CertSlot {
+            current: RwLock::new(first),
+        })
+    }
+
+    pub fn set(&self, next: Arc<CertifiedKey>) {
+        // A poisoned lock still holds a whole Arc: take it over.
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = next;
+    }
+
+    fn get(&self) -> Arc<CertifiedKey> {
+        Arc::clone(&self.current.read().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+impl ResolvesServerCert for CertSlot {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.get())
+    }
+}
+
+/// A reload reads the pair named by the new `server.tls_cert` and
+/// `server.tls_key` (the same paths, usually, with new contents) and swaps
+/// it in whole. Unlike the first start, a reload never generates a pair.
+pub struct CertReload(pub Arc<CertSlot>);
+
+impl Reloadable for CertReload {
+    fn name(&self) -> &'static str {
+        "tls certificate"
+    }
+
+    fn prepare(&self, new: &Config) -> Result<Box<dyn Commit>, ReloadError> {
+        let next = load_certified_key(&new.server.tls_cert, &new.server.tls_key)
+            .map_err(|err| ReloadError::part("tls certificate", err))?;
+        let slot = Arc::clone(&self.0);
+        Ok(Box::new(CommitFn(move || slot.set(next))))
+    }
+}
+
+/// The listeners' rustls configuration: TLS 1.2 and 1.3, ALPN h2 and
+/// http/1.1, the certificate from `certs`.
+pub fn server_config(certs: &Arc<CertSlot>) -> Result<Arc<ServerConfig>, TlsError> {
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
-        .map_err(rejected)?
+        .map_err(|e| TlsError::Generate(e.to_string()))?
         .with_no_client_auth()
-        .with_single_cert(certs, private_key)
-        .map_err(rejected)?;
+        .with_cert_resolver(Arc::clone(certs) as Arc<dyn ResolvesServerCert>);
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// The admin listener's rustls configuration: the listeners' certificate;
+/// with `client_ca` (`admin.client_ca_file`), client certificates are asked
+/// for and any one presented must chain to that CA (else the handshake
+/// fails), but a client without one is let through: the admin handler
+/// decides per path (probes on /healthz rarely have one).
+pub fn admin_server_config(certs: &Arc<CertSlot>, client_ca: Option<&Path>) -> Result<Arc<ServerConfig>, TlsError> {
+    let builder = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Generate(e.to_string()))?;
+    let builder = match client_ca {
+        None => builder.with_no_client_auth(),
+        Some(path) => {
+            let mut roots = RootCertStore::empty();
+            let certs = read_certs("admin.client_ca_file", path)?;
+            if certs.is_empty() {
+                return Err(TlsError::NoCaCerts {
+                    key: "admin.client_ca_file".into(),
+                    path: path.to_owned(),
+                });
+            }
+            for cert in certs {
+                roots.add(cert).map_err(|e| TlsError::Read {
+                    what: "admin.client_ca_file",
+                    path: path.to_owned(),
+                    message: e.to_string(),
+                })?;
+            }
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+                .allow_unauthenticated()
+                .build()
+                .map_err(|e| TlsError::Read {
+                    what: "admin.client_ca_file",
+                    path: path.to_owned(),
+                    message: e.to_string(),
+                })?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder.with_cert_resolver(Arc::clone(certs) as Arc<dyn ResolvesServerCert>);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }

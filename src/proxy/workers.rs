@@ -9,11 +9,16 @@
 //! workers (the authenticator, its caches, the hashing pool, the audit
 //! queue) is lock-free or sharded.
 //!
+//! Each worker's routes sit in a [`WorkerRoutes`] slot that a reload
+//! replaces whole: a request takes the table current when it starts and
+//! finishes on it; the old table (and its upstream pools) goes when the
+//! last request holding it ends.
+//!
 //! Not here: what a connection or a request does ([`super::listener`],
 //! [`super::Proxy`]).
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::thread::JoinHandle;
 
 use socket2::{Domain, Protocol, Socket, Type};
@@ -22,9 +27,10 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::task::TaskTracker;
 
 use super::listener::Server;
-use super::Proxy;
+use super::{tls, Proxy};
 use crate::auth::Authenticator;
 use crate::config::Config;
+use crate::reload::{Commit, CommitFn, ReloadError, Reloadable};
 use crate::shutdown::Shutdown;
 
 /// One configured listener, bound once per worker.
@@ -68,6 +74,47 @@ pub fn bind(key: String, addr: SocketAddr, tls: Option<TlsAcceptor>, workers: us
 
 pub struct Workers {
     threads: Vec<JoinHandle<()>>,
+    /// One per worker, for reloads.
+    pub routes: Vec<Arc<WorkerRoutes>>,
+}
+
+/// One worker's route table and upstream pools, and the tracker of its
+/// upgraded (WebSocket) connections, which outlives any one table.
+pub struct WorkerRoutes {
+    tunnels: TaskTracker,
+    current: RwLock<Arc<Proxy>>,
+}
+
+impl WorkerRoutes {
+    fn new(config: &Config, shared: &Shared) -> Result<WorkerRoutes, tls::TlsError> {
+        let tunnels = TaskTracker::new();
+        let proxy = Proxy::new(config, tunnels.clone(), shared.auth.clone(), shared.portal.clone())?;
+        Ok(WorkerRoutes {
+            tunnels,
+            current: RwLock::new(Arc::new(proxy)),
+        })
+    }
+
+    /// The table new requests use.
+    pub fn current(&self) -> Arc<Proxy> {
+        // A poisoned lock still holds a whole table.
+        Arc::clone(&self.current.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Builds a table for `config` for this worker, without using it yet.
+    pub fn build(
+        &self,
+        config: &Config,
+        auth: Option<Arc<Authenticator>>,
+        portal: Option<Arc<crate::portal::Portal>>,
+    ) -> Result<Proxy, tls::TlsError> {
+        Proxy::new(config, self.tunnels.clone(), auth, portal)
+    }
+
+    /// Makes `next` the table of every request that starts from now on.
+    pub fn replace(&self, next: Proxy) {
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(next);
+    }
 }
 
 /// What every worker shares.
@@ -84,7 +131,11 @@ impl Workers {
     /// [`Proxy`] (upstream pools belong to the thread that drives them) and
     /// serves until shutdown, then drains its connections for at most
     /// `server.shutdown_grace`.
-    pub fn start(shared: Arc<Shared>, listeners: Vec<Bound>, workers: usize) -> std::io::Result<Workers> {
+    pub fn start(shared: Arc<Shared>, listeners: Vec<Bound>, workers: usize) -> Result<Workers, WorkerError> {
+        let mut routes = Vec::with_capacity(workers);
+        for _ in 0..workers {
+            routes.push(Arc::new(WorkerRoutes::new(&shared.config, &shared)?));
+        }
         let mut per_worker: Vec<Vec<(std::net::TcpListener, Option<TlsAcceptor>, String)>> =
             (0..workers).map(|_| Vec::new()).collect();
         for bound in listeners {
@@ -95,12 +146,14 @@ impl Workers {
         let mut threads = Vec::with_capacity(workers);
         for (i, sockets) in per_worker.into_iter().enumerate() {
             let shared = Arc::clone(&shared);
+            let mine = Arc::clone(&routes[i]);
             let handle = std::thread::Builder::new()
                 .name(format!("fedgate-worker-{i}"))
-                .spawn(move || run_worker(shared, sockets))?;
+                .spawn(move || run_worker(shared, mine, sockets))
+                .map_err(WorkerError::Threads)?;
             threads.push(handle);
         }
-        Ok(Workers { threads })
+        Ok(Workers { threads, routes })
     }
 
     /// Waits for every worker to finish draining (after shutdown).
@@ -114,7 +167,49 @@ impl Workers {
     }
 }
 
-fn run_worker(shared: Arc<Shared>, sockets: Vec<(std::net::TcpListener, Option<TlsAcceptor>, String)>) {
+/// Every worker's route table, as one reloadable part: a reload builds a
+/// new table per worker (checking every route: upstream URLs, CA files)
+/// before any worker gets its new one.
+pub struct RouteTables {
+    pub routes: Vec<Arc<WorkerRoutes>>,
+    pub auth: Option<Arc<Authenticator>>,
+    pub portal: Option<Arc<crate::portal::Portal>>,
+}
+
+impl Reloadable for RouteTables {
+    fn name(&self) -> &'static str {
+        "routes"
+    }
+
+    fn prepare(&self, new: &Config) -> Result<Box<dyn Commit>, ReloadError> {
+        let mut tables = Vec::with_capacity(self.routes.len());
+        for worker in &self.routes {
+            let table = worker
+                .build(new, self.auth.clone(), self.portal.clone())
+                .map_err(|err| ReloadError::part("routes", err))?;
+            tables.push((Arc::clone(worker), table));
+        }
+        Ok(Box::new(CommitFn(move || {
+            for (worker, table) in tables {
+                worker.replace(table);
+            }
+        })))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error("cannot start worker threads: {0}")]
+    Threads(std::io::Error),
+    #[error(transparent)]
+    Routes(#[from] tls::TlsError),
+}
+
+fn run_worker(
+    shared: Arc<Shared>,
+    routes: Arc<WorkerRoutes>,
+    sockets: Vec<(std::net::TcpListener, Option<TlsAcceptor>, String)>,
+) {
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(err) => {
@@ -132,22 +227,9 @@ fn run_worker(shared: Arc<Shared>, sockets: Vec<(std::net::TcpListener, Option<T
                 crate::logging::flush_this_thread();
             }
         });
-        let tracker = TaskTracker::new();
-        let proxy = match Proxy::new(
-            &shared.config,
-            tracker.clone(),
-            shared.auth.clone(),
-            shared.portal.clone(),
-        ) {
-            Ok(p) => Arc::new(p),
-            Err(err) => {
-                tracing::error!(error = %err, "cannot build the routes; shutting down");
-                shared.shutdown.trigger();
-                return;
-            }
-        };
+        let tracker = routes.tunnels.clone();
         let server = Server::new(
-            proxy,
+            routes,
             shared.config.server.limits,
             Arc::clone(&shared.connections),
             tracker.clone(),

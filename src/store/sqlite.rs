@@ -39,6 +39,7 @@ use crate::model::{
 
 mod app_passwords;
 mod audit;
+pub mod backup;
 mod copy;
 mod feed;
 mod lockout;

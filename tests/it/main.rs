@@ -6,6 +6,7 @@ mod cli;
 mod directory;
 mod lb;
 mod nodes;
+mod ops;
 mod portal;
 mod proxy;
 mod signin;

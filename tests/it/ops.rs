@@ -1,0 +1,6 @@
+//! Day-2 operations: one instance per address, configuration reload on
+//! SIGHUP, TLS and client certificates on the admin listener, backups of a
+//! running SQLite store.
+
+mod backup;
+mod instance;
