@@ -2,5 +2,9 @@
 //! SIGHUP, TLS and client certificates on the admin listener, backups of a
 //! running SQLite store.
 
+mod admin_tls;
 mod backup;
+mod certs;
 mod instance;
+mod reload;
+mod tls_client;

@@ -20,6 +20,7 @@ pub fn binary() -> &'static str {
 pub struct Builder {
     tls: bool,
     admin: bool,
+    admin_lines: Vec<String>,
     server: Vec<String>,
     store: Vec<String>,
     store_url: Option<String>,
@@ -39,6 +40,14 @@ impl Builder {
 
     pub fn admin(mut self) -> Self {
         self.admin = true;
+        self
+    }
+
+    /// The admin listener with a raw `key = value` line for `[admin]`
+    /// (besides `listen`).
+    pub fn admin_line(mut self, line: &str) -> Self {
+        self.admin = true;
+        self.admin_lines.push(line.to_string());
         self
     }
 
@@ -147,6 +156,10 @@ impl Builder {
         }
         if self.admin {
             text.push_str("[admin]\nlisten = \"127.0.0.1:0\"\n");
+            for line in &self.admin_lines {
+                text.push_str(line);
+                text.push('\n');
+            }
         }
         for section in &self.sections {
             text.push_str(section);
