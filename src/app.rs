@@ -267,6 +267,9 @@ async fn serve_inner(config: Config, path: Option<&Path>, shutdown: Shutdown) ->
         bound.push(bind(format!("server.listen_plain[{i}]"), *addr, None, workers)?);
     }
     for b in &bound {
+        crate::instance::ensure_alone(&b.key, b.local, &b.raw_fds())?;
+    }
+    for b in &bound {
         let kind = if b.tls.is_some() { "tls" } else { "plain" };
         tracing::info!(addr = %b.local, kind, workers, "listening");
     }

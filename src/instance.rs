@@ -6,12 +6,19 @@
 //! same store or another one) stops with the config key and, when `/proc`
 //! shows it, the pid and command line of the holder.
 //!
+//! Two fedgates starting in the same instant may both pass the probe; so
+//! once the listeners are bound, [`ensure_alone`] looks in `/proc` for any
+//! other socket listening on each address and refuses to go on (both
+//! refuse, then: failing closed beats sharing traffic).
+//!
 //! Nothing is left behind by a crash: the probe holds no lock file, only
 //! the kernel's view of who listens, which dies with the process.
 //!
 //! Not here: binding the real listeners ([`crate::proxy::workers`]).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::fd::RawFd;
+use std::os::unix::fs::MetadataExt;
 
 use socket2::{Domain, Protocol, Socket, Type};
 
@@ -44,6 +51,33 @@ pub fn ensure_free(key: &str, addr: SocketAddr) -> Result<(), InUse> {
     }
 }
 
+/// Refuses when a socket other than `ours` (descriptors of this process)
+/// listens on `addr`, as `/proc` shows it; without a readable `/proc`
+/// nothing can be told and nothing is refused.
+pub fn ensure_alone(key: &str, addr: SocketAddr, ours: &[RawFd]) -> Result<(), InUse> {
+    let mine: Vec<u64> = ours
+        .iter()
+        .filter_map(|fd| std::fs::metadata(format!("/proc/self/fd/{fd}")).ok())
+        .map(|m| m.ino())
+        .collect();
+    let others: Vec<u64> = listening_inodes(addr)
+        .into_iter()
+        .filter(|inode| !mine.contains(inode))
+        .collect();
+    if others.is_empty() {
+        return Ok(());
+    }
+    let holder = match holder_of(&others) {
+        Some((pid, cmdline)) => describe(pid, &cmdline),
+        None => "another process".to_owned(),
+    };
+    Err(InUse {
+        key: key.to_owned(),
+        addr,
+        holder,
+    })
+}
+
 fn probe(addr: SocketAddr) -> std::io::Result<()> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     // SO_REUSEADDR only lets the probe past connections in TIME_WAIT (a
@@ -55,17 +89,23 @@ fn probe(addr: SocketAddr) -> std::io::Result<()> {
     socket.bind(&addr.into())
 }
 
+fn describe(pid: u32, cmdline: &str) -> String {
+    if cmdline.is_empty() {
+        format!("pid {pid}")
+    } else {
+        format!("pid {pid} ({cmdline})")
+    }
+}
+
 fn describe_holder(addr: SocketAddr) -> String {
-    match find_holder(addr) {
-        Some((pid, cmdline)) if cmdline.is_empty() => format!("pid {pid}"),
-        Some((pid, cmdline)) => format!("pid {pid} ({cmdline})"),
+    match holder_of(&listening_inodes(addr)) {
+        Some((pid, cmdline)) => describe(pid, &cmdline),
         None => "another process".to_owned(),
     }
 }
 
-/// The pid and command line of a process with a socket listening on
-/// `addr`, found through `/proc` (only processes this user may inspect).
-fn find_holder(addr: SocketAddr) -> Option<(u32, String)> {
+/// The inodes of the sockets listening on (or over) `addr`.
+fn listening_inodes(addr: SocketAddr) -> Vec<u64> {
     let mut inodes = Vec::new();
     for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
         if let Ok(text) = std::fs::read_to_string(table) {
@@ -77,6 +117,12 @@ fn find_holder(addr: SocketAddr) -> Option<(u32, String)> {
             );
         }
     }
+    inodes
+}
+
+/// The pid and command line of a process holding one of the sockets
+/// `inodes`, found through `/proc` (only processes this user may inspect).
+fn holder_of(inodes: &[u64]) -> Option<(u32, String)> {
     if inodes.is_empty() {
         return None;
     }

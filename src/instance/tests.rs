@@ -41,6 +41,31 @@ fn a_command_line_is_joined_with_spaces() {
 }
 
 #[test]
+fn a_socket_of_another_process_on_a_bound_address_is_found() {
+    let reuseport = |addr: SocketAddr| {
+        let s = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).unwrap();
+        s.set_reuse_port(true).unwrap();
+        s.bind(&addr.into()).unwrap();
+        s.listen(8).unwrap();
+        std::net::TcpListener::from(s)
+    };
+    let ours = reuseport("127.0.0.1:0".parse().unwrap());
+    let addr = ours.local_addr().unwrap();
+    use std::os::fd::AsRawFd;
+    ensure_alone("server.listen[0]", addr, &[ours.as_raw_fd()]).unwrap();
+    // Another socket in the same port group, as a second fedgate that
+    // passed its probe in the same instant would hold.
+    let theirs = reuseport(addr);
+    let err = ensure_alone("server.listen[0]", addr, &[ours.as_raw_fd()]).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains(&format!("in use by pid {}", std::process::id())),
+        "{err}"
+    );
+    ensure_alone("server.listen[0]", addr, &[ours.as_raw_fd(), theirs.as_raw_fd()]).unwrap();
+}
+
+#[test]
 fn an_address_held_by_a_listener_is_refused_with_its_holder() {
     let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = held.local_addr().unwrap();

@@ -57,6 +57,14 @@ fn reuseport_socket(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> 
 
 /// Binds `addr` once per worker. Port 0 is resolved by the first socket and
 /// the others join that port.
+impl Bound {
+    /// The descriptors of its sockets, for [`crate::instance::ensure_alone`].
+    pub fn raw_fds(&self) -> Vec<std::os::fd::RawFd> {
+        use std::os::fd::AsRawFd;
+        self.sockets.iter().map(|s| s.as_raw_fd()).collect()
+    }
+}
+
 pub fn bind(key: String, addr: SocketAddr, tls: Option<TlsAcceptor>, workers: usize) -> std::io::Result<Bound> {
     let first = reuseport_socket(addr)?;
     let local = first.local_addr()?;
