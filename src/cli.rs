@@ -553,6 +553,15 @@ fn check_config(cli: &Cli) -> ExitCode {
         };
         outln!("tls     cert {cert}, key {key}{note}");
     }
+    if let Some(admin) = config.admin.as_ref().filter(|a| a.tls) {
+        match &admin.client_ca_file {
+            Some(ca) => outln!(
+                "admin   tls; client certificates checked against {} (required for /api/)",
+                ca.display()
+            ),
+            None => outln!("admin   tls; no client certificates"),
+        }
+    }
     if let Some(d) = &view.directory {
         let tls = if d.starttls { " (starttls)" } else { "" };
         outln!("directory  {}{tls}", d.urls.join(", "));

@@ -335,3 +335,17 @@ fn store_keys_for_postgres() {
         "{msg}"
     );
 }
+
+#[test]
+fn admin_client_certificates_need_admin_tls() {
+    let with = |admin: &str| parse(&format!("{MINIMAL}\n[admin]\nlisten = \"127.0.0.1:9090\"\n{admin}\n"));
+    let plain = with("").unwrap().admin.unwrap();
+    assert!(!plain.tls);
+    assert_eq!(plain.client_ca_file, None);
+    let err = with("client_ca_file = \"ca.pem\"").unwrap_err();
+    assert!(err.to_string().starts_with("admin.client_ca_file: "), "{err}");
+    assert!(err.to_string().contains("admin.tls = true"), "{err}");
+    let tls = with("tls = true\nclient_ca_file = \"ca.pem\"").unwrap().admin.unwrap();
+    assert!(tls.tls);
+    assert_eq!(tls.client_ca_file, Some(PathBuf::from("ca.pem")));
+}
