@@ -88,3 +88,37 @@ async fn without_a_client_ca_the_tls_admin_listener_takes_any_client() {
         .unwrap();
     assert_ne!(status, StatusCode::FORBIDDEN);
 }
+
+#[tokio::test]
+async fn sighup_swaps_the_admin_listeners_certificate_too() {
+    let fedgate = Fedgate::builder()
+        .admin_line("tls = true")
+        .route("/whoami", "builtin:whoami", "")
+        .start();
+    let admin = fedgate.admin.unwrap();
+    let old = super::tls_client::connect(admin, &fedgate.cert_path(), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        super::tls_client::presented(&old),
+        super::tls_client::der_of(&fedgate.cert_path())
+    );
+
+    let dir = fedgate.dir.path();
+    let ca = Ca::new(dir, "admin reload CA");
+    let issued = ca.server(dir, "admin-next");
+    std::fs::copy(&issued.cert, dir.join("tls/cert.pem")).unwrap();
+    std::fs::copy(&issued.key, dir.join("tls/key.pem")).unwrap();
+    fedgate.signal("HUP");
+    fedgate.wait_log(std::time::Duration::from_secs(20), |v| {
+        v["message"] == "configuration reloaded"
+    });
+
+    let new = super::tls_client::connect(admin, &ca.file, None).await.unwrap();
+    assert_eq!(
+        super::tls_client::presented(&new),
+        super::tls_client::der_of(&issued.cert)
+    );
+    let mut kept = super::tls_client::Conn::new(old).await.unwrap();
+    assert_eq!(kept.get("/healthz").await.unwrap().0, StatusCode::OK);
+}

@@ -145,3 +145,43 @@ async fn reloaded_routes_are_served_and_a_broken_file_keeps_the_running_ones() {
     assert_eq!(metric(&fedgate, OK).await, Some(1.0));
     assert_eq!(metric(&fedgate, FAILED).await, Some(2.0));
 }
+
+#[tokio::test]
+async fn a_request_in_flight_finishes_on_the_routes_it_started_with() {
+    // The upstream holds the first request until the test lets it go.
+    let (entered_tx, mut entered) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let release = std::sync::Arc::new(tokio::sync::Notify::new());
+    let gate = std::sync::Arc::clone(&release);
+    let upstream = crate::support::upstream::serve(move |_req| {
+        let (entered_tx, gate) = (entered_tx.clone(), std::sync::Arc::clone(&gate));
+        async move {
+            let _ = entered_tx.send(());
+            gate.notified().await;
+            http::Response::new(crate::support::client::full("held"))
+        }
+    })
+    .await;
+    let server = |with_slow: bool| {
+        let b = Builder::default().admin().route("/whoami", "builtin:whoami", "");
+        if with_slow {
+            b.route("/slow", &upstream.url(), "")
+        } else {
+            b
+        }
+    };
+    let fedgate = server(true).start();
+    let plain = fedgate.plain;
+    let held = tokio::spawn(async move { get(plain, "/slow").await });
+    entered.recv().await.expect("the request reached the upstream");
+
+    // /slow goes away while its request is in flight.
+    std::fs::write(fedgate.config_path(), server(false).config_text(fedgate.dir.path())).unwrap();
+    fedgate.signal("HUP");
+    wait_events(&fedgate, RELOADED, 1);
+    assert_eq!(get(plain, "/slow").await.0, StatusCode::NOT_FOUND, "a new request");
+
+    release.notify_one();
+    let (status, _, body) = held.await.unwrap();
+    assert_eq!(status, StatusCode::OK, "the request in flight");
+    assert_eq!(&body[..], b"held");
+}
