@@ -28,7 +28,7 @@ pub const MAX_PAGE: u32 = 1000;
 /// Users a page holds unless told otherwise.
 pub const DEFAULT_PAGE: u32 = 100;
 /// Most records one sign-in log or admin event query returns.
-pub const MAX_RECORDS: u32 = 10_000;
+pub const MAX_RECORDS: u32 = 100_000;
 
 /// Why an operation was refused or failed. Every variant but
 /// [`ManageError::StoreUnavailable`] and [`ManageError::Internal`] is the
@@ -228,6 +228,7 @@ pub struct Revoked {
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct CreatedAppPassword {
     pub upn: Upn,
+    #[serde(flatten)]
     pub app_password: AppPassword,
     /// The generated password: shown this once, never again.
     pub password: String,
