@@ -53,6 +53,8 @@ pub enum ServeError {
     Directory(#[from] crate::directory::client::SetupError),
     #[error("{0}")]
     Portal(#[from] crate::portal::PortalError),
+    #[error("{0}")]
+    Tokens(#[from] crate::admin::tokens::TokenError),
 }
 
 fn bind(key: String, addr: SocketAddr, tls: Option<TlsAcceptor>, workers: usize) -> Result<Bound, ServeError> {
@@ -81,6 +83,15 @@ pub async fn serve(config: Config, shutdown: Shutdown) -> Result<(), ServeError>
         Some(TlsAcceptor::from(tls::server_config(cert, key)?))
     };
 
+    // A bad token file stops start-up before anything listens.
+    let tokens = match config.admin.as_ref().and_then(|a| a.token_file.as_ref()) {
+        None => None,
+        Some(path) => {
+            let tokens = Arc::new(crate::admin::tokens::TokenSet::load(path)?);
+            tracing::info!(file = %path.display(), tokens = tokens.current().len(), "admin API enabled");
+            Some(tokens)
+        }
+    };
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     // The first start on a new machine creates the store; every admin
     // command needs one that exists.
@@ -214,11 +225,23 @@ pub async fn serve(config: Config, shutdown: Shutdown) -> Result<(), ServeError>
                 })?;
             let local = listener.local_addr().unwrap_or(admin.listen);
             tracing::info!(addr = %local, kind = "admin", "listening");
+            let api = tokens.map(|tokens| {
+                Arc::new(crate::admin::api::Api {
+                    manager: crate::manage::Manager::new(
+                        Arc::clone(&store),
+                        config.store.key_file.clone(),
+                        Arc::clone(&clock),
+                    ),
+                    tokens,
+                    syncer: sync_lead.clone(),
+                })
+            });
             let admin = Admin {
                 ready: Arc::clone(&ready),
                 store: Some(Arc::clone(&health)),
                 clock: Arc::clone(&clock),
                 metrics,
+                api,
             };
             Some(tokio::spawn(admin.serve(listener, shutdown.clone())))
         }

@@ -244,6 +244,9 @@ pub struct UpstreamDefaults {
 #[derive(Debug, Clone)]
 pub struct AdminConfig {
     pub listen: SocketAddr,
+    /// `[admin] token_file`: the bearer tokens of the admin API
+    /// (`/api/v1`), one `NAME TOKEN` per line; no API without it.
+    pub token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -393,6 +396,10 @@ impl TryFrom<FileConfig> for Config {
             None => None,
             Some(a) => Some(AdminConfig {
                 listen: parse_addr("admin.listen", &a.listen)?,
+                token_file: match a.token_file.as_deref() {
+                    None => None,
+                    Some(path) => Some(non_empty_path("admin.token_file", Some(path), "")?),
+                },
             }),
         };
 

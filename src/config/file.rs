@@ -130,6 +130,7 @@ pub struct ServerFile {
 #[serde(deny_unknown_fields)]
 pub struct AdminFile {
     pub listen: String,
+    pub token_file: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
