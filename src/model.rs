@@ -178,6 +178,9 @@ macro_rules! named_enum {
     ) => {
         $(#[$meta])*
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+        // Every spelling is its variant's name in snake_case; said once
+        // more for the schema, which does not read the renames below.
+        #[serde(rename_all = "snake_case")]
         $vis enum $name {
             $($(#[$vmeta])* #[serde(rename = $text)] $variant,)+
         }

@@ -522,7 +522,7 @@ pub struct SigninsParams {
 
 /// A sign-in's outcome, as a filter.
 #[derive(ToSchema)]
-#[schema(rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
 #[allow(dead_code)]
 pub enum SigninResult {
     Success,
@@ -820,7 +820,7 @@ async fn admin_events(api: &Api, call: Call) -> Result<Reply, ApiError> {
         create_app_password, delete_app_password, set_states, import_users, show_settings, set_settings,
         signins, sync_status, sync_run, admin_events,
     ),
-    components(schemas(ErrorBody)),
+    components(schemas(ErrorBody, SigninResult)),
     modifiers(&Common),
     security(("bearer" = [])),
 )]

@@ -20,6 +20,7 @@ pub fn binary() -> &'static str {
 pub struct Builder {
     tls: bool,
     admin: bool,
+    admin_tokens: Vec<(String, String)>,
     server: Vec<String>,
     store: Vec<String>,
     store_url: Option<String>,
@@ -39,6 +40,14 @@ impl Builder {
 
     pub fn admin(mut self) -> Self {
         self.admin = true;
+        self
+    }
+
+    /// The admin listener with the admin API on: `[admin] token_file` is a
+    /// file (mode 0600) of these `NAME TOKEN` lines in the test's directory.
+    pub fn admin_tokens(mut self, tokens: &[(&str, &str)]) -> Self {
+        self.admin = true;
+        self.admin_tokens = tokens.iter().map(|(n, t)| (n.to_string(), t.to_string())).collect();
         self
     }
 
@@ -147,6 +156,20 @@ impl Builder {
         }
         if self.admin {
             text.push_str("[admin]\nlisten = \"127.0.0.1:0\"\n");
+        }
+        if !self.admin_tokens.is_empty() {
+            use std::os::unix::fs::OpenOptionsExt;
+            let path = dir.join("admin.tokens");
+            let lines: String = self.admin_tokens.iter().map(|(n, t)| format!("{n} {t}\n")).collect();
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&path)
+                .expect("token file");
+            std::io::Write::write_all(&mut file, format!("# test tokens\n{lines}").as_bytes()).expect("write tokens");
+            text.push_str(&format!("token_file = \"{}\"\n", path.display()));
         }
         for section in &self.sections {
             text.push_str(section);
