@@ -150,7 +150,7 @@ async fn the_api_needs_a_token_and_health_and_metrics_stay_open() {
 
 #[tokio::test]
 async fn without_a_token_file_the_api_says_how_to_turn_it_on() {
-    let fedgate = Fedgate::builder().admin().start();
+    let fedgate = Fedgate::builder().admin().route("/", "builtin:whoami", "").start();
     let answer = get(fedgate.admin.unwrap(), "/api/v1/users").await;
     expect(&answer, 404, "api_disabled");
     assert!(answer.text.contains("token_file"), "{answer:?}");
@@ -166,7 +166,8 @@ fn a_token_file_others_can_read_or_with_a_short_token_stops_start_up() {
         &config,
         format!(
             "[server]\nlisten_plain = [\"127.0.0.1:0\"]\n[store]\nurl = \"sqlite://{}\"\nkey_file = \"{}\"\n\
-             [admin]\nlisten = \"127.0.0.1:0\"\ntoken_file = \"{}\"\n",
+             [admin]\nlisten = \"127.0.0.1:0\"\ntoken_file = \"{}\"\n\
+             [[route]]\npath = \"/\"\nupstream = \"builtin:whoami\"\nrealm = \"none\"\n",
             dir.path().join("fedgate.db").display(),
             dir.path().join("fedgate.key").display(),
             tokens.display()
