@@ -345,6 +345,10 @@ fn user_list_columns_stay_aligned_with_long_upns() {
     let mut lines = out.lines();
     let source = lines.next().unwrap().find("SOURCE").unwrap();
     for line in lines {
-        assert_eq!(line.find(" cloud ").map(|i| i + 1), Some(source), "columns misaligned:\n{out}");
+        assert_eq!(
+            line.find(" cloud ").map(|i| i + 1),
+            Some(source),
+            "columns misaligned:\n{out}"
+        );
     }
 }
