@@ -352,3 +352,42 @@ fn user_list_columns_stay_aligned_with_long_upns() {
         );
     }
 }
+
+#[tokio::test]
+async fn signins_columns_stay_aligned_with_long_names() {
+    use crate::support::client::{basic, get_with};
+    let fedgate = crate::support::fedgate::Fedgate::builder()
+        .cloud_route("/whoami", "builtin:whoami", "")
+        .start();
+    let admin = fedgate.admin();
+    let upn = format!("{}@x.example", "m".repeat(40));
+    admin.add_user(&upn, "enforced", None);
+    admin.allow_app_passwords(true);
+    let name = "a rather long name for the phone in the car";
+    let password = admin.create_app_password(&upn, name);
+    get_with(fedgate.plain, "/whoami", &[("authorization", basic(&upn, &password))]).await;
+    get_with(
+        fedgate.plain,
+        "/whoami",
+        &[("authorization", basic("x@x.example", "wrong"))],
+    )
+    .await;
+    admin.wait_signins("both sign-ins", |r| r.len() >= 2);
+    let out = admin.run(&["signins"]).success();
+    let mut lines = out.lines();
+    let header = lines.next().unwrap();
+    let reason = header.find("REASON").unwrap();
+    let client = header.find("CLIENT").unwrap();
+    for line in lines {
+        let chars: Vec<char> = line.chars().collect();
+        assert!(
+            chars[reason - 1] == ' ' && chars[reason] != ' ',
+            "REASON misaligned:\n{out}"
+        );
+        assert!(
+            chars[client - 1] == ' ' && chars[client] != ' ',
+            "CLIENT misaligned:\n{out}"
+        );
+    }
+    assert!(out.contains(&format!("app:{name}")), "{out}");
+}
