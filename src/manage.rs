@@ -154,6 +154,9 @@ pub struct Actor {
     pub name: String,
     /// The client's address, for the admin API.
     pub client: Option<String>,
+    /// Whether the client presented a certificate the admin listener
+    /// verified (recorded in the event's detail when it did).
+    pub client_cert_verified: bool,
 }
 
 impl Actor {
@@ -169,6 +172,7 @@ impl Actor {
                 None => "cli".to_owned(),
             },
             client: None,
+            client_cert_verified: false,
         }
     }
 }
@@ -376,7 +380,12 @@ impl Manager {
     /// Records a change in the admin event log and on the audit target.
     /// The change is made already: a failure to record it is logged, not
     /// returned.
-    async fn record(&self, actor: &Actor, action: &str, target: Option<&str>, detail: serde_json::Value) {
+    async fn record(&self, actor: &Actor, action: &str, target: Option<&str>, mut detail: serde_json::Value) {
+        if actor.client_cert_verified {
+            if let Some(map) = detail.as_object_mut() {
+                map.insert("client_cert_verified".into(), true.into());
+            }
+        }
         let event = AdminEvent {
             id: 0,
             at: self.clock.now_ms(),

@@ -373,6 +373,7 @@ pub fn authenticate(
     Ok(Actor {
         name: format!("token:{name}"),
         client: Some(conn.peer.to_string()),
+        client_cert_verified: conn.client_cert_verified,
     })
 }
 
