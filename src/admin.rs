@@ -1,7 +1,9 @@
 //! The admin listener: `/healthz` (the process answers), `/readyz` (all
 //! listeners are bound, the server is not draining and the store is
-//! healthy; else 503 with the reason) and `/metrics` (Prometheus text
-//! format). Keep it on a loopback or management address.
+//! healthy; else 503 with the reason), `/metrics` (Prometheus text
+//! format), all three open, and the admin API under `/api/v1` ([`api`]),
+//! which needs a bearer token of `[admin] token_file` ([`tokens`]). Keep it
+//! on a loopback or management address.
 //!
 //! With `[admin] tls = true` it speaks TLS with the server's certificate
 //! (swapped by a reload like the main listeners'). With
@@ -30,6 +32,9 @@ use crate::proxy::body::{full, ProxyBody};
 use crate::shutdown::Shutdown;
 use crate::store::StoreHealth;
 
+pub mod api;
+pub mod tokens;
+
 /// What one admin connection is: who is on the other end, and whether they
 /// presented a client certificate that chains to `admin.client_ca_file`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,6 +53,8 @@ pub struct Admin {
     /// `admin.client_ca_file` is set: `/api/` paths need a verified client
     /// certificate.
     pub api_needs_client_cert: bool,
+    /// The admin API; `None` without `[admin] token_file`.
+    pub api: Option<Arc<api::Api>>,
 }
 
 /// The admin API's paths; the probes and metrics stay open.
@@ -56,16 +63,39 @@ fn is_api(path: &str) -> bool {
 }
 
 fn json_error(status: StatusCode, code: &str, message: &str) -> Response<ProxyBody> {
-    let body = serde_json::json!({ "error": code, "message": message }).to_string();
-    let mut resp = Response::new(full(body));
+    json_response(
+        status,
+        Vec::new(),
+        &serde_json::json!({ "error": code, "message": message }),
+    )
+}
+
+fn json_response(
+    status: StatusCode,
+    headers: Vec<(header::HeaderName, String)>,
+    body: &serde_json::Value,
+) -> Response<ProxyBody> {
+    // Invariant: a serde_json::Value always serialises.
+    let mut text = serde_json::to_string_pretty(body).unwrap_or_default();
+    text.push('\n');
+    let mut resp = Response::new(full(text));
     *resp.status_mut() = status;
     resp.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    for (name, value) in headers {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            resp.headers_mut().insert(name, value);
+        }
+    }
     resp
 }
 
 impl Admin {
-    pub fn handle(&self, conn: &ConnInfo, req: &Request<Incoming>) -> Response<ProxyBody> {
+    async fn route(&self, req: Request<Incoming>, conn: ConnInfo) -> Response<ProxyBody> {
+        // Before anything else: without a verified client certificate
+        // (where one is required) nothing of the API is read or routed.
         if self.api_needs_client_cert && is_api(req.uri().path()) && !conn.client_cert_verified {
             tracing::info!(peer = %conn.peer, path = %req.uri().path(), "admin API refused: no verified client certificate");
             return json_error(
@@ -74,6 +104,74 @@ impl Admin {
                 "this path needs a client certificate signed by the CA of admin.client_ca_file",
             );
         }
+        if req.uri().path() == "/api/v1" || req.uri().path().starts_with("/api/v1/") {
+            let (status, headers, body) = match self.api_call(req, conn).await {
+                Ok(reply) => (reply.status, Vec::new(), reply.body),
+                Err(err) => api::error_response(&err),
+            };
+            return json_response(status, headers, &body);
+        }
+        self.handle(&req)
+    }
+
+    /// An admin API request: the token first (nothing is read or routed
+    /// for a caller without one), then the route, then the body.
+    async fn api_call(&self, req: Request<Incoming>, conn: ConnInfo) -> Result<api::Reply, api::ApiError> {
+        use http_body_util::BodyExt;
+        let api = self.api.as_ref().ok_or(api::ApiError::Disabled)?;
+        let actor = api::authenticate(&api.tokens, req.headers().get(header::AUTHORIZATION), &conn)?;
+        let path = req.uri().path().to_owned();
+        let (route, params) = match api::find(req.method(), &path) {
+            api::Found::Route(route, params) => (route, params),
+            api::Found::WrongMethod(methods) => {
+                return Err(api::ApiError::MethodNotAllowed {
+                    method: req.method().to_string(),
+                    path,
+                    allow: methods.iter().map(|m| m.as_str()).collect::<Vec<_>>().join(", "),
+                })
+            }
+            api::Found::None => return Err(api::ApiError::NotFound(path)),
+        };
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > api::MAX_BODY as u64) {
+            return Err(api::ApiError::PayloadTooLarge);
+        }
+        let query = req
+            .uri()
+            .query()
+            .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+            .unwrap_or_default();
+        let content_type = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let body = http_body_util::Limited::new(req.into_body(), api::MAX_BODY)
+            .collect()
+            .await
+            .map_err(|err| {
+                if err.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+                    api::ApiError::PayloadTooLarge
+                } else {
+                    api::ApiError::Body(err.to_string())
+                }
+            })?
+            .to_bytes();
+        let call = api::Call {
+            params,
+            query,
+            content_type,
+            body,
+            actor,
+        };
+        (route.handler)(api, call).await
+    }
+
+    fn handle(&self, req: &Request<Incoming>) -> Response<ProxyBody> {
         let (status, content_type, body) = match (req.method(), req.uri().path()) {
             (&Method::GET | &Method::HEAD, "/healthz") => (StatusCode::OK, "text/plain", "ok\n".to_string()),
             (&Method::GET | &Method::HEAD, "/readyz") => {
@@ -166,8 +264,8 @@ impl Admin {
         IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         let service = service_fn(move |req| {
-            let resp = self.handle(&conn, &req);
-            async move { Ok::<_, Infallible>(resp) }
+            let admin = self.clone();
+            async move { Ok::<_, Infallible>(admin.route(req, conn).await) }
         });
         let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
         let _ = builder.serve_connection(TokioIo::new(io), service).await;

@@ -26,7 +26,7 @@ use crate::portal::Portal;
 use crate::proxy::tls::CertSlot;
 use crate::proxy::workers::{self, Bound, RouteTables, Shared, Workers};
 use crate::proxy::{tls, Proxy};
-use crate::reload::Registry;
+use crate::reload::{Registry, ReloadError};
 use crate::shutdown::Shutdown;
 use crate::store::{OpenMode, StoreHealth};
 use crate::sync::Syncer;
@@ -59,6 +59,8 @@ pub enum ServeError {
     Portal(#[from] crate::portal::PortalError),
     #[error(transparent)]
     InUse(#[from] crate::instance::InUse),
+    #[error("{0}")]
+    Tokens(#[from] crate::admin::tokens::TokenError),
 }
 
 /// Serves SIGHUP until shutdown: each one reloads (when there is a file to
@@ -160,6 +162,15 @@ async fn serve_inner(config: Config, path: Option<&Path>, shutdown: Shutdown) ->
         _ => None,
     };
 
+    // A bad token file stops start-up before anything listens.
+    let tokens = match config.admin.as_ref().and_then(|a| a.token_file.as_ref()) {
+        None => None,
+        Some(path) => {
+            let tokens = Arc::new(crate::admin::tokens::TokenSet::load(path)?);
+            tracing::info!(file = %path.display(), tokens = tokens.current().len(), "admin API enabled");
+            Some(tokens)
+        }
+    };
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     // The first start on a new machine creates the store; every admin
     // command needs one that exists.
@@ -302,12 +313,24 @@ async fn serve_inner(config: Config, path: Option<&Path>, shutdown: Shutdown) ->
                 client_certificates = admin.client_ca_file.is_some(),
                 "listening"
             );
+            let api = tokens.clone().map(|tokens| {
+                Arc::new(crate::admin::api::Api {
+                    manager: crate::manage::Manager::new(
+                        Arc::clone(&store),
+                        config.store.key_file.clone(),
+                        Arc::clone(&clock),
+                    ),
+                    tokens,
+                    syncer: sync_lead.clone(),
+                })
+            });
             let handler = Admin {
                 ready: Arc::clone(&ready),
                 store: Some(Arc::clone(&health)),
                 clock: Arc::clone(&clock),
                 metrics,
                 api_needs_client_cert: admin.client_ca_file.is_some(),
+                api,
             };
             Some(tokio::spawn(handler.serve(listener, admin_acceptor, shutdown.clone())))
         }
@@ -321,9 +344,25 @@ async fn serve_inner(config: Config, path: Option<&Path>, shutdown: Shutdown) ->
         auth: Some(Arc::clone(&auth)),
         portal: portal.clone(),
     }));
-    // Parts that check and apply in one call register last, with
-    // `registry.register_one_step(name, |config| ...)`: the admin API's
-    // bearer tokens (`[admin] token_file`) go here.
+    // Parts that check and apply in one call register last. The admin
+    // API's bearer tokens: the file named by the new `[admin] token_file`
+    // (the API itself is turned on or off only by a restart).
+    if let Some(tokens) = tokens {
+        registry.register_one_step("admin tokens", move |config| {
+            let path = config
+                .admin
+                .as_ref()
+                .and_then(|a| a.token_file.as_deref())
+                .ok_or_else(|| {
+                    ReloadError::part(
+                        "admin tokens",
+                        "admin.token_file was removed: turning the admin API off needs a restart",
+                    )
+                })?;
+            let n = tokens.reload(path).map_err(|e| ReloadError::part("admin tokens", e))?;
+            Ok(format!("{n} tokens"))
+        });
+    }
     registry.start_metrics();
     let reloads = spawn_reloads(registry, path.is_some(), hangup, shutdown.clone());
     shutdown.trigger_on_signals().map_err(ServeError::Signals)?;

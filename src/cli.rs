@@ -56,6 +56,13 @@ pub enum Command {
     /// Run a directory sync pass now, or show how the passes went.
     #[command(subcommand)]
     Sync(SyncCommand),
+    /// Show the admin event log (changes made through the admin API and
+    /// these commands), newest first.
+    AdminEvents {
+        /// At most this many events.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
     /// Create the store (every other command but `serve` needs one that
     /// exists), or copy it into another.
     #[command(subcommand)]
@@ -200,6 +207,26 @@ pub enum UserCommand {
         csv: Option<PathBuf>,
         upns: Vec<String>,
     },
+    /// Create cloud-only users from a CSV file of "upn,state" lines (state
+    /// may be empty: disabled); all or nothing.
+    Import {
+        /// The file; blank lines, `#` comments and a "upn,state" header are skipped.
+        #[arg(long)]
+        csv: PathBuf,
+    },
+    /// Mark a user deleted and delete their app passwords, password and
+    /// second factor. A directory user comes back at the next sync pass if
+    /// the directory still has them.
+    Delete { upn: String },
+    /// Set a cloud-only user's password, read from standard input.
+    SetPassword {
+        upn: String,
+        /// Read the password from standard input (the only way).
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Remove a cloud-only user's password: app passwords only from then on.
+    ClearPassword { upn: String },
     /// Delete every app password of a user.
     RevokeAppPasswords { upn: String },
     /// Block a user's sign-ins (app passwords are kept; `enable` restores them).
@@ -265,6 +292,7 @@ pub fn run(cli: Cli) -> ExitCode {
         | Command::Settings(_)
         | Command::Signins(_)
         | Command::Sync(_)
+        | Command::AdminEvents { .. }
         | Command::Store(_) => admin_command(cli),
     };
     match output::failure() {
@@ -302,6 +330,7 @@ fn admin_command(cli: Cli) -> ExitCode {
             Command::Settings(cmd) => admin::settings(&ctx, cmd).await,
             Command::Signins(args) => admin::signins(&ctx, args).await,
             Command::Sync(cmd) => admin::sync(&ctx, cmd).await,
+            Command::AdminEvents { limit } => admin::admin_events(&ctx, limit).await,
             Command::Serve | Command::CheckConfig | Command::Store(_) | Command::Backup { .. } => Ok(()),
         };
         ctx.store.close().await;

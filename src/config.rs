@@ -250,6 +250,9 @@ pub struct AdminConfig {
     /// `admin.client_ca_file`: client certificates presented to the admin
     /// listener must chain to this CA, and `/api/` paths require one.
     pub client_ca_file: Option<PathBuf>,
+    /// `[admin] token_file`: the bearer tokens of the admin API
+    /// (`/api/v1`), one `NAME TOKEN` per line; no API without it.
+    pub token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -414,6 +417,10 @@ impl TryFrom<FileConfig> for Config {
                     listen: parse_addr("admin.listen", &a.listen)?,
                     tls,
                     client_ca_file,
+                    token_file: match a.token_file.as_deref() {
+                        None => None,
+                        Some(path) => Some(non_empty_path("admin.token_file", Some(path), "")?),
+                    },
                 })
             }
         };

@@ -7,8 +7,9 @@
 //! - [`cli`]: the subcommands
 //! - [`proxy`]: listeners, routing, forwarding, the built-in upstream
 //! - [`auth`]: the one place a request is authenticated before forwarding
-//! - [`admin`]: health, readiness and metrics
+//! - [`admin`]: health, readiness, metrics and the admin API
 //! - [`backup`]: `fedgate backup`, a checked copy of a running SQLite store
+//! - [`manage`]: the administrative operations the CLI and the admin API share
 //! - [`key_file`]: 32-byte key files made on first use (server key, portal key)
 //! - [`secretbox`]: secrets sealed at rest under the portal key
 //! - [`totp`]: the TOTP second factor (RFC 6238), its QR code and text key
@@ -31,6 +32,7 @@ pub mod instance;
 pub mod jobs;
 pub mod key_file;
 pub mod logging;
+pub mod manage;
 pub mod model;
 pub mod names;
 pub mod portal;

@@ -62,8 +62,9 @@ pub enum ModelError {
 
 /// A user principal name in canonical form: trimmed and lowercased, so that
 /// `Alice@Corp.Example.com` and `alice@corp.example.com` are the same user.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(try_from = "String", into = "String")]
+#[schema(value_type = String, example = "alice@corp.example.com")]
 pub struct Upn(String);
 
 impl Upn {
@@ -142,7 +143,8 @@ impl AsRef<str> for Upn {
 }
 
 /// A user's row id in the store.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(value_type = i64)]
 #[serde(transparent)]
 pub struct UserId(pub i64);
 
@@ -153,7 +155,8 @@ impl fmt::Display for UserId {
 }
 
 /// An app password's row id in the store.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(value_type = i64)]
 #[serde(transparent)]
 pub struct AppPasswordId(pub i64);
 
@@ -174,7 +177,10 @@ macro_rules! named_enum {
         }
     ) => {
         $(#[$meta])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+        // Every spelling is its variant's name in snake_case; said once
+        // more for the schema, which does not read the renames below.
+        #[serde(rename_all = "snake_case")]
         $vis enum $name {
             $($(#[$vmeta])* #[serde(rename = $text)] $variant,)+
         }
@@ -273,7 +279,7 @@ named_enum! {
 }
 
 /// A user as the store knows it.
-#[derive(Clone, PartialEq, Eq, Serialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct User {
     pub id: UserId,
     pub upn: Upn,
@@ -290,12 +296,18 @@ pub struct User {
     /// records keep their user and a returning UPN gets the same id.
     pub deleted: bool,
     pub mfa_state: MfaState,
-    /// When the user last completed MFA registration (unix ms).
+    /// When the user last completed MFA registration (unix ms; RFC 3339
+    /// when serialised).
+    #[serde(serialize_with = "ser_opt_time")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub registered_at: Option<i64>,
+    #[serde(serialize_with = "ser_time")]
+    #[schema(value_type = String, format = DateTime)]
     pub created_at: i64,
     /// argon2id PHC string; cloud-only users only. Never serialised: a hash
     /// is an offline-guessing target and has no place in `--json` output.
     #[serde(skip_serializing)]
+    #[schema(ignore)]
     pub password_hash: Option<String>,
     /// What the directory last said about a federated user.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -303,7 +315,7 @@ pub struct User {
 }
 
 /// A directory entry's attributes that fedgate keeps for a federated user.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct DirectoryAttributes {
     /// Distinguished name, as last seen.
     pub dn: String,
@@ -408,12 +420,16 @@ impl From<AppPasswordName> for String {
 }
 
 /// An app password's metadata, safe to show to its owner and to operators.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct AppPassword {
     pub id: AppPasswordId,
     pub user_id: UserId,
     pub name: String,
+    #[serde(serialize_with = "ser_time")]
+    #[schema(value_type = String, format = DateTime)]
     pub created_at: i64,
+    #[serde(serialize_with = "ser_opt_time")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub last_used_at: Option<i64>,
     pub last_ip: Option<String>,
     pub last_user_agent: Option<String>,
@@ -448,7 +464,7 @@ impl fmt::Debug for AppPasswordSecretRecord {
 }
 
 /// Store-wide settings an operator switches.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Settings {
     /// Whether users may create and sign in with app passwords. Off by
     /// default (DESIGN.md).
@@ -456,9 +472,11 @@ pub struct Settings {
 }
 
 /// One sign-in decision, as written to the audit log.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct AuditRecord {
-    /// unix ms
+    /// unix ms (RFC 3339 when serialised)
+    #[serde(serialize_with = "ser_time")]
+    #[schema(value_type = String, format = DateTime)]
     pub at: i64,
     /// The user name exactly as the client sent it (see [`audit_text`]).
     pub upn_given: String,
@@ -605,6 +623,44 @@ impl Clock for ManualClock {
 
 #[cfg(test)]
 mod tests;
+
+/// Serialises unix milliseconds as RFC 3339 UTC (`serialize_with`): every
+/// time in `--json` output and in the admin API is spelled this way.
+pub fn ser_time<S: serde::Serializer>(ms: &i64, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(&rfc3339(*ms))
+}
+
+/// [`ser_time`] for a time that may be missing (`null`).
+pub fn ser_opt_time<S: serde::Serializer>(ms: &Option<i64>, serializer: S) -> Result<S::Ok, S::Error> {
+    match ms {
+        Some(ms) => serializer.serialize_str(&rfc3339(*ms)),
+        None => serializer.serialize_none(),
+    }
+}
+
+/// One administrative change (an admin API call or a CLI command that
+/// changed something), as kept in the admin event log. `detail` is a
+/// small JSON object that never holds a secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct AdminEvent {
+    /// Assigned by the store; 0 before it is written.
+    pub id: i64,
+    /// unix ms (RFC 3339 when serialised)
+    #[serde(serialize_with = "ser_time")]
+    #[schema(value_type = String, format = DateTime)]
+    pub at: i64,
+    /// Who: `token:NAME` for the admin API, `cli` or `cli:USER` for the
+    /// command line.
+    pub actor: String,
+    /// The client's address (admin API), if any.
+    pub client: Option<String>,
+    /// What was done, such as `user.add` or `app_password.delete`.
+    pub action: String,
+    /// What it was done to (usually a UPN).
+    pub target: Option<String>,
+    #[schema(value_type = Object)]
+    pub detail: serde_json::Value,
+}
 
 /// Unix milliseconds as RFC 3339 UTC, seconds precision.
 pub fn rfc3339(ms: i64) -> String {

@@ -247,6 +247,11 @@ pub fn restart_keys(running: &Config, new: &Config) -> Vec<&'static str> {
             if x.client_ca_file != y.client_ca_file {
                 keys.push("admin.client_ca_file");
             }
+            // A new token file is read by a reload; turning the API on
+            // (a token file where there was none) needs a restart.
+            if x.token_file.is_none() && y.token_file.is_some() {
+                keys.push("admin.token_file");
+            }
         }
         (None, None) => {}
         _ => keys.push("[admin]"),

@@ -21,8 +21,8 @@ use serde::Serialize;
 
 use crate::app_password::MAX_APP_PASSWORDS_PER_USER;
 use crate::model::{
-    AppPassword, AppPasswordId, AppPasswordName, AppPasswordSecretRecord, AuditRecord, Clock, FederatedUser, MfaState,
-    Settings, Upn, User, UserId,
+    AdminEvent, AppPassword, AppPasswordId, AppPasswordName, AppPasswordSecretRecord, AuditRecord, Clock,
+    FederatedUser, MfaState, Settings, Upn, User, UserId,
 };
 
 pub mod copy;
@@ -141,6 +141,7 @@ pub trait Store:
     + AuditStore
     + LockoutStore
     + StoreCopy
+    + AdminEventStore
     + Send
     + Sync
     + fmt::Debug
@@ -195,6 +196,14 @@ pub trait UserStore: Send + Sync {
     /// user known and not deleted, UPN not listed twice) so that one report
     /// names every bad line: [`StoreError::BulkRejected`].
     fn set_mfa_states<'a>(&'a self, lines: &'a [StateLine]) -> StoreFuture<'a, BulkApplied>;
+
+    /// Creates a cloud-only user (no password) per line, every line or
+    /// none, in one transaction. A line's state may be empty (`disabled`).
+    /// Lines are judged here (UPN, state, UPN not listed twice, no live user
+    /// of that UPN) so one report names every bad line:
+    /// [`StoreError::BulkRejected`]. Each user is created as
+    /// [`UserStore::create_cloud_user`] creates one.
+    fn create_cloud_users<'a>(&'a self, lines: &'a [StateLine]) -> StoreFuture<'a, Vec<User>>;
 
     fn set_enabled<'a>(&'a self, upn: &'a Upn, enabled: bool) -> StoreFuture<'a, User>;
 
@@ -369,12 +378,16 @@ pub trait SyncLease: Send + Sync {
 }
 
 /// Which node leads the directory sync (see [`SyncLease::take_sync_lead`]).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct SyncLead {
     pub node: String,
-    /// When it took the lead, unix ms.
+    /// When it took the lead, unix ms (RFC 3339 when serialised).
+    #[serde(serialize_with = "crate::model::ser_time")]
+    #[schema(value_type = String, format = DateTime)]
     pub since: i64,
     /// When the lead runs out unless renewed, unix ms.
+    #[serde(serialize_with = "crate::model::ser_time")]
+    #[schema(value_type = String, format = DateTime)]
     pub until: i64,
 }
 
@@ -452,6 +465,17 @@ pub trait AuditStore: Send + Sync {
 
     /// Matching records, newest first.
     fn query_audit<'a>(&'a self, filter: &'a AuditFilter) -> StoreFuture<'a, Vec<AuditRecord>>;
+}
+
+/// The log of administrative changes (admin API calls and CLI commands
+/// that change something): who, from where, what. Never a secret.
+pub trait AdminEventStore: Send + Sync {
+    /// Appends one event; returns its id.
+    fn append_admin_event<'a>(&'a self, event: &'a AdminEvent) -> StoreFuture<'a, i64>;
+
+    /// The newest events first, at most `limit`, only those with an id
+    /// below `before` when given (the next page).
+    fn admin_events(&self, limit: u32, before: Option<i64>) -> StoreFuture<'_, Vec<AdminEvent>>;
 }
 
 /// Whole-store copies ([`copy`], `fedgate store copy`): one consistent
@@ -540,13 +564,15 @@ pub struct AppliedChanges {
 }
 
 /// One sync pass, as `fedgate sync status` shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct SyncPass {
     /// `full` or `incremental`.
     pub kind: String,
     /// `completed`, `guarded` (stopped by the mass-change guard) or
     /// `failed`.
     pub outcome: String,
+    #[serde(serialize_with = "crate::model::ser_time")]
+    #[schema(value_type = String, format = DateTime)]
     pub started_at: i64,
     pub duration_ms: i64,
     pub seen: i64,
@@ -622,7 +648,7 @@ impl StateLine {
 }
 
 /// A line a bulk change refused, and why.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct LineError {
     pub line: usize,
     pub upn: String,
@@ -636,7 +662,7 @@ impl fmt::Display for LineError {
 }
 
 /// What an accepted bulk change did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct BulkApplied {
     /// Users whose state changed.
     pub changed: usize,

@@ -6,23 +6,24 @@
 use std::io::Read;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
 use super::output::{self, outln};
 use super::{AppPasswordCommand, SettingsCommand, SigninsArgs, StoreCopyArgs, UserCommand};
-use crate::app_password;
 use crate::config::Config;
-use crate::model::{AppPassword, AppPasswordName, Clock, MfaState, Secret, SystemClock, Upn, User};
+use crate::manage::{Actor, ManageError, Manager, SigninQuery, UserQuery};
+use crate::model::{AppPassword, Clock, MfaState, Secret, SystemClock, User};
 use crate::store::copy::{CopyError, Endpoint};
-use crate::store::{AuditFilter, OpenMode, StateLine, Store, StoreAccess, StoreError};
+use crate::store::{OpenMode, StateLine, Store, StoreAccess, StoreError};
 
 /// Why an admin command failed; printed as one line on stderr.
 #[derive(Debug, thiserror::Error)]
 pub enum CommandError {
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Manage(#[from] ManageError),
     /// Boxed: a copy's error names two stores and is large.
     #[error(transparent)]
     Copy(Box<CopyError>),
@@ -31,8 +32,6 @@ pub enum CommandError {
     #[error("{0}")]
     Input(String),
     #[error("{0}")]
-    Credential(#[from] crate::app_password::CredentialError),
-    #[error("{0}")]
     Directory(#[from] crate::directory::client::SetupError),
     /// Already reported on standard output.
     #[error("{0}")]
@@ -40,11 +39,15 @@ pub enum CommandError {
 }
 
 impl CommandError {
+    /// The one place errors become exit codes (README, "Command line"):
+    /// 2 for configuration or input errors (an unknown or existing user, a
+    /// bad line, a missing store), 1 for runtime failures.
     pub fn exit_code(&self) -> ExitCode {
         match self {
             CommandError::Input(_) | CommandError::Store(StoreError::Missing { .. } | StoreError::Exists { .. }) => {
                 ExitCode::from(2)
             }
+            CommandError::Manage(err) if err.is_input() => ExitCode::from(2),
             CommandError::Copy(err) if err.is_input() => ExitCode::from(2),
             _ => ExitCode::from(1),
         }
@@ -61,10 +64,6 @@ fn input(msg: impl Into<String>) -> CommandError {
     CommandError::Input(msg.into())
 }
 
-fn upn(text: &str) -> Result<Upn, CommandError> {
-    Upn::parse(text).map_err(|e| input(format!("{text:?}: {e}")))
-}
-
 /// Formats unix milliseconds as RFC 3339 UTC, seconds precision.
 pub use crate::model::rfc3339 as time;
 
@@ -75,6 +74,8 @@ fn opt_time(ms: Option<i64>) -> String {
 pub struct Ctx {
     pub config: Config,
     pub store: Arc<dyn Store>,
+    pub manager: Manager,
+    pub actor: Actor,
     pub json: bool,
 }
 
@@ -84,8 +85,21 @@ impl Ctx {
         // Never a new store: a mistyped path, or a store removed under a
         // running server, must not turn into an empty one that says "no
         // user".
-        let store = crate::store::open_with(&config.store.url, &config.store.access, clock, OpenMode::Existing).await?;
-        Ok(Ctx { config, store, json })
+        let store = crate::store::open_with(
+            &config.store.url,
+            &config.store.access,
+            Arc::clone(&clock),
+            OpenMode::Existing,
+        )
+        .await?;
+        let manager = Manager::new(Arc::clone(&store), config.store.key_file.clone(), clock);
+        Ok(Ctx {
+            config,
+            store,
+            manager,
+            actor: Actor::cli(),
+            json,
+        })
     }
 
     fn print<T: Serialize>(&self, value: &T, human: impl FnOnce()) {
@@ -94,15 +108,6 @@ impl Ctx {
             outln!("{}", serde_json::to_string_pretty(value).unwrap_or_default());
         } else {
             human();
-        }
-    }
-
-    async fn user(&self, text: &str) -> Result<User, CommandError> {
-        let upn = upn(text)?;
-        match self.store.get_user_by_upn(&upn).await? {
-            Some(u) if !u.deleted => Ok(u),
-            Some(_) => Err(StoreError::UserDeleted { upn }.into()),
-            None => Err(StoreError::UnknownUser { upn }.into()),
         }
     }
 }
@@ -156,9 +161,21 @@ pub async fn store_copy(args: &StoreCopyArgs, json: bool) -> Result<(), CommandE
     Ok(())
 }
 
+/// Width of a column: its widest cell, at least its heading, at most `max`
+/// (a longer cell overflows its column alone rather than every row).
+fn width<'a>(heading: &str, cells: impl Iterator<Item = &'a str>, max: usize) -> usize {
+    cells
+        .map(|c| c.chars().count())
+        .chain(std::iter::once(heading.len()))
+        .max()
+        .unwrap_or(0)
+        .min(max)
+}
+
 fn print_users(users: &[User]) {
+    let w = width("UPN", users.iter().map(|u| u.upn.as_str()), 64);
     outln!(
-        "{:<40} {:<10} {:<9} {:<8} {:<20}",
+        "{:<w$} {:<10} {:<9} {:<8} {:<20}",
         "UPN",
         "STATE",
         "SOURCE",
@@ -167,7 +184,7 @@ fn print_users(users: &[User]) {
     );
     for u in users {
         outln!(
-            "{:<40} {:<10} {:<9} {:<8} {:<20}",
+            "{:<w$} {:<10} {:<9} {:<8} {:<20}",
             u.upn.as_str(),
             u.mfa_state.as_str(),
             u.source.as_str(),
@@ -178,8 +195,9 @@ fn print_users(users: &[User]) {
 }
 
 fn print_app_passwords(list: &[AppPassword]) {
+    let w = width("NAME", list.iter().map(|a| a.name.as_str()), 64);
     outln!(
-        "{:<24} {:<20} {:<20} {:<16} CLIENT",
+        "{:<w$} {:<20} {:<20} {:<16} CLIENT",
         "NAME",
         "CREATED",
         "LAST USED",
@@ -187,7 +205,7 @@ fn print_app_passwords(list: &[AppPassword]) {
     );
     for a in list {
         outln!(
-            "{:<24} {:<20} {:<20} {:<16} {}",
+            "{:<w$} {:<20} {:<20} {:<16} {}",
             a.name,
             time(a.created_at),
             opt_time(a.last_used_at),
@@ -197,83 +215,96 @@ fn print_app_passwords(list: &[AppPassword]) {
     }
 }
 
+/// A password on standard input, without its line end.
+fn read_password() -> Result<Secret, CommandError> {
+    let mut text = String::new();
+    std::io::stdin()
+        .read_to_string(&mut text)
+        .map_err(|e| input(format!("cannot read the password from standard input: {e}")))?;
+    let password = Secret::from(text.trim_end_matches(['\r', '\n']));
+    if password.expose().is_empty() {
+        return Err(input("the password on standard input is empty"));
+    }
+    Ok(password)
+}
+
+/// Prints a bulk change's refused lines (on standard error, or as JSON).
+fn report_rejected(ctx: &Ctx, err: ManageError) -> CommandError {
+    let ManageError::BulkRejected { errors } = err else {
+        return err.into();
+    };
+    if ctx.json {
+        let report: Vec<_> = errors
+            .iter()
+            .map(|e| serde_json::json!({"line": e.line, "upn": e.upn, "reason": e.reason}))
+            .collect();
+        outln!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({"applied": false, "errors": report})).unwrap_or_default()
+        );
+    } else {
+        eprintln!("no change applied; fix these lines and run again:");
+        for e in &errors {
+            eprintln!("  line {}: {}: {}", e.line, e.upn, e.reason);
+        }
+    }
+    input(format!("{} line(s) refused", errors.len()))
+}
+
+fn read_csv(file: &std::path::Path) -> Result<String, CommandError> {
+    std::fs::read_to_string(file).map_err(|e| input(format!("cannot read {}: {e}", file.display())))
+}
+
 pub async fn user(ctx: &Ctx, cmd: UserCommand) -> Result<(), CommandError> {
+    let m = &ctx.manager;
+    let actor = &ctx.actor;
     match cmd {
         UserCommand::Add {
-            upn: name,
+            upn,
             password_stdin,
             state,
         } => {
-            let upn = upn(&name)?;
-            let hash = if password_stdin {
-                let mut text = String::new();
-                std::io::stdin()
-                    .read_to_string(&mut text)
-                    .map_err(|e| input(format!("cannot read the password from standard input: {e}")))?;
-                let password = Secret::from(text.trim_end_matches(['\r', '\n']));
-                if password.expose().is_empty() {
-                    return Err(input("the password on standard input is empty"));
-                }
-                if app_password::is_app_password_shaped(password.expose()) {
-                    return Err(input(
-                        "this password has the shape of an app password (16 letters, run together or in four groups of four), \
-                         which fedgate reserves for generated app passwords: choose another",
-                    ));
-                }
-                Some(
-                    tokio::task::spawn_blocking(move || app_password::hash_password(&password))
-                        .await
-                        .map_err(|e| input(format!("hashing failed: {e}")))??,
-                )
-            } else {
-                None
-            };
-            let user = ctx.store.create_cloud_user(&upn, state, hash.as_deref()).await?;
+            let password = if password_stdin { Some(read_password()?) } else { None };
+            let has_password = password.is_some();
+            let user = m.add_user(actor, &upn, state, password).await?;
             ctx.print(&user, || {
                 outln!("created cloud user {} (MFA state {})", user.upn, user.mfa_state);
-                if hash.is_none() {
+                if !has_password {
                     outln!("no password set: the user can sign in with app passwords only");
                 }
             });
         }
         UserCommand::List { state } => {
-            let users = ctx.store.list_users(state).await?;
-            ctx.print(&users, || print_users(&users));
+            let page = m
+                .list_users(&UserQuery {
+                    state,
+                    ..UserQuery::default()
+                })
+                .await?;
+            ctx.print(&page.users, || print_users(&page.users));
         }
         UserCommand::Show { upn } => {
-            let user = ctx.user(&upn).await?;
-            let app_passwords = ctx.store.list_app_passwords(user.id).await?;
-            #[derive(Serialize)]
-            struct Shown<'a> {
-                #[serde(flatten)]
-                user: &'a User,
-                app_passwords: &'a [AppPassword],
-            }
-            ctx.print(
-                &Shown {
-                    user: &user,
-                    app_passwords: &app_passwords,
-                },
-                || {
-                    outln!("upn:            {}", user.upn);
-                    outln!("source:         {}", user.source);
-                    outln!(
-                        "account:        {}",
-                        if user.is_active() { "enabled" } else { "disabled" }
-                    );
-                    outln!("mfa state:      {}", user.mfa_state);
-                    outln!("registered:     {}", opt_time(user.registered_at));
-                    outln!("created:        {}", time(user.created_at));
-                    outln!(
-                        "password:       {}",
-                        if user.password_hash.is_some() { "set" } else { "-" }
-                    );
-                    outln!("app passwords:  {}", app_passwords.len());
-                    if !app_passwords.is_empty() {
-                        print_app_passwords(&app_passwords);
-                    }
-                },
-            );
+            let detail = m.show_user(&upn).await?;
+            ctx.print(&detail, || {
+                let (user, app_passwords) = (&detail.user, &detail.app_passwords);
+                outln!("upn:            {}", user.upn);
+                outln!("source:         {}", user.source);
+                outln!(
+                    "account:        {}",
+                    if user.is_active() { "enabled" } else { "disabled" }
+                );
+                outln!("mfa state:      {}", user.mfa_state);
+                outln!("registered:     {}", opt_time(user.registered_at));
+                outln!("created:        {}", time(user.created_at));
+                outln!(
+                    "password:       {}",
+                    if user.password_hash.is_some() { "set" } else { "-" }
+                );
+                outln!("app passwords:  {}", app_passwords.len());
+                if !app_passwords.is_empty() {
+                    print_app_passwords(app_passwords);
+                }
+            });
         }
         UserCommand::SetState { state, csv, upns } => {
             let lines: Vec<StateLine> = match (state, csv) {
@@ -296,62 +327,84 @@ pub async fn user(ctx: &Ctx, cmd: UserCommand) -> Result<(), CommandError> {
                             "--csv takes the users from the file: name no UPN on the command line",
                         ));
                     }
-                    let text = std::fs::read_to_string(&file)
-                        .map_err(|e| input(format!("cannot read {}: {e}", file.display())))?;
-                    StateLine::parse_csv(&text)
+                    StateLine::parse_csv(&read_csv(&file)?)
                 }
                 _ => return Err(input("give either --state S with UPNs, or --csv FILE")),
             };
-            match ctx.store.set_mfa_states(&lines).await {
-                Ok(applied) => ctx.print(
-                    &serde_json::json!({"changed": applied.changed, "unchanged": applied.unchanged}),
-                    || {
-                        outln!(
-                            "{} user(s) changed, {} already in that state",
-                            applied.changed,
-                            applied.unchanged
-                        )
-                    },
-                ),
-                Err(StoreError::BulkRejected { errors }) => {
-                    if ctx.json {
-                        let report: Vec<_> = errors
-                            .iter()
-                            .map(|e| serde_json::json!({"line": e.line, "upn": e.upn, "reason": e.reason}))
-                            .collect();
-                        outln!(
-                            "{}",
-                            serde_json::to_string_pretty(&serde_json::json!({"applied": false, "errors": report}))
-                                .unwrap_or_default()
-                        );
-                    } else {
-                        eprintln!("no change applied; fix these lines and run again:");
-                        for e in &errors {
-                            eprintln!("  line {}: {}: {}", e.line, e.upn, e.reason);
-                        }
-                    }
-                    return Err(input(format!("{} line(s) refused", errors.len())));
-                }
-                Err(other) => return Err(other.into()),
-            }
+            let applied = m.set_states(actor, &lines).await.map_err(|e| report_rejected(ctx, e))?;
+            ctx.print(
+                &serde_json::json!({"changed": applied.changed, "unchanged": applied.unchanged}),
+                || {
+                    outln!(
+                        "{} user(s) changed, {} already in that state",
+                        applied.changed,
+                        applied.unchanged
+                    )
+                },
+            );
         }
-        UserCommand::RevokeAppPasswords { upn } => {
-            let user = ctx.user(&upn).await?;
-            let n = ctx.store.revoke_app_passwords(user.id).await?;
-            ctx.print(&serde_json::json!({"upn": user.upn, "revoked": n}), || {
-                outln!("revoked {n} app password(s) of {}", user.upn)
+        UserCommand::Import { csv } => {
+            let lines = StateLine::parse_csv(&read_csv(&csv)?);
+            if lines.is_empty() {
+                return Err(input(format!("{}: no user in the file", csv.display())));
+            }
+            let created = m
+                .import_users(actor, &lines)
+                .await
+                .map_err(|e| report_rejected(ctx, e))?;
+            ctx.print(&created, || {
+                outln!(
+                    "created {} cloud user(s) without a password (set one with `fedgate user set-password`)",
+                    created.len()
+                )
             });
         }
-        UserCommand::Disable { upn: name } => {
-            let user = ctx.store.set_enabled(&upn(&name)?, false).await?;
+        UserCommand::Delete { upn } => {
+            let deleted = m.delete_user(actor, &upn).await?;
+            ctx.print(&deleted, || {
+                outln!(
+                    "deleted {} and revoked {} app password(s)",
+                    deleted.upn,
+                    deleted.revoked
+                );
+                if deleted.federated {
+                    outln!(
+                        "{} comes from the directory: if the directory still has them, the next sync pass brings them back (with no app passwords); delete or disable them in the directory",
+                        deleted.upn
+                    );
+                }
+            });
+        }
+        UserCommand::SetPassword { upn, password_stdin } => {
+            if !password_stdin {
+                return Err(input("give the password on standard input with --password-stdin"));
+            }
+            let password = read_password()?;
+            let user = m.set_password(actor, &upn, Some(password)).await?;
+            ctx.print(&user, || outln!("password of {} set", user.upn));
+        }
+        UserCommand::ClearPassword { upn } => {
+            let user = m.set_password(actor, &upn, None).await?;
+            ctx.print(&user, || {
+                outln!("password of {} cleared: app passwords only from now on", user.upn)
+            });
+        }
+        UserCommand::RevokeAppPasswords { upn } => {
+            let revoked = m.revoke_app_passwords(actor, &upn).await?;
+            ctx.print(&revoked, || {
+                outln!("revoked {} app password(s) of {}", revoked.revoked, revoked.upn)
+            });
+        }
+        UserCommand::Disable { upn } => {
+            let user = m.set_enabled(actor, &upn, false).await?;
             ctx.print(&user, || outln!("{} disabled: every sign-in is refused", user.upn));
         }
-        UserCommand::Enable { upn: name } => {
-            let user = ctx.store.set_enabled(&upn(&name)?, true).await?;
+        UserCommand::Enable { upn } => {
+            let user = m.set_enabled(actor, &upn, true).await?;
             ctx.print(&user, || outln!("{} enabled", user.upn));
         }
         UserCommand::RequireRegistration { upn } => {
-            let user = ctx.store.require_registration(&self::upn(&upn)?).await?;
+            let user = m.require_registration(actor, &upn).await?;
             ctx.print(&user, || {
                 outln!("{} must register their second factor again at next sign-in", user.upn)
             });
@@ -361,41 +414,33 @@ pub async fn user(ctx: &Ctx, cmd: UserCommand) -> Result<(), CommandError> {
 }
 
 pub async fn app_password_cmd(ctx: &Ctx, cmd: AppPasswordCommand) -> Result<(), CommandError> {
+    let m = &ctx.manager;
     match cmd {
         AppPasswordCommand::Create { upn, name } => {
-            let user = ctx.user(&upn).await?;
-            let name = AppPasswordName::parse(&name).map_err(|e| input(format!("--name: {e}")))?;
-            let key = crate::server_key::load_or_create(&ctx.config.store.key_file)?;
-            let (created, shown) =
-                app_password::issue(&*ctx.store, &key, user.id, name)
-                    .await
-                    .map_err(|e| match e {
-                        app_password::CredentialError::Store(e) => CommandError::Store(e),
-                        other => CommandError::Credential(other),
-                    })?;
+            let (created, shown) = m
+                .create_app_password(&ctx.actor, &upn, &name)
+                .await
+                .map_err(|e| match e {
+                    ManageError::BadRequest { field, message } if field == "name" => {
+                        input(format!("--name: {message}"))
+                    }
+                    other => other.into(),
+                })?;
             // The secret goes out first, on its own line, and is flushed:
             // if it cannot be written (the reader of a pipe has gone), the
             // password is deleted again, since nobody will ever see it.
             if ctx.json {
-                outln!(
-                    "{}",
-                    serde_json::to_string_pretty(&serde_json::json!({
-                        "upn": user.upn,
-                        "name": created.name,
-                        "created_at": created.created_at,
-                        "password": shown.expose(),
-                    }))
-                    .unwrap_or_default()
-                );
+                outln!("{}", serde_json::to_string_pretty(&created).unwrap_or_default());
             } else {
                 outln!("{}", shown.expose());
             }
+            let name = &created.app_password.name;
             if let Some((_, err)) = output::failure() {
-                let undone = match ctx.store.delete_app_password(user.id, &created.name).await {
+                let undone = match m.delete_app_password(&ctx.actor, &upn, name).await {
                     Ok(()) => "it was deleted again: create it once more".to_owned(),
                     Err(del) => format!(
                         "deleting it failed too ({del}): delete it with `fedgate app-password delete {} {:?}`",
-                        user.upn, created.name
+                        created.upn, name
                     ),
                 };
                 return Err(CommandError::Failed(format!(
@@ -406,20 +451,19 @@ pub async fn app_password_cmd(ctx: &Ctx, cmd: AppPasswordCommand) -> Result<(), 
                 outln!();
                 outln!(
                     "app password {:?} for {}, shown once above. Enter it in the device's",
-                    created.name,
-                    user.upn
+                    name,
+                    created.upn
                 );
                 outln!("mail or calendar app instead of the account password; one app password per device.");
             }
         }
         AppPasswordCommand::List { upn } => {
-            let user = ctx.user(&upn).await?;
-            let list = ctx.store.list_app_passwords(user.id).await?;
+            let list = m.app_passwords(&upn).await?;
             ctx.print(&list, || print_app_passwords(&list));
         }
         AppPasswordCommand::Delete { upn, name } => {
-            let user = ctx.user(&upn).await?;
-            ctx.store.delete_app_password(user.id, &name).await?;
+            let user = m.user(&upn).await?;
+            m.delete_app_password(&ctx.actor, &upn, &name).await?;
             ctx.print(&serde_json::json!({"upn": user.upn, "deleted": name}), || {
                 outln!("deleted app password {name:?} of {}", user.upn)
             });
@@ -430,19 +474,11 @@ pub async fn app_password_cmd(ctx: &Ctx, cmd: AppPasswordCommand) -> Result<(), 
 
 pub async fn settings(ctx: &Ctx, cmd: SettingsCommand) -> Result<(), CommandError> {
     let settings = match cmd {
-        SettingsCommand::Show => ctx.store.get_settings().await?,
+        SettingsCommand::Show => ctx.manager.settings().await?,
         SettingsCommand::Set { name, value } => match name.as_str() {
             "allow-app-passwords" | "allow_app_passwords" => {
-                let allow = match value.to_ascii_lowercase().as_str() {
-                    "true" | "on" | "yes" => true,
-                    "false" | "off" | "no" => false,
-                    other => {
-                        return Err(input(format!(
-                            "allow-app-passwords: expected true or false, got {other:?}"
-                        )))
-                    }
-                };
-                ctx.store.set_allow_app_passwords(allow).await?
+                let allow = crate::manage::parse_bool("allow-app-passwords", &value)?;
+                ctx.manager.set_allow_app_passwords(&ctx.actor, allow).await?
             }
             other => return Err(input(format!("unknown setting {other:?} (known: allow-app-passwords)"))),
         },
@@ -454,34 +490,31 @@ pub async fn settings(ctx: &Ctx, cmd: SettingsCommand) -> Result<(), CommandErro
 }
 
 pub async fn signins(ctx: &Ctx, args: SigninsArgs) -> Result<(), CommandError> {
-    let user = args.user.as_deref().map(upn).transpose()?;
-    let since = match args.since.as_deref() {
-        None => None,
-        Some(text) => {
-            let d = humantime::parse_duration(text)
-                .map_err(|_| input(format!("--since: expected a duration such as 1h or 30m, got {text:?}")))?;
-            let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-            Some(now.saturating_sub(d).as_millis() as i64)
-        }
-    };
-    let success = match args.result.as_deref() {
-        None => None,
-        Some("success") => Some(true),
-        Some("failure") => Some(false),
-        Some(other) => return Err(input(format!("--result: expected success or failure, got {other:?}"))),
-    };
     let records = ctx
-        .store
-        .query_audit(&AuditFilter {
-            user,
-            since,
-            success,
-            limit: args.limit,
+        .manager
+        .signins(&SigninQuery {
+            user: args.user,
+            since: args.since,
+            result: args.result,
+            limit: Some(args.limit),
         })
-        .await?;
+        .await
+        .map_err(|e| match e {
+            ManageError::BadRequest { field, message } => input(format!("--{field}: {message}")),
+            other => other.into(),
+        })?;
     ctx.print(&records, || {
+        let credential = |r: &crate::model::AuditRecord| match &r.app_password_name {
+            Some(n) => format!("app:{n}"),
+            None => r.credential.as_str().to_string(),
+        };
+        let credentials: Vec<String> = records.iter().map(credential).collect();
+        let wu = width("USER", records.iter().map(|r| r.upn_given.as_str()), 64);
+        let wc = width("CREDENTIAL", credentials.iter().map(String::as_str), 72);
+        let wr = width("REASON", records.iter().map(|r| r.reason.as_str()), 32);
+        let wi = width("CLIENT", records.iter().map(|r| r.client_ip.as_str()), 45);
         outln!(
-            "{:<20} {:<32} {:<8} {:<14} {:<28} {:<16} {:>5} ROUTE",
+            "{:<20} {:<wu$} {:<8} {:<wc$} {:<wr$} {:<wi$} {:>5} ROUTE",
             "TIME",
             "USER",
             "RESULT",
@@ -490,20 +523,50 @@ pub async fn signins(ctx: &Ctx, args: SigninsArgs) -> Result<(), CommandError> {
             "CLIENT",
             "COUNT"
         );
-        for r in &records {
+        for (r, credential) in records.iter().zip(&credentials) {
             outln!(
-                "{:<20} {:<32} {:<8} {:<14} {:<28} {:<16} {:>5} {}",
+                "{:<20} {:<wu$} {:<8} {:<wc$} {:<wr$} {:<wi$} {:>5} {}",
                 time(r.at),
                 r.upn_given,
                 if r.success { "success" } else { "failure" },
-                match &r.app_password_name {
-                    Some(n) => format!("app:{n}"),
-                    None => r.credential.as_str().to_string(),
-                },
+                credential,
                 r.reason.as_str(),
                 r.client_ip,
                 r.count,
                 r.route
+            );
+        }
+    });
+    Ok(())
+}
+
+/// `fedgate admin-events`: the admin event log, newest first.
+pub async fn admin_events(ctx: &Ctx, limit: u32) -> Result<(), CommandError> {
+    let events = ctx.manager.admin_events(Some(limit), None).await.map_err(|e| match e {
+        ManageError::BadRequest { field, message } => input(format!("--{field}: {message}")),
+        other => other.into(),
+    })?;
+    ctx.print(&events, || {
+        let wa = width("ACTOR", events.iter().map(|e| e.actor.as_str()), 40);
+        let wt = width("ACTION", events.iter().map(|e| e.action.as_str()), 32);
+        let wg = width("TARGET", events.iter().map(|e| e.target.as_deref().unwrap_or("-")), 64);
+        outln!(
+            "{:<20} {:<wa$} {:<22} {:<wt$} {:<wg$} DETAIL",
+            "TIME",
+            "ACTOR",
+            "CLIENT",
+            "ACTION",
+            "TARGET"
+        );
+        for e in &events {
+            outln!(
+                "{:<20} {:<wa$} {:<22} {:<wt$} {:<wg$} {}",
+                time(e.at),
+                e.actor,
+                e.client.as_deref().unwrap_or("-"),
+                e.action,
+                e.target.as_deref().unwrap_or("-"),
+                e.detail
             );
         }
     });
@@ -540,6 +603,7 @@ pub async fn sync(ctx: &Ctx, cmd: crate::cli::SyncCommand) -> Result<(), Command
                     return Err(CommandError::Failed("interrupted".into()));
                 }
             };
+            ctx.manager.record_sync_run(&ctx.actor, &pass).await;
             ctx.print(&pass, || print_pass(&pass));
             if pass.outcome == "completed" {
                 Ok(())
@@ -552,16 +616,7 @@ pub async fn sync(ctx: &Ctx, cmd: crate::cli::SyncCommand) -> Result<(), Command
             }
         }
         crate::cli::SyncCommand::Status => {
-            let (incremental, full) = ctx.store.last_sync_passes().await?;
-            let now = SystemClock.now_ms();
-            let last_completed = ctx.store.last_completed_sync_at().await?;
-            let leader = ctx.store.sync_lead().await?.filter(|lead| lead.until > now);
-            let status = SyncStatus {
-                leader,
-                lag_seconds: last_completed.map(|at| (now - at).max(0) / 1000),
-                incremental,
-                full,
-            };
+            let status = ctx.manager.sync_status().await?;
             ctx.print(&status, || {
                 for (name, pass) in [("incremental", &status.incremental), ("full", &status.full)] {
                     match pass {
@@ -581,15 +636,6 @@ pub async fn sync(ctx: &Ctx, cmd: crate::cli::SyncCommand) -> Result<(), Command
             Ok(())
         }
     }
-}
-
-#[derive(Serialize)]
-struct SyncStatus {
-    /// The node scheduling passes, unless its lead has run out.
-    leader: Option<crate::store::SyncLead>,
-    incremental: Option<crate::store::SyncPass>,
-    full: Option<crate::store::SyncPass>,
-    lag_seconds: Option<i64>,
 }
 
 fn print_pass(pass: &crate::store::SyncPass) {

@@ -132,6 +132,7 @@ pub struct AdminFile {
     pub listen: String,
     pub tls: Option<bool>,
     pub client_ca_file: Option<String>,
+    pub token_file: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

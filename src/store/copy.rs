@@ -216,6 +216,21 @@ pub const TABLES: &[Table] = &[
             ("count", Integer),
         ],
     },
+    Table {
+        name: "admin_events",
+        key: "id",
+        identity: true,
+        singleton: false,
+        columns: &[
+            ("id", Integer),
+            ("at", Integer),
+            ("actor", Text),
+            ("client", Text),
+            ("action", Text),
+            ("target", Text),
+            ("detail", Text),
+        ],
+    },
 ];
 
 /// Tables of the schema a copy leaves behind (see the module doc).

@@ -28,18 +28,19 @@ use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRo
 use sqlx::{Postgres, QueryBuilder, Row, Transaction};
 
 use super::{
-    AppPasswordStore, AppliedChanges, AuditFilter, AuditStore, BulkApplied, Change, ChangeFeed, ChangeKind,
-    DirectoryChange, LastUsed, NewAppPassword, NewTotp, OpenMode, PortalSession, SessionStore, SettingsStore,
-    StateLine, Store, StoreAccess, StoreError, StoreFuture, StoredTotp, SyncLead, SyncLease, SyncMark, SyncPass,
-    SyncStore, TotpLimit, TotpStore, UpsertOutcome, Upserted, UserStore, LOCKOUT_CHANNEL,
+    AdminEventStore, AppPasswordStore, AppliedChanges, AuditFilter, AuditStore, BulkApplied, Change, ChangeFeed,
+    ChangeKind, DirectoryChange, LastUsed, NewAppPassword, NewTotp, OpenMode, PortalSession, SessionStore,
+    SettingsStore, StateLine, Store, StoreAccess, StoreError, StoreFuture, StoredTotp, SyncLead, SyncLease, SyncMark,
+    SyncPass, SyncStore, TotpLimit, TotpStore, UpsertOutcome, Upserted, UserStore, LOCKOUT_CHANNEL,
 };
 use crate::app_password::MAX_APP_PASSWORDS_PER_USER;
 use crate::model::{
-    audit_text, AppPassword, AppPasswordId, AppPasswordSecretRecord, AuditRecord, Clock, CredentialKind,
+    audit_text, AdminEvent, AppPassword, AppPasswordId, AppPasswordSecretRecord, AuditRecord, Clock, CredentialKind,
     DirectoryAttributes, FederatedUser, MfaState, Reason, Settings, Upn, User, UserId, UserSource,
-    MAX_APP_PASSWORD_NAME_CHARS, MAX_AUDIT_IP_CHARS, MAX_AUDIT_USER_AGENT_CHARS,
+    MAX_APP_PASSWORD_NAME_CHARS, MAX_AUDIT_IP_CHARS, MAX_AUDIT_UPN_CHARS, MAX_AUDIT_USER_AGENT_CHARS,
 };
 
+mod admin_events;
 mod app_passwords;
 mod audit;
 mod copy;
@@ -82,6 +83,7 @@ const MIGRATIONS: &[Migration] = migrations![
     8 "store_id" "postgres/migrations/0008_store_id.sql",
     9 "sync_lead" "postgres/migrations/0009_sync_lead.sql",
     10 "lockout_events" "postgres/migrations/0010_lockout_events.sql",
+    11 "admin_events" "postgres/migrations/0011_admin_events.sql",
 ];
 
 /// The advisory lock (transaction-scoped) that writers of the change feed

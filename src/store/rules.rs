@@ -128,3 +128,59 @@ pub(crate) fn plan_state_lines(
         Err(StoreError::BulkRejected { errors })
     }
 }
+
+/// Judges every line of a bulk import of cloud users against the users
+/// found (`users`, by UPN, deleted ones included): a malformed UPN or
+/// state, a UPN listed twice, a UPN a live user has. An empty state is
+/// `disabled`. All lines or none ([`StoreError::BulkRejected`]).
+pub(crate) fn plan_import_lines(
+    lines: &[StateLine],
+    users: &HashMap<Upn, User>,
+) -> Result<Vec<(Upn, MfaState)>, StoreError> {
+    let mut errors = Vec::new();
+    let mut accepted = Vec::with_capacity(lines.len());
+    let mut seen: HashMap<Upn, usize> = HashMap::new();
+    for line in lines {
+        let mut reasons = Vec::new();
+        let state = if line.state.trim().is_empty() {
+            Some(MfaState::Disabled)
+        } else {
+            line.state
+                .parse::<MfaState>()
+                .map_err(|e| reasons.push(e.to_string()))
+                .ok()
+        };
+        let upn = match Upn::parse(&line.upn) {
+            Err(e) => {
+                reasons.push(e.to_string());
+                None
+            }
+            Ok(upn) => match seen.insert(upn.clone(), line.line) {
+                Some(first) => {
+                    reasons.push(format!("user {upn} is already listed on line {first}"));
+                    None
+                }
+                None => match users.get(&upn) {
+                    Some(user) if !user.deleted => {
+                        reasons.push(format!("user {upn} already exists"));
+                        None
+                    }
+                    _ => Some(upn),
+                },
+            },
+        };
+        match (upn, state) {
+            (Some(upn), Some(state)) if reasons.is_empty() => accepted.push((upn, state)),
+            _ => errors.push(LineError {
+                line: line.line,
+                upn: audit_text(&line.upn, MAX_AUDIT_UPN_CHARS),
+                reason: reasons.join("; "),
+            }),
+        }
+    }
+    if errors.is_empty() {
+        Ok(accepted)
+    } else {
+        Err(StoreError::BulkRejected { errors })
+    }
+}

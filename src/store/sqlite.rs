@@ -25,18 +25,19 @@ use sqlx::sqlite::{
 use sqlx::{QueryBuilder, Row, Sqlite, Transaction};
 
 use super::{
-    AppPasswordStore, AppliedChanges, AuditFilter, AuditStore, BulkApplied, Change, ChangeFeed, ChangeKind,
-    DirectoryChange, LastUsed, NewAppPassword, NewTotp, OpenMode, PortalSession, SessionStore, SettingsStore,
-    StateLine, Store, StoreError, StoreFuture, StoredTotp, SyncLead, SyncLease, SyncMark, SyncPass, SyncStore,
-    TotpLimit, TotpStore, UpsertOutcome, Upserted, UserStore,
+    AdminEventStore, AppPasswordStore, AppliedChanges, AuditFilter, AuditStore, BulkApplied, Change, ChangeFeed,
+    ChangeKind, DirectoryChange, LastUsed, NewAppPassword, NewTotp, OpenMode, PortalSession, SessionStore,
+    SettingsStore, StateLine, Store, StoreError, StoreFuture, StoredTotp, SyncLead, SyncLease, SyncMark, SyncPass,
+    SyncStore, TotpLimit, TotpStore, UpsertOutcome, Upserted, UserStore,
 };
 use crate::app_password::MAX_APP_PASSWORDS_PER_USER;
 use crate::model::{
-    audit_text, AppPassword, AppPasswordId, AppPasswordSecretRecord, AuditRecord, Clock, CredentialKind,
+    audit_text, AdminEvent, AppPassword, AppPasswordId, AppPasswordSecretRecord, AuditRecord, Clock, CredentialKind,
     DirectoryAttributes, FederatedUser, MfaState, Reason, Settings, Upn, User, UserId, UserSource,
-    MAX_APP_PASSWORD_NAME_CHARS, MAX_AUDIT_IP_CHARS, MAX_AUDIT_USER_AGENT_CHARS,
+    MAX_APP_PASSWORD_NAME_CHARS, MAX_AUDIT_IP_CHARS, MAX_AUDIT_UPN_CHARS, MAX_AUDIT_USER_AGENT_CHARS,
 };
 
+mod admin_events;
 mod app_passwords;
 mod audit;
 pub mod backup;
@@ -80,6 +81,7 @@ const MIGRATIONS: &[Migration] = migrations![
     8 "store_id" "migrations/0008_store_id.sql",
     9 "sync_lead" "migrations/0009_sync_lead.sql",
     10 "lockout_events" "migrations/0010_lockout_events.sql",
+    11 "admin_events" "migrations/0011_admin_events.sql",
 ];
 
 /// Several processes share the file; a writer waits this long for another

@@ -528,6 +528,82 @@ async fn bulk_state_change_is_all_or_nothing_and_reports_every_bad_line(f: Fixtu
     assert!(kinds_since(store.as_ref(), seq).await.is_empty());
 }
 
+async fn bulk_import_creates_every_user_in_one_transaction_or_none(f: Fixture) {
+    let (store, _) = f.parts();
+    store
+        .create_cloud_user(&upn("taken@x.example"), MfaState::Disabled, None)
+        .await
+        .unwrap();
+    store
+        .create_cloud_user(&upn("gone@x.example"), MfaState::Enforced, None)
+        .await
+        .unwrap();
+    store.mark_deleted(&upn("gone@x.example")).await.unwrap();
+    let seq = store.latest_change_seq().await.unwrap();
+
+    let bad = StateLine::parse_csv(
+        "upn,state\n\
+         new@x.example,enforced\n\
+         taken@x.example,enabled\n\
+         not-a-upn,enabled\n\
+         other@x.example,required\n\
+         NEW@x.example\n",
+    );
+    let err = store.create_cloud_users(&bad).await.unwrap_err();
+    let StoreError::BulkRejected { errors } = &err else {
+        panic!("expected BulkRejected, got {err}");
+    };
+    let lines: Vec<usize> = errors.iter().map(|e| e.line).collect();
+    assert_eq!(lines, [3, 4, 5, 6], "{errors:?}");
+    assert_eq!(errors[0].reason, "user taken@x.example already exists");
+    assert!(
+        errors[3].reason.contains("already listed on line 2"),
+        "{}",
+        errors[3].reason
+    );
+    assert!(store.get_user_by_upn(&upn("new@x.example")).await.unwrap().is_none());
+    assert!(kinds_since(store.as_ref(), seq).await.is_empty());
+
+    // A deleted user's UPN may be imported: it comes back as a cloud user.
+    let good = StateLine::parse_csv("new@x.example,enforced\ngone@x.example,\nthird@x.example,enabled\n");
+    let created = store.create_cloud_users(&good).await.unwrap();
+    let states: Vec<(&str, MfaState)> = created.iter().map(|u| (u.upn.as_str(), u.mfa_state)).collect();
+    assert_eq!(
+        states,
+        [
+            ("new@x.example", MfaState::Enforced),
+            ("gone@x.example", MfaState::Disabled),
+            ("third@x.example", MfaState::Enabled)
+        ]
+    );
+    assert!(created.iter().all(|u| !u.deleted && u.source == UserSource::Cloud));
+    assert_eq!(kinds_since(store.as_ref(), seq).await.len(), 3);
+}
+
+async fn admin_events_are_kept_newest_first_and_paged(f: Fixture) {
+    let (store, _) = f.parts();
+    for i in 0..5 {
+        let event = AdminEvent {
+            id: 0,
+            at: 1_000 + i,
+            actor: "token:ops".into(),
+            client: Some("127.0.0.1:5000".into()),
+            action: "user.add".into(),
+            target: Some(format!("u{i}@x.example")),
+            detail: serde_json::json!({"n": i}),
+        };
+        store.append_admin_event(&event).await.unwrap();
+    }
+    let newest = store.admin_events(2, None).await.unwrap();
+    assert_eq!(newest.len(), 2);
+    assert_eq!(newest[0].target.as_deref(), Some("u4@x.example"));
+    assert_eq!(newest[0].detail, serde_json::json!({"n": 4}));
+    assert_eq!(newest[0].client.as_deref(), Some("127.0.0.1:5000"));
+    let next = store.admin_events(10, Some(newest[1].id)).await.unwrap();
+    let targets: Vec<_> = next.iter().map(|e| e.target.clone().unwrap()).collect();
+    assert_eq!(targets, ["u2@x.example", "u1@x.example", "u0@x.example"]);
+}
+
 async fn app_passwords_are_created_listed_and_deleted(f: Fixture) {
     let (store, clock) = f.parts();
     let alice = upn("alice@corp.example.com");
@@ -1558,6 +1634,8 @@ macro_rules! on_both_backends {
 }
 
 on_both_backends!(
+    bulk_import_creates_every_user_in_one_transaction_or_none,
+    admin_events_are_kept_newest_first_and_paged,
     lockout_events_are_kept_in_order_and_pruned,
     one_node_leads_until_its_lead_runs_out_or_is_given_up,
     cloud_users_are_created_and_found_case_insensitively,

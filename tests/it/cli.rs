@@ -215,3 +215,179 @@ fn app_password_create_into_a_closed_pipe_prints_the_secret_or_keeps_nothing() {
     assert_eq!(code, 141, "{stderr}");
     assert!(stderr.is_empty(), "{stderr}");
 }
+
+/// A store made with `fedgate store init`, and its command line.
+fn initialised() -> (tempfile::TempDir, crate::support::admin::Admin) {
+    let (dir, admin, _) = store_config();
+    admin.run(&["store", "init"]).success();
+    (dir, admin)
+}
+
+#[test]
+fn input_errors_exit_2_and_runtime_ones_do_not() {
+    let (_dir, admin) = initialised();
+    admin.add_user("ann@x.example", "enabled", None);
+    for args in [
+        &["user", "add", "ann@x.example"][..],
+        &["user", "show", "nobody@x.example"][..],
+        &["user", "show", "not-a-upn"][..],
+        &["user", "disable", "nobody@x.example"][..],
+        &["user", "delete", "nobody@x.example"][..],
+        &["user", "revoke-app-passwords", "nobody@x.example"][..],
+        &["app-password", "list", "nobody@x.example"][..],
+        &["app-password", "delete", "ann@x.example", "none"][..],
+        &["signins", "--since", "yesterday"][..],
+        &["settings", "set", "allow-app-passwords", "maybe"][..],
+    ] {
+        let out = admin.run(args);
+        assert_eq!(out.code, 2, "`fedgate {}`: {}{}", out.command, out.stdout, out.stderr);
+        assert!(!out.stderr.trim().is_empty(), "`fedgate {}` said nothing", out.command);
+    }
+}
+
+#[test]
+fn user_delete_set_password_and_clear_password() {
+    let (_dir, admin) = initialised();
+    admin.add_user("ann@x.example", "enabled", Some("first password"));
+    let shown = admin.run(&["--json", "user", "show", "ann@x.example"]).json();
+    assert!(
+        humantime::parse_rfc3339(shown["created_at"].as_str().unwrap()).is_ok(),
+        "--json times are RFC 3339: {shown}"
+    );
+
+    let out = admin.run_with_stdin(
+        &["user", "set-password", "ann@x.example", "--password-stdin"],
+        "abcd efgh ijkl mnop\n",
+    );
+    assert_eq!(
+        out.code, 2,
+        "an app-password-shaped password is refused: {}{}",
+        out.stdout, out.stderr
+    );
+    let out = admin.run_with_stdin(&["user", "set-password", "ann@x.example", "--password-stdin"], "\n");
+    assert_eq!(out.code, 2, "{}{}", out.stdout, out.stderr);
+    admin
+        .run_with_stdin(
+            &["user", "set-password", "ann@x.example", "--password-stdin"],
+            "second password\n",
+        )
+        .success();
+    let out = admin.run(&["user", "clear-password", "ann@x.example"]).success();
+    assert!(out.contains("cleared"), "{out}");
+    assert!(admin
+        .run(&["user", "show", "ann@x.example"])
+        .success()
+        .contains("password:       -"));
+
+    admin.run(&["settings", "set", "allow-app-passwords", "true"]).success();
+    admin.create_app_password("ann@x.example", "phone");
+    let deleted = admin.run(&["--json", "user", "delete", "ann@x.example"]).json();
+    assert_eq!(deleted["revoked"], 1, "{deleted}");
+    assert_eq!(deleted["federated"], false, "{deleted}");
+    let out = admin.run(&["user", "show", "ann@x.example"]);
+    assert_eq!(out.code, 2, "{}{}", out.stdout, out.stderr);
+    assert!(out.stderr.contains("deleted"), "{}", out.stderr);
+    let events = admin.run(&["--json", "admin-events"]).json();
+    let actions: Vec<&str> = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            "user.delete",
+            "app_password.create",
+            "settings.set",
+            "user.clear_password",
+            "user.set_password",
+            "user.add"
+        ]
+    );
+}
+
+#[test]
+fn user_import_is_all_or_nothing_and_names_every_bad_line() {
+    let (dir, admin) = initialised();
+    admin.add_user("taken@x.example", "enabled", None);
+    let csv = dir.path().join("users.csv");
+    std::fs::write(
+        &csv,
+        "upn,state\nnew@x.example,enforced\ntaken@x.example,enabled\n# a comment\nbad,enabled\nother@x.example,sometimes\n",
+    )
+    .unwrap();
+    let out = admin.run(&["user", "import", "--csv", csv.to_str().unwrap()]);
+    assert_eq!(out.code, 2, "{}{}", out.stdout, out.stderr);
+    for line in ["line 3:", "line 5:", "line 6:"] {
+        assert!(out.stderr.contains(line), "{line}: {}", out.stderr);
+    }
+    assert!(!out.stderr.contains("line 2:"), "{}", out.stderr);
+    let users = admin.run(&["--json", "user", "list"]).json();
+    assert_eq!(users.as_array().unwrap().len(), 1, "nothing created: {users}");
+
+    std::fs::write(&csv, "new@x.example,enforced\nsecond@x.example\n").unwrap();
+    let created = admin
+        .run(&["--json", "user", "import", "--csv", csv.to_str().unwrap()])
+        .json();
+    assert_eq!(created.as_array().unwrap().len(), 2, "{created}");
+    assert_eq!(created[0]["mfa_state"], "enforced");
+    assert_eq!(created[1]["mfa_state"], "disabled");
+}
+
+#[test]
+fn user_list_columns_stay_aligned_with_long_upns() {
+    let (_dir, admin) = initialised();
+    let long = format!("{}@x.example", "l".repeat(50));
+    admin.add_user(&long, "enabled", None);
+    admin.add_user("s@x.example", "enforced", None);
+    let out = admin.run(&["user", "list"]).success();
+    let mut lines = out.lines();
+    let source = lines.next().unwrap().find("SOURCE").unwrap();
+    for line in lines {
+        assert_eq!(
+            line.find(" cloud ").map(|i| i + 1),
+            Some(source),
+            "columns misaligned:\n{out}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn signins_columns_stay_aligned_with_long_names() {
+    use crate::support::client::{basic, get_with};
+    let fedgate = crate::support::fedgate::Fedgate::builder()
+        .cloud_route("/whoami", "builtin:whoami", "")
+        .start();
+    let admin = fedgate.admin();
+    let upn = format!("{}@x.example", "m".repeat(40));
+    admin.add_user(&upn, "enforced", None);
+    admin.allow_app_passwords(true);
+    let name = "a rather long name for the phone in the car";
+    let password = admin.create_app_password(&upn, name);
+    get_with(fedgate.plain, "/whoami", &[("authorization", basic(&upn, &password))]).await;
+    get_with(
+        fedgate.plain,
+        "/whoami",
+        &[("authorization", basic("x@x.example", "wrong"))],
+    )
+    .await;
+    admin.wait_signins("both sign-ins", |r| r.len() >= 2);
+    let out = admin.run(&["signins"]).success();
+    let mut lines = out.lines();
+    let header = lines.next().unwrap();
+    let reason = header.find("REASON").unwrap();
+    let client = header.find("CLIENT").unwrap();
+    for line in lines {
+        let chars: Vec<char> = line.chars().collect();
+        assert!(
+            chars[reason - 1] == ' ' && chars[reason] != ' ',
+            "REASON misaligned:\n{out}"
+        );
+        assert!(
+            chars[client - 1] == ' ' && chars[client] != ' ',
+            "CLIENT misaligned:\n{out}"
+        );
+    }
+    assert!(out.contains(&format!("app:{name}")), "{out}");
+}

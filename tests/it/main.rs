@@ -1,6 +1,7 @@
 //! Integration tests: the real `fedgate` binary on loopback sockets.
 
 mod ad;
+mod admin_api;
 mod adversarial;
 mod cli;
 mod directory;

@@ -189,11 +189,15 @@ fn check_pass(pass: &Value, kind: &str, outcome: &str) {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis() as i64;
+    // Times in --json output are RFC 3339 UTC, seconds precision.
+    let started = pass["started_at"]
+        .as_str()
+        .and_then(|t| humantime::parse_rfc3339(t).ok())
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_millis() as i64);
     assert!(
-        pass["started_at"]
-            .as_i64()
-            .is_some_and(|t| t > now - 3_600_000 && t <= now + 1_000),
-        "started_at is no recent unix time in ms: {pass}"
+        started.is_some_and(|t| t > now - 3_600_000 && t <= now + 1_000),
+        "started_at is no recent RFC 3339 time: {pass}"
     );
     for name in COUNTERS {
         counter(pass, name);

@@ -13,51 +13,7 @@ impl UserStore for PgStore {
         Box::pin(async move {
             let now = self.clock.now_ms();
             let mut tx = self.write_tx().await?;
-            let id = match user_by_upn(&mut tx, upn).await? {
-                Some(user) if !user.deleted => return Err(StoreError::UserExists { upn: upn.clone() }),
-                Some(user) => {
-                    sqlx::query(
-                        "UPDATE users SET source = 'cloud', enabled = TRUE, directory_enabled = TRUE, deleted = FALSE,
-                             mfa_state = $1, registered_at = NULL, totp_secret = NULL,
-                             totp_last_step = NULL, created_at = $2,
-                             updated_at = $3, password_hash = $4
-                         WHERE id = $5",
-                    )
-                    .bind(state.as_str())
-                    .bind(now)
-                    .bind(now)
-                    .bind(password_hash)
-                    .bind(user.id.0)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(db("bring back a deleted user"))?;
-                    // Deleting a user deleted these already; a row written by
-                    // an older version must not bring devices back either.
-                    sqlx::query("DELETE FROM app_passwords WHERE user_id = $1")
-                        .bind(user.id.0)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(db("delete a returning user's old app passwords"))?;
-                    user.id
-                }
-                None => {
-                    let id: i64 = sqlx::query_scalar(
-                        "INSERT INTO users (upn, source, mfa_state, created_at, updated_at,
-                             password_hash)
-                         VALUES ($1, 'cloud', $2, $3, $4, $5) RETURNING id",
-                    )
-                    .bind(upn.as_str())
-                    .bind(state.as_str())
-                    .bind(now)
-                    .bind(now)
-                    .bind(password_hash)
-                    .fetch_one(&mut *tx)
-                    .await
-                    .map_err(db("create a user"))?;
-                    UserId(id)
-                }
-            };
-            record_change(&mut tx, now, ChangeKind::UserCreated, Some(id)).await?;
+            let id = insert_cloud_user(&mut tx, upn, state, password_hash, now).await?;
             let user = reread(&mut tx, id).await?;
             commit(tx).await?;
             Ok(user)
@@ -167,6 +123,28 @@ impl UserStore for PgStore {
             }
             commit(tx).await?;
             Ok(applied)
+        })
+    }
+
+    fn create_cloud_users<'a>(&'a self, lines: &'a [StateLine]) -> StoreFuture<'a, Vec<User>> {
+        Box::pin(async move {
+            let now = self.clock.now_ms();
+            // One transaction from validation to commit: every user or none.
+            let mut tx = self.write_tx().await?;
+            let mut found = std::collections::HashMap::new();
+            for upn in rules::state_line_upns(lines) {
+                if let Some(user) = user_by_upn(&mut tx, &upn).await? {
+                    found.insert(upn, user);
+                }
+            }
+            let accepted = rules::plan_import_lines(lines, &found)?;
+            let mut created = Vec::with_capacity(accepted.len());
+            for (upn, state) in accepted {
+                let id = insert_cloud_user(&mut tx, &upn, state, None, now).await?;
+                created.push(reread(&mut tx, id).await?);
+            }
+            commit(tx).await?;
+            Ok(created)
         })
     }
 
@@ -365,4 +343,62 @@ async fn user_by_anchor(conn: &mut PgConnection, anchor: &str) -> Result<Option<
         .await
         .map_err(db("look up a user by directory anchor"))?;
     row.as_ref().map(user_from_row).transpose()
+}
+
+/// Inserts one cloud-only user (or brings back a deleted one of that UPN)
+/// and writes its change-feed row, inside the caller's transaction: the one
+/// place a cloud user is created, alone or in bulk.
+async fn insert_cloud_user(
+    tx: &mut PgConnection,
+    upn: &Upn,
+    state: MfaState,
+    password_hash: Option<&str>,
+    now: i64,
+) -> Result<UserId, StoreError> {
+    let id = match user_by_upn(tx, upn).await? {
+        Some(user) if !user.deleted => return Err(StoreError::UserExists { upn: upn.clone() }),
+        Some(user) => {
+            sqlx::query(
+                "UPDATE users SET source = 'cloud', enabled = TRUE, directory_enabled = TRUE, deleted = FALSE,
+                     mfa_state = $1, registered_at = NULL, totp_secret = NULL,
+                     totp_last_step = NULL, created_at = $2,
+                     updated_at = $3, password_hash = $4
+                 WHERE id = $5",
+            )
+            .bind(state.as_str())
+            .bind(now)
+            .bind(now)
+            .bind(password_hash)
+            .bind(user.id.0)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("bring back a deleted user"))?;
+            // Deleting a user deleted these already; a row written by
+            // an older version must not bring devices back either.
+            sqlx::query("DELETE FROM app_passwords WHERE user_id = $1")
+                .bind(user.id.0)
+                .execute(&mut *tx)
+                .await
+                .map_err(db("delete a returning user's old app passwords"))?;
+            user.id
+        }
+        None => {
+            let id: i64 = sqlx::query_scalar(
+                "INSERT INTO users (upn, source, mfa_state, created_at, updated_at,
+                     password_hash)
+                 VALUES ($1, 'cloud', $2, $3, $4, $5) RETURNING id",
+            )
+            .bind(upn.as_str())
+            .bind(state.as_str())
+            .bind(now)
+            .bind(now)
+            .bind(password_hash)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(db("create a user"))?;
+            UserId(id)
+        }
+    };
+    record_change(tx, now, ChangeKind::UserCreated, Some(id)).await?;
+    Ok(id)
 }

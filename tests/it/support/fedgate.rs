@@ -21,6 +21,7 @@ pub struct Builder {
     tls: bool,
     admin: bool,
     admin_lines: Vec<String>,
+    admin_tokens: Vec<(String, String)>,
     server: Vec<String>,
     store: Vec<String>,
     store_url: Option<String>,
@@ -48,6 +49,14 @@ impl Builder {
     pub fn admin_line(mut self, line: &str) -> Self {
         self.admin = true;
         self.admin_lines.push(line.to_string());
+        self
+    }
+
+    /// The admin listener with the admin API on: `[admin] token_file` is a
+    /// file (mode 0600) of these `NAME TOKEN` lines in the test's directory.
+    pub fn admin_tokens(mut self, tokens: &[(&str, &str)]) -> Self {
+        self.admin = true;
+        self.admin_tokens = tokens.iter().map(|(n, t)| (n.to_string(), t.to_string())).collect();
         self
     }
 
@@ -160,6 +169,20 @@ impl Builder {
                 text.push_str(line);
                 text.push('\n');
             }
+        }
+        if !self.admin_tokens.is_empty() {
+            use std::os::unix::fs::OpenOptionsExt;
+            let path = dir.join("admin.tokens");
+            let lines: String = self.admin_tokens.iter().map(|(n, t)| format!("{n} {t}\n")).collect();
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&path)
+                .expect("token file");
+            std::io::Write::write_all(&mut file, format!("# test tokens\n{lines}").as_bytes()).expect("write tokens");
+            text.push_str(&format!("token_file = \"{}\"\n", path.display()));
         }
         for section in &self.sections {
             text.push_str(section);

@@ -1,0 +1,198 @@
+//! The admin API's bearer tokens: `[admin] token_file`, one `NAME TOKEN`
+//! per line, and the set a running server checks requests against.
+//!
+//! This module owns the file's format and checks (private mode, names
+//! unique, tokens long enough) and the comparison, which takes the same
+//! time whichever token matches, or none. The set can be swapped while the
+//! server runs ([`TokenSet::reload`]); what triggers that is not decided
+//! here.
+
+use std::fs::File;
+use std::io::Read;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use subtle::ConstantTimeEq;
+use zeroize::Zeroizing;
+
+/// Shortest token accepted, in characters (`openssl rand -hex 32` makes 64).
+pub const MIN_TOKEN_CHARS: usize = 32;
+/// Longest token file read, in bytes.
+const MAX_FILE_BYTES: u64 = 1 << 20;
+
+/// A token file that cannot be used. Each names the file (and the line).
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    #[error("admin.token_file {}: cannot read: {source}", path.display())]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error(
+        "admin.token_file {} has permissions {mode:04o}; it must not be readable by group or others: \
+         run `chmod 600 {}`",
+        path.display(),
+        path.display()
+    )]
+    Permissions { path: PathBuf, mode: u32 },
+    #[error("admin.token_file {} is not a regular file", path.display())]
+    NotAFile { path: PathBuf },
+    #[error("admin.token_file {} is larger than 1 MiB", path.display())]
+    TooLarge { path: PathBuf },
+    #[error("admin.token_file {} line {line}: {reason}", path.display())]
+    Line { path: PathBuf, line: usize, reason: String },
+    #[error("admin.token_file {} holds no token: add a line \"NAME TOKEN\"", path.display())]
+    Empty { path: PathBuf },
+}
+
+/// One named token.
+struct Token {
+    line: usize,
+    name: String,
+    secret: Zeroizing<Vec<u8>>,
+}
+
+/// The tokens of one file, parsed.
+pub struct Tokens(Vec<Token>);
+
+impl std::fmt::Debug for Tokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.0.iter().map(|t| &t.name)).finish()
+    }
+}
+
+impl Tokens {
+    /// Parses a token file's text; `path` is for messages only.
+    pub fn parse(path: &Path, text: &str) -> Result<Tokens, TokenError> {
+        let line_error = |line: usize, reason: String| TokenError::Line {
+            path: path.to_owned(),
+            line,
+            reason,
+        };
+        let mut tokens: Vec<Token> = Vec::new();
+        for (index, raw) in text.lines().enumerate() {
+            let line = index + 1;
+            let raw = raw.trim();
+            if raw.is_empty() || raw.starts_with('#') {
+                continue;
+            }
+            let mut parts = raw.split_whitespace();
+            let (Some(name), Some(secret), None) = (parts.next(), parts.next(), parts.next()) else {
+                return Err(line_error(line, "expected \"NAME TOKEN\" (two words)".into()));
+            };
+            if !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '@'))
+            {
+                return Err(line_error(
+                    line,
+                    format!("token name {name:?} may hold only letters, digits and - _ . @"),
+                ));
+            }
+            if secret.chars().count() < MIN_TOKEN_CHARS {
+                return Err(line_error(
+                    line,
+                    format!(
+                        "the token of {name:?} is {} characters long; at least {MIN_TOKEN_CHARS} are needed \
+                         (make one with `openssl rand -hex 32`)",
+                        secret.chars().count()
+                    ),
+                ));
+            }
+            if let Some(first) = tokens.iter().find(|t| t.name == name) {
+                return Err(line_error(
+                    line,
+                    format!("token name {name:?} is used on line {} already", first.line),
+                ));
+            }
+            tokens.push(Token {
+                line,
+                name: name.to_owned(),
+                secret: Zeroizing::new(secret.as_bytes().to_vec()),
+            });
+        }
+        if tokens.is_empty() {
+            return Err(TokenError::Empty { path: path.to_owned() });
+        }
+        Ok(Tokens(tokens))
+    }
+
+    /// Reads and checks the file: a regular file, not readable by group or
+    /// others, parsed as [`Tokens::parse`].
+    pub fn load(path: &Path) -> Result<Tokens, TokenError> {
+        let read = |source| TokenError::Read {
+            path: path.to_owned(),
+            source,
+        };
+        let mut file = File::open(path).map_err(read)?;
+        let meta = file.metadata().map_err(read)?;
+        if !meta.is_file() {
+            return Err(TokenError::NotAFile { path: path.to_owned() });
+        }
+        let mode = meta.mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(TokenError::Permissions {
+                path: path.to_owned(),
+                mode,
+            });
+        }
+        if meta.len() > MAX_FILE_BYTES {
+            return Err(TokenError::TooLarge { path: path.to_owned() });
+        }
+        let mut text = Zeroizing::new(String::new());
+        file.read_to_string(&mut text).map_err(read)?;
+        Tokens::parse(path, &text)
+    }
+
+    /// The name of the token `presented` equals, if any. Every token is
+    /// compared in full, in constant time, whether or not an earlier one
+    /// matched: the time taken tells nothing about which one did.
+    pub fn check(&self, presented: &[u8]) -> Option<&str> {
+        let mut found: Option<&str> = None;
+        for token in &self.0 {
+            let equal: bool = token.secret.as_slice().ct_eq(presented).into();
+            // Both arms do the same work; the choice is data, not an exit.
+            found = if equal { Some(token.name.as_str()) } else { found };
+        }
+        found
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// The tokens a running server checks, swappable at run time.
+#[derive(Debug)]
+pub struct TokenSet {
+    current: RwLock<Arc<Tokens>>,
+}
+
+impl TokenSet {
+    /// Loads `path` (see [`Tokens::load`]).
+    pub fn load(path: &Path) -> Result<TokenSet, TokenError> {
+        Ok(TokenSet {
+            current: RwLock::new(Arc::new(Tokens::load(path)?)),
+        })
+    }
+
+    /// Reads `path` again and, if it is good, uses its tokens from now on;
+    /// a bad file leaves the tokens in use as they were. Returns how many
+    /// tokens are in use.
+    pub fn reload(&self, path: &Path) -> Result<usize, TokenError> {
+        let tokens = Arc::new(Tokens::load(path)?);
+        let n = tokens.len();
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = tokens;
+        Ok(n)
+    }
+
+    /// The tokens in use now.
+    pub fn current(&self) -> Arc<Tokens> {
+        Arc::clone(&self.current.read().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+#[cfg(test)]
+mod tests;
