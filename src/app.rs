@@ -55,6 +55,10 @@ pub enum ServeError {
     Portal(#[from] crate::portal::PortalError),
 }
 
+/// How often every directory server is connected to for
+/// `fedgate_directory_up`, traffic or not.
+const DIRECTORY_PROBE: Duration = Duration::from_secs(30);
+
 fn bind(key: String, addr: SocketAddr, tls: Option<TlsAcceptor>, workers: usize) -> Result<Bound, ServeError> {
     workers::bind(key.clone(), addr, tls, workers).map_err(|source| ServeError::Bind { key, addr, source })
 }
@@ -62,10 +66,7 @@ fn bind(key: String, addr: SocketAddr, tls: Option<TlsAcceptor>, workers: usize)
 /// Runs until `shutdown` is triggered (by a signal or by the caller), then
 /// drains in-flight requests for at most `server.shutdown_grace`.
 pub async fn serve(config: Config, shutdown: Shutdown) -> Result<(), ServeError> {
-    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
-        .install_recorder()
-        .map_err(|err| tracing::warn!(error = %err, "metrics recorder not installed"))
-        .ok();
+    let metrics = crate::telemetry::install(&config);
 
     let tls_acceptor = if config.server.listen.is_empty() {
         None
@@ -143,6 +144,18 @@ pub async fn serve(config: Config, shutdown: Shutdown) -> Result<(), ServeError>
             },
         ));
         tracing::info!(path = %config.portal.as_ref().map_or("", |p| p.path.as_str()), "portal enabled");
+    }
+    if let Some(ldap) = &ldap {
+        let ldap = Arc::clone(ldap);
+        jobs.push(Job::now_and_every(
+            "directory.probe",
+            DIRECTORY_PROBE,
+            shutdown.clone(),
+            move || {
+                let ldap = Arc::clone(&ldap);
+                async move { ldap.probe().await }
+            },
+        ));
     }
     let mut sync_lead = None;
     if let (Some(sync), Some(ldap)) = (&config.sync, &ldap) {

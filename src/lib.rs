@@ -11,6 +11,7 @@
 //! - [`key_file`]: 32-byte key files made on first use (server key, portal key)
 //! - [`secretbox`]: secrets sealed at rest under the portal key
 //! - [`totp`]: the TOTP second factor (RFC 6238), its QR code and text key
+//! - [`telemetry`]: the metrics, their names, labels and starting values
 //! - [`logging`]: tracing set-up (human or JSON)
 //! - [`shutdown`]: the shutdown signal shared by listeners and tasks
 
@@ -35,4 +36,5 @@ pub mod server_key;
 pub mod shutdown;
 pub mod store;
 pub mod sync;
+pub mod telemetry;
 pub mod totp;
