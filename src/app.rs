@@ -92,6 +92,8 @@ pub async fn serve(config: Config, shutdown: Shutdown) -> Result<(), ServeError>
         OpenMode::CreateIfMissing,
     )
     .await?;
+    // Just opened, so up; the sign-in path's reads keep it current.
+    metrics::gauge!("fedgate_store_up").set(1.0);
     let key = crate::server_key::load_or_create(&config.store.key_file)?;
     // The audit writer outlives the drain: requests finishing during the
     // grace period still produce records.

@@ -75,7 +75,10 @@ fn describe() {
         "fedgate_credential_cache_total",
         "Verified-credential cache lookups, by result (hit, miss)."
     );
-    describe_gauge!("fedgate_credential_cache_entries", "Entries in the verified-credential cache.");
+    describe_gauge!(
+        "fedgate_credential_cache_entries",
+        "Entries in the verified-credential cache."
+    );
     describe_counter!(
         "fedgate_argon2_total",
         "argon2id verifications, by what they were for (app_password, password, dummy)."
@@ -176,7 +179,10 @@ fn describe() {
         "fedgate_audit_unwritten_total",
         "Sign-in records the store refused at the first try (queued and retried)."
     );
-    describe_gauge!("fedgate_connections_open", "Client connections open on the main listeners.");
+    describe_gauge!(
+        "fedgate_connections_open",
+        "Client connections open on the main listeners."
+    );
     describe_counter!(
         "fedgate_connections_at_limit_total",
         "Connections that waited because server.limits.max_connections was reached."
@@ -271,9 +277,9 @@ pub struct RouteMetrics {
 impl RouteMetrics {
     pub fn new(route: &str) -> RouteMetrics {
         RouteMetrics {
-            by_class: STATUS_CLASSES.map(|class| {
-                metrics::counter!("fedgate_requests_total", "route" => route.to_owned(), "status" => class)
-            }),
+            by_class: STATUS_CLASSES.map(
+                |class| metrics::counter!("fedgate_requests_total", "route" => route.to_owned(), "status" => class),
+            ),
             duration: metrics::histogram!("fedgate_request_duration_seconds", "route" => route.to_owned()),
         }
     }
@@ -333,7 +339,7 @@ pub fn directory_up(url: &str, up: bool) {
 }
 
 pub fn directory_bind(url: &str, seconds: f64) {
-    let _ = metrics::histogram!("fedgate_directory_bind_seconds", "server" => url.to_owned()).record(seconds);
+    metrics::histogram!("fedgate_directory_bind_seconds", "server" => url.to_owned()).record(seconds);
 }
 
 /// Counts a pass this node ran and shows it as the newest of its kind.
@@ -407,9 +413,9 @@ pub fn argon2_queue(delta: f64) {
 }
 
 pub fn argon2_waited(seconds: f64) {
-    let _ = metrics::histogram!("fedgate_argon2_wait_seconds").record(seconds);
+    metrics::histogram!("fedgate_argon2_wait_seconds").record(seconds);
 }
 
 pub fn argon2_hashed(seconds: f64) {
-    let _ = metrics::histogram!("fedgate_argon2_seconds").record(seconds);
+    metrics::histogram!("fedgate_argon2_seconds").record(seconds);
 }

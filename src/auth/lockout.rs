@@ -816,6 +816,9 @@ impl Lockout {
         if source_locked.is_some() {
             crate::telemetry::lockout_begun(true);
         }
+        if locked.is_some() || source_locked.is_some() {
+            crate::telemetry::lockout_entries(self.counters.len(), self.sources.len());
+        }
         // Set only once the entries exist (see `recording`): set before,
         // a sweep in between could clear it with the entry in place.
         self.any.store(true, Ordering::Release);

@@ -5,6 +5,7 @@ mod adversarial;
 mod cli;
 mod directory;
 mod lb;
+mod metrics;
 mod nodes;
 mod portal;
 mod proxy;
