@@ -5,6 +5,7 @@ mod adversarial;
 mod cli;
 mod directory;
 mod lb;
+mod logs;
 mod metrics;
 mod nodes;
 mod portal;
