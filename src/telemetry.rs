@@ -185,7 +185,7 @@ fn describe() {
     );
     describe_counter!(
         "fedgate_connections_at_limit_total",
-        "Connections that waited because server.limits.max_connections was reached."
+        "Connections that waited because server.max_connections was reached."
     );
     describe_counter!(
         "fedgate_connections_closed_total",
