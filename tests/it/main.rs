@@ -3,6 +3,7 @@
 mod ad;
 mod adversarial;
 mod cli;
+mod contrib;
 mod directory;
 mod lb;
 mod logs;
