@@ -291,15 +291,20 @@ impl RouteMetrics {
     }
 
     pub fn record(&self, status: u16, seconds: f64) {
-        let class = match status {
-            100..=199 => 0,
-            200..=299 => 1,
-            300..=399 => 2,
-            400..=499 => 3,
-            _ => 4,
-        };
-        self.by_class[class].increment(1);
+        self.by_class[status_class(status)].increment(1);
         self.duration.record(seconds);
+    }
+}
+
+/// The index in [`STATUS_CLASSES`] of an HTTP status; anything outside
+/// 100..=499 counts as a server error.
+fn status_class(status: u16) -> usize {
+    match status {
+        100..=199 => 0,
+        200..=299 => 1,
+        300..=399 => 2,
+        400..=499 => 3,
+        _ => 4,
     }
 }
 
@@ -309,11 +314,7 @@ fn signin_counter(kind: CredentialKind, success: bool, reason: Reason) -> &'stat
     let kinds = CredentialKind::ALL;
     let reasons = Reason::ALL;
     let handles = HANDLES.get_or_init(|| (0..kinds.len() * reasons.len() * 2).map(|_| OnceLock::new()).collect());
-    // Invariant: every value of the two enums is in its ALL list.
-    let k = kinds.iter().position(|&k| k == kind).unwrap_or(0);
-    let r = reasons.iter().position(|&r| r == reason).unwrap_or(0);
-    let slot = (k * reasons.len() + r) * 2 + usize::from(success);
-    handles[slot].get_or_init(|| {
+    handles[signin_slot(kind, success, reason)].get_or_init(|| {
         metrics::counter!(
             "fedgate_signins_total",
             "credential" => kind.as_str(),
@@ -321,6 +322,14 @@ fn signin_counter(kind: CredentialKind, success: bool, reason: Reason) -> &'stat
             "reason" => reason.as_str()
         )
     })
+}
+
+/// Where the handle of (kind, result, reason) sits: one slot each.
+fn signin_slot(kind: CredentialKind, success: bool, reason: Reason) -> usize {
+    // Invariant: every value of the two enums is in its ALL list.
+    let k = CredentialKind::ALL.iter().position(|&k| k == kind).unwrap_or(0);
+    let r = Reason::ALL.iter().position(|&r| r == reason).unwrap_or(0);
+    (k * Reason::ALL.len() + r) * 2 + usize::from(success)
 }
 
 /// Counts one audited sign-in decision.
@@ -419,3 +428,6 @@ pub fn argon2_waited(seconds: f64) {
 pub fn argon2_hashed(seconds: f64) {
     metrics::histogram!("fedgate_argon2_seconds").record(seconds);
 }
+
+#[cfg(test)]
+mod tests;
