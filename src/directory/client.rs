@@ -288,9 +288,11 @@ impl LdapDirectory {
             .await;
             let up = match attempt {
                 Ok(Ok((conn, mut ldap))) => {
+                    // Bounded, so a server that stops answering after the
+                    // connect cannot hold the probe (or shutdown) up.
                     let driver = tokio::spawn(conn.drive());
-                    let _ = ldap.unbind().await;
-                    let _ = driver.await;
+                    let _ = tokio::time::timeout(self.config.connect_timeout, ldap.unbind()).await;
+                    driver.abort();
                     true
                 }
                 Ok(Err(err)) => {
