@@ -90,6 +90,10 @@ fn spawn_reloads(
     })
 }
 
+/// How often every directory server is connected to for
+/// `fedgate_directory_up`, traffic or not.
+const DIRECTORY_PROBE: Duration = Duration::from_secs(30);
+
 fn bind(key: String, addr: SocketAddr, tls: Option<TlsAcceptor>, workers: usize) -> Result<Bound, ServeError> {
     workers::bind(key.clone(), addr, tls, workers).map_err(|source| ServeError::Bind { key, addr, source })
 }
@@ -131,10 +135,7 @@ async fn serve_inner(config: Config, path: Option<&Path>, shutdown: Shutdown) ->
     for (key, addr) in config_addresses(&config) {
         crate::instance::ensure_free(&key, addr)?;
     }
-    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
-        .install_recorder()
-        .map_err(|err| tracing::warn!(error = %err, "metrics recorder not installed"))
-        .ok();
+    let metrics = crate::telemetry::install(&config);
 
     let admin_tls = config.admin.as_ref().is_some_and(|a| a.tls);
     let certs = if config.server.listen.is_empty() && !admin_tls {
@@ -181,6 +182,8 @@ async fn serve_inner(config: Config, path: Option<&Path>, shutdown: Shutdown) ->
         OpenMode::CreateIfMissing,
     )
     .await?;
+    // Just opened, so up; the sign-in path's reads keep it current.
+    metrics::gauge!("fedgate_store_up").set(1.0);
     let key = crate::server_key::load_or_create(&config.store.key_file)?;
     // The audit writer outlives the drain: requests finishing during the
     // grace period still produce records.
@@ -233,6 +236,18 @@ async fn serve_inner(config: Config, path: Option<&Path>, shutdown: Shutdown) ->
             },
         ));
         tracing::info!(path = %config.portal.as_ref().map_or("", |p| p.path.as_str()), "portal enabled");
+    }
+    if let Some(ldap) = &ldap {
+        let ldap = Arc::clone(ldap);
+        jobs.push(Job::now_and_every(
+            "directory.probe",
+            DIRECTORY_PROBE,
+            shutdown.clone(),
+            move || {
+                let ldap = Arc::clone(&ldap);
+                async move { ldap.probe().await }
+            },
+        ));
     }
     let mut sync_lead = None;
     if let (Some(sync), Some(ldap)) = (&config.sync, &ldap) {

@@ -159,6 +159,7 @@ impl AuditSink {
     }
 
     pub fn record(&self, event: &Event<'_>) {
+        crate::telemetry::signin(event.credential, event.success, event.reason);
         // Invariant: the lock is held only for a push or a swap, neither of
         // which panics; a poisoned lock still holds a consistent batch.
         let mut batch = self.shared.batch.lock().unwrap_or_else(|p| p.into_inner());

@@ -1072,6 +1072,9 @@ impl Authenticator {
         audit.success = false;
         audit.reason = reason;
         self.audit.record(&audit);
+        if reason == Reason::LockedOut {
+            crate::telemetry::lockout_refusal();
+        }
         let retry_after = match refusal {
             Refusal::Unavailable if reason == Reason::Overloaded => Some(refusal::RETRY_OVERLOADED),
             Refusal::Unavailable => Some(refusal::RETRY_UNAVAILABLE),

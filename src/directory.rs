@@ -117,6 +117,21 @@ pub enum DirectoryError {
     ServiceBind { server: String, dn: String, reason: String },
 }
 
+impl DirectoryError {
+    /// Every [`DirectoryError::kind`], for metrics that must exist at start.
+    pub const KINDS: &'static [&'static str] = &["unavailable", "timeout", "busy", "service_bind"];
+
+    /// The error's kind, as the `kind` label of `fedgate_directory_errors_total`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            DirectoryError::Unavailable { .. } => "unavailable",
+            DirectoryError::Timeout(_) => "timeout",
+            DirectoryError::Busy => "busy",
+            DirectoryError::ServiceBind { .. } => "service_bind",
+        }
+    }
+}
+
 /// Checks organizational passwords against the directory.
 pub trait Directory: Send + Sync + fmt::Debug {
     /// Binds as the user `name` with `password`. The caller has already

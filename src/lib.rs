@@ -14,6 +14,7 @@
 //! - [`secretbox`]: secrets sealed at rest under the portal key
 //! - [`totp`]: the TOTP second factor (RFC 6238), its QR code and text key
 //! - [`reload`]: SIGHUP: the parts of a running server a new config replaces
+//! - [`telemetry`]: the metrics, their names, labels and starting values
 //! - [`logging`]: tracing set-up (human or JSON)
 //! - [`instance`]: one fedgate per listening address
 //! - [`shutdown`]: the shutdown signal shared by listeners and tasks
@@ -43,4 +44,5 @@ pub mod server_key;
 pub mod shutdown;
 pub mod store;
 pub mod sync;
+pub mod telemetry;
 pub mod totp;

@@ -10,7 +10,9 @@
 //!
 //! Access-log events use the target `fedgate::access`, sign-in records
 //! `fedgate::audit`; filter with `RUST_LOG`, e.g.
-//! `RUST_LOG=info,fedgate::access=off`.
+//! `RUST_LOG=info,fedgate::access=off`. Both formats show every line's
+//! target (human: after the level, `INFO fedgate::sync: sync pass ...`;
+//! JSON: the `target` field), so what a line shows is what to filter on.
 
 use std::cell::RefCell;
 use std::io::{IsTerminal, Write};
@@ -391,7 +393,7 @@ impl AccessLog {
             LogFormat::Human => {
                 use std::fmt::Write as _;
                 push_timestamp(line);
-                let _ = writeln!(line, " {level:>5} {message}{fields}");
+                let _ = writeln!(line, " {level:>5} {ACCESS_TARGET}: {message}{fields}");
             }
         }
         let _ = EventWriter.write(line.as_bytes());
@@ -421,7 +423,7 @@ pub fn init(format: LogFormat, default_level: &str) -> Guard {
         LogFormat::Human => tracing_subscriber::fmt::layer()
             .with_writer(Stderr)
             .with_ansi(ansi)
-            .with_target(false)
+            .with_target(true)
             .with_filter(not_access)
             .boxed(),
         LogFormat::Json => tracing_subscriber::fmt::layer()

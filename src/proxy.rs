@@ -31,6 +31,7 @@ use crate::auth::{self, Authenticator, Identity};
 use crate::config::{BrowserMode, Config, Realm, RouteConfig, Upstream as UpstreamConfig};
 use crate::model::CredentialKind;
 use crate::portal::{BrowserCheck, Portal};
+use crate::telemetry::RouteMetrics;
 use body::{AccessRecord, Logged, ProxyBody};
 use error::{Challenge, ProxyError};
 use forward::{canonical_ip as canonical_peer, ClientInfo, Upstream};
@@ -41,6 +42,7 @@ pub struct Route {
     pub config: RouteConfig,
     name: Arc<str>,
     upstream_label: Arc<str>,
+    metrics: Arc<RouteMetrics>,
     target: Target,
 }
 
@@ -54,6 +56,7 @@ pub struct Proxy {
     trusted_proxies: Vec<IpNet>,
     auth: Option<Arc<Authenticator>>,
     portal: Option<Arc<Portal>>,
+    portal_metrics: Arc<RouteMetrics>,
     challenge: Challenge,
 }
 
@@ -81,6 +84,7 @@ impl Proxy {
             let route = Route {
                 name: Arc::from(rc.name.as_str()),
                 upstream_label: Arc::from(rc.upstream.to_string()),
+                metrics: Arc::new(RouteMetrics::new(&rc.name)),
                 config: rc.clone(),
                 target,
             };
@@ -91,6 +95,7 @@ impl Proxy {
             trusted_proxies: config.server.trusted_proxies.clone(),
             auth,
             portal,
+            portal_metrics: Arc::new(RouteMetrics::new(crate::telemetry::PORTAL_ROUTE)),
             challenge: Challenge::basic(&config.auth.basic_realm),
         })
     }
@@ -125,6 +130,7 @@ impl Proxy {
             version: req.version(),
             client_ip: client.as_ref().map_or(canonical_peer(conn.peer.ip()), |c| c.ip),
             route: None,
+            metrics: None,
             upstream: None,
             status: 0,
             user: None,
@@ -162,6 +168,7 @@ impl Proxy {
                         .check_route(c.allow_encoded_slashes, c.allow_path_parameters)
                     {
                         record.route = Some(Arc::clone(&route.name));
+                        record.metrics = Some(Arc::clone(&route.metrics));
                         return refused(record, &why);
                     }
                 }
@@ -180,7 +187,8 @@ impl Proxy {
             *req.uri_mut() = uri;
         }
         if let Some(portal) = portal {
-            record.route = Some(Arc::from("portal"));
+            record.route = Some(Arc::from(crate::telemetry::PORTAL_ROUTE));
+            record.metrics = Some(Arc::clone(&self.portal_metrics));
             let resp = portal.handle(req, &client).await;
             return Self::finish(resp, record);
         }
@@ -188,6 +196,7 @@ impl Proxy {
             None => ProxyError::NoRoute.into_response(),
             Some(route) => {
                 record.route = Some(Arc::clone(&route.name));
+                record.metrics = Some(Arc::clone(&route.metrics));
                 record.upstream = Some(Arc::clone(&route.upstream_label));
                 self.serve_route(&route, &conn, &client, req, &mut record).await
             }

@@ -452,6 +452,9 @@ impl Syncer {
         server: Option<String>,
         err: &PassError,
     ) -> SyncPass {
+        if let PassError::Directory(err) = err {
+            crate::telemetry::directory_error(err);
+        }
         let mut pass = self.pass_record(kind, started_at, started, server);
         pass.errors = 1;
         pass.message = Some(err.to_string());
@@ -460,6 +463,7 @@ impl Syncer {
 
     async fn finish(&self, pass: SyncPass, mark: Option<SyncMark>) -> SyncPass {
         log_pass(&pass);
+        crate::telemetry::sync_pass_run(&pass);
         if let Err(err) = self.store.record_sync_pass(&pass, mark.as_ref()).await {
             tracing::error!(error = %err, "cannot record the sync pass");
         }
@@ -590,7 +594,29 @@ impl Syncer {
                 }
             }
         });
-        vec![lead, passes]
+        let this = Arc::clone(self);
+        let status = Job::now_and_every("sync.status", this.config.interval, shutdown.clone(), move || {
+            let this = Arc::clone(&this);
+            async move { this.publish_status().await }
+        });
+        vec![lead, passes, status]
+    }
+
+    /// Shows the newest passes in the store (whichever node ran them) in
+    /// the sync gauges, so every node reports the sync's state and a
+    /// restarted one does not start from "never".
+    async fn publish_status(&self) {
+        match self.store.last_sync_passes().await {
+            Ok((incremental, full)) => {
+                for pass in [incremental, full].iter().flatten() {
+                    crate::telemetry::sync_pass_seen(pass);
+                }
+            }
+            Err(err) => tracing::debug!(error = %err, "cannot read the last sync passes for the metrics"),
+        }
+        if let Ok(Some(at)) = self.store.last_completed_sync_at().await {
+            crate::telemetry::sync_completed_at(at);
+        }
     }
 }
 

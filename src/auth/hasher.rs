@@ -6,8 +6,11 @@
 //! need no hashing (warm sign-ins) keep their share of the CPU.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use tokio::sync::Semaphore;
+
+use crate::telemetry;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("the password hashing pool is full")]
@@ -70,12 +73,16 @@ impl Hasher {
         R: Send + 'static,
     {
         let admitted = admission.0;
-        metrics::gauge!("fedgate_hash_queue").increment(1.0);
+        let queued = Instant::now();
+        telemetry::argon2_queue(1.0);
         let running = Arc::clone(&self.running).acquire_owned().await;
-        metrics::gauge!("fedgate_hash_queue").decrement(1.0);
+        telemetry::argon2_queue(-1.0);
+        telemetry::argon2_waited(queued.elapsed().as_secs_f64());
         let running = running.map_err(|_| Overloaded)?;
         let result = tokio::task::spawn_blocking(move || {
+            let started = Instant::now();
             let r = work();
+            telemetry::argon2_hashed(started.elapsed().as_secs_f64());
             drop(running);
             drop(admitted);
             r

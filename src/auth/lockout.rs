@@ -810,6 +810,15 @@ impl Lockout {
                 overflow.fail(&rules, tag, reason, source, now)
             });
         let source_locked = if counted { self.spray(key, source, now) } else { None };
+        if locked.is_some() {
+            crate::telemetry::lockout_begun(false);
+        }
+        if source_locked.is_some() {
+            crate::telemetry::lockout_begun(true);
+        }
+        if locked.is_some() || source_locked.is_some() {
+            crate::telemetry::lockout_entries(self.counters.len(), self.sources.len());
+        }
         // Set only once the entries exist (see `recording`): set before,
         // a sweep in between could clear it with the entry in place.
         self.any.store(true, Ordering::Release);
@@ -931,7 +940,7 @@ impl Lockout {
             self.any.store(false, Ordering::Release);
         }
         drop(alone);
-        metrics::gauge!("fedgate_lockout_entries").set(self.counters.len() as f64);
+        crate::telemetry::lockout_entries(self.counters.len(), self.sources.len());
     }
 
     /// Keys held: counters, sources, familiar lists.

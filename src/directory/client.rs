@@ -36,6 +36,7 @@ use super::{Checked, Directory, DirectoryError, Known, LoginName};
 use crate::app_password;
 use crate::config::{DirectoryBind, DirectoryConfig};
 use crate::model::{DirectoryAttributes, FederatedUser, Secret, Upn};
+use crate::telemetry;
 
 /// LDAP result codes this client tells apart.
 mod rc {
@@ -239,6 +240,7 @@ impl LdapDirectory {
                         }
                     });
                     *lock(&server.down_until) = None;
+                    telemetry::directory_up(&server.url, true);
                     if server.failing.swap(false, Ordering::AcqRel) {
                         tracing::info!(server = %server.url, "directory server reachable again");
                     }
@@ -252,6 +254,7 @@ impl LdapDirectory {
                 Err(_) => format!("no connection within {remaining:?}"),
             };
             *lock(&server.down_until) = Some(Instant::now() + self.config.failover_backoff);
+            telemetry::directory_up(&server.url, false);
             if !server.failing.swap(true, Ordering::AcqRel) {
                 tracing::warn!(
                     server = %server.url,
@@ -266,6 +269,40 @@ impl LdapDirectory {
             });
         }
         Err(last.unwrap_or(DirectoryError::Timeout(self.config.timeout)))
+    }
+
+    /// Connects to every server once (within `connect_timeout`) and
+    /// says in `fedgate_directory_up` which answered, so the gauge is
+    /// current on a quiet server too. It changes no failover state: that
+    /// is for the connections sign-ins use.
+    pub async fn probe(&self) {
+        for server in &self.servers {
+            let mut settings = LdapConnSettings::new().set_conn_timeout(self.config.connect_timeout);
+            if let Some(tls) = &self.tls {
+                settings = settings.set_config(Arc::clone(tls)).set_starttls(self.config.starttls);
+            }
+            let attempt = tokio::time::timeout(
+                self.config.connect_timeout,
+                LdapConnAsync::with_settings(settings, &server.url),
+            )
+            .await;
+            let up = match attempt {
+                Ok(Ok((conn, mut ldap))) => {
+                    // Bounded, so a server that stops answering after the
+                    // connect cannot hold the probe (or shutdown) up.
+                    let driver = tokio::spawn(conn.drive());
+                    let _ = tokio::time::timeout(self.config.connect_timeout, ldap.unbind()).await;
+                    driver.abort();
+                    true
+                }
+                Ok(Err(err)) => {
+                    tracing::debug!(server = %server.url, error = %err, "directory probe failed");
+                    false
+                }
+                Err(_) => false,
+            };
+            telemetry::directory_up(&server.url, up);
+        }
     }
 
     /// Whether a connection to `server` should make way for a new one: a
@@ -479,12 +516,14 @@ impl LdapDirectory {
                 }
             };
             let remaining = Self::remaining(deadline).ok_or(DirectoryError::Timeout(self.config.timeout))?;
-            match conn
+            let started = Instant::now();
+            let bound = conn
                 .ldap
                 .with_timeout(remaining)
                 .simple_bind(name, password.expose())
-                .await
-            {
+                .await;
+            telemetry::directory_bind(self.url(&conn), started.elapsed().as_secs_f64());
+            match bound {
                 Ok(r) => {
                     let outcome = match r.rc {
                         rc::SUCCESS => Ok(()),
@@ -1044,10 +1083,14 @@ impl Directory for LdapDirectory {
                     DirectoryBind::Direct { .. } => self.check_direct_mode(name, known, password, deadline).await,
                 }
             };
-            match tokio::time::timeout(self.config.timeout, check).await {
+            let result = match tokio::time::timeout(self.config.timeout, check).await {
                 Ok(result) => result,
                 Err(_) => Err(DirectoryError::Timeout(self.config.timeout)),
+            };
+            if let Err(err) = &result {
+                telemetry::directory_error(err);
             }
+            result
         })
     }
 

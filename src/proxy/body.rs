@@ -7,7 +7,7 @@
 //! duration of long downloads and held-open requests.
 
 use std::pin::Pin;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -17,6 +17,7 @@ use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Empty, Full};
 
 use super::ip_text::IpText;
 use super::listener::InFlight;
+use crate::telemetry::RouteMetrics;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -41,6 +42,9 @@ pub struct AccessRecord {
     pub version: http::Version,
     pub client_ip: std::net::IpAddr,
     pub route: Option<Arc<str>>,
+    /// The counters of the route that took the request; `None` counts it
+    /// as route `none`.
+    pub metrics: Option<Arc<RouteMetrics>>,
     pub upstream: Option<Arc<str>>,
     pub status: u16,
     pub user: Option<String>,
@@ -53,16 +57,8 @@ pub struct AccessRecord {
 impl Drop for AccessRecord {
     fn drop(&mut self) {
         let duration = self.started.elapsed();
-        let m = request_metrics();
-        let class = match self.status {
-            100..=199 => 0,
-            200..=299 => 1,
-            300..=399 => 2,
-            400..=499 => 3,
-            _ => 4,
-        };
-        m.by_class[class].increment(1);
-        m.duration.record(duration.as_secs_f64());
+        let metrics = self.metrics.as_deref().unwrap_or_else(|| RouteMetrics::unrouted());
+        metrics.record(self.status, duration.as_secs_f64());
         tracing::info!(
             target: crate::logging::ACCESS_TARGET,
             method = self.method.as_str(),
@@ -92,22 +88,6 @@ fn version_str(version: http::Version) -> &'static str {
         http::Version::HTTP_3 => "HTTP/3.0",
         _ => "HTTP/?",
     }
-}
-
-/// Handles registered once, so counting a request is an atomic add rather
-/// than a registry lookup.
-struct RequestMetrics {
-    by_class: [metrics::Counter; 5],
-    duration: metrics::Histogram,
-}
-
-fn request_metrics() -> &'static RequestMetrics {
-    static METRICS: OnceLock<RequestMetrics> = OnceLock::new();
-    METRICS.get_or_init(|| RequestMetrics {
-        by_class: ["1xx", "2xx", "3xx", "4xx", "5xx"]
-            .map(|class| metrics::counter!("fedgate_requests_total", "status" => class)),
-        duration: metrics::histogram!("fedgate_request_duration_seconds"),
-    })
 }
 
 pin_project_lite::pin_project! {

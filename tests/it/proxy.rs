@@ -599,7 +599,10 @@ async fn admin_endpoint_reports_health_readiness_and_metrics() {
     let (status, _, body) = client::get(admin, "/metrics").await;
     assert_eq!(status, StatusCode::OK);
     let text = String::from_utf8_lossy(&body);
-    assert!(text.contains("fedgate_requests_total{status=\"2xx\"}"), "{text}");
+    assert!(
+        text.contains("fedgate_requests_total{route=\"/whoami\",status=\"2xx\"}"),
+        "{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -173,7 +173,13 @@ async fn a_damaged_store_file_stops_the_server_answering() {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let (_, _, metrics) = get(fg.admin.unwrap(), "/metrics").await;
-        if String::from_utf8_lossy(&metrics).contains("fedgate_audit_unwritten_total") {
+        // Listed (at 0) from the start: wait for it to count.
+        let unwritten = String::from_utf8_lossy(&metrics)
+            .lines()
+            .find_map(|l| l.strip_prefix("fedgate_audit_unwritten_total "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0);
+        if unwritten > 0.0 {
             break;
         }
         assert!(Instant::now() < deadline, "unwritten records are not counted");
