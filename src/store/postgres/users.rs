@@ -57,6 +57,7 @@ impl UserStore for PgStore {
                     UserId(id)
                 }
             };
+            record_state(&mut tx, id, state, false, now).await?;
             record_change(&mut tx, now, ChangeKind::UserCreated, Some(id)).await?;
             let user = reread(&mut tx, id).await?;
             commit(tx).await?;
@@ -238,6 +239,7 @@ impl UserStore for PgStore {
                 .execute(&mut *tx)
                 .await
                 .map_err(db("delete a deleted user's app passwords"))?;
+            record_state(&mut tx, user.id, user.mfa_state, true, now).await?;
             finish_user_change(tx, now, ChangeKind::UserDeleted, user.id).await
         })
     }
@@ -279,6 +281,7 @@ async fn update_mfa_state(conn: &mut PgConnection, user: UserId, state: MfaState
         .execute(&mut *conn)
         .await
         .map_err(db("change a user's MFA state"))?;
+    record_state(&mut *conn, user, state, false, now).await?;
     record_change(conn, now, ChangeKind::MfaStateChanged, Some(user)).await
 }
 
@@ -312,6 +315,13 @@ pub(super) async fn upsert_in(
         None => None,
     };
     let by_upn = user_by_upn(tx, &new.upn).await?;
+    // A deleted user coming back is a change of existence for the history.
+    let returning: Vec<(UserId, MfaState)> = [&by_anchor, &by_upn]
+        .into_iter()
+        .flatten()
+        .filter(|user| user.deleted)
+        .map(|user| (user.id, user.mfa_state))
+        .collect();
     match rules::plan_upsert(by_anchor, by_upn, new)? {
         UpsertPlan::Insert => {
             let insert = sqlx::query(
@@ -330,6 +340,7 @@ pub(super) async fn upsert_in(
                 .await
                 .map_err(db("create a user"))?;
             let id = UserId(row.try_get(0).map_err(db("read a new user's id"))?);
+            record_state(&mut *tx, id, MfaState::default(), false, now).await?;
             Ok((id, UpsertOutcome::Created, Some(ChangeKind::UserCreated)))
         }
         UpsertPlan::Unchanged(id) => Ok((id, UpsertOutcome::Unchanged, None)),
@@ -353,6 +364,9 @@ pub(super) async fn upsert_in(
                 .execute(&mut *tx)
                 .await
                 .map_err(db("update a user from the directory"))?;
+            if let Some((_, state)) = returning.iter().find(|(returned, _)| *returned == id) {
+                record_state(&mut *tx, id, *state, false, now).await?;
+            }
             Ok((id, UpsertOutcome::Updated, Some(kind)))
         }
     }
