@@ -45,6 +45,8 @@ mod audit;
 mod copy;
 mod feed;
 mod lockout;
+mod notices;
+mod report;
 mod sessions;
 mod sync;
 mod totp;
