@@ -28,8 +28,10 @@ pub mod key_file;
 pub mod logging;
 pub mod model;
 pub mod names;
+
 pub mod portal;
 pub mod proxy;
+pub mod report;
 pub mod secretbox;
 pub mod server_key;
 pub mod shutdown;
