@@ -28,6 +28,7 @@ pub mod key_file;
 pub mod logging;
 pub mod model;
 pub mod names;
+pub mod notify;
 
 pub mod portal;
 pub mod proxy;
