@@ -13,7 +13,9 @@ use crate::logging::LogFormat;
 use crate::model::MfaState;
 
 mod admin;
+mod notify;
 mod output;
+mod report;
 use crate::shutdown::Shutdown;
 use output::outln;
 
@@ -60,6 +62,38 @@ pub enum Command {
     /// exists), or copy it into another.
     #[command(subcommand)]
     Store(StoreCommand),
+    /// Reports on the store.
+    #[command(subcommand)]
+    Report(ReportCommand),
+    /// Mail each user newly put in MFA state `enabled` the enrolment notice.
+    Notify(NotifyArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ReportCommand {
+    /// Per UTC day: sign-ins by credential kind and result, users enabled
+    /// or enforced; and the app passwords not used for 90 days.
+    Usage(UsageArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct UsageArgs {
+    /// First day, YYYY-MM-DD (UTC); default 29 days before --to.
+    #[arg(long, value_name = "DATE")]
+    pub from: Option<String>,
+    /// Last day, YYYY-MM-DD (UTC), included; default today.
+    #[arg(long, value_name = "DATE")]
+    pub to: Option<String>,
+    /// Print CSV sections (days, then app passwords to clean up).
+    #[arg(long)]
+    pub csv: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct NotifyArgs {
+    /// Print each message that would be sent; send and record nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -237,6 +271,8 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Serve => serve(&cli),
         Command::CheckConfig => check_config(&cli),
         Command::Store(StoreCommand::Copy(ref args)) => store_copy(args, cli.json),
+        Command::Report(ReportCommand::Usage(ref args)) => report::usage(&cli, args),
+        Command::Notify(ref args) => notify::run(&cli, args),
         Command::User(_)
         | Command::AppPassword(_)
         | Command::Settings(_)
@@ -279,7 +315,9 @@ fn admin_command(cli: Cli) -> ExitCode {
             Command::Settings(cmd) => admin::settings(&ctx, cmd).await,
             Command::Signins(args) => admin::signins(&ctx, args).await,
             Command::Sync(cmd) => admin::sync(&ctx, cmd).await,
-            Command::Serve | Command::CheckConfig | Command::Store(_) => Ok(()),
+            Command::Serve | Command::CheckConfig | Command::Store(_) | Command::Report(_) | Command::Notify(_) => {
+                Ok(())
+            }
         };
         ctx.store.close().await;
         result

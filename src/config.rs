@@ -656,7 +656,12 @@ impl TryFrom<FileConfig> for Config {
 fn smtp(f: file::SmtpFile, portal: Option<&PortalConfig>) -> Result<SmtpConfig, ConfigError> {
     let host = match f.host.as_deref().map(str::trim) {
         Some(h) if !h.is_empty() => h.to_owned(),
-        _ => return Err(ConfigError::invalid("smtp.host", "the mail server's name or address is required")),
+        _ => {
+            return Err(ConfigError::invalid(
+                "smtp.host",
+                "the mail server's name or address is required",
+            ))
+        }
     };
     let tls = match (f.tls.as_deref(), f.starttls) {
         (Some(_), Some(_)) => {
@@ -695,7 +700,8 @@ fn smtp(f: file::SmtpFile, portal: Option<&PortalConfig>) -> Result<SmtpConfig, 
         SmtpTls::Implicit => 465,
         SmtpTls::None => 25,
     };
-    let port = u16::try_from(bounded("smtp.port", f.port, usize::from(default_port), 1, 65_535)?).unwrap_or(default_port);
+    let port =
+        u16::try_from(bounded("smtp.port", f.port, usize::from(default_port), 1, 65_535)?).unwrap_or(default_port);
     let password_file = f
         .password_file
         .as_deref()

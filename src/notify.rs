@@ -94,7 +94,10 @@ pub fn address_of(candidate: &NoticeCandidate) -> Result<String, String> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Planned {
     /// Claim it and send it to this address.
-    Send { candidate: NoticeCandidate, address: String },
+    Send {
+        candidate: NoticeCandidate,
+        address: String,
+    },
     /// Claim it and record that there is no address to send it to.
     NoAddress { candidate: NoticeCandidate, reason: String },
     /// Another run holds it (claimed, not run out): leave it.
@@ -306,11 +309,7 @@ impl Notifier {
 /// `[smtp] auto`: the same run as `fedgate notify`, every `interval`,
 /// until shutdown. On several nodes each notice is sent by one of them
 /// (the claim).
-pub fn start_job(
-    notifier: Arc<Notifier>,
-    interval: Duration,
-    shutdown: crate::shutdown::Shutdown,
-) -> crate::jobs::Job {
+pub fn start_job(notifier: Arc<Notifier>, interval: Duration, shutdown: crate::shutdown::Shutdown) -> crate::jobs::Job {
     crate::jobs::Job::now_and_every("notify", interval, shutdown, move || {
         let notifier = Arc::clone(&notifier);
         async move {

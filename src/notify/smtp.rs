@@ -57,9 +57,8 @@ fn tls_parameters(config: &SmtpConfig) -> Result<TlsParameters, NotifyError> {
     if let Some(ca) = &config.ca_file {
         let pem = std::fs::read(ca)
             .map_err(|e| NotifyError::Config(format!("cannot read smtp.ca_file {}: {e}", ca.display())))?;
-        let cert = Certificate::from_pem(&pem).map_err(|e| {
-            NotifyError::Config(format!("smtp.ca_file {} holds no PEM certificate: {e}", ca.display()))
-        })?;
+        let cert = Certificate::from_pem(&pem)
+            .map_err(|e| NotifyError::Config(format!("smtp.ca_file {} holds no PEM certificate: {e}", ca.display())))?;
         params = params
             .certificate_store(CertificateStore::None)
             .add_root_certificate(cert);

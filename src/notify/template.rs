@@ -130,12 +130,7 @@ fn fill(pieces: &[Piece], values: &Values<'_>) -> String {
     for piece in pieces {
         match piece {
             Piece::Text(text) => out.push_str(text),
-            Piece::Value(name) => out.extend(
-                values
-                    .get(name)
-                    .chars()
-                    .map(|c| if c.is_control() { ' ' } else { c }),
-            ),
+            Piece::Value(name) => out.extend(values.get(name).chars().map(|c| if c.is_control() { ' ' } else { c })),
         }
     }
     out
