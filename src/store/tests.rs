@@ -1590,3 +1590,4 @@ on_both_backends!(
 );
 
 mod copying;
+mod history;
