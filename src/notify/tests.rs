@@ -29,11 +29,17 @@ fn the_shipped_template_is_valid_and_names_the_portal() {
 
 #[test]
 fn placeholders_are_filled_and_braces_escaped() {
-    let t = Template::parse(Path::new("t.txt"), "Subject: Hi {display_name}\n\n{upn} at {{portal}}: {portal_url}\n")
-        .unwrap();
+    let t = Template::parse(
+        Path::new("t.txt"),
+        "Subject: Hi {display_name}\n\n{upn} at {{portal}}: {portal_url}\n",
+    )
+    .unwrap();
     let mail = t.render(&values("Alice"));
     assert_eq!(mail.subject, "Hi Alice");
-    assert_eq!(mail.body, "alice@contoso.example at {portal}: https://mail.contoso.example/portal\n");
+    assert_eq!(
+        mail.body,
+        "alice@contoso.example at {portal}: https://mail.contoso.example/portal\n"
+    );
 }
 
 #[test]
@@ -44,9 +50,15 @@ fn an_unknown_placeholder_names_the_file_line_and_placeholder() {
         other => panic!("{other:?}"),
     }
     let text = err.to_string();
-    assert!(text.starts_with("notice.txt line 4: unknown placeholder {first_name}"), "{text}");
+    assert!(
+        text.starts_with("notice.txt line 4: unknown placeholder {first_name}"),
+        "{text}"
+    );
     let in_subject = Template::parse(Path::new("n.txt"), "Subject: {nope}\n\nbody\n").unwrap_err();
-    assert!(matches!(in_subject, TemplateError::Unknown { line: 1, .. }), "{in_subject}");
+    assert!(
+        matches!(in_subject, TemplateError::Unknown { line: 1, .. }),
+        "{in_subject}"
+    );
 }
 
 #[test]
@@ -68,7 +80,11 @@ fn malformed_templates_are_refused() {
 
 #[test]
 fn a_line_break_in_a_value_cannot_add_a_header_or_a_line() {
-    let t = Template::parse(Path::new("t.txt"), "Subject: For {display_name}\n\nHello {display_name}.\n").unwrap();
+    let t = Template::parse(
+        Path::new("t.txt"),
+        "Subject: For {display_name}\n\nHello {display_name}.\n",
+    )
+    .unwrap();
     let mail = t.render(&values("Mallory\r\nBcc: victim@example.com"));
     assert_eq!(mail.subject, "For Mallory  Bcc: victim@example.com");
     assert!(!mail.subject.contains(['\r', '\n']));
@@ -90,7 +106,12 @@ fn candidate(upn: &str, source: UserSource, mail: Option<&str>, notice: Option<N
 
 #[test]
 fn directory_users_are_mailed_at_their_mail_attribute_and_cloud_users_at_their_upn() {
-    let fed = candidate("bob@corp.example", UserSource::Federated, Some(" bob.smith@mail.example "), None);
+    let fed = candidate(
+        "bob@corp.example",
+        UserSource::Federated,
+        Some(" bob.smith@mail.example "),
+        None,
+    );
     assert_eq!(address_of(&fed).unwrap(), "bob.smith@mail.example");
     let no_mail = candidate("carol@corp.example", UserSource::Federated, None, None);
     assert!(address_of(&no_mail).unwrap_err().contains("no mail attribute"));

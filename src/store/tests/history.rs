@@ -79,7 +79,11 @@ async fn every_change_of_state_or_existence_is_in_the_history(f: Fixture) {
         .map(|r| (r.user_id, r.at - T0))
         .collect();
     assert_eq!(from_35, [(alice.id, 10), (bob.id, 30), (bob.id, 40), (bob.id, 50)]);
-    assert_eq!(store.history_begins().await.unwrap(), None, "a new store's history is complete");
+    assert_eq!(
+        store.history_begins().await.unwrap(),
+        None,
+        "a new store's history is complete"
+    );
 }
 
 async fn sign_ins_are_summed_per_day_and_stale_app_passwords_found(f: Fixture) {
@@ -114,11 +118,21 @@ async fn sign_ins_are_summed_per_day_and_stale_app_passwords_found(f: Fixture) {
             (1, "app_password".into(), true, 2),
         ]
     );
-    assert!(store.daily_signins(day0 + 2 * day, day0 + 3 * day).await.unwrap().is_empty());
+    assert!(store
+        .daily_signins(day0 + 2 * day, day0 + 3 * day)
+        .await
+        .unwrap()
+        .is_empty());
 
     // Created at T0; one used at T0 + 10 days; the check is as of 100 days.
-    store.create_app_password(&new_app_password(alice.id, "old phone", 1)).await.unwrap();
-    let used = store.create_app_password(&new_app_password(alice.id, "tablet", 2)).await.unwrap();
+    store
+        .create_app_password(&new_app_password(alice.id, "old phone", 1))
+        .await
+        .unwrap();
+    let used = store
+        .create_app_password(&new_app_password(alice.id, "tablet", 2))
+        .await
+        .unwrap();
     store
         .record_last_used(&[LastUsed {
             id: used.id,
@@ -129,7 +143,10 @@ async fn sign_ins_are_summed_per_day_and_stale_app_passwords_found(f: Fixture) {
         .await
         .unwrap();
     clock.advance(95 * day);
-    store.create_app_password(&new_app_password(alice.id, "new phone", 3)).await.unwrap();
+    store
+        .create_app_password(&new_app_password(alice.id, "new phone", 3))
+        .await
+        .unwrap();
     let stale = store.stale_app_passwords(T0 + 5 * day).await.unwrap();
     let names: Vec<&str> = stale.iter().map(|s| s.name.as_str()).collect();
     assert_eq!(names, ["old phone"], "used at 10 days, not stale as of 5");
@@ -187,15 +204,30 @@ async fn each_change_into_enabled_is_noticed_once(f: Fixture) {
     let other = f.open_again().await;
     assert!(!other.claim_notice(&claim(&alice, "b", T0 + 1)).await.unwrap());
     // A failure is recorded, and may be claimed again by the next run.
-    assert!(store.finish_notice(&done(&alice, "a", NoticeStatus::Failed, T0 + 2)).await.unwrap());
+    assert!(store
+        .finish_notice(&done(&alice, "a", NoticeStatus::Failed, T0 + 2))
+        .await
+        .unwrap());
     let due = store.notice_candidates().await.unwrap();
-    assert_eq!(due[0].notice.as_ref().map(|n| (n.status, n.attempts)), Some((NoticeStatus::Failed, 1)));
+    assert_eq!(
+        due[0].notice.as_ref().map(|n| (n.status, n.attempts)),
+        Some((NoticeStatus::Failed, 1))
+    );
     assert!(other.claim_notice(&claim(&alice, "b", T0 + 3)).await.unwrap());
     // The first holder's late word is not taken.
-    assert!(!store.finish_notice(&done(&alice, "a", NoticeStatus::Sent, T0 + 4)).await.unwrap());
-    assert!(other.finish_notice(&done(&alice, "b", NoticeStatus::Sent, T0 + 5)).await.unwrap());
+    assert!(!store
+        .finish_notice(&done(&alice, "a", NoticeStatus::Sent, T0 + 4))
+        .await
+        .unwrap());
+    assert!(other
+        .finish_notice(&done(&alice, "b", NoticeStatus::Sent, T0 + 5))
+        .await
+        .unwrap());
     assert!(store.notice_candidates().await.unwrap().is_empty(), "sent once");
-    assert!(!store.claim_notice(&claim(&alice, "c", T0 + 6)).await.unwrap(), "never twice");
+    assert!(
+        !store.claim_notice(&claim(&alice, "c", T0 + 6)).await.unwrap(),
+        "never twice"
+    );
     let notices = store.list_notices().await.unwrap();
     assert_eq!(notices.len(), 1);
     assert_eq!(
