@@ -113,7 +113,8 @@ growing to several nodes), PostgreSQL to SQLite, or either to its own kind.
 Everything a running fedgate relies on is copied as stored, ids included:
 users (password hashes, directory attributes, TOTP secrets, failed-code
 counts), app passwords and their last use, settings, portal sessions, the
-sign-in log, sync passes and the sync mark. Not copied: the change feed
+sign-in log, sync passes and the sync mark, the MFA state history and the
+enrolment notices. Not copied: the change feed
 (the target keeps its own), the sync lease (the target's nodes take their
 own), and the store id (the target keeps its own: it is another database).
 
