@@ -83,9 +83,10 @@ fn enabled_and_disabled_the_same_day_counts_that_day_only() {
     let history = [
         row(1, 1, at("2024-05-02", 10), MfaState::Enabled, false),
         row(2, 1, at("2024-05-02", 11), MfaState::Disabled, false),
-        // enabled and disabled in the same millisecond: still put in it
-        row(3, 2, at("2024-05-04", 1), MfaState::Enforced, false),
-        row(4, 2, at("2024-05-04", 1), MfaState::Disabled, false),
+        // enabled and disabled in the same millisecond (midnight): still
+        // put in it, on that day
+        row(3, 2, at("2024-05-04", 0), MfaState::Enforced, false),
+        row(4, 2, at("2024-05-04", 0), MfaState::Disabled, false),
         // disabled exactly at midnight: not counted on the next day
         row(5, 3, at("2024-05-01", 12), MfaState::Enabled, false),
         row(6, 3, at("2024-05-02", 0), MfaState::Disabled, false),
