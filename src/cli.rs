@@ -449,6 +449,14 @@ fn check_config(cli: &Cli) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
+    // The notice template is part of the configuration: a bad placeholder
+    // is found here, not by the first `fedgate notify`.
+    if let Some(smtp) = &config.smtp {
+        if let Err(err) = crate::notify::Template::load(&smtp.template) {
+            eprintln!("fedgate: configuration error: {err}");
+            return ExitCode::from(2);
+        }
+    }
     let mut listeners = Vec::new();
     for a in &config.server.listen {
         listeners.push(ListenerView {
@@ -549,6 +557,20 @@ fn check_config(cli: &Cli) -> ExitCode {
         ),
         None if view.directory.is_some() => outln!("sync       off"),
         None => {}
+    }
+    if let Some(smtp) = &config.smtp {
+        let auto = if smtp.auto {
+            format!(", sent by serve every {}", humantime::format_duration(smtp.interval))
+        } else {
+            String::new()
+        };
+        outln!(
+            "smtp       {}:{} (tls {}), template {}{auto}",
+            smtp.host,
+            smtp.port,
+            smtp.tls.as_str(),
+            smtp.template.display()
+        );
     }
     for (r, rc) in view.routes.iter().zip(&config.routes) {
         let upstream = match rc.upstream {

@@ -78,6 +78,17 @@ pub enum SmtpTls {
     None,
 }
 
+impl SmtpTls {
+    /// As `[smtp] tls` spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SmtpTls::Starttls => "starttls",
+            SmtpTls::Implicit => "implicit",
+            SmtpTls::None => "none",
+        }
+    }
+}
+
 /// `[smtp]`: the mail server enrolment notices go through, and the notice.
 #[derive(Debug, Clone)]
 pub struct SmtpConfig {
