@@ -322,14 +322,10 @@ fn a_template_with_an_unknown_placeholder_is_a_configuration_error() {
             &template.display().to_string(),
         ),
     );
-    let out = fedgate.admin().run(&["notify", "--dry-run"]);
-    assert_eq!(out.code, 2, "{}{}", out.stdout, out.stderr);
-    assert!(
-        out.stderr.contains(&format!(
-            "{} line 3: unknown placeholder {{first_name}}",
-            template.display()
-        )),
-        "{}",
-        out.stderr
-    );
+    for args in [&["notify", "--dry-run"][..], &["check-config"][..]] {
+        let out = fedgate.admin().run(args);
+        assert_eq!(out.code, 2, "{args:?}: {}{}", out.stdout, out.stderr);
+        let expected = format!("{} line 3: unknown placeholder {{first_name}}", template.display());
+        assert!(out.stderr.contains(&expected), "{args:?}: {}", out.stderr);
+    }
 }
