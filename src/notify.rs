@@ -315,7 +315,8 @@ pub fn start_job(notifier: Arc<Notifier>, interval: Duration, shutdown: crate::s
         async move {
             match notifier.run(false).await {
                 Ok(report) => {
-                    if !(report.sent.is_empty() && report.failed.is_empty() && report.no_address.is_empty()) {
+                    // Users without an address come back every run: not news.
+                    if !(report.sent.is_empty() && report.failed.is_empty()) {
                         tracing::info!(
                             sent = report.sent.len(),
                             failed = report.failed.len(),
