@@ -61,6 +61,8 @@ pub enum ServeError {
     InUse(#[from] crate::instance::InUse),
     #[error("{0}")]
     Tokens(#[from] crate::admin::tokens::TokenError),
+    #[error("smtp: {0}")]
+    Notify(#[from] crate::notify::NotifyError),
 }
 
 /// Serves SIGHUP until shutdown: each one reloads (when there is a file to
@@ -260,6 +262,23 @@ async fn serve_inner(config: Config, path: Option<&Path>, shutdown: Shutdown) ->
         tracing::info!(interval = ?sync.interval, full_every = ?sync.full_every, "directory sync scheduled");
         jobs.extend(syncer.start_jobs(&shutdown));
         sync_lead = Some(syncer);
+    }
+    if let Some(smtp) = config.smtp.as_ref().filter(|s| s.auto) {
+        jobs.push(crate::notify::start_job(
+            Arc::new(crate::notify::Notifier::new(
+                store.clone(),
+                Arc::new(crate::notify::smtp::SmtpMailer::new(smtp)?),
+                crate::notify::Template::load(&smtp.template).map_err(crate::notify::NotifyError::from)?,
+                crate::notify::NoticeSettings {
+                    portal_url: smtp.portal_url.clone(),
+                    organization: smtp.organization.clone(),
+                },
+                Arc::clone(&clock),
+            )),
+            smtp.interval,
+            shutdown.clone(),
+        ));
+        tracing::info!(interval = ?smtp.interval, server = %smtp.host, "enrolment notices scheduled");
     }
     if let Some(handle) = metrics.clone() {
         // Histograms keep their samples until upkeep folds them in.

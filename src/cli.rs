@@ -13,7 +13,9 @@ use crate::logging::LogFormat;
 use crate::model::MfaState;
 
 mod admin;
+mod notify;
 mod output;
+mod report;
 use crate::shutdown::Shutdown;
 use output::outln;
 
@@ -73,6 +75,38 @@ pub enum Command {
         /// The file to create (refused if it exists).
         path: PathBuf,
     },
+    /// Reports on the store.
+    #[command(subcommand)]
+    Report(ReportCommand),
+    /// Mail each user newly put in MFA state `enabled` the enrolment notice.
+    Notify(NotifyArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ReportCommand {
+    /// Per UTC day: sign-ins by credential kind and result, users enabled
+    /// or enforced; and the app passwords not used for 90 days.
+    Usage(UsageArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct UsageArgs {
+    /// First day, YYYY-MM-DD (UTC); default 29 days before --to.
+    #[arg(long, value_name = "DATE")]
+    pub from: Option<String>,
+    /// Last day, YYYY-MM-DD (UTC), included; default today.
+    #[arg(long, value_name = "DATE")]
+    pub to: Option<String>,
+    /// Print CSV sections (days, then app passwords to clean up).
+    #[arg(long)]
+    pub csv: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct NotifyArgs {
+    /// Print each message that would be sent; send and record nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 const BACKUP_ABOUT: &str = "\
@@ -108,7 +142,8 @@ growing to several nodes), PostgreSQL to SQLite, or either to its own kind.
 Everything a running fedgate relies on is copied as stored, ids included:
 users (password hashes, directory attributes, TOTP secrets, failed-code
 counts), app passwords and their last use, settings, portal sessions, the
-sign-in log, sync passes and the sync mark. Not copied: the change feed
+sign-in log, sync passes and the sync mark, the MFA state history and the
+enrolment notices. Not copied: the change feed
 (the target keeps its own), the sync lease (the target's nodes take their
 own), and the store id (the target keeps its own: it is another database).
 
@@ -287,6 +322,8 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::CheckConfig => check_config(&cli),
         Command::Store(StoreCommand::Copy(ref args)) => store_copy(args, cli.json),
         Command::Backup { ref path } => backup(&cli, path),
+        Command::Report(ReportCommand::Usage(ref args)) => report::usage(&cli, args),
+        Command::Notify(ref args) => notify::run(&cli, args),
         Command::User(_)
         | Command::AppPassword(_)
         | Command::Settings(_)
@@ -331,7 +368,12 @@ fn admin_command(cli: Cli) -> ExitCode {
             Command::Signins(args) => admin::signins(&ctx, args).await,
             Command::Sync(cmd) => admin::sync(&ctx, cmd).await,
             Command::AdminEvents { limit } => admin::admin_events(&ctx, limit).await,
-            Command::Serve | Command::CheckConfig | Command::Store(_) | Command::Backup { .. } => Ok(()),
+            Command::Serve
+            | Command::CheckConfig
+            | Command::Store(_)
+            | Command::Backup { .. }
+            | Command::Report(_)
+            | Command::Notify(_) => Ok(()),
         };
         ctx.store.close().await;
         result
@@ -503,6 +545,14 @@ fn check_config(cli: &Cli) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
+    // The notice template is part of the configuration: a bad placeholder
+    // is found here, not by the first `fedgate notify`.
+    if let Some(smtp) = &config.smtp {
+        if let Err(err) = crate::notify::Template::load(&smtp.template) {
+            eprintln!("fedgate: configuration error: {err}");
+            return ExitCode::from(2);
+        }
+    }
     let mut listeners = Vec::new();
     for a in &config.server.listen {
         listeners.push(ListenerView {
@@ -612,6 +662,20 @@ fn check_config(cli: &Cli) -> ExitCode {
         ),
         None if view.directory.is_some() => outln!("sync       off"),
         None => {}
+    }
+    if let Some(smtp) = &config.smtp {
+        let auto = if smtp.auto {
+            format!(", sent by serve every {}", humantime::format_duration(smtp.interval))
+        } else {
+            String::new()
+        };
+        outln!(
+            "smtp       {}:{} (tls {}), template {}{auto}",
+            smtp.host,
+            smtp.port,
+            smtp.tls.as_str(),
+            smtp.template.display()
+        );
     }
     for (r, rc) in view.routes.iter().zip(&config.routes) {
         let upstream = match rc.upstream {

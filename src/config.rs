@@ -62,7 +62,54 @@ pub struct Config {
     pub sync: Option<SyncConfig>,
     /// The self-service portal; `None` when off.
     pub portal: Option<PortalConfig>,
+    /// Enrolment notices (`fedgate notify`); `None` without `[smtp]`.
+    pub smtp: Option<SmtpConfig>,
     pub routes: Vec<RouteConfig>,
+}
+
+/// How the connection to the mail server is protected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SmtpTls {
+    /// Plain connection upgraded with STARTTLS, which must succeed.
+    Starttls,
+    /// TLS from the first byte (SMTPS, port 465).
+    Implicit,
+    /// No encryption: loopback only, unless `allow_plaintext = true`.
+    None,
+}
+
+impl SmtpTls {
+    /// As `[smtp] tls` spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SmtpTls::Starttls => "starttls",
+            SmtpTls::Implicit => "implicit",
+            SmtpTls::None => "none",
+        }
+    }
+}
+
+/// `[smtp]`: the mail server enrolment notices go through, and the notice.
+#[derive(Debug, Clone)]
+pub struct SmtpConfig {
+    pub host: String,
+    pub port: u16,
+    pub tls: SmtpTls,
+    /// With `password_file`: AUTH (never over an unencrypted connection).
+    pub username: Option<String>,
+    pub password_file: Option<PathBuf>,
+    /// The sender, `Name <address>` or an address.
+    pub from: String,
+    /// The CA that signed the mail server's certificate, instead of the
+    /// system's roots.
+    pub ca_file: Option<PathBuf>,
+    pub timeout: Duration,
+    /// Whether `fedgate serve` sends notices itself, every `interval`.
+    pub auto: bool,
+    pub interval: Duration,
+    pub template: PathBuf,
+    pub portal_url: String,
+    pub organization: String,
 }
 
 /// `[portal]`: second-factor registration, app-password management and
@@ -584,6 +631,7 @@ impl TryFrom<FileConfig> for Config {
         let directory = file.directory.map(directory).transpose()?;
         let sync = sync(file.sync, directory.as_ref())?;
         let portal = portal(file.portal)?;
+        let smtp = file.smtp.map(|f| smtp(f, portal.as_ref())).transpose()?;
 
         let mut routes = Vec::with_capacity(file.route.len());
         for (index, r) in file.route.into_iter().enumerate() {
@@ -639,9 +687,139 @@ impl TryFrom<FileConfig> for Config {
             directory,
             sync,
             portal,
+            smtp,
             routes,
         })
     }
+}
+
+fn smtp(f: file::SmtpFile, portal: Option<&PortalConfig>) -> Result<SmtpConfig, ConfigError> {
+    let host = match f.host.as_deref().map(str::trim) {
+        Some(h) if !h.is_empty() => h.to_owned(),
+        _ => {
+            return Err(ConfigError::invalid(
+                "smtp.host",
+                "the mail server's name or address is required",
+            ))
+        }
+    };
+    let tls = match (f.tls.as_deref(), f.starttls) {
+        (Some(_), Some(_)) => {
+            return Err(ConfigError::invalid(
+                "smtp.starttls",
+                "set smtp.tls or smtp.starttls, not both (smtp.tls = \"starttls\" | \"implicit\" | \"none\")",
+            ))
+        }
+        (Some("starttls"), None) | (None, Some(true)) | (None, None) => SmtpTls::Starttls,
+        (Some("implicit"), None) => SmtpTls::Implicit,
+        (Some("none"), None) | (None, Some(false)) => SmtpTls::None,
+        (Some(other), None) => {
+            return Err(ConfigError::invalid(
+                "smtp.tls",
+                format!("expected \"starttls\", \"implicit\" or \"none\", got \"{other}\""),
+            ))
+        }
+    };
+    let loopback = host == "localhost"
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    if tls == SmtpTls::None && !loopback && !f.allow_plaintext.unwrap_or(false) {
+        return Err(ConfigError::invalid(
+            "smtp.tls",
+            format!(
+                "\"none\" sends mail to {host} unencrypted: allowed to a loopback address only, unless \
+                 smtp.allow_plaintext = true"
+            ),
+        ));
+    }
+    let default_port = match tls {
+        SmtpTls::Starttls => 587,
+        SmtpTls::Implicit => 465,
+        SmtpTls::None => 25,
+    };
+    let port =
+        u16::try_from(bounded("smtp.port", f.port, usize::from(default_port), 1, 65_535)?).unwrap_or(default_port);
+    let password_file = f
+        .password_file
+        .as_deref()
+        .map(|p| non_empty_path("smtp.password_file", Some(p), ""))
+        .transpose()?;
+    let username = f.username.filter(|u| !u.is_empty());
+    match (&username, &password_file) {
+        (Some(_), None) => {
+            return Err(ConfigError::invalid(
+                "smtp.password_file",
+                "smtp.username is set: name the file holding its password",
+            ))
+        }
+        (None, Some(_)) => {
+            return Err(ConfigError::invalid(
+                "smtp.username",
+                "smtp.password_file is set: the user name is required too",
+            ))
+        }
+        (Some(_), Some(_)) if tls == SmtpTls::None => {
+            return Err(ConfigError::invalid(
+                "smtp.username",
+                "a password is never sent over an unencrypted connection: use smtp.tls = \"starttls\" or \"implicit\"",
+            ))
+        }
+        _ => {}
+    }
+    let from = match f.from.as_deref().map(str::trim) {
+        Some(from) if from.parse::<lettre::message::Mailbox>().is_ok() => from.to_owned(),
+        Some(from) => {
+            return Err(ConfigError::invalid(
+                "smtp.from",
+                format!("expected a mail address such as \"it@corp.example.com\" or \"IT <it@corp.example.com>\", got \"{from}\""),
+            ))
+        }
+        None => return Err(ConfigError::invalid("smtp.from", "the sender's address is required")),
+    };
+    let portal_url = match f.portal_url.as_deref().map(str::trim) {
+        Some(url) if (url.starts_with("https://") || url.starts_with("http://")) && !url.contains(char::is_whitespace) => {
+            url.to_owned()
+        }
+        Some(url) => {
+            return Err(ConfigError::invalid(
+                "smtp.portal_url",
+                format!("expected the portal's address as users reach it, such as \"https://mail.corp.example.com/portal\", got \"{url}\""),
+            ))
+        }
+        None => {
+            return Err(ConfigError::invalid(
+                "smtp.portal_url",
+                "the portal's address as users reach it is required: notices tell users where to go",
+            ))
+        }
+    };
+    let organization = match f.organization {
+        Some(o) if !o.trim().is_empty() => o.trim().to_owned(),
+        Some(_) => return Err(ConfigError::invalid("smtp.organization", "must not be empty")),
+        None => portal.map_or_else(|| "IT".to_owned(), |p| p.issuer.clone()),
+    };
+    Ok(SmtpConfig {
+        host,
+        port,
+        tls,
+        username,
+        password_file,
+        from,
+        ca_file: f
+            .ca_file
+            .as_deref()
+            .map(|p| non_empty_path("smtp.ca_file", Some(p), ""))
+            .transpose()?,
+        timeout: duration("smtp.timeout", f.timeout.as_deref(), "30s")?,
+        auto: f.auto.unwrap_or(false),
+        interval: duration("smtp.interval", f.interval.as_deref(), "5m")?,
+        template: non_empty_path("smtp.template", f.template.as_deref(), "config/enrolment-notice.txt")?,
+        portal_url,
+        organization,
+    })
 }
 
 fn portal(p: Option<file::PortalFile>) -> Result<Option<PortalConfig>, ConfigError> {

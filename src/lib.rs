@@ -36,9 +36,12 @@ pub mod logging;
 pub mod manage;
 pub mod model;
 pub mod names;
+pub mod notify;
+
 pub mod portal;
 pub mod proxy;
 pub mod reload;
+pub mod report;
 pub mod secretbox;
 pub mod server_key;
 pub mod shutdown;

@@ -631,6 +631,31 @@ impl Manager {
         Ok(settings)
     }
 
+    /// The usage report (`fedgate report usage`) for the UTC days `from`
+    /// to `to` (`YYYY-MM-DD`, both included; see [`crate::report::DayRange`]
+    /// for the defaults).
+    pub async fn usage_report(
+        &self,
+        from: Option<&str>,
+        to: Option<&str>,
+    ) -> Result<crate::report::UsageReport, ManageError> {
+        use crate::report::{Day, DayRange, ReportError};
+        let input = |field: &str| {
+            let field = field.to_owned();
+            move |err: ReportError| match err {
+                ReportError::Input(message) => ManageError::bad(&field, message),
+                ReportError::Store(err) => err.into(),
+            }
+        };
+        let from = from.map(Day::parse).transpose().map_err(input("from"))?;
+        let to = to.map(Day::parse).transpose().map_err(input("to"))?;
+        let now = self.clock.now_ms();
+        let range = DayRange::new(from, to, now).map_err(input("from"))?;
+        crate::report::usage(self.store.as_ref(), range, now)
+            .await
+            .map_err(input("from"))
+    }
+
     /// The sign-in log, newest first.
     pub async fn signins(&self, query: &SigninQuery) -> Result<Vec<AuditRecord>, ManageError> {
         let user = query.user.as_deref().map(|u| parse_upn("user", u)).transpose()?;

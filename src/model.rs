@@ -232,6 +232,19 @@ named_enum! {
 }
 
 named_enum! {
+    /// Where an enrolment notice stands in the store ([`crate::notify`]).
+    pub enum NoticeStatus as "notice status" expecting "sending, sent, failed or no_address" {
+        /// Claimed by a run that is sending it (or was, when it died).
+        Sending = "sending",
+        Sent = "sent",
+        /// The mail server refused it or could not be reached; retried.
+        Failed = "failed",
+        /// The user has no mail address; tried again by the next run.
+        NoAddress = "no_address",
+    }
+}
+
+named_enum! {
     /// Where a user comes from, and so where their org password is checked.
     pub enum UserSource as "user source" expecting "cloud or federated" {
         /// Created in fedgate, with an optional argon2id password hash.

@@ -22,7 +22,7 @@ use serde::Serialize;
 use crate::app_password::MAX_APP_PASSWORDS_PER_USER;
 use crate::model::{
     AdminEvent, AppPassword, AppPasswordId, AppPasswordName, AppPasswordSecretRecord, AuditRecord, Clock,
-    FederatedUser, MfaState, Settings, Upn, User, UserId,
+    FederatedUser, MfaState, NoticeStatus, Settings, Upn, User, UserId,
 };
 
 pub mod copy;
@@ -140,6 +140,8 @@ pub trait Store:
     + SessionStore
     + AuditStore
     + LockoutStore
+    + ReportStore
+    + NoticeStore
     + StoreCopy
     + AdminEventStore
     + Send
@@ -476,6 +478,144 @@ pub trait AdminEventStore: Send + Sync {
     /// The newest events first, at most `limit`, only those with an id
     /// below `before` when given (the next page).
     fn admin_events(&self, limit: u32, before: Option<i64>) -> StoreFuture<'_, Vec<AdminEvent>>;
+}
+
+/// What the usage report ([`crate::report`]) reads, aggregated by the
+/// database where it can be.
+pub trait ReportStore: Send + Sync {
+    /// Sign-ins at or after `from` and before `to` (unix ms), summed
+    /// (each record's `count`) per UTC day, credential kind and result.
+    /// Grouped in SQL over the `audit_at` index: the log is not read into
+    /// memory.
+    fn daily_signins(&self, from: i64, to: i64) -> StoreFuture<'_, Vec<DailySignins>>;
+
+    /// The MFA state history that says what users held during `[from,
+    /// to)`: for each user, their newest row before `from` (what they held
+    /// when the range began) and every row in the range; by user, then in
+    /// time order.
+    fn state_history(&self, from: i64, to: i64) -> StoreFuture<'_, Vec<StateRecord>>;
+
+    /// When the history was backfilled by the upgrade that began it (unix
+    /// ms); `None` when no user existed then, so it is complete.
+    fn history_begins(&self) -> StoreFuture<'_, Option<i64>>;
+
+    /// App passwords of users not deleted that were not used since
+    /// `before` (unix ms): last used before it, or never used and created
+    /// before it. By UPN and name.
+    fn stale_app_passwords(&self, before: i64) -> StoreFuture<'_, Vec<StaleAppPassword>>;
+}
+
+/// One group of [`ReportStore::daily_signins`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DailySignins {
+    /// Days since 1970-01-01, UTC.
+    pub day: i64,
+    pub credential: String,
+    pub success: bool,
+    pub count: i64,
+}
+
+/// One row of the MFA state history: from `at` on, the user holds `state`
+/// and is deleted or not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StateRecord {
+    pub id: i64,
+    pub user_id: UserId,
+    pub at: i64,
+    pub state: MfaState,
+    pub deleted: bool,
+}
+
+/// An app password [`ReportStore::stale_app_passwords`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StaleAppPassword {
+    pub upn: Upn,
+    pub name: String,
+    pub created_at: i64,
+    pub last_used_at: Option<i64>,
+}
+
+/// Enrolment notices ([`crate::notify`]): which users are due one, and
+/// the claim that makes sure one notice is sent by one run.
+pub trait NoticeStore: Send + Sync {
+    /// Users in MFA state `enabled` now (not deleted) whose newest change
+    /// of state, the one into `enabled`, has no notice sent: with the
+    /// notice recorded for that change so far, if any. Changes backfilled
+    /// by the upgrade that began the history are not due a notice. By UPN.
+    fn notice_candidates(&self) -> StoreFuture<'_, Vec<NoticeCandidate>>;
+
+    /// Claims the notice for a change until `claim.until`, as one
+    /// compare-and-set: true when this caller holds it now (no notice was
+    /// recorded for the change, or it failed, or it found no address, or
+    /// an earlier claim ran out). Counts an attempt.
+    fn claim_notice<'a>(&'a self, claim: &'a NoticeClaim) -> StoreFuture<'a, bool>;
+
+    /// Records how a claimed notice went; a notice claimed by another
+    /// holder since is left alone (false).
+    fn finish_notice<'a>(&'a self, done: &'a NoticeDone) -> StoreFuture<'a, bool>;
+
+    /// Every notice recorded, oldest first.
+    fn list_notices(&self) -> StoreFuture<'_, Vec<NoticeRecord>>;
+}
+
+/// What [`NoticeStore::notice_candidates`] returns for one user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NoticeCandidate {
+    pub user_id: UserId,
+    pub upn: Upn,
+    pub source: crate::model::UserSource,
+    pub display_name: Option<String>,
+    /// The directory's `mail` attribute.
+    pub mail: Option<String>,
+    /// The history row of the change into `enabled`, and its time.
+    pub history_id: i64,
+    pub enabled_at: i64,
+    /// The notice recorded for that change so far.
+    pub notice: Option<NoticeState>,
+}
+
+/// Where a recorded notice stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NoticeState {
+    pub status: NoticeStatus,
+    pub attempts: i64,
+    /// Until when a `sending` notice is claimed (unix ms).
+    pub claimed_until: Option<i64>,
+}
+
+/// A claim for [`NoticeStore::claim_notice`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NoticeClaim {
+    pub user_id: UserId,
+    pub history_id: i64,
+    /// Who claims it (one run of `fedgate notify`, or one node's job).
+    pub holder: String,
+    pub address: Option<String>,
+    pub now: i64,
+    pub until: i64,
+}
+
+/// How a claimed notice went, for [`NoticeStore::finish_notice`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NoticeDone {
+    pub history_id: i64,
+    pub holder: String,
+    pub status: NoticeStatus,
+    pub error: Option<String>,
+    pub now: i64,
+}
+
+/// One notice as recorded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NoticeRecord {
+    pub user_id: UserId,
+    pub history_id: i64,
+    pub status: NoticeStatus,
+    pub attempts: i64,
+    pub last_error: Option<String>,
+    pub address: Option<String>,
+    pub created_at: i64,
+    pub sent_at: Option<i64>,
 }
 
 /// Whole-store copies ([`copy`], `fedgate store copy`): one consistent

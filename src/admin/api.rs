@@ -303,6 +303,7 @@ pub static ROUTES: &[Route] = &[
     route!(GET "/api/v1/settings" => show_settings),
     route!(PUT "/api/v1/settings" => set_settings),
     route!(GET "/api/v1/signins" => signins),
+    route!(GET "/api/v1/reports/usage" => usage_report),
     route!(GET "/api/v1/sync" => sync_status),
     route!(POST "/api/v1/sync/run" => sync_run),
     route!(GET "/api/v1/admin-events" => admin_events),
@@ -503,6 +504,17 @@ pub struct UsersParams {
     /// Users per page, 1 to 1000 (100 by default).
     #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
+}
+
+/// Query of `GET /api/v1/reports/usage`.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub struct UsageParams {
+    /// First UTC day, `YYYY-MM-DD` (default: 29 days before `to`).
+    from: Option<String>,
+    /// Last UTC day, included, `YYYY-MM-DD` (default: today). At most 366 days in all.
+    to: Option<String>,
 }
 
 /// Query of `GET /api/v1/signins`.
@@ -774,6 +786,14 @@ async fn signins(api: &Api, call: Call) -> Result<Reply, ApiError> {
     ok(&api.manager.signins(&query).await?)
 }
 
+#[utoipa::path(get, path = "/api/v1/reports/usage", tag = "reports", params(UsageParams),
+    responses((status = 200, description = "Per UTC day: sign-ins by credential kind and result, users enabled or enforced; and the app passwords not used for 90 days", body = crate::report::UsageReport)))]
+async fn usage_report(api: &Api, call: Call) -> Result<Reply, ApiError> {
+    let q = call.query(&["from", "to"])?;
+    let (from, to) = (q.text("from"), q.text("to"));
+    ok(&api.manager.usage_report(from.as_deref(), to.as_deref()).await?)
+}
+
 #[utoipa::path(get, path = "/api/v1/sync", tag = "sync",
     responses((status = 200, description = "The last pass of each kind, the lag and the leader", body = SyncStatus)))]
 async fn sync_status(api: &Api, call: Call) -> Result<Reply, ApiError> {
@@ -819,7 +839,7 @@ async fn admin_events(api: &Api, call: Call) -> Result<Reply, ApiError> {
         openapi_document, list_users, add_user, show_user, delete_user, set_state, disable_user, enable_user,
         require_registration, set_password, clear_password, revoke_app_passwords, list_app_passwords,
         create_app_password, delete_app_password, set_states, import_users, show_settings, set_settings,
-        signins, sync_status, sync_run, admin_events,
+        signins, usage_report, sync_status, sync_run, admin_events,
     ),
     components(schemas(ErrorBody, SigninResult)),
     modifiers(&Common),

@@ -14,8 +14,30 @@ pub struct FileConfig {
     pub sync: Option<SyncFile>,
     pub portal: Option<PortalFile>,
     pub lockout: Option<LockoutFile>,
+    pub smtp: Option<SmtpFile>,
     #[serde(default)]
     pub route: Vec<RouteFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmtpFile {
+    pub host: Option<String>,
+    pub port: Option<i64>,
+    pub tls: Option<String>,
+    /// DESIGN.md's spelling: `true` is `tls = "starttls"`.
+    pub starttls: Option<bool>,
+    pub allow_plaintext: Option<bool>,
+    pub username: Option<String>,
+    pub password_file: Option<String>,
+    pub from: Option<String>,
+    pub ca_file: Option<String>,
+    pub timeout: Option<String>,
+    pub auto: Option<bool>,
+    pub interval: Option<String>,
+    pub template: Option<String>,
+    pub portal_url: Option<String>,
+    pub organization: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

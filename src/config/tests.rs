@@ -349,3 +349,63 @@ fn admin_client_certificates_need_admin_tls() {
     assert!(tls.tls);
     assert_eq!(tls.client_ca_file, Some(PathBuf::from("ca.pem")));
 }
+
+fn with_smtp(keys: &str) -> Result<Config, ConfigError> {
+    parse(&format!(
+        "{MINIMAL}\n[smtp]\nfrom = \"IT <it@corp.example.com>\"\nportal_url = \"https://mail.corp.example.com/portal\"\n{keys}\n"
+    ))
+}
+
+fn smtp_error(keys: &str) -> String {
+    with_smtp(keys).unwrap_err().to_string()
+}
+
+#[test]
+fn smtp_defaults_to_starttls_on_587_and_the_shipped_template() {
+    let c = with_smtp("host = \"smtp.corp.example.com\"").unwrap();
+    let s = c.smtp.unwrap();
+    assert_eq!((s.tls, s.port), (SmtpTls::Starttls, 587));
+    assert_eq!(s.template, PathBuf::from("config/enrolment-notice.txt"));
+    assert_eq!(s.timeout, Duration::from_secs(30));
+    assert!(!s.auto);
+    assert_eq!(s.organization, "IT");
+    let implicit = with_smtp("host = \"smtp.corp.example.com\"\ntls = \"implicit\"").unwrap();
+    assert_eq!(implicit.smtp.unwrap().port, 465);
+    let old_spelling = with_smtp("host = \"smtp.corp.example.com\"\nstarttls = true").unwrap();
+    assert_eq!(old_spelling.smtp.unwrap().tls, SmtpTls::Starttls);
+    assert!(parse(MINIMAL).unwrap().smtp.is_none());
+}
+
+#[test]
+fn smtp_never_sends_unencrypted_off_loopback_nor_a_password_in_clear() {
+    let msg = smtp_error("host = \"smtp.corp.example.com\"\ntls = \"none\"");
+    assert!(msg.starts_with("smtp.tls:") && msg.contains("allow_plaintext"), "{msg}");
+    with_smtp("host = \"smtp.corp.example.com\"\ntls = \"none\"\nallow_plaintext = true").unwrap();
+    with_smtp("host = \"127.0.0.1\"\ntls = \"none\"").unwrap();
+    with_smtp("host = \"[::1]\"\ntls = \"none\"").unwrap();
+    let msg = smtp_error("host = \"127.0.0.1\"\ntls = \"none\"\nusername = \"u\"\npassword_file = \"p\"");
+    assert!(msg.starts_with("smtp.username:"), "{msg}");
+    let msg = smtp_error("host = \"h.example\"\nusername = \"u\"");
+    assert!(msg.starts_with("smtp.password_file:"), "{msg}");
+    let msg = smtp_error("host = \"h.example\"\ntls = \"ssl\"");
+    assert!(msg.starts_with("smtp.tls:") && msg.contains("\"ssl\""), "{msg}");
+    let msg = smtp_error("host = \"h.example\"\ntls = \"none\"\nstarttls = false");
+    assert!(msg.starts_with("smtp.starttls:"), "{msg}");
+}
+
+#[test]
+fn smtp_requires_a_host_a_sender_and_the_portal_url() {
+    assert!(smtp_error("").starts_with("smtp.host:"));
+    let no_url = parse(&format!(
+        "{MINIMAL}\n[smtp]\nhost = \"h\"\nfrom = \"it@corp.example.com\"\n"
+    ))
+    .unwrap_err();
+    assert!(no_url.to_string().starts_with("smtp.portal_url:"), "{no_url}");
+    let bad_from = parse(&format!(
+        "{MINIMAL}\n[smtp]\nhost = \"h\"\nfrom = \"it at corp\"\nportal_url = \"https://x.example/portal\"\n"
+    ))
+    .unwrap_err();
+    assert!(bad_from.to_string().starts_with("smtp.from:"), "{bad_from}");
+    let msg = smtp_error("host = \"h.example\"\nunknown = 1");
+    assert!(msg.contains("unknown"), "{msg}");
+}

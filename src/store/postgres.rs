@@ -46,6 +46,8 @@ mod audit;
 mod copy;
 mod feed;
 mod lockout;
+mod notices;
+mod report;
 mod sessions;
 mod sync;
 mod totp;
@@ -83,7 +85,9 @@ const MIGRATIONS: &[Migration] = migrations![
     8 "store_id" "postgres/migrations/0008_store_id.sql",
     9 "sync_lead" "postgres/migrations/0009_sync_lead.sql",
     10 "lockout_events" "postgres/migrations/0010_lockout_events.sql",
-    11 "admin_events" "postgres/migrations/0011_admin_events.sql",
+    11 "mfa_state_history" "postgres/migrations/0011_mfa_state_history.sql",
+    12 "enrolment_notices" "postgres/migrations/0012_enrolment_notices.sql",
+    13 "admin_events" "postgres/migrations/0013_admin_events.sql",
 ];
 
 /// The advisory lock (transaction-scoped) that writers of the change feed
@@ -487,7 +491,8 @@ async fn migrate(pool: &PgPool, now: i64) -> Result<(), StoreError> {
     }
     for migration in MIGRATIONS.iter().filter(|m| m.version > found) {
         let failed = failed_at(migration.version, migration.name);
-        sqlx::raw_sql(migration.sql).execute(&mut *tx).await.map_err(failed)?;
+        let sql = super::rules::migration_sql(migration.sql, now);
+        sqlx::raw_sql(&sql).execute(&mut *tx).await.map_err(failed)?;
         sqlx::query("INSERT INTO schema_version (version, name, applied_at) VALUES ($1, $2, $3)")
             .bind(migration.version)
             .bind(migration.name)
@@ -580,6 +585,27 @@ async fn record_change(
         .execute(conn)
         .await
         .map_err(db("notify the other nodes"))?;
+    Ok(())
+}
+
+/// Records that `user` holds `state` (and is deleted or not) from `at` on:
+/// the one writer of the MFA state history, called in the transaction of
+/// every change of a user's MFA state or existence.
+pub(super) async fn record_state(
+    conn: &mut PgConnection,
+    user: UserId,
+    state: MfaState,
+    deleted: bool,
+    at: i64,
+) -> Result<(), StoreError> {
+    sqlx::query("INSERT INTO mfa_state_history (user_id, at, mfa_state, deleted) VALUES ($1, $2, $3, $4)")
+        .bind(user.0)
+        .bind(at)
+        .bind(state.as_str())
+        .bind(deleted)
+        .execute(conn)
+        .await
+        .map_err(db("record a change of MFA state"))?;
     Ok(())
 }
 

@@ -1,7 +1,8 @@
 //! Decisions the backends share: what a directory upsert does to a user,
 //! and which lines of a bulk MFA-state change are acceptable. Pure
 //! functions over what the backend read inside its transaction, so both
-//! backends decide alike and the rules are tested once.
+//! backends decide alike and the rules are tested once. Also the one
+//! substitution migrations may ask for ([`migration_sql`]).
 
 use std::collections::HashMap;
 
@@ -183,4 +184,12 @@ pub(crate) fn plan_import_lines(
     } else {
         Err(StoreError::BulkRejected { errors })
     }
+}
+
+/// What a migration's SQL says once `{{migrated_at}}` is replaced by the
+/// migration time (unix ms, from the store's clock): a backfill that must
+/// say when it was made cannot take a bound value, migrations being run as
+/// scripts.
+pub(crate) fn migration_sql(sql: &str, now: i64) -> String {
+    sql.replace("{{migrated_at}}", &now.to_string())
 }

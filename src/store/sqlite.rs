@@ -44,6 +44,8 @@ pub mod backup;
 mod copy;
 mod feed;
 mod lockout;
+mod notices;
+mod report;
 mod sessions;
 mod sync;
 mod totp;
@@ -81,7 +83,9 @@ const MIGRATIONS: &[Migration] = migrations![
     8 "store_id" "migrations/0008_store_id.sql",
     9 "sync_lead" "migrations/0009_sync_lead.sql",
     10 "lockout_events" "migrations/0010_lockout_events.sql",
-    11 "admin_events" "migrations/0011_admin_events.sql",
+    11 "mfa_state_history" "migrations/0011_mfa_state_history.sql",
+    12 "enrolment_notices" "migrations/0012_enrolment_notices.sql",
+    13 "admin_events" "migrations/0013_admin_events.sql",
 ];
 
 /// Several processes share the file; a writer waits this long for another
@@ -377,7 +381,8 @@ async fn migrate(pool: &SqlitePool, now: i64) -> Result<(), StoreError> {
         if applied > 0 {
             continue;
         }
-        sqlx::raw_sql(migration.sql).execute(&mut *tx).await.map_err(failed)?;
+        let sql = super::rules::migration_sql(migration.sql, now);
+        sqlx::raw_sql(&sql).execute(&mut *tx).await.map_err(failed)?;
         sqlx::query(
             "INSERT INTO schema_version (version, name, applied_at)
              VALUES (?, ?, ?)",
@@ -464,6 +469,27 @@ async fn record_change(
         .execute(conn)
         .await
         .map_err(db("record a change"))?;
+    Ok(())
+}
+
+/// Records that `user` holds `state` (and is deleted or not) from `at` on:
+/// the one writer of the MFA state history, called in the transaction of
+/// every change of a user's MFA state or existence.
+pub(super) async fn record_state(
+    conn: &mut SqliteConnection,
+    user: UserId,
+    state: MfaState,
+    deleted: bool,
+    at: i64,
+) -> Result<(), StoreError> {
+    sqlx::query("INSERT INTO mfa_state_history (user_id, at, mfa_state, deleted) VALUES (?, ?, ?, ?)")
+        .bind(user.0)
+        .bind(at)
+        .bind(state.as_str())
+        .bind(deleted)
+        .execute(conn)
+        .await
+        .map_err(db("record a change of MFA state"))?;
     Ok(())
 }
 

@@ -1668,3 +1668,4 @@ on_both_backends!(
 );
 
 mod copying;
+mod history;

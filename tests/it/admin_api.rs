@@ -779,3 +779,35 @@ async fn sighup_reads_the_token_file_again_and_a_bad_one_keeps_the_running_token
     assert_eq!(status(NEXT).await, StatusCode::OK);
     assert_eq!(status(CI_TOKEN).await, StatusCode::UNAUTHORIZED);
 }
+
+#[tokio::test]
+async fn the_usage_report_counts_todays_sign_ins_and_refuses_bad_days() {
+    let fedgate = server();
+    let admin = fedgate.admin.unwrap();
+    let added = send(
+        admin,
+        Method::POST,
+        "/api/v1/users",
+        json!({"upn": "rita@contoso.example", "state": "enabled"}),
+    )
+    .await;
+    assert_eq!(added.status, StatusCode::CREATED, "{added:?}");
+
+    let report = get(admin, "/api/v1/reports/usage").await;
+    assert_eq!(report.status, StatusCode::OK, "{report:?}");
+    let days = report.body["days"].as_array().unwrap();
+    assert_eq!(days.len(), 30, "the last 30 days by default: {report:?}");
+    assert_eq!(days.last().unwrap()["enabled_users"], 1, "{report:?}");
+    assert_eq!(report.body["enabled_users"], 1, "{report:?}");
+    let today = days.last().unwrap()["date"].as_str().unwrap().to_owned();
+    let one = get(admin, &format!("/api/v1/reports/usage?from={today}&to={today}")).await;
+    assert_eq!(one.body["days"].as_array().unwrap().len(), 1, "{one:?}");
+
+    let bad = get(admin, "/api/v1/reports/usage?from=2026-02-30").await;
+    expect(&bad, 400, "bad_request");
+    assert_eq!(bad.body["field"], "from", "{bad:?}");
+    let reversed = get(admin, "/api/v1/reports/usage?from=2026-03-02&to=2026-03-01").await;
+    expect(&reversed, 400, "bad_request");
+    let long = get(admin, "/api/v1/reports/usage?from=2024-01-01&to=2026-01-01").await;
+    expect(&long, 400, "bad_request");
+}

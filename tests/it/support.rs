@@ -10,6 +10,7 @@ pub mod haproxy;
 pub mod postgres;
 pub mod samba;
 pub mod slapd;
+pub mod smtp;
 pub mod upstream;
 
 pub use client::Client;

@@ -90,19 +90,22 @@ impl SyncStore for PgStore {
                             }
                         }
                         DirectoryChange::Delete { id } => {
-                            let done = sqlx::query(
+                            let state: Option<String> = sqlx::query_scalar(
                                 "UPDATE users SET deleted = TRUE, password_hash = NULL, registered_at = NULL,
                                      totp_secret = NULL, totp_last_step = NULL, updated_at = $1
-                                 WHERE id = $2 AND deleted = FALSE AND source = 'federated'",
+                                 WHERE id = $2 AND deleted = FALSE AND source = 'federated'
+                                 RETURNING mfa_state",
                             )
                             .bind(now)
                             .bind(id.0)
-                            .execute(&mut *tx)
+                            .fetch_optional(&mut *tx)
                             .await
                             .map_err(db("delete a user gone from the directory"))?;
-                            if done.rows_affected() == 0 {
+                            let Some(state) = state else {
                                 continue;
-                            }
+                            };
+                            let state: MfaState = state.parse().map_err(|e| corrupt(format!("user {id}: {e}")))?;
+                            record_state(&mut tx, *id, state, true, now).await?;
                             sqlx::query("DELETE FROM app_passwords WHERE user_id = $1")
                                 .bind(id.0)
                                 .execute(&mut *tx)

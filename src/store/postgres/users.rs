@@ -216,6 +216,7 @@ impl UserStore for PgStore {
                 .execute(&mut *tx)
                 .await
                 .map_err(db("delete a deleted user's app passwords"))?;
+            record_state(&mut tx, user.id, user.mfa_state, true, now).await?;
             finish_user_change(tx, now, ChangeKind::UserDeleted, user.id).await
         })
     }
@@ -257,6 +258,7 @@ async fn update_mfa_state(conn: &mut PgConnection, user: UserId, state: MfaState
         .execute(&mut *conn)
         .await
         .map_err(db("change a user's MFA state"))?;
+    record_state(&mut *conn, user, state, false, now).await?;
     record_change(conn, now, ChangeKind::MfaStateChanged, Some(user)).await
 }
 
@@ -290,6 +292,13 @@ pub(super) async fn upsert_in(
         None => None,
     };
     let by_upn = user_by_upn(tx, &new.upn).await?;
+    // A deleted user coming back is a change of existence for the history.
+    let returning: Vec<(UserId, MfaState)> = [&by_anchor, &by_upn]
+        .into_iter()
+        .flatten()
+        .filter(|user| user.deleted)
+        .map(|user| (user.id, user.mfa_state))
+        .collect();
     match rules::plan_upsert(by_anchor, by_upn, new)? {
         UpsertPlan::Insert => {
             let insert = sqlx::query(
@@ -308,6 +317,7 @@ pub(super) async fn upsert_in(
                 .await
                 .map_err(db("create a user"))?;
             let id = UserId(row.try_get(0).map_err(db("read a new user's id"))?);
+            record_state(&mut *tx, id, MfaState::default(), false, now).await?;
             Ok((id, UpsertOutcome::Created, Some(ChangeKind::UserCreated)))
         }
         UpsertPlan::Unchanged(id) => Ok((id, UpsertOutcome::Unchanged, None)),
@@ -331,6 +341,9 @@ pub(super) async fn upsert_in(
                 .execute(&mut *tx)
                 .await
                 .map_err(db("update a user from the directory"))?;
+            if let Some((_, state)) = returning.iter().find(|(returned, _)| *returned == id) {
+                record_state(&mut *tx, id, *state, false, now).await?;
+            }
             Ok((id, UpsertOutcome::Updated, Some(kind)))
         }
     }
@@ -399,6 +412,7 @@ async fn insert_cloud_user(
             UserId(id)
         }
     };
+    record_state(&mut *tx, id, state, false, now).await?;
     record_change(tx, now, ChangeKind::UserCreated, Some(id)).await?;
     Ok(id)
 }

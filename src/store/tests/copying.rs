@@ -357,9 +357,10 @@ async fn a_target_that_holds_anything_is_refused_and_left_unchanged() {
     for postgres in [false, true] {
         // One target per kind of row that makes a store not empty.
         for (kind, expected) in [
-            ("user", &["users"][..]),
-            ("app password", &["users", "app_passwords"][..]),
-            ("session", &["users", "portal_sessions"][..]),
+            // A user comes with the history of their state.
+            ("user", &["users", "mfa_state_history"][..]),
+            ("app password", &["users", "app_passwords", "mfa_state_history"][..]),
+            ("session", &["users", "portal_sessions", "mfa_state_history"][..]),
             ("audit", &["audit"][..]),
             ("sync pass", &["sync_passes"][..]),
         ] {
