@@ -57,6 +57,12 @@ pub struct Admin {
     pub api: Option<Arc<api::Api>>,
 }
 
+/// How long a client has for the TLS handshake and for each request head.
+const HEAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// How long one admin connection may stay open, whatever it does.
+const CONNECTION_LIMIT: std::time::Duration = std::time::Duration::from_secs(15 * 60);
+
 /// The admin API's paths; the probes and metrics stay open.
 fn is_api(path: &str) -> bool {
     path == "/api" || path.starts_with("/api/")
@@ -105,9 +111,17 @@ impl Admin {
             );
         }
         if req.uri().path() == "/api/v1" || req.uri().path().starts_with("/api/v1/") {
+            let path = req.uri().path().to_owned();
             let (status, headers, body) = match self.api_call(req, conn).await {
                 Ok(reply) => (reply.status, Vec::new(), reply.body),
-                Err(err) => api::error_response(&err),
+                Err(err) => {
+                    if matches!(err, api::ApiError::Unauthorized) {
+                        // Someone guessing tokens shows in the log and on /metrics.
+                        metrics::counter!("fedgate_admin_api_unauthorized_total").increment(1);
+                        tracing::warn!(peer = %conn.peer, %path, "admin API refused: no valid bearer token");
+                    }
+                    api::error_response(&err)
+                }
             };
             return json_response(status, headers, &body);
         }
@@ -223,8 +237,10 @@ impl Admin {
             let admin = self.clone();
             let tls = tls.clone();
             tokio::spawn(async move {
-                // Admin requests are short; a stuck client only holds its own socket.
-                let limit = std::time::Duration::from_secs(30);
+                // A stuck client only holds its own socket, and not for ever;
+                // a request may take long (a sync pass), so this is no
+                // request timeout.
+                let limit = CONNECTION_LIMIT;
                 match tls {
                     None => {
                         let conn = ConnInfo {
@@ -235,9 +251,13 @@ impl Admin {
                     }
                     Some(acceptor) => {
                         let _ = tokio::time::timeout(limit, async move {
-                            let stream = match acceptor.accept(stream).await {
-                                Ok(s) => s,
-                                Err(err) => {
+                            let stream = match tokio::time::timeout(HEAD_TIMEOUT, acceptor.accept(stream)).await {
+                                Ok(Ok(s)) => s,
+                                Err(_) => {
+                                    tracing::info!(%peer, "admin TLS handshake not complete within 30 s");
+                                    return;
+                                }
+                                Ok(Err(err)) => {
                                     tracing::info!(%peer, error = %err, "admin TLS handshake failed");
                                     return;
                                 }
@@ -267,7 +287,11 @@ impl Admin {
             let admin = self.clone();
             async move { Ok::<_, Infallible>(admin.route(req, conn).await) }
         });
-        let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(HEAD_TIMEOUT);
         let _ = builder.serve_connection(TokioIo::new(io), service).await;
     }
 }

@@ -96,6 +96,15 @@ fn spawn_reloads(
 /// `fedgate_directory_up`, traffic or not.
 const DIRECTORY_PROBE: Duration = Duration::from_secs(30);
 
+impl ServeError {
+    /// A file the configuration names that cannot be used as it is (a
+    /// token file others can read, a bad notice template): exit 2, as for
+    /// any configuration error, not 1.
+    pub fn is_configuration(&self) -> bool {
+        matches!(self, ServeError::Tokens(_)) || matches!(self, ServeError::Notify(err) if err.is_input())
+    }
+}
+
 fn bind(key: String, addr: SocketAddr, tls: Option<TlsAcceptor>, workers: usize) -> Result<Bound, ServeError> {
     workers::bind(key.clone(), addr, tls, workers).map_err(|source| ServeError::Bind { key, addr, source })
 }
@@ -383,18 +392,15 @@ async fn serve_inner(config: Config, path: Option<&Path>, shutdown: Shutdown) ->
     // (the API itself is turned on or off only by a restart).
     if let Some(tokens) = tokens {
         registry.register_one_step("admin tokens", move |config| {
-            let path = config
-                .admin
-                .as_ref()
-                .and_then(|a| a.token_file.as_deref())
-                .ok_or_else(|| {
-                    ReloadError::part(
-                        "admin tokens",
-                        "admin.token_file was removed: turning the admin API off needs a restart",
-                    )
-                })?;
-            let n = tokens.reload(path).map_err(|e| ReloadError::part("admin tokens", e))?;
-            Ok(format!("{n} tokens"))
+            // Without a token file in the new config the running tokens
+            // stay: turning the API off is one of the restart keys.
+            match config.admin.as_ref().and_then(|a| a.token_file.as_deref()) {
+                None => Ok("kept".to_owned()),
+                Some(path) => {
+                    let n = tokens.reload(path).map_err(|e| ReloadError::part("admin tokens", e))?;
+                    Ok(format!("{n} tokens"))
+                }
+            }
         });
     }
     registry.start_metrics();

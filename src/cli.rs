@@ -485,7 +485,7 @@ fn serve(cli: &Cli) -> ExitCode {
         Err(err) => {
             tracing::error!(error = %err, "fedgate cannot serve");
             eprintln!("fedgate: {err}");
-            ExitCode::from(1)
+            ExitCode::from(if err.is_configuration() { 2 } else { 1 })
         }
     }
 }
@@ -549,6 +549,14 @@ fn check_config(cli: &Cli) -> ExitCode {
     // is found here, not by the first `fedgate notify`.
     if let Some(smtp) = &config.smtp {
         if let Err(err) = crate::notify::Template::load(&smtp.template) {
+            eprintln!("fedgate: configuration error: {err}");
+            return ExitCode::from(2);
+        }
+    }
+    // So is the token file (its mode, names and lengths), which `serve`
+    // reads at start.
+    if let Some(path) = config.admin.as_ref().and_then(|a| a.token_file.as_deref()) {
+        if let Err(err) = crate::admin::tokens::Tokens::load(path) {
             eprintln!("fedgate: configuration error: {err}");
             return ExitCode::from(2);
         }

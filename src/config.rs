@@ -813,13 +813,31 @@ fn smtp(f: file::SmtpFile, portal: Option<&PortalConfig>) -> Result<SmtpConfig, 
             .as_deref()
             .map(|p| non_empty_path("smtp.ca_file", Some(p), ""))
             .transpose()?,
-        timeout: duration("smtp.timeout", f.timeout.as_deref(), "30s")?,
+        timeout: smtp_timeout(f.timeout.as_deref())?,
         auto: f.auto.unwrap_or(false),
         interval: duration("smtp.interval", f.interval.as_deref(), "5m")?,
         template: non_empty_path("smtp.template", f.template.as_deref(), "config/enrolment-notice.txt")?,
         portal_url,
         organization,
     })
+}
+
+/// The longest `smtp.timeout`: the mail server's every command may take
+/// it, and a whole send (about eight commands) must end well within the
+/// claim on its notice ([`crate::notify::CLAIM_FOR`]), or a second run
+/// could take the claim over and send the notice again.
+const MAX_SMTP_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn smtp_timeout(text: Option<&str>) -> Result<Duration, ConfigError> {
+    let timeout = duration("smtp.timeout", text, "30s")?;
+    if timeout > MAX_SMTP_TIMEOUT {
+        return Err(ConfigError::invalid(
+            "smtp.timeout",
+            "must be at most 60s (each command of a send may take it; a send must end within \
+             the 10 minutes a notice is claimed for)",
+        ));
+    }
+    Ok(timeout)
 }
 
 fn portal(p: Option<file::PortalFile>) -> Result<Option<PortalConfig>, ConfigError> {

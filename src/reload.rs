@@ -204,6 +204,13 @@ pub fn effective(running: &Config, new: &Config) -> Config {
             listen: old.listen,
             tls: old.tls,
             client_ca_file: old.client_ca_file.clone(),
+            // Another token file is read; the API turned on or off is not
+            // (see `restart_keys`).
+            token_file: if old.token_file.is_some() == new.token_file.is_some() {
+                new.token_file.clone()
+            } else {
+                old.token_file.clone()
+            },
             ..new.clone()
         }),
         (old, _) => old.clone(),
@@ -248,16 +255,18 @@ pub fn restart_keys(running: &Config, new: &Config) -> Vec<&'static str> {
                 keys.push("admin.client_ca_file");
             }
             // A new token file is read by a reload; turning the API on
-            // (a token file where there was none) needs a restart.
-            if x.token_file.is_none() && y.token_file.is_some() {
+            // or off (a token file where there was none, or none where
+            // there was one) needs a restart.
+            if x.token_file.is_some() != y.token_file.is_some() {
                 keys.push("admin.token_file");
             }
         }
         (None, None) => {}
         _ => keys.push("[admin]"),
     }
-    let sections: [(&'static str, bool); 5] = [
+    let sections: [(&'static str, bool); 6] = [
         ("[store]", differs(&running.store, &new.store)),
+        ("[smtp]", differs(&running.smtp, &new.smtp)),
         ("[auth] and [lockout]", differs(&running.auth, &new.auth)),
         ("[directory]", differs(&running.directory, &new.directory)),
         ("[sync]", differs(&running.sync, &new.sync)),

@@ -392,17 +392,21 @@ pub async fn usage(store: &dyn ReportStore, range: DayRange, now: i64) -> Result
     Ok(assemble(range, now, &signins, &history, begins, &stale))
 }
 
+/// The credential kinds of any day, in order: every day lists the known
+/// kinds, and one written by a newer fedgate appears only on its days.
+fn columns(report: &UsageReport) -> Vec<&'static str> {
+    let all: std::collections::BTreeSet<&'static str> =
+        report.days.iter().flat_map(|d| d.signins.keys().copied()).collect();
+    all.into_iter().collect()
+}
+
 /// The report as CSV sections a spreadsheet opens: the days (one row a
 /// day, a column per credential kind and result), a blank line, then the
 /// app passwords to clean up. Text that a spreadsheet would take for a
 /// formula is prefixed with `'`.
 pub fn to_csv(report: &UsageReport) -> String {
     let mut out = String::new();
-    let kinds: Vec<&str> = report
-        .days
-        .first()
-        .map(|d| d.signins.keys().copied().collect())
-        .unwrap_or_default();
+    let kinds = columns(report);
     let mut header = vec!["date".to_owned()];
     for kind in &kinds {
         header.push(format!("{kind}_success"));
@@ -457,11 +461,7 @@ pub fn csv_field(text: &str) -> String {
 /// The report as aligned tables for a terminal.
 pub fn to_table(report: &UsageReport) -> String {
     let mut out = format!("Usage {} to {} (UTC days)\n\n", report.from, report.to);
-    let kinds: Vec<&str> = report
-        .days
-        .first()
-        .map(|d| d.signins.keys().copied().collect())
-        .unwrap_or_default();
+    let kinds = columns(report);
     let mut header = vec!["date".to_owned()];
     for kind in &kinds {
         header.push(format!("{kind} ok"));

@@ -200,6 +200,10 @@ fn describe() {
         "PostgreSQL change notifications received."
     );
     describe_counter!(
+        "fedgate_admin_api_unauthorized_total",
+        "Admin API requests refused for a missing or wrong bearer token."
+    );
+    describe_counter!(
         "fedgate_config_reloads_total",
         "Configuration reloads (SIGHUP) since start, by result (ok, failed)."
     );
@@ -212,6 +216,7 @@ fn describe() {
 
 /// The series that must exist before anything happens.
 fn preset(config: &Config) {
+    metrics::counter!("fedgate_admin_api_unauthorized_total").absolute(0);
     for route in &config.routes {
         RouteMetrics::new(&route.name);
     }

@@ -812,10 +812,13 @@ async fn sync_run(api: &Api, call: Call) -> Result<Reply, ApiError> {
         PassKind::Full
     };
     let force = q.flag("force")?.unwrap_or(false);
-    let syncer = api.syncer.as_ref().ok_or(ManageError::SyncNotConfigured)?;
-    let pass = syncer
-        .run(kind, force, false)
+    let syncer = Arc::clone(api.syncer.as_ref().ok_or(ManageError::SyncNotConfigured)?);
+    // On a task of its own: a client that goes away (or a connection that
+    // reaches its limit) does not cut a pass short; its record is written
+    // and `GET /api/v1/sync` shows it.
+    let pass = tokio::spawn(async move { syncer.run(kind, force, false).await })
         .await
+        .map_err(|err| ManageError::Internal(format!("the sync pass ended abnormally: {err}")))?
         .map_err(|_| ManageError::SyncBusy)?;
     api.manager.record_sync_run(&call.actor, &pass).await;
     ok(&pass)

@@ -47,7 +47,9 @@ pub enum TokenError {
 struct Token {
     line: usize,
     name: String,
-    secret: Zeroizing<Vec<u8>>,
+    /// SHA-256 of the token: every comparison is of 32 bytes with 32
+    /// bytes, so its time does not depend on the length presented either.
+    secret: [u8; 32],
 }
 
 /// The tokens of one file, parsed.
@@ -90,9 +92,11 @@ impl Tokens {
             if secret.chars().count() < MIN_TOKEN_CHARS {
                 return Err(line_error(
                     line,
+                    // Not the name: with the two columns swapped, the "name"
+                    // is the secret.
                     format!(
-                        "the token of {name:?} is {} characters long; at least {MIN_TOKEN_CHARS} are needed \
-                         (make one with `openssl rand -hex 32`)",
+                        "the token is {} characters long; at least {MIN_TOKEN_CHARS} are needed, after the name \
+                         (a line is NAME TOKEN; make a token with `openssl rand -hex 32`)",
                         secret.chars().count()
                     ),
                 ));
@@ -103,10 +107,21 @@ impl Tokens {
                     format!("token name {name:?} is used on line {} already", first.line),
                 ));
             }
+            let secret = digest(secret.as_bytes());
+            // Two names for one token would make the event log name either.
+            if let Some(first) = tokens.iter().find(|t| bool::from(t.secret.ct_eq(&secret))) {
+                return Err(line_error(
+                    line,
+                    format!(
+                        "this token is the token of line {} already: give each name its own",
+                        first.line
+                    ),
+                ));
+            }
             tokens.push(Token {
                 line,
                 name: name.to_owned(),
-                secret: Zeroizing::new(secret.as_bytes().to_vec()),
+                secret,
             });
         }
         if tokens.is_empty() {
@@ -146,9 +161,10 @@ impl Tokens {
     /// compared in full, in constant time, whether or not an earlier one
     /// matched: the time taken tells nothing about which one did.
     pub fn check(&self, presented: &[u8]) -> Option<&str> {
+        let presented = digest(presented);
         let mut found: Option<&str> = None;
         for token in &self.0 {
-            let equal: bool = token.secret.as_slice().ct_eq(presented).into();
+            let equal: bool = token.secret.ct_eq(&presented).into();
             // Both arms do the same work; the choice is data, not an exit.
             found = if equal { Some(token.name.as_str()) } else { found };
         }
@@ -196,3 +212,9 @@ impl TokenSet {
 
 #[cfg(test)]
 mod tests;
+
+/// The fixed-length form a token is kept and compared in.
+fn digest(token: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(token).into()
+}

@@ -394,6 +394,18 @@ fn smtp_never_sends_unencrypted_off_loopback_nor_a_password_in_clear() {
 }
 
 #[test]
+fn smtp_timeout_is_bounded_by_the_notice_claim() {
+    with_smtp("host = \"h.example\"\ntimeout = \"60s\"").unwrap();
+    for bad in ["61s", "5m"] {
+        let msg = smtp_error(&format!("host = \"h.example\"\ntimeout = \"{bad}\""));
+        assert!(
+            msg.starts_with("smtp.timeout:") && msg.contains("at most 60s"),
+            "{bad}: {msg}"
+        );
+    }
+}
+
+#[test]
 fn smtp_requires_a_host_a_sender_and_the_portal_url() {
     assert!(smtp_error("").starts_with("smtp.host:"));
     let no_url = parse(&format!(

@@ -207,6 +207,31 @@ fn sign_ins_are_summed_per_day_kind_and_result() {
 }
 
 #[test]
+fn a_kind_seen_only_on_a_later_day_still_gets_its_columns() {
+    let groups = [DailySignins {
+        day: day("2024-05-02").0,
+        credential: "passkey".into(),
+        success: true,
+        count: 3,
+    }];
+    let report = assemble(
+        range("2024-05-01", "2024-05-02"),
+        at("2024-05-02", 1),
+        &groups,
+        &[],
+        None,
+        &[],
+    );
+    let csv = to_csv(&report);
+    assert!(csv.lines().next().unwrap().contains("other_success"), "{csv}");
+    assert!(
+        csv.lines().nth(2).unwrap().starts_with("2024-05-02,0,0,0,0,3,"),
+        "{csv}"
+    );
+    assert!(to_table(&report).contains("other ok"), "{}", to_table(&report));
+}
+
+#[test]
 fn csv_fields_are_quoted_and_defused() {
     assert_eq!(csv_field("phone"), "phone");
     assert_eq!(csv_field("a,b"), "\"a,b\"");

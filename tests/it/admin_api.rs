@@ -178,14 +178,17 @@ fn a_token_file_others_can_read_or_with_a_short_token_stops_start_up() {
 
     std::fs::write(&tokens, format!("ops {TOKEN}\n")).unwrap();
     std::fs::set_permissions(&tokens, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let (code, _, err) = run_cli(&["serve", "--config", config]);
-    assert_eq!(code, 1, "{err}");
-    assert!(err.contains("admin.token_file") && err.contains("chmod 600"), "{err}");
+    // A configuration error: exit 2, and check-config finds it first.
+    for command in ["serve", "check-config"] {
+        let (code, _, err) = run_cli(&[command, "--config", config]);
+        assert_eq!(code, 2, "{command}: {err}");
+        assert!(err.contains("admin.token_file") && err.contains("chmod 600"), "{err}");
+    }
 
     std::fs::set_permissions(&tokens, std::fs::Permissions::from_mode(0o600)).unwrap();
     std::fs::write(&tokens, format!("ops {TOKEN}\n# spare\nops short\n")).unwrap();
     let (code, _, err) = run_cli(&["serve", "--config", config]);
-    assert_eq!(code, 1, "{err}");
+    assert_eq!(code, 2, "{err}");
     assert!(err.contains("line 3") && err.contains("at least 32"), "{err}");
 }
 

@@ -28,6 +28,7 @@ fn bad_lines_are_refused_with_their_number() {
         (format!("# c\nops {A} extra\n"), 2, "two words"),
         (format!("ops\n{A}\n"), 1, "two words"),
         (format!("op$ {A}\n"), 1, "letters, digits"),
+        (format!("ops {A}\nci {A}\n"), 2, "token of line 1 already"),
     ];
     for (text, want_line, want) in cases {
         match parse(&text) {
@@ -40,6 +41,13 @@ fn bad_lines_are_refused_with_their_number() {
         }
     }
     assert!(matches!(parse("# nothing\n"), Err(TokenError::Empty { .. })));
+}
+
+#[test]
+fn a_line_with_its_columns_swapped_does_not_print_the_token() {
+    let err = parse(&format!("{A} ops\n")).unwrap_err().to_string();
+    assert!(err.contains("at least 32"), "{err}");
+    assert!(!err.contains(A), "the token is in the message: {err}");
 }
 
 #[test]
