@@ -53,6 +53,40 @@ fn store_and_admin_listener_changes_wait_for_a_restart() {
     assert_eq!(next.admin.unwrap().listen, running.admin.unwrap().listen);
 }
 
+#[test]
+fn turning_the_admin_api_on_or_off_and_smtp_changes_wait_for_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let on = config(
+        dir.path(),
+        "[admin]\nlisten = \"127.0.0.1:9090\"\ntoken_file = \"a.tokens\"",
+    );
+    let other = config(
+        dir.path(),
+        "[admin]\nlisten = \"127.0.0.1:9090\"\ntoken_file = \"b.tokens\"",
+    );
+    let off = config(dir.path(), "[admin]\nlisten = \"127.0.0.1:9090\"");
+    // Another file is read by the reload.
+    assert!(restart_keys(&on, &other).is_empty());
+    let next = effective(&on, &other);
+    assert_eq!(next.admin.unwrap().token_file, Some(PathBuf::from("b.tokens")));
+    // Off, or on: the running file (or none) stays.
+    assert_eq!(restart_keys(&on, &off), vec!["admin.token_file"]);
+    assert_eq!(
+        effective(&on, &off).admin.unwrap().token_file,
+        Some(PathBuf::from("a.tokens"))
+    );
+    assert_eq!(restart_keys(&off, &on), vec!["admin.token_file"]);
+    assert_eq!(effective(&off, &on).admin.unwrap().token_file, None);
+
+    let smtp = config(
+        dir.path(),
+        "[smtp]\nhost = \"127.0.0.1\"\ntls = \"none\"\nfrom = \"it@corp.example.com\"\n\
+         portal_url = \"https://mail.corp.example.com/portal\"",
+    );
+    assert_eq!(restart_keys(&off, &smtp), vec!["[admin]", "[smtp]"]);
+    assert!(effective(&off, &smtp).smtp.is_none());
+}
+
 /// A part that counts its commits and fails to prepare when told to.
 struct Counting {
     name: &'static str,
