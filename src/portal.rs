@@ -634,7 +634,15 @@ impl Portal {
             Ok(name) => name,
             Err(err) => return self.show_security(c, frame, Some(&err.to_string())).await,
         };
-        match crate::app_password::issue(&*self.store, self.auth.server_key(), c.user.id, name).await {
+        match crate::app_password::issue(
+            &*self.store,
+            self.auth.server_key(),
+            c.user.id,
+            name,
+            Default::default(),
+        )
+        .await
+        {
             Ok((created, password)) => html(StatusCode::OK, frame.new_app_password(&created.name, password.expose())),
             Err(crate::app_password::CredentialError::Store(
                 err @ (StoreError::TooManyAppPasswords { .. } | StoreError::DuplicateAppPasswordName { .. }),
