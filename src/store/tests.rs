@@ -1749,3 +1749,37 @@ on_both_backends!(
 
 mod copying;
 mod history;
+
+/// Schema 14 adds the limit columns: app passwords made before keep
+/// working with no limits.
+#[tokio::test]
+async fn app_passwords_from_before_limits_come_through_the_upgrade_unlimited() {
+    let f = Fixture::sqlite().await;
+    let (store, _) = f.parts();
+    let user = store
+        .create_cloud_user(&upn("alice@corp.example.com"), MfaState::Enforced, None)
+        .await
+        .unwrap();
+    store
+        .create_app_password(&new_app_password(user.id, "old phone", 1))
+        .await
+        .unwrap();
+    store.close().await;
+    // Back to schema 13, as an older fedgate left it.
+    let pool = sqlx::SqlitePool::connect(&f.url).await.unwrap();
+    sqlx::raw_sql(
+        "ALTER TABLE app_passwords DROP COLUMN scope;
+         ALTER TABLE app_passwords DROP COLUMN expires_at;
+         ALTER TABLE app_passwords DROP COLUMN networks;
+         DELETE FROM schema_version WHERE version >= 14;",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+    let store = f.open_again().await;
+    let listed = store.list_app_passwords(user.id).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert!(listed[0].limits.is_unlimited(), "{listed:?}");
+    assert!(store.load_all_secrets().await.unwrap()[0].limits.is_unlimited());
+}

@@ -283,7 +283,10 @@ async fn the_upgrade_backfills_each_user_as_they_are_then() {
     // Back to schema 10, as an older fedgate left it.
     let pool = sqlx::SqlitePool::connect(&f.url).await.unwrap();
     sqlx::raw_sql(
-        "DROP TABLE enrolment_notices; DROP TABLE mfa_state_history;
+        "DROP TABLE admin_events; DROP TABLE enrolment_notices; DROP TABLE mfa_state_history;
+         ALTER TABLE app_passwords DROP COLUMN scope;
+         ALTER TABLE app_passwords DROP COLUMN expires_at;
+         ALTER TABLE app_passwords DROP COLUMN networks;
          DELETE FROM schema_version WHERE version >= 11;",
     )
     .execute(&pool)
