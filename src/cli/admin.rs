@@ -491,6 +491,9 @@ pub async fn app_password_cmd(ctx: &Ctx, cmd: AppPasswordCommand) -> Result<(), 
                     created.upn
                 );
                 outln!("mail or calendar app instead of the account password; one app password per device.");
+                if !created.app_password.limits.is_unlimited() {
+                    outln!("limits: {}", describe_limits(&created.app_password.limits));
+                }
             }
         }
         AppPasswordCommand::List { upn } => {

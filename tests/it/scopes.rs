@@ -98,6 +98,9 @@ async fn a_scoped_app_password_signs_in_on_its_routes_only() {
     let list = admin.run(&["--json", "app-password", "list", ALICE]).json();
     let phone = list.as_array().unwrap().iter().find(|a| a["name"] == "phone").unwrap();
     assert_eq!(phone["limits"]["scope"], serde_json::json!(["mail"]), "{phone}");
+    let table = admin.run(&["app-password", "list", ALICE]).success();
+    assert!(table.contains("limits: scope mail"), "{table}");
+    assert_eq!(table.matches("limits:").count(), 1, "only the limited one: {table}");
     // A scope naming no route is refused, naming the routes there are.
     let out = admin.run(&["app-password", "create", ALICE, "--name", "typo", "--scope", "mial"]);
     assert_eq!(out.code, 2, "{out:?}");
