@@ -362,7 +362,8 @@ async fn serve_inner(config: Config, path: Option<&Path>, shutdown: Shutdown) ->
                         Arc::clone(&store),
                         config.store.key_file.clone(),
                         Arc::clone(&clock),
-                    ),
+                    )
+                    .with_routes(crate::manage::credential_routes(&config.routes)),
                     tokens,
                     syncer: sync_lead.clone(),
                 })

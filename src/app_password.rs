@@ -91,14 +91,15 @@ pub enum CredentialError {
     Store(#[from] crate::store::StoreError),
 }
 
-/// Issues a new app password: generates it, hashes it off the async
-/// reactor, tags it and stores it. Returns the record and the password in
+/// Issues a new app password with `limits`: generates it, hashes it off
+/// the async reactor, tags it and stores it. Returns the record and the password in
 /// its display form, to be shown once.
 pub async fn issue(
     store: &dyn crate::store::Store,
     key: &ServerKey,
     user: crate::model::UserId,
     name: crate::model::AppPasswordName,
+    limits: crate::model::AppPasswordLimits,
 ) -> Result<(crate::model::AppPassword, Secret), CredentialError> {
     let (password, hash) = tokio::task::spawn_blocking(|| {
         let password = generate();
@@ -112,6 +113,7 @@ pub async fn issue(
         name,
         tag: lookup_tag(key, &password),
         hash: hash?,
+        limits,
     };
     let created = store.create_app_password(&new).await?;
     Ok((created, password.display_form()))
@@ -363,6 +365,8 @@ pub fn dummy_hash() -> &'static str {
         hash(&generate()).expect("argon2id hashing of 16 bytes with valid parameters")
     })
 }
+
+pub mod limits;
 
 #[cfg(test)]
 mod tests;

@@ -441,12 +441,29 @@ impl Authenticator {
         if let Verified::AppPassword { name, .. } = &verified {
             audit.app_password_name = Some(name);
         }
+        // Limits are checked at every use, warm or not: an expiry passes
+        // while an entry is cached, and the client's network is this
+        // request's.
+        let outside_limits = match &verified {
+            Verified::AppPassword { limits, .. } => app_password::limits::check(
+                limits,
+                app_password::limits::Use {
+                    route: &route.name,
+                    client: client.ip,
+                    client_unknown: client.ip_is_proxy,
+                    now_ms: audit.at,
+                },
+            )
+            .err(),
+            _ => None,
+        };
         let decision = decision::decide(Facts {
             realm: route.realm,
             verified: &verified,
             user: entry.as_ref().map(|e| &e.user),
             allow_app_passwords: self.index.allow_app_passwords(),
             locked_out,
+            outside_limits,
         });
         // A repeat refused unchecked is logged as what it was refused as
         // the first time (both are 401 to the client).
@@ -706,7 +723,9 @@ impl Authenticator {
                 {
                     cache_metrics().hit.increment(1);
                     let verified = match hit.credential {
-                        CachedCredential::AppPassword { id, name } => Verified::AppPassword { id, name },
+                        CachedCredential::AppPassword { id, name, limits } => {
+                            Verified::AppPassword { id, name, limits }
+                        }
                         CachedCredential::Password => Verified::Password,
                     };
                     return Verification {
@@ -781,8 +800,13 @@ impl Authenticator {
                     Verified::AppPassword {
                         id: record.id,
                         name: name.clone(),
+                        limits: Arc::clone(&record.limits),
                     },
-                    Some(CachedCredential::AppPassword { id: record.id, name }),
+                    Some(CachedCredential::AppPassword {
+                        id: record.id,
+                        name,
+                        limits: Arc::clone(&record.limits),
+                    }),
                 )
             }
         }

@@ -280,11 +280,35 @@ pub enum AppPasswordCommand {
         /// The device it is for (1 to 64 characters, unique per user).
         #[arg(long)]
         name: String,
+        #[command(flatten)]
+        limits: LimitArgs,
     },
     /// List a user's app passwords (never the passwords themselves).
     List { upn: String },
+    /// Narrow an app password's limits: each option given replaces that
+    /// limit (it must not widen it), the others stay.
+    Narrow {
+        upn: String,
+        name: String,
+        #[command(flatten)]
+        limits: LimitArgs,
+    },
     /// Delete one app password by name.
     Delete { upn: String, name: String },
+}
+
+/// An app password's limits on the command line.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct LimitArgs {
+    /// Only on these routes (`[[route]] name`); default: every route.
+    #[arg(long, value_name = "ROUTE_NAME", num_args = 1..)]
+    pub scope: Option<Vec<String>>,
+    /// Refused after this long, such as 90d; default: never.
+    #[arg(long, value_name = "DURATION")]
+    pub expires: Option<String>,
+    /// Only from these networks (CIDRs or addresses); default: anywhere.
+    #[arg(long, value_name = "CIDR", num_args = 1..)]
+    pub from: Option<Vec<String>>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -19,7 +19,8 @@ use serde::Serialize;
 
 use crate::app_password::{self, CredentialError};
 use crate::model::{
-    AdminEvent, AppPassword, AppPasswordName, AuditRecord, Clock, MfaState, Secret, Settings, Upn, User, UserSource,
+    AdminEvent, AppPassword, AppPasswordLimits, AppPasswordName, AuditRecord, Clock, MfaState, Secret, Settings, Upn,
+    User, UserSource,
 };
 use crate::store::{AuditFilter, BulkApplied, LineError, StateLine, Store, StoreError, SyncLead, SyncPass};
 
@@ -123,6 +124,10 @@ impl From<StoreError> for ManageError {
             e @ StoreError::SourceConflict { .. } => ManageError::NotCloudUser(e.to_string()),
             e @ StoreError::TooManyAppPasswords { .. } => ManageError::AppPasswordLimit(e.to_string()),
             e @ StoreError::DuplicateAppPasswordName { .. } => ManageError::DuplicateName(e.to_string()),
+            StoreError::LimitsWidened { upn, name, error } => ManageError::BadRequest {
+                field: error.field().to_owned(),
+                message: format!("app password {name:?} of user {upn}: {error}"),
+            },
             StoreError::UnknownAppPassword { upn, name } => ManageError::UnknownAppPassword {
                 upn: upn.to_string(),
                 name,
@@ -267,6 +272,40 @@ pub struct Manager {
     /// `[store] key_file`: app passwords are tagged with the server key.
     pub key_file: PathBuf,
     pub clock: Arc<dyn Clock>,
+    /// Names of the routes that ask for credentials: what an app
+    /// password's scope may name.
+    pub routes: Vec<String>,
+}
+
+/// Names of the routes that ask for credentials (`[[route]] name`, or the
+/// path of a route without one), in file order.
+pub fn credential_routes(routes: &[crate::config::RouteConfig]) -> Vec<String> {
+    routes
+        .iter()
+        .filter(|r| r.realm != crate::config::Realm::None)
+        .map(|r| r.name.clone())
+        .collect()
+}
+
+/// Limits asked for with a new app password or a narrowing, as typed: route
+/// names, a duration such as `90d`, CIDRs.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize, utoipa::ToSchema)]
+pub struct LimitsRequest {
+    #[serde(default)]
+    pub scope: Vec<String>,
+    pub expires: Option<String>,
+    #[serde(default)]
+    pub from: Vec<String>,
+}
+
+/// A narrowing of an app password's limits: each limit given replaces the
+/// current one (and must not widen it); each left out stays as it is.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NarrowRequest {
+    pub scope: Option<Vec<String>>,
+    /// A duration from now, such as `30d`.
+    pub expires: Option<String>,
+    pub from: Option<Vec<String>>,
 }
 
 fn parse_upn(field: &str, text: &str) -> Result<Upn, ManageError> {
@@ -364,7 +403,30 @@ pub fn parse_bool(field: &str, value: &str) -> Result<bool, ManageError> {
 
 impl Manager {
     pub fn new(store: Arc<dyn Store>, key_file: PathBuf, clock: Arc<dyn Clock>) -> Manager {
-        Manager { store, key_file, clock }
+        Manager {
+            store,
+            key_file,
+            clock,
+            routes: Vec::new(),
+        }
+    }
+
+    /// The routes an app password's scope may name (see
+    /// [`credential_routes`]); without them, no scope can be set.
+    pub fn with_routes(mut self, routes: Vec<String>) -> Manager {
+        self.routes = routes;
+        self
+    }
+
+    /// Reads limits asked for into what the store keeps.
+    pub fn limits(&self, requested: &LimitsRequest) -> Result<AppPasswordLimits, ManageError> {
+        let asked = app_password::limits::Requested {
+            scope: &requested.scope,
+            expires: requested.expires.as_deref(),
+            from: &requested.from,
+        };
+        app_password::limits::parse(&asked, &self.routes, self.clock.now_ms())
+            .map_err(|e| ManageError::bad(e.field(), e.to_string()))
     }
 
     /// The live user of that UPN.
@@ -579,17 +641,19 @@ impl Manager {
         actor: &Actor,
         upn: &str,
         name: &str,
+        limits: &LimitsRequest,
     ) -> Result<(CreatedAppPassword, Secret), ManageError> {
         let user = self.user(upn).await?;
         let name = AppPasswordName::parse(name).map_err(|e| ManageError::bad("name", e.to_string()))?;
+        let limits = self.limits(limits)?;
         let key = crate::server_key::load_or_create(&self.key_file)
             .map_err(|e| ManageError::Internal(format!("store.key_file: {e}")))?;
-        let (created, shown) = app_password::issue(&*self.store, &key, user.id, name).await?;
+        let (created, shown) = app_password::issue(&*self.store, &key, user.id, name, limits).await?;
         self.record(
             actor,
             "app_password.create",
             Some(user.upn.as_str()),
-            serde_json::json!({"name": created.name}),
+            serde_json::json!({"name": created.name, "limits": created.limits}),
         )
         .await;
         Ok((
@@ -600,6 +664,61 @@ impl Manager {
             },
             shown,
         ))
+    }
+
+    /// Narrows an app password's limits: those given are read as for a new
+    /// one and replace the current ones, the others stay. Refused, with
+    /// nothing changed, if that would widen any.
+    pub async fn narrow_app_password(
+        &self,
+        actor: &Actor,
+        upn: &str,
+        name: &str,
+        narrow: &NarrowRequest,
+    ) -> Result<AppPassword, ManageError> {
+        let user = self.user(upn).await?;
+        // Names compare as the store compares them: ASCII case folded.
+        let current = self
+            .store
+            .list_app_passwords(user.id)
+            .await?
+            .into_iter()
+            .find(|a| a.name.eq_ignore_ascii_case(name.trim()))
+            .ok_or_else(|| ManageError::UnknownAppPassword {
+                upn: user.upn.to_string(),
+                name: crate::model::audit_text(name.trim(), crate::model::MAX_APP_PASSWORD_NAME_CHARS),
+            })?;
+        let given = self.limits(&LimitsRequest {
+            scope: narrow.scope.clone().unwrap_or_default(),
+            expires: narrow.expires.clone(),
+            from: narrow.from.clone().unwrap_or_default(),
+        })?;
+        let limits = AppPasswordLimits {
+            scope: if narrow.scope.is_some() {
+                given.scope
+            } else {
+                current.limits.scope
+            },
+            expires_at: if narrow.expires.is_some() {
+                given.expires_at
+            } else {
+                current.limits.expires_at
+            },
+            networks: if narrow.from.is_some() {
+                given.networks
+            } else {
+                current.limits.networks
+            },
+        };
+        let narrowed = self.store.narrow_app_password(user.id, &current.name, &limits).await?;
+        self.record(
+            actor,
+            "app_password.narrow",
+            Some(user.upn.as_str()),
+            serde_json::json!({"name": narrowed.name, "limits": narrowed.limits}),
+        )
+        .await;
+        Ok(narrowed)
     }
 
     pub async fn delete_app_password(&self, actor: &Actor, upn: &str, name: &str) -> Result<(), ManageError> {

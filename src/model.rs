@@ -285,6 +285,12 @@ named_enum! {
         /// wrong: refused like `bad_credentials`, never sent to the
         /// directory, and named apart so a helpdesk can tell the user.
         AppPasswordMistyped = "app_password_mistyped",
+        /// A right app password on a route outside its scope.
+        AppPasswordOutOfScope = "app_password_out_of_scope",
+        /// A right app password after its expiry.
+        AppPasswordExpired = "app_password_expired",
+        /// A right app password from outside its networks.
+        AppPasswordNetwork = "app_password_network",
         DirectoryUnavailable = "directory_unavailable",
         Overloaded = "overloaded",
         StoreUnavailable = "store_unavailable",
@@ -446,6 +452,39 @@ pub struct AppPassword {
     pub last_used_at: Option<i64>,
     pub last_ip: Option<String>,
     pub last_user_agent: Option<String>,
+    /// Where, until when and from where it may be used.
+    pub limits: AppPasswordLimits,
+}
+
+/// What an app password is limited to: the routes it may sign in on (by
+/// `[[route]] name`), when it stops working, and the networks it may be
+/// used from. Each left empty limits nothing, so an app password made
+/// before limits existed works as it always did. Limits are set at
+/// creation and can afterwards only be narrowed
+/// ([`crate::app_password::limits::narrows`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct AppPasswordLimits {
+    /// Route names, sorted; empty: every route.
+    pub scope: Vec<String>,
+    /// After this instant (unix ms; RFC 3339 when serialised) it is refused.
+    #[serde(serialize_with = "ser_opt_time")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub expires_at: Option<i64>,
+    /// Client networks (CIDRs), sorted; empty: anywhere.
+    #[serde(serialize_with = "ser_networks")]
+    #[schema(value_type = Vec<String>)]
+    pub networks: Vec<ipnet::IpNet>,
+}
+
+impl AppPasswordLimits {
+    /// Whether nothing is limited.
+    pub fn is_unlimited(&self) -> bool {
+        self.scope.is_empty() && self.expires_at.is_none() && self.networks.is_empty()
+    }
+}
+
+fn ser_networks<S: serde::Serializer>(networks: &[ipnet::IpNet], serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.collect_seq(networks.iter().map(ToString::to_string))
 }
 
 /// What the in-memory index needs to verify an app password: its lookup
@@ -462,6 +501,8 @@ pub struct AppPasswordSecretRecord {
     pub tag: [u8; 32],
     /// argon2id PHC string.
     pub hash: String,
+    /// Checked at every sign-in, warm or not.
+    pub limits: std::sync::Arc<AppPasswordLimits>,
 }
 
 impl fmt::Debug for AppPasswordSecretRecord {
@@ -472,6 +513,7 @@ impl fmt::Debug for AppPasswordSecretRecord {
             .field("name", &self.name)
             .field("tag", &"***")
             .field("hash", &"***")
+            .field("limits", &self.limits)
             .finish()
     }
 }

@@ -94,6 +94,9 @@ pub struct Portal {
     /// The `browser = "mfa"` routes (any host): the only places a return
     /// URL may lead.
     return_routes: Router<()>,
+    /// Names of the routes that ask for credentials: what the create form
+    /// offers as an app password's scope.
+    routes: Vec<String>,
 }
 
 impl std::fmt::Debug for Portal {
@@ -116,6 +119,56 @@ struct Form(HashMap<String, String>);
 impl Form {
     fn get(&self, key: &str) -> &str {
         self.0.get(key).map(String::as_str).unwrap_or("")
+    }
+
+    /// The limits a create or narrow form asks for: a box `scope:NAME`
+    /// per route ticked, `expires` (a duration, or empty for none or for
+    /// no change) and `from` (CIDRs split by spaces or commas).
+    fn limits(&self) -> FormLimits {
+        let mut scope: Vec<String> = self
+            .0
+            .keys()
+            .filter_map(|k| k.strip_prefix("scope:"))
+            .map(str::to_owned)
+            .collect();
+        scope.sort();
+        let expires = Some(self.get("expires").trim())
+            .filter(|e| !e.is_empty())
+            .map(str::to_owned);
+        let from = self
+            .get("from")
+            .split([' ', ',', '\n', '\r', '\t'])
+            .filter(|n| !n.is_empty())
+            .map(str::to_owned)
+            .collect();
+        FormLimits { scope, expires, from }
+    }
+}
+
+/// [`Form::limits`].
+struct FormLimits {
+    scope: Vec<String>,
+    expires: Option<String>,
+    from: Vec<String>,
+}
+
+impl FormLimits {
+    fn asked(&self) -> crate::app_password::limits::Requested<'_> {
+        crate::app_password::limits::Requested {
+            scope: &self.scope,
+            expires: self.expires.as_deref(),
+            from: &self.from,
+        }
+    }
+}
+
+/// The routes an app password's narrow form offers: those of its scope,
+/// or every route when it has none.
+pub fn offered_scope<'a>(limits: &'a crate::model::AppPasswordLimits, routes: &'a [String]) -> &'a [String] {
+    if limits.scope.is_empty() {
+        routes
+    } else {
+        &limits.scope
     }
 }
 
@@ -155,6 +208,7 @@ impl Portal {
             secrets,
             clock,
             return_routes,
+            routes: crate::manage::credential_routes(&config.routes),
         }))
     }
 
@@ -292,7 +346,11 @@ impl Portal {
                 if page == "/registered" {
                     return html(
                         StatusCode::OK,
-                        frame.registered(self.auth.allow_app_passwords(), c.session.return_to.as_deref()),
+                        frame.registered(
+                            self.auth.allow_app_passwords(),
+                            &self.routes,
+                            c.session.return_to.as_deref(),
+                        ),
                     );
                 }
                 self.show_security(&c, frame, None).await
@@ -312,6 +370,7 @@ impl Portal {
                 frame.security(
                     c.user.upn.as_str(),
                     &list,
+                    &self.routes,
                     self.auth.allow_app_passwords(),
                     error,
                     |ms| crate::model::rfc3339(ms).replacen('T', " ", 1).replace('Z', " UTC"),
@@ -402,6 +461,7 @@ impl Portal {
             "/verify" if !c.session.signed_in => self.verify(&mut c, &form, frame).await,
             "/register" => self.register(&mut c, &form, frame).await,
             "/app-passwords" if c.session.signed_in => self.create_app_password(&c, &form, frame).await,
+            "/app-passwords/narrow" if c.session.signed_in => self.narrow_app_password(&c, &form, frame).await,
             "/app-passwords/delete" if c.session.signed_in => {
                 match self.store.delete_app_password(c.user.id, form.get("name")).await {
                     Ok(()) | Err(StoreError::UnknownAppPassword { .. }) => {
@@ -634,7 +694,12 @@ impl Portal {
             Ok(name) => name,
             Err(err) => return self.show_security(c, frame, Some(&err.to_string())).await,
         };
-        match crate::app_password::issue(&*self.store, self.auth.server_key(), c.user.id, name).await {
+        let requested = form.limits();
+        let limits = match crate::app_password::limits::parse(&requested.asked(), &self.routes, self.now()) {
+            Ok(limits) => limits,
+            Err(err) => return self.show_security(c, frame, Some(&err.to_string())).await,
+        };
+        match crate::app_password::issue(&*self.store, self.auth.server_key(), c.user.id, name, limits).await {
             Ok((created, password)) => html(StatusCode::OK, frame.new_app_password(&created.name, password.expose())),
             Err(crate::app_password::CredentialError::Store(
                 err @ (StoreError::TooManyAppPasswords { .. } | StoreError::DuplicateAppPasswordName { .. }),
@@ -658,6 +723,48 @@ impl Portal {
                     ),
                 )
             }
+        }
+    }
+
+    /// Narrows one of the user's app passwords to what the form of its row
+    /// asks: the routes left ticked, an earlier expiry, smaller networks.
+    /// Anything wider is refused with the reason, and nothing changes.
+    async fn narrow_app_password(&self, c: &Current, form: &Form, frame: &Frame<'_>) -> Response<ProxyBody> {
+        let current = match self.store.list_app_passwords(c.user.id).await {
+            Ok(list) => list.into_iter().find(|a| a.name == form.get("name")),
+            Err(err) => return self.unavailable(frame, &err),
+        };
+        let Some(current) = current else {
+            return redirect(&format!("{}/security", self.config.path));
+        };
+        let requested = form.limits();
+        let given = match crate::app_password::limits::parse(&requested.asked(), &self.routes, self.now()) {
+            Ok(limits) => limits,
+            Err(err) => return self.show_security(c, frame, Some(&err.to_string())).await,
+        };
+        let old = &current.limits;
+        let offered = offered_scope(old, &self.routes);
+        let limits = crate::model::AppPasswordLimits {
+            // Every route still ticked on an unscoped app password: left
+            // unscoped (a scope would shut out routes added later).
+            scope: if old.scope.is_empty() && offered.iter().all(|r| given.scope.contains(r)) {
+                Vec::new()
+            } else {
+                given.scope
+            },
+            expires_at: given.expires_at.or(old.expires_at),
+            networks: given.networks,
+        };
+        if limits == *old {
+            return redirect(&format!("{}/security", self.config.path));
+        }
+        match self.store.narrow_app_password(c.user.id, &current.name, &limits).await {
+            Ok(_) | Err(StoreError::UnknownAppPassword { .. }) => redirect(&format!("{}/security", self.config.path)),
+            Err(StoreError::LimitsWidened { error, .. }) => {
+                let message = format!("{}: {error}", current.name);
+                self.show_security(c, frame, Some(&message)).await
+            }
+            Err(err) => self.unavailable(frame, &err),
         }
     }
 

@@ -21,8 +21,8 @@ use serde::Serialize;
 
 use crate::app_password::MAX_APP_PASSWORDS_PER_USER;
 use crate::model::{
-    AdminEvent, AppPassword, AppPasswordId, AppPasswordName, AppPasswordSecretRecord, AuditRecord, Clock,
-    FederatedUser, MfaState, NoticeStatus, Settings, Upn, User, UserId,
+    AdminEvent, AppPassword, AppPasswordId, AppPasswordLimits, AppPasswordName, AppPasswordSecretRecord, AuditRecord,
+    Clock, FederatedUser, MfaState, NoticeStatus, Settings, Upn, User, UserId,
 };
 
 pub mod copy;
@@ -274,6 +274,18 @@ pub trait AppPasswordStore: Send + Sync {
 
     /// The user's app passwords, oldest first.
     fn list_app_passwords(&self, user: UserId) -> StoreFuture<'_, Vec<AppPassword>>;
+
+    /// Replaces the limits of the user's app password of that name
+    /// (case-insensitive) with `limits`, which must only narrow them
+    /// ([`StoreError::LimitsWidened`] otherwise; checked under the write
+    /// lock, so two narrowings at once cannot add up to a widening).
+    /// Written to the change feed, so every node drops what it cached.
+    fn narrow_app_password<'a>(
+        &'a self,
+        user: UserId,
+        name: &'a str,
+        limits: &'a AppPasswordLimits,
+    ) -> StoreFuture<'a, AppPassword>;
 
     /// Deletes the user's app password of that name (case-insensitive).
     fn delete_app_password<'a>(&'a self, user: UserId, name: &'a str) -> StoreFuture<'a, ()>;
@@ -818,6 +830,7 @@ pub struct NewAppPassword {
     pub name: AppPasswordName,
     pub tag: [u8; 32],
     pub hash: String,
+    pub limits: AppPasswordLimits,
 }
 
 impl fmt::Debug for NewAppPassword {
@@ -825,6 +838,7 @@ impl fmt::Debug for NewAppPassword {
         f.debug_struct("NewAppPassword")
             .field("user_id", &self.user_id)
             .field("name", &self.name)
+            .field("limits", &self.limits)
             .finish_non_exhaustive()
     }
 }
@@ -898,6 +912,8 @@ pub enum ChangeKind {
     /// The user's TOTP secret was removed.
     TotpRemoved,
     AppPasswordCreated,
+    /// An app password's limits were narrowed.
+    AppPasswordNarrowed,
     AppPasswordDeleted,
     AppPasswordsRevoked,
     SettingsChanged,
@@ -923,6 +939,7 @@ impl ChangeKind {
             ChangeKind::TotpRegistered => "totp_registered",
             ChangeKind::TotpRemoved => "totp_removed",
             ChangeKind::AppPasswordCreated => "app_password_created",
+            ChangeKind::AppPasswordNarrowed => "app_password_narrowed",
             ChangeKind::AppPasswordDeleted => "app_password_deleted",
             ChangeKind::AppPasswordsRevoked => "app_passwords_revoked",
             ChangeKind::SettingsChanged => "settings_changed",
@@ -945,6 +962,7 @@ impl ChangeKind {
             ChangeKind::TotpRegistered,
             ChangeKind::TotpRemoved,
             ChangeKind::AppPasswordCreated,
+            ChangeKind::AppPasswordNarrowed,
             ChangeKind::AppPasswordDeleted,
             ChangeKind::AppPasswordsRevoked,
             ChangeKind::SettingsChanged,
@@ -1086,6 +1104,12 @@ pub enum StoreError {
     DuplicateAppPasswordName { upn: Upn, name: String },
     #[error("user {upn} has no app password named {name:?}")]
     UnknownAppPassword { upn: Upn, name: String },
+    #[error("app password {name:?} of user {upn}: {error}")]
+    LimitsWidened {
+        upn: Upn,
+        name: String,
+        error: crate::app_password::limits::LimitsError,
+    },
     #[error("TOTP time step {step} is out of range: check the server clock")]
     TotpStepOutOfRange { step: u64 },
     #[error("the generated app password collides with an existing one: generate another")]

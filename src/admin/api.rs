@@ -22,8 +22,8 @@ use utoipa::{IntoParams, OpenApi, ToSchema};
 use super::tokens::TokenSet;
 use super::ConnInfo;
 use crate::manage::{
-    self, Actor, CreatedAppPassword, Deleted, ManageError, Manager, Revoked, SigninQuery, SyncStatus, UserDetail,
-    UserPage, UserQuery,
+    self, Actor, CreatedAppPassword, Deleted, LimitsRequest, ManageError, Manager, NarrowRequest, Revoked, SigninQuery,
+    SyncStatus, UserDetail, UserPage, UserQuery,
 };
 use crate::model::{AdminEvent, AppPassword, AuditRecord, MfaState, Secret, Settings, User, UserSource};
 use crate::store::{BulkApplied, LineError, StateLine, SyncPass};
@@ -297,6 +297,7 @@ pub static ROUTES: &[Route] = &[
     route!(POST "/api/v1/users/{upn}/revoke-app-passwords" => revoke_app_passwords),
     route!(GET "/api/v1/users/{upn}/app-passwords" => list_app_passwords),
     route!(POST "/api/v1/users/{upn}/app-passwords" => create_app_password),
+    route!(PATCH "/api/v1/users/{upn}/app-passwords/{name}" => narrow_app_password),
     route!(DELETE "/api/v1/users/{upn}/app-passwords/{name}" => delete_app_password),
     route!(POST "/api/v1/bulk/user-states" => set_states),
     route!(POST "/api/v1/bulk/user-import" => import_users),
@@ -467,6 +468,31 @@ pub struct NewAppPassword {
     /// The device it is for (1 to 64 characters, unique per user).
     #[schema(example = "iPhone Mail")]
     pub name: String,
+    /// Route names (`[[route]] name`) it may sign in on; none: every route.
+    #[serde(default)]
+    #[schema(example = json!(["mail"]))]
+    pub scope: Vec<String>,
+    /// How long it works, such as `90d`; none: until deleted.
+    #[serde(default)]
+    #[schema(example = "90d")]
+    pub expires: Option<String>,
+    /// Client networks (CIDRs) it may be used from; none: anywhere.
+    #[serde(default)]
+    #[schema(example = json!(["192.0.2.0/24"]))]
+    pub from: Vec<String>,
+}
+
+/// A narrowing of an app password's limits: each limit given replaces the
+/// current one and must not widen it; those left out stay as they are.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NarrowAppPassword {
+    #[serde(default)]
+    pub scope: Option<Vec<String>>,
+    #[serde(default)]
+    pub expires: Option<String>,
+    #[serde(default)]
+    pub from: Option<Vec<String>>,
 }
 
 /// Settings to change; those left out stay as they are.
@@ -712,9 +738,37 @@ async fn create_app_password(api: &Api, call: Call) -> Result<Reply, ApiError> {
     let body: NewAppPassword = call.json()?;
     let (created, _shown) = api
         .manager
-        .create_app_password(&call.actor, call.param(0), &body.name)
+        .create_app_password(
+            &call.actor,
+            call.param(0),
+            &body.name,
+            &LimitsRequest {
+                scope: body.scope,
+                expires: body.expires,
+                from: body.from,
+            },
+        )
         .await?;
     reply(StatusCode::CREATED, &created)
+}
+
+#[utoipa::path(patch, path = "/api/v1/users/{upn}/app-passwords/{name}", tag = "app passwords",
+    params(("upn" = String, Path, description = "The user's UPN"), ("name" = String, Path, description = "The app password's name")),
+    request_body = NarrowAppPassword,
+    responses((status = 200, description = "The app password with its narrowed limits", body = AppPassword),
+        (status = 404, description = "No such user or app password", body = ErrorBody)))]
+async fn narrow_app_password(api: &Api, call: Call) -> Result<Reply, ApiError> {
+    call.query(&[])?;
+    let body: NarrowAppPassword = call.json()?;
+    let narrow = NarrowRequest {
+        scope: body.scope,
+        expires: body.expires,
+        from: body.from,
+    };
+    ok(&api
+        .manager
+        .narrow_app_password(&call.actor, call.param(0), call.param(1), &narrow)
+        .await?)
 }
 
 #[utoipa::path(delete, path = "/api/v1/users/{upn}/app-passwords/{name}", tag = "app passwords",
@@ -841,7 +895,7 @@ async fn admin_events(api: &Api, call: Call) -> Result<Reply, ApiError> {
     paths(
         openapi_document, list_users, add_user, show_user, delete_user, set_state, disable_user, enable_user,
         require_registration, set_password, clear_password, revoke_app_passwords, list_app_passwords,
-        create_app_password, delete_app_password, set_states, import_users, show_settings, set_settings,
+        create_app_password, narrow_app_password, delete_app_password, set_states, import_users, show_settings, set_settings,
         signins, usage_report, sync_status, sync_run, admin_events,
     ),
     components(schemas(ErrorBody, SigninResult)),

@@ -17,14 +17,20 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
 use crate::config::Realm;
-use crate::model::{AppPasswordId, UserId};
+use crate::model::{AppPasswordId, AppPasswordLimits, UserId};
 
 pub type CacheKey = [u8; 32];
 
 /// What was verified.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CachedCredential {
-    AppPassword { id: AppPasswordId, name: Arc<str> },
+    /// With the limits as they were when it was verified: a change of
+    /// them bumps the user's generation, so the entry stops matching.
+    AppPassword {
+        id: AppPasswordId,
+        name: Arc<str>,
+        limits: Arc<AppPasswordLimits>,
+    },
     Password,
 }
 

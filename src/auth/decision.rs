@@ -4,15 +4,16 @@
 
 pub use super::refusal::Refusal;
 use crate::config::Realm;
-use crate::model::{AppPasswordId, CredentialKind, MfaState, Reason, User};
+use crate::model::{AppPasswordId, AppPasswordLimits, CredentialKind, MfaState, Reason, User};
 
 /// What checking the presented secret established.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verified {
-    /// One of the user's app passwords (by name).
+    /// One of the user's app passwords (by name), with its limits.
     AppPassword {
         id: AppPasswordId,
         name: std::sync::Arc<str>,
+        limits: std::sync::Arc<AppPasswordLimits>,
     },
     /// The user's organizational password (argon2 for cloud-only users,
     /// directory bind for federated ones).
@@ -43,6 +44,9 @@ pub struct Facts<'a> {
     pub user: Option<&'a User>,
     pub allow_app_passwords: bool,
     pub locked_out: bool,
+    /// What a verified app password's limits said of this use
+    /// ([`crate::app_password::limits::check`]): the refusal, if any.
+    pub outside_limits: Option<Reason>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,16 +94,14 @@ pub fn decide(f: Facts<'_>) -> Decision {
         (_, Some(user)) => user,
     };
     match (f.realm, f.verified) {
-        (Realm::Cloud, Verified::AppPassword { .. }) => {
-            if f.allow_app_passwords {
-                Decision::Allow {
-                    credential: CredentialKind::AppPassword,
-                    reason: Reason::AppPassword,
-                }
-            } else {
-                deny(Refusal::Unauthorized, Reason::AppPasswordsNotAllowed)
-            }
-        }
+        (Realm::Cloud, Verified::AppPassword { .. }) => match (f.allow_app_passwords, f.outside_limits) {
+            (false, _) => deny(Refusal::Unauthorized, Reason::AppPasswordsNotAllowed),
+            (true, Some(reason)) => deny(Refusal::Unauthorized, reason),
+            (true, None) => Decision::Allow {
+                credential: CredentialKind::AppPassword,
+                reason: Reason::AppPassword,
+            },
+        },
         (Realm::Cloud, Verified::Password) => {
             if user.mfa_state == MfaState::Enforced {
                 deny(Refusal::Unauthorized, Reason::AppPasswordRequired)

@@ -12,8 +12,8 @@ use serde::Serialize;
 use super::output::{self, outln};
 use super::{AppPasswordCommand, SettingsCommand, SigninsArgs, StoreCopyArgs, UserCommand};
 use crate::config::Config;
-use crate::manage::{Actor, ManageError, Manager, SigninQuery, UserQuery};
-use crate::model::{AppPassword, Clock, MfaState, Secret, SystemClock, User};
+use crate::manage::{Actor, LimitsRequest, ManageError, Manager, NarrowRequest, SigninQuery, UserQuery};
+use crate::model::{AppPassword, AppPasswordLimits, Clock, MfaState, Secret, SystemClock, User};
 use crate::store::copy::{CopyError, Endpoint};
 use crate::store::{OpenMode, StateLine, Store, StoreAccess, StoreError};
 
@@ -92,7 +92,8 @@ impl Ctx {
             OpenMode::Existing,
         )
         .await?;
-        let manager = Manager::new(Arc::clone(&store), config.store.key_file.clone(), clock);
+        let manager = Manager::new(Arc::clone(&store), config.store.key_file.clone(), clock)
+            .with_routes(crate::manage::credential_routes(&config.routes));
         Ok(Ctx {
             config,
             store,
@@ -212,7 +213,42 @@ fn print_app_passwords(list: &[AppPassword]) {
             a.last_ip.as_deref().unwrap_or("-"),
             a.last_user_agent.as_deref().unwrap_or("-")
         );
+        if !a.limits.is_unlimited() {
+            outln!("{:<w$} limits: {}", "", describe_limits(&a.limits));
+        }
     }
+}
+
+/// A refusal of an option's value, named as the option is spelled.
+fn option_error(err: ManageError) -> CommandError {
+    match err {
+        ManageError::BadRequest { field, message }
+            if ["name", "scope", "expires", "from"].contains(&field.as_str()) =>
+        {
+            input(format!("--{field}: {message}"))
+        }
+        other => other.into(),
+    }
+}
+
+/// An app password's limits in one line: `scope mail, dav; expires ...;
+/// from 10.0.0.0/8`, or `no limits`.
+fn describe_limits(limits: &AppPasswordLimits) -> String {
+    if limits.is_unlimited() {
+        return "no limits".to_owned();
+    }
+    let mut parts = Vec::new();
+    if !limits.scope.is_empty() {
+        parts.push(format!("scope {}", limits.scope.join(", ")));
+    }
+    if let Some(at) = limits.expires_at {
+        parts.push(format!("expires {}", time(at)));
+    }
+    if !limits.networks.is_empty() {
+        let nets: Vec<String> = limits.networks.iter().map(ToString::to_string).collect();
+        parts.push(format!("from {}", nets.join(", ")));
+    }
+    parts.join("; ")
 }
 
 /// A password on standard input, without its line end.
@@ -416,16 +452,16 @@ pub async fn user(ctx: &Ctx, cmd: UserCommand) -> Result<(), CommandError> {
 pub async fn app_password_cmd(ctx: &Ctx, cmd: AppPasswordCommand) -> Result<(), CommandError> {
     let m = &ctx.manager;
     match cmd {
-        AppPasswordCommand::Create { upn, name } => {
+        AppPasswordCommand::Create { upn, name, limits } => {
+            let requested = LimitsRequest {
+                scope: limits.scope.unwrap_or_default(),
+                expires: limits.expires,
+                from: limits.from.unwrap_or_default(),
+            };
             let (created, shown) = m
-                .create_app_password(&ctx.actor, &upn, &name)
+                .create_app_password(&ctx.actor, &upn, &name, &requested)
                 .await
-                .map_err(|e| match e {
-                    ManageError::BadRequest { field, message } if field == "name" => {
-                        input(format!("--name: {message}"))
-                    }
-                    other => other.into(),
-                })?;
+                .map_err(option_error)?;
             // The secret goes out first, on its own line, and is flushed:
             // if it cannot be written (the reader of a pipe has gone), the
             // password is deleted again, since nobody will ever see it.
@@ -455,11 +491,32 @@ pub async fn app_password_cmd(ctx: &Ctx, cmd: AppPasswordCommand) -> Result<(), 
                     created.upn
                 );
                 outln!("mail or calendar app instead of the account password; one app password per device.");
+                if !created.app_password.limits.is_unlimited() {
+                    outln!("limits: {}", describe_limits(&created.app_password.limits));
+                }
             }
         }
         AppPasswordCommand::List { upn } => {
             let list = m.app_passwords(&upn).await?;
             ctx.print(&list, || print_app_passwords(&list));
+        }
+        AppPasswordCommand::Narrow { upn, name, limits } => {
+            let narrow = NarrowRequest {
+                scope: limits.scope,
+                expires: limits.expires,
+                from: limits.from,
+            };
+            let narrowed = m
+                .narrow_app_password(&ctx.actor, &upn, &name, &narrow)
+                .await
+                .map_err(option_error)?;
+            ctx.print(&narrowed, || {
+                outln!(
+                    "app password {:?}: {}",
+                    narrowed.name,
+                    describe_limits(&narrowed.limits)
+                )
+            });
         }
         AppPasswordCommand::Delete { upn, name } => {
             let user = m.user(&upn).await?;

@@ -84,6 +84,9 @@ fn reasons_are_the_decision_table_codes() {
             "app_password_not_valid_onprem",
             "bad_credentials",
             "app_password_mistyped",
+            "app_password_out_of_scope",
+            "app_password_expired",
+            "app_password_network",
             "directory_unavailable",
             "overloaded",
             "store_unavailable",
@@ -162,6 +165,7 @@ fn secret_record_does_not_print_tag_or_hash() {
         name: "phone".into(),
         tag: [0xab; 32],
         hash: "$argon2id$xyz".into(),
+        limits: Default::default(),
     };
     let shown = format!("{record:?}");
     assert!(!shown.contains("argon2") && !shown.contains("171"), "{shown}");

@@ -103,12 +103,12 @@ impl Frame<'_> {
         self.page("Set up your authenticator", &body)
     }
 
-    pub fn registered(&self, allow_app_passwords: bool, continue_to: Option<&str>) -> String {
+    pub fn registered(&self, allow_app_passwords: bool, routes: &[String], continue_to: Option<&str>) -> String {
         let offer = if allow_app_passwords {
             format!(
                 "<h2>Mail and calendar apps</h2>\n\
                  <p>Apps that cannot ask for a code (the phone's mail app, Outlook) now need an app password instead of your password. Create one for each device now.</p>\n{}",
-                self.create_form(0, None)
+                self.create_form(0, routes, None)
             )
         } else {
             String::new()
@@ -124,16 +124,24 @@ impl Frame<'_> {
         self.page("Authenticator registered", &body)
     }
 
-    fn create_form(&self, count: usize, error: Option<&str>) -> String {
+    fn create_form(&self, count: usize, routes: &[String], error: Option<&str>) -> String {
         format!(
             "{error}<form id=\"create-app-password-form\" method=\"post\" action=\"{base}/app-passwords\">\n{csrf}\n\
              <label for=\"app-password-name\">Device name</label>\n\
              <input id=\"app-password-name\" name=\"name\" type=\"text\" maxlength=\"64\" required placeholder=\"Alice's iPhone Mail\">\n\
              <p class=\"hint\">Use one app password per device, named after it, so you can delete just that one when the device is lost. You have {count} of 40.</p>\n\
+             <fieldset id=\"create-limits\"><legend>Limits (optional)</legend>\n\
+             {scope}<p class=\"hint\">Tick none to let it sign in to every service.</p>\n\
+             {expires}\n\
+             <label for=\"app-password-from\">Only from these networks</label>\n\
+             <input id=\"app-password-from\" name=\"from\" type=\"text\" maxlength=\"1000\" placeholder=\"192.0.2.0/24 2001:db8::/32\">\n\
+             <p class=\"hint\">Addresses or CIDRs, split by spaces; leave empty for anywhere.</p></fieldset>\n\
              <button id=\"create-app-password\" type=\"submit\">Create app password</button>\n</form>",
             error = Self::error(error),
             base = esc(self.base),
             csrf = self.csrf_field(),
+            scope = scope_boxes("create", routes, &[]),
+            expires = expiry_select("create-expires", "Never", None),
         )
     }
 
@@ -145,10 +153,14 @@ impl Frame<'_> {
         )
     }
 
+    /// Each app password's row shows its limits (`td.limits`) and holds a
+    /// form that narrows them (`form.narrow-app-password`).
+    #[allow(clippy::too_many_arguments)]
     pub fn security(
         &self,
         upn: &str,
         app_passwords: &[AppPassword],
+        routes: &[String],
         allow_app_passwords: bool,
         error: Option<&str>,
         time: impl Fn(i64) -> String,
@@ -158,22 +170,41 @@ impl Frame<'_> {
             let _ = writeln!(
                 rows,
                 "<tr data-name=\"{name}\"><td>{name}</td><td>{created}</td><td>{used}</td><td>{ip}</td><td>{agent}</td>\
-                 <td><form class=\"delete-app-password\" method=\"post\" action=\"{base}/app-passwords/delete\">{csrf}\
+                 <td class=\"limits\"><span class=\"scope\">{scope}</span><br><span class=\"expires\">{expires}</span><br><span class=\"networks\">{networks}</span></td>\
+                 <td><details><summary>Narrow</summary>{narrow}</details>\
+                 <form class=\"delete-app-password\" method=\"post\" action=\"{base}/app-passwords/delete\">{csrf}\
                  <input type=\"hidden\" name=\"name\" value=\"{name}\"><button type=\"submit\" class=\"secondary\" aria-label=\"Delete {name}\">Delete</button></form></td></tr>",
                 name = esc(&a.name),
                 created = esc(&time(a.created_at)),
                 used = a.last_used_at.map(|t| esc(&time(t))).unwrap_or_else(|| "never".into()),
                 ip = esc(a.last_ip.as_deref().unwrap_or("")),
                 agent = esc(a.last_user_agent.as_deref().unwrap_or("")),
+                scope = if a.limits.scope.is_empty() {
+                    "All services".to_owned()
+                } else {
+                    format!("Only {}", esc(&a.limits.scope.join(", ")))
+                },
+                expires = a
+                    .limits
+                    .expires_at
+                    .map(|t| format!("Expires {}", esc(&time(t))))
+                    .unwrap_or_else(|| "Never expires".into()),
+                networks = if a.limits.networks.is_empty() {
+                    "From anywhere".to_owned()
+                } else {
+                    let nets: Vec<String> = a.limits.networks.iter().map(ToString::to_string).collect();
+                    format!("Only from {}", esc(&nets.join(", ")))
+                },
+                narrow = self.narrow_form(a, routes),
                 base = esc(self.base),
                 csrf = self.csrf_field(),
             );
         }
         if app_passwords.is_empty() {
-            rows.push_str("<tr><td colspan=\"6\">No app passwords.</td></tr>\n");
+            rows.push_str("<tr><td colspan=\"7\">No app passwords.</td></tr>\n");
         }
         let create = if allow_app_passwords {
-            self.create_form(app_passwords.len(), error)
+            self.create_form(app_passwords.len(), routes, error)
         } else {
             format!(
                 "{}<p>Your organization does not allow app passwords.</p>",
@@ -184,7 +215,7 @@ impl Frame<'_> {
             "<p>Signed in as <strong>{upn}</strong>.</p>\n\
              <h2>App passwords</h2>\n\
              <div class=\"table\"><table id=\"app-passwords\">\n<caption>Your app passwords</caption>\n\
-             <thead><tr><th scope=\"col\">Name</th><th scope=\"col\">Created</th><th scope=\"col\">Last used</th><th scope=\"col\">From</th><th scope=\"col\">Client</th><th scope=\"col\"><span class=\"visually-hidden\">Actions</span></th></tr></thead>\n\
+             <thead><tr><th scope=\"col\">Name</th><th scope=\"col\">Created</th><th scope=\"col\">Last used</th><th scope=\"col\">From</th><th scope=\"col\">Client</th><th scope=\"col\">Limits</th><th scope=\"col\"><span class=\"visually-hidden\">Actions</span></th></tr></thead>\n\
              <tbody>\n{rows}</tbody>\n</table></div>\n{create}\n\
              <h2>Authenticator</h2>\n<p><a id=\"change-authenticator\" href=\"{base}/register\">Change your authenticator app</a></p>\n{sign_out}",
             upn = esc(upn),
@@ -192,6 +223,33 @@ impl Frame<'_> {
             sign_out = self.sign_out_form(),
         );
         self.page("Security verification", &body)
+    }
+
+    /// A form that narrows one app password: the routes it may use (only
+    /// those it has, or all when it has no scope), an earlier expiry, its
+    /// networks. What is left as it is stays.
+    fn narrow_form(&self, a: &AppPassword, routes: &[String]) -> String {
+        let offered = super::offered_scope(&a.limits, routes);
+        let ticked: &[String] = if a.limits.scope.is_empty() {
+            offered
+        } else {
+            &a.limits.scope
+        };
+        let nets: Vec<String> = a.limits.networks.iter().map(ToString::to_string).collect();
+        let id = format!("narrow-{}", a.id);
+        format!(
+            "<form class=\"narrow-app-password\" method=\"post\" action=\"{base}/app-passwords/narrow\">{csrf}\
+             <input type=\"hidden\" name=\"name\" value=\"{name}\">{scope}{expires}\
+             <label for=\"{id}-from\">Only from these networks</label>\
+             <input id=\"{id}-from\" name=\"from\" type=\"text\" maxlength=\"1000\" value=\"{from}\">\
+             <button type=\"submit\" aria-label=\"Narrow {name}\">Save</button></form>",
+            base = esc(self.base),
+            csrf = self.csrf_field(),
+            name = esc(&a.name),
+            scope = scope_boxes(&id, offered, ticked),
+            expires = expiry_select(&format!("{id}-expires"), "As it is", a.limits.expires_at),
+            from = esc(&nets.join(" ")),
+        )
     }
 
     pub fn new_app_password(&self, name: &str, password: &str) -> String {
@@ -263,6 +321,40 @@ document.querySelectorAll('button[data-copy]').forEach(function (b) {
   });
 });
 ";
+
+/// A box `scope:NAME` per route, `ticked` ones checked; nothing when there
+/// are no routes to choose from.
+fn scope_boxes(id: &str, routes: &[String], ticked: &[String]) -> String {
+    if routes.is_empty() {
+        return String::new();
+    }
+    let mut boxes = String::from("<p>Only these services:</p>\n");
+    for (i, route) in routes.iter().enumerate() {
+        let _ = writeln!(
+            boxes,
+            "<label for=\"{id}-scope-{i}\"><input id=\"{id}-scope-{i}\" type=\"checkbox\" name=\"scope:{route}\"{checked}> {route}</label>",
+            id = esc(id),
+            route = esc(route),
+            checked = if ticked.contains(route) { " checked" } else { "" },
+        );
+    }
+    boxes
+}
+
+/// Expiry choices: `first` (no value: never, or no change), then the usual
+/// lifetimes from now; with a current expiry, the hint says when it is.
+fn expiry_select(id: &str, first: &str, current: Option<i64>) -> String {
+    let now = current
+        .map(|at| format!(" (now {})", esc(&crate::model::rfc3339(at))))
+        .unwrap_or_default();
+    format!(
+        "<label for=\"{id}\">Expires{now}</label>\n<select id=\"{id}\" name=\"expires\">\
+         <option value=\"\">{first}</option><option value=\"1d\">In a day</option><option value=\"7d\">In a week</option>\
+         <option value=\"30d\">In 30 days</option><option value=\"90d\">In 90 days</option><option value=\"365d\">In a year</option></select>",
+        id = esc(id),
+        first = esc(first),
+    )
+}
 
 #[cfg(test)]
 mod tests {

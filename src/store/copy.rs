@@ -139,6 +139,9 @@ pub const TABLES: &[Table] = &[
             ("last_used_at", Integer),
             ("last_ip", Text),
             ("last_user_agent", Text),
+            ("scope", Text),
+            ("expires_at", Integer),
+            ("networks", Text),
         ],
     },
     Table {

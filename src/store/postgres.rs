@@ -88,6 +88,7 @@ const MIGRATIONS: &[Migration] = migrations![
     11 "mfa_state_history" "postgres/migrations/0011_mfa_state_history.sql",
     12 "enrolment_notices" "postgres/migrations/0012_enrolment_notices.sql",
     13 "admin_events" "postgres/migrations/0013_admin_events.sql",
+    14 "app_password_limits" "postgres/migrations/0014_app_password_limits.sql",
 ];
 
 /// The advisory lock (transaction-scoped) that writers of the change feed

@@ -102,6 +102,22 @@ macro_rules! row_decoders {
                     last_used_at: row.try_get("last_used_at").map_err(read())?,
                     last_ip: row.try_get("last_ip").map_err(read())?,
                     last_user_agent: row.try_get("last_user_agent").map_err(read())?,
+                    limits: limits_from_row(row)?,
+                })
+            }
+
+            /// The three limit columns, present in every query of app
+            /// passwords.
+            fn limits_from_row(row: &$row) -> Result<crate::model::AppPasswordLimits, StoreError> {
+                let read = || db("read an app password's limits");
+                let id: i64 = row.try_get("id").map_err(read())?;
+                let scope: Option<String> = row.try_get("scope").map_err(read())?;
+                let networks: Option<String> = row.try_get("networks").map_err(read())?;
+                let bad = |e: String| corrupt(format!("app password {}: {e}", AppPasswordId(id)));
+                Ok(crate::model::AppPasswordLimits {
+                    scope: crate::app_password::limits::scope_from_text(scope.as_deref()).map_err(bad)?,
+                    expires_at: row.try_get("expires_at").map_err(read())?,
+                    networks: crate::app_password::limits::networks_from_text(networks.as_deref()).map_err(bad)?,
                 })
             }
 
@@ -117,6 +133,7 @@ macro_rules! row_decoders {
                         .try_into()
                         .map_err(|_| corrupt(format!("app password {id} has a tag that is not 32 bytes")))?,
                     hash: row.try_get("hash").map_err(read())?,
+                    limits: std::sync::Arc::new(limits_from_row(row)?),
                 })
             }
 

@@ -86,6 +86,7 @@ const MIGRATIONS: &[Migration] = migrations![
     11 "mfa_state_history" "migrations/0011_mfa_state_history.sql",
     12 "enrolment_notices" "migrations/0012_enrolment_notices.sql",
     13 "admin_events" "migrations/0013_admin_events.sql",
+    14 "app_password_limits" "migrations/0014_app_password_limits.sql",
 ];
 
 /// Several processes share the file; a writer waits this long for another

@@ -4,7 +4,9 @@ use super::*;
 
 #[path = "pg_cluster.rs"]
 mod pg_cluster;
-use crate::model::{CredentialKind, DirectoryAttributes, FederatedUser, ManualClock, Reason, UserSource};
+use crate::model::{
+    AppPasswordLimits, CredentialKind, DirectoryAttributes, FederatedUser, ManualClock, Reason, UserSource,
+};
 
 const T0: i64 = 1_700_000_000_000;
 
@@ -99,6 +101,15 @@ fn new_app_password(user: UserId, name: &str, n: u32) -> NewAppPassword {
         name: AppPasswordName::parse(name).unwrap(),
         tag,
         hash: format!("$argon2id$fake-{n}"),
+        limits: AppPasswordLimits::default(),
+    }
+}
+
+fn some_limits() -> AppPasswordLimits {
+    AppPasswordLimits {
+        scope: vec!["dav".into(), "mail".into()],
+        expires_at: Some(T0 + 90 * 24 * 3600 * 1000),
+        networks: vec!["10.0.0.0/8".parse().unwrap(), "2001:db8::/32".parse().unwrap()],
     }
 }
 
@@ -664,6 +675,74 @@ async fn app_passwords_are_created_listed_and_deleted(f: Fixture) {
             (ChangeKind::AppPasswordsRevoked, Some(user.id)),
         ]
     );
+}
+
+async fn app_password_limits_are_kept_and_only_narrowed(f: Fixture) {
+    let (store, _) = f.parts();
+    let user = store
+        .create_cloud_user(&upn("alice@corp.example.com"), MfaState::Enforced, None)
+        .await
+        .unwrap();
+    let old = store
+        .create_app_password(&new_app_password(user.id, "old phone", 1))
+        .await
+        .unwrap();
+    assert!(old.limits.is_unlimited());
+    let limited = store
+        .create_app_password(&NewAppPassword {
+            limits: some_limits(),
+            ..new_app_password(user.id, "Thunderbird", 2)
+        })
+        .await
+        .unwrap();
+    assert_eq!(limited.limits, some_limits());
+    let listed = store.list_app_passwords(user.id).await.unwrap();
+    assert_eq!(listed[0].limits, AppPasswordLimits::default());
+    assert_eq!(listed[1].limits, some_limits());
+    let secrets = store.load_user_secrets(user.id).await.unwrap();
+    assert_eq!(*secrets[1].limits, some_limits());
+    assert!(secrets[0].limits.is_unlimited());
+
+    // Narrowed: one route, an earlier expiry, a smaller network; fed.
+    let seq = store.latest_change_seq().await.unwrap();
+    let narrower = AppPasswordLimits {
+        scope: vec!["mail".into()],
+        expires_at: Some(T0 + 1000),
+        networks: vec!["10.1.0.0/16".parse().unwrap()],
+    };
+    let narrowed = store
+        .narrow_app_password(user.id, "THUNDERBIRD", &narrower)
+        .await
+        .unwrap();
+    assert_eq!(narrowed.name, "Thunderbird");
+    assert_eq!(narrowed.limits, narrower);
+    assert_eq!(store.list_app_passwords(user.id).await.unwrap()[1].limits, narrower);
+    assert_eq!(*store.load_all_secrets().await.unwrap()[1].limits, narrower);
+    assert_eq!(
+        kinds_since(store.as_ref(), seq).await,
+        [(ChangeKind::AppPasswordNarrowed, Some(user.id))]
+    );
+
+    // Widening any limit back is refused and changes nothing.
+    let seq = store.latest_change_seq().await.unwrap();
+    let err = store
+        .narrow_app_password(user.id, "Thunderbird", &some_limits())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::LimitsWidened { .. }), "{err}");
+    assert!(err.to_string().contains("limits can only be narrowed"), "{err}");
+    assert_eq!(store.list_app_passwords(user.id).await.unwrap()[1].limits, narrower);
+    assert!(kinds_since(store.as_ref(), seq).await.is_empty());
+    // An unlimited one can be limited.
+    store
+        .narrow_app_password(user.id, "old phone", &narrower)
+        .await
+        .unwrap();
+    let err = store
+        .narrow_app_password(user.id, "no such", &narrower)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::UnknownAppPassword { .. }), "{err}");
 }
 
 async fn the_41st_app_password_is_refused(f: Fixture) {
@@ -1652,6 +1731,7 @@ on_both_backends!(
     bulk_state_change_applies_every_line,
     bulk_state_change_is_all_or_nothing_and_reports_every_bad_line,
     app_passwords_are_created_listed_and_deleted,
+    app_password_limits_are_kept_and_only_narrowed,
     the_41st_app_password_is_refused,
     duplicate_names_and_tags_are_refused,
     last_use_is_recorded_in_batches_and_only_moves_forward,
@@ -1669,3 +1749,37 @@ on_both_backends!(
 
 mod copying;
 mod history;
+
+/// Schema 14 adds the limit columns: app passwords made before keep
+/// working with no limits.
+#[tokio::test]
+async fn app_passwords_from_before_limits_come_through_the_upgrade_unlimited() {
+    let f = Fixture::sqlite().await;
+    let (store, _) = f.parts();
+    let user = store
+        .create_cloud_user(&upn("alice@corp.example.com"), MfaState::Enforced, None)
+        .await
+        .unwrap();
+    store
+        .create_app_password(&new_app_password(user.id, "old phone", 1))
+        .await
+        .unwrap();
+    store.close().await;
+    // Back to schema 13, as an older fedgate left it.
+    let pool = sqlx::SqlitePool::connect(&f.url).await.unwrap();
+    sqlx::raw_sql(
+        "ALTER TABLE app_passwords DROP COLUMN scope;
+         ALTER TABLE app_passwords DROP COLUMN expires_at;
+         ALTER TABLE app_passwords DROP COLUMN networks;
+         DELETE FROM schema_version WHERE version >= 14;",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+    let store = f.open_again().await;
+    let listed = store.list_app_passwords(user.id).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert!(listed[0].limits.is_unlimited(), "{listed:?}");
+    assert!(store.load_all_secrets().await.unwrap()[0].limits.is_unlimited());
+}

@@ -569,6 +569,104 @@ async fn app_passwords_made_and_revoked_through_the_api_reach_sign_in() {
     assert_eq!(get(admin, "/api/v1/sync").await.status, StatusCode::OK);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn app_passwords_get_limits_through_the_api_and_can_only_be_narrowed() {
+    let fedgate = server();
+    let admin = fedgate.admin.unwrap();
+    send(
+        admin,
+        Method::POST,
+        "/api/v1/users",
+        json!({"upn": "lee@x.example", "state": "enforced"}),
+    )
+    .await;
+    send(
+        admin,
+        Method::PUT,
+        "/api/v1/settings",
+        json!({"allow_app_passwords": true}),
+    )
+    .await;
+    let path = "/api/v1/users/lee@x.example/app-passwords";
+    let created = send(
+        admin,
+        Method::POST,
+        path,
+        json!({"name": "phone", "scope": ["/whoami"], "expires": "90d", "from": ["127.0.0.1", "192.0.2.0/24"]}),
+    )
+    .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{created:?}");
+    let limits = &created.body["limits"];
+    assert_eq!(limits["scope"], json!(["/whoami"]), "{created:?}");
+    assert_eq!(
+        limits["networks"],
+        json!(["127.0.0.1/32", "192.0.2.0/24"]),
+        "{created:?}"
+    );
+    assert!(
+        limits["expires_at"].as_str().is_some_and(|t| t.ends_with('Z')),
+        "{created:?}"
+    );
+    let password = created.body["password"].as_str().unwrap().to_owned();
+    let sign_in = || async {
+        get_with(
+            fedgate.plain,
+            "/whoami",
+            &[("authorization", basic("lee@x.example", &password))],
+        )
+        .await
+        .0
+    };
+    assert_eq!(sign_in().await, StatusCode::OK);
+
+    // Bad limits are refused by field and create nothing.
+    for (body, field) in [
+        (json!({"name": "a", "scope": ["nowhere"]}), "scope"),
+        (json!({"name": "b", "expires": "forever"}), "expires"),
+        (json!({"name": "c", "from": ["10.0.0.0/33"]}), "from"),
+    ] {
+        let refused = send(admin, Method::POST, path, body).await;
+        expect(&refused, 400, "bad_request");
+        assert!(refused.text.contains(field), "{refused:?}");
+    }
+    assert_eq!(get(admin, path).await.body.as_array().unwrap().len(), 1);
+
+    // Narrowed to a network the client is not in: refused at sign-in.
+    let phone = format!("{path}/phone");
+    let narrowed = send(admin, Method::PATCH, &phone, json!({"from": ["192.0.2.0/25"]})).await;
+    assert_eq!(narrowed.status, StatusCode::OK, "{narrowed:?}");
+    assert_eq!(
+        narrowed.body["limits"]["networks"],
+        json!(["192.0.2.0/25"]),
+        "{narrowed:?}"
+    );
+    assert_eq!(
+        narrowed.body["limits"]["scope"],
+        json!(["/whoami"]),
+        "kept: {narrowed:?}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while sign_in().await != StatusCode::UNAUTHORIZED {
+        assert!(Instant::now() < deadline, "the narrowed app password still signs in");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Widening is refused and changes nothing.
+    let widened = send(admin, Method::PATCH, &phone, json!({"from": ["0.0.0.0/0"]})).await;
+    expect(&widened, 400, "bad_request");
+    assert!(widened.text.contains("narrowed"), "{widened:?}");
+    expect(
+        &send(admin, Method::PATCH, &format!("{path}/tablet"), json!({"scope": []})).await,
+        404,
+        "unknown_app_password",
+    );
+    let listed = get(admin, path).await;
+    assert_eq!(
+        listed.body[0]["limits"]["networks"],
+        json!(["192.0.2.0/25"]),
+        "{listed:?}"
+    );
+}
+
 #[tokio::test]
 async fn every_change_is_recorded_with_the_token_name_and_the_client_address() {
     let fedgate = server();

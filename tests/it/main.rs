@@ -15,6 +15,7 @@ mod ops;
 mod portal;
 mod proxy;
 mod report;
+mod scopes;
 mod signin;
 mod store_copy;
 mod support;

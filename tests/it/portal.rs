@@ -1024,3 +1024,102 @@ mod csrf {
         assert_ne!(c3, c2, "the csrf cookie was not rotated at sign-out");
     }
 }
+
+/// A user creates an app password limited to one service, with an expiry
+/// and a network, sees those limits on its row, and narrows the network
+/// further; a widening typed into the form is refused and changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn app_passwords_are_created_with_limits_shown_and_narrowed() {
+    const FRAN: &str = "fran@contoso.example";
+    const NAME: &str = "Tablet";
+    let portal = Portal::start(
+        Fedgate::builder()
+            .cloud_route("/mail", "builtin:whoami", "name = \"mail\"")
+            .cloud_route("/dav", "builtin:whoami", "name = \"dav\""),
+    );
+    let admin = portal.admin();
+    admin.allow_app_passwords(true);
+    portal.user(FRAN, "enabled").await;
+    let b = Browser::start("limits").await;
+    b.goto(&portal.url(&format!("{P}/sign-in"))).await;
+    enter_password(&b, FRAN, PASSWORD).await;
+    let _app = register(&b, false).await;
+
+    b.goto(&portal.url(&format!("{P}/security"))).await;
+    b.fill("#create-app-password-form #app-password-name", NAME).await;
+    let mail_box = "#create-app-password-form input[name=\"scope:mail\"]";
+    b.find(mail_box).await;
+    b.find("#create-app-password-form input[name=\"scope:dav\"]").await;
+    b.click(mail_box).await;
+    b.execute("document.getElementById('create-expires').value = '90d';", vec![])
+        .await;
+    b.fill("#app-password-from", "127.0.0.0/8 192.0.2.0/24").await;
+    assert_labelled(&b).await;
+    b.submit("#create-app-password").await;
+    let password = b.text("#new-app-password").await.trim().to_owned();
+
+    let list = admin.run(&["--json", "app-password", "list", FRAN]).json();
+    let limits = &list[0]["limits"];
+    assert_eq!(limits["scope"], serde_json::json!(["mail"]), "{list}");
+    assert_eq!(
+        limits["networks"],
+        serde_json::json!(["127.0.0.0/8", "192.0.2.0/24"]),
+        "{list}"
+    );
+    assert!(limits["expires_at"].is_string(), "{list}");
+    let on = |path| SignIn::new(portal.fg.plain, FRAN, &password).path(path);
+    signed_in(&on("/mail").agent("portal-made-mail").send().await, "its service");
+    assert_unauthorized(&on("/dav").agent("portal-made-dav").send().await, "another service");
+
+    b.goto(&portal.url(&format!("{P}/security"))).await;
+    let row = format!("#app-passwords tr[data-name=\"{NAME}\"]");
+    let shown = b.text(&format!("{row} td.limits")).await;
+    assert!(
+        shown.contains("Only mail")
+            && shown.contains("Expires")
+            && shown.contains("Only from 127.0.0.0/8, 192.0.2.0/24"),
+        "{shown}"
+    );
+    b.screenshot("app-password-limits").await;
+
+    // Narrowed to a network the test's client is outside of.
+    let narrow = format!("{row} form.narrow-app-password");
+    b.click(&format!("{row} details summary")).await;
+    b.fill(&format!("{narrow} input[name=from]"), "192.0.2.0/24").await;
+    b.submit(&format!("{narrow} button[type=submit]")).await;
+    assert_at(&b, &format!("{P}/security"), "after narrowing").await;
+    let shown = b.text(&format!("{row} td.limits")).await;
+    assert!(
+        shown.contains("Only from 192.0.2.0/24") && !shown.contains("127.0.0.0/8"),
+        "{shown}"
+    );
+    let mail = on("/mail").agent("portal-narrowed");
+    let took = mail.until(StatusCode::UNAUTHORIZED, POLL).await;
+    assert!(took <= REVOCATION_LIMIT, "narrowing took {took:?}");
+
+    // Widening is refused with the reason, and nothing changes.
+    b.click(&format!("{row} details summary")).await;
+    b.fill(&format!("{narrow} input[name=from]"), "0.0.0.0/0").await;
+    b.submit(&format!("{narrow} button[type=submit]")).await;
+    let error = error_text(&b).await.unwrap_or_default();
+    assert!(
+        error.contains("can only be narrowed"),
+        "{error}: {}",
+        b.describe().await
+    );
+    let list = admin.run(&["--json", "app-password", "list", FRAN]).json();
+    assert_eq!(
+        list[0]["limits"]["networks"],
+        serde_json::json!(["192.0.2.0/24"]),
+        "{list}"
+    );
+    expect_reasons(
+        &admin,
+        &[
+            ("portal-made-mail", "app_password"),
+            ("portal-made-dav", "app_password_out_of_scope"),
+            ("portal-narrowed", "app_password_network"),
+        ],
+    );
+    b.close().await;
+}

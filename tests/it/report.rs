@@ -70,6 +70,7 @@ async fn the_usage_report_counts_past_days_exactly() {
             name: AppPasswordName::parse("old phone").unwrap(),
             tag: [7; 32],
             hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaGhhc2hoYXNoaGFzaGhhc2g".into(),
+            limits: Default::default(),
         })
         .await
         .unwrap();

@@ -22,6 +22,7 @@ fn app() -> Verified {
     Verified::AppPassword {
         id: AppPasswordId(7),
         name: "phone".into(),
+        limits: Default::default(),
     }
 }
 
@@ -32,6 +33,7 @@ fn run(realm: Realm, verified: Verified, user: Option<&User>, allow: bool, locke
         user,
         allow_app_passwords: allow,
         locked_out: locked,
+        outside_limits: None,
     })
 }
 
@@ -180,4 +182,46 @@ fn the_decision_table() {
             assert_eq!(run(Onprem, v, Some(&u), true, true), d401(Reason::AccountDisabled));
         }
     }
+}
+
+#[test]
+fn an_app_password_outside_its_limits_is_refused_with_the_limit_after_the_switch() {
+    let u = user(Enforced, true, false);
+    let verified = app();
+    let facts = |allow, outside| Facts {
+        realm: Cloud,
+        verified: &verified,
+        user: Some(&u),
+        allow_app_passwords: allow,
+        locked_out: false,
+        outside_limits: outside,
+    };
+    for reason in [
+        Reason::AppPasswordOutOfScope,
+        Reason::AppPasswordExpired,
+        Reason::AppPasswordNetwork,
+    ] {
+        assert_eq!(
+            decide(facts(true, Some(reason))),
+            Decision::Deny {
+                refusal: Refusal::Unauthorized,
+                reason
+            }
+        );
+        // App passwords switched off: that is the reason, whatever the limits.
+        assert_eq!(
+            decide(facts(false, Some(reason))).reason(),
+            Reason::AppPasswordsNotAllowed
+        );
+        // On-premises routes never take an app password at all.
+        assert_eq!(
+            decide(Facts {
+                realm: Onprem,
+                ..facts(true, Some(reason))
+            })
+            .reason(),
+            Reason::AppPasswordNotValidOnprem
+        );
+    }
+    assert!(decide(facts(true, None)).is_allowed());
 }

@@ -1,6 +1,8 @@
 //! App passwords in the SQLite store.
 
 use super::*;
+use crate::app_password::limits;
+use crate::model::AppPasswordLimits;
 
 impl AppPasswordStore for SqliteStore {
     fn create_app_password<'a>(&'a self, new: &'a NewAppPassword) -> StoreFuture<'a, AppPassword> {
@@ -27,14 +29,17 @@ impl AppPasswordStore for SqliteStore {
                 return Err(StoreError::DuplicateAppPasswordName { upn: user.upn, name });
             }
             let inserted = sqlx::query(
-                "INSERT INTO app_passwords (user_id, name, tag, hash, created_at)
-                 VALUES (?, ?, ?, ?, ?)",
+                "INSERT INTO app_passwords (user_id, name, tag, hash, created_at, scope, expires_at, networks)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             )
             .bind(user.id.0)
             .bind(new.name.as_str())
             .bind(&new.tag[..])
             .bind(&new.hash)
             .bind(now)
+            .bind(limits::list_to_text(&new.limits.scope))
+            .bind(new.limits.expires_at)
+            .bind(limits::list_to_text(&new.limits.networks))
             .execute(&mut *tx)
             .await;
             let id = match inserted {
@@ -69,6 +74,55 @@ impl AppPasswordStore for SqliteStore {
             .await
             .map_err(db("list app passwords"))?;
             rows.iter().map(app_password_from_row).collect()
+        })
+    }
+
+    fn narrow_app_password<'a>(
+        &'a self,
+        user: UserId,
+        name: &'a str,
+        limits: &'a AppPasswordLimits,
+    ) -> StoreFuture<'a, AppPassword> {
+        Box::pin(async move {
+            let now = self.clock.now_ms();
+            let mut tx = self.write_tx().await?;
+            let owner = user_by_id(&mut tx, user)
+                .await?
+                .ok_or(StoreError::UnknownUserId { id: user })?;
+            let row = sqlx::query(&format!(
+                "SELECT {APP_PASSWORD_COLUMNS} FROM app_passwords WHERE user_id = ? AND name = ? COLLATE NOCASE"
+            ))
+            .bind(user.0)
+            .bind(name.trim())
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db("look up an app password"))?;
+            let Some(row) = row else {
+                return Err(StoreError::UnknownAppPassword {
+                    upn: owner.upn,
+                    name: audit_text(name.trim(), MAX_APP_PASSWORD_NAME_CHARS),
+                });
+            };
+            let current = app_password_from_row(&row)?;
+            limits::narrows(&current.limits, limits).map_err(|error| StoreError::LimitsWidened {
+                upn: owner.upn.clone(),
+                name: current.name.clone(),
+                error,
+            })?;
+            sqlx::query("UPDATE app_passwords SET scope = ?, expires_at = ?, networks = ? WHERE id = ?")
+                .bind(limits::list_to_text(&limits.scope))
+                .bind(limits.expires_at)
+                .bind(limits::list_to_text(&limits.networks))
+                .bind(current.id.0)
+                .execute(&mut *tx)
+                .await
+                .map_err(db("narrow an app password"))?;
+            record_change(&mut tx, now, ChangeKind::AppPasswordNarrowed, Some(user)).await?;
+            commit(tx).await?;
+            Ok(AppPassword {
+                limits: limits.clone(),
+                ..current
+            })
         })
     }
 
@@ -166,6 +220,7 @@ impl AppPasswordStore for SqliteStore {
     }
 }
 
-const APP_PASSWORD_COLUMNS: &str = "id, user_id, name, created_at, last_used_at, last_ip, last_user_agent";
+const APP_PASSWORD_COLUMNS: &str =
+    "id, user_id, name, created_at, last_used_at, last_ip, last_user_agent, scope, expires_at, networks";
 
-const SECRET_COLUMNS: &str = "id, user_id, name, tag, hash";
+const SECRET_COLUMNS: &str = "id, user_id, name, tag, hash, scope, expires_at, networks";

@@ -150,6 +150,10 @@ async fn fill(store: &dyn Store, clock: &ManualClock) -> Filled {
             .unwrap();
     }
     store.delete_app_password(alice.id, "old laptop").await.unwrap();
+    store
+        .narrow_app_password(alice.id, "Outlook", &some_limits())
+        .await
+        .unwrap();
     let phone = store.list_app_passwords(alice.id).await.unwrap()[0].id;
     store
         .record_last_used(&[LastUsed {
@@ -252,7 +256,10 @@ async fn check_copied(target: &dyn Store, filled: &Filled) {
         .map(|a| a.name)
         .collect();
     assert_eq!(names, ["iPhone Mail", "Outlook"]);
-    assert_eq!(target.load_all_secrets().await.unwrap().len(), 2);
+    let secrets = target.load_all_secrets().await.unwrap();
+    assert_eq!(secrets.len(), 2);
+    assert!(secrets[0].limits.is_unlimited());
+    assert_eq!(*secrets[1].limits, some_limits());
     let session = target.portal_session(&[3; 32]).await.unwrap().expect("session copied");
     assert_eq!(session.pending_totp.as_deref(), Some(&[0, 1, 2, 255][..]));
     let log = target

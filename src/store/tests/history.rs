@@ -284,6 +284,9 @@ async fn the_upgrade_backfills_each_user_as_they_are_then() {
     let pool = sqlx::SqlitePool::connect(&f.url).await.unwrap();
     sqlx::raw_sql(
         "DROP TABLE admin_events; DROP TABLE enrolment_notices; DROP TABLE mfa_state_history;
+         ALTER TABLE app_passwords DROP COLUMN scope;
+         ALTER TABLE app_passwords DROP COLUMN expires_at;
+         ALTER TABLE app_passwords DROP COLUMN networks;
          DELETE FROM schema_version WHERE version >= 11;",
     )
     .execute(&pool)
