@@ -184,6 +184,7 @@ fn audit_text_is_bounded_and_printable() {
         user_agent: format!("agent\n{}", "y".repeat(5000)),
         success: false,
         reason: Reason::BadCredentials,
+        policy: None,
         count: 1,
     }
     .clamped();

@@ -128,6 +128,7 @@ fn audit(at: i64, upn_given: &str, user: Option<UserId>, success: bool) -> Audit
         } else {
             Reason::BadCredentials
         },
+        policy: None,
         count: 1,
     }
 }
