@@ -316,6 +316,27 @@ mod tests {
     }
 
     #[test]
+    fn denials_by_different_policies_stay_apart() {
+        let state = foldhash::fast::RandomState::default();
+        let mut b = Batch::default();
+        let denied = |policy| Event {
+            reason: Reason::PolicyDenied,
+            policy: Some(policy),
+            ..event("alice@x.example", "iPhone", false)
+        };
+        b.push(&denied("corp-only"), &state);
+        b.push(&denied("corp-only"), &state);
+        b.push(&denied("no-eas"), &state);
+        let kept: Vec<(Option<&str>, u32)> = b
+            .records
+            .iter()
+            .map(|p| (p.record.policy.as_deref(), p.record.count))
+            .collect();
+        assert_eq!(kept, vec![(Some("corp-only"), 2), (Some("no-eas"), 1)]);
+        assert_eq!(b.records[0].record.reason_text(), "policy_denied:corp-only");
+    }
+
+    #[test]
     fn client_text_is_clamped_and_made_printable() {
         let state = foldhash::fast::RandomState::default();
         let mut b = Batch::default();

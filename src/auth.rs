@@ -1431,8 +1431,9 @@ impl crate::reload::Reloadable for PolicyReload {
     ) -> Result<Box<dyn crate::reload::Commit>, crate::reload::ReloadError> {
         let (auth, policies) = (Arc::clone(&self.0), Arc::clone(&new.policies));
         Ok(Box::new(crate::reload::CommitFn(move || {
-            tracing::info!(policies = policies.rules().len(), "policies replaced");
+            let count = policies.rules().len();
             auth.set_policies(policies);
+            tracing::info!(policies = count, "policies replaced");
         })))
     }
 }

@@ -203,3 +203,21 @@ fn clocks() {
     // 2020-01-01 in unix ms: the wall clock is past it.
     assert!(SystemClock.now_ms() > 1_577_836_800_000);
 }
+
+#[test]
+fn a_policy_denial_is_kept_as_reason_and_name() {
+    assert_eq!(
+        reason_text(Reason::PolicyDenied, Some("corp-only")),
+        "policy_denied:corp-only"
+    );
+    assert_eq!(reason_text(Reason::Password, None), "password");
+    assert_eq!(
+        parse_reason_text("policy_denied:corp-only").unwrap(),
+        (Reason::PolicyDenied, Some("corp-only".to_owned()))
+    );
+    assert_eq!(
+        parse_reason_text("bad_credentials").unwrap(),
+        (Reason::BadCredentials, None)
+    );
+    assert!(parse_reason_text("nonsense:x").is_err());
+}
