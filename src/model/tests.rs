@@ -87,6 +87,7 @@ fn reasons_are_the_decision_table_codes() {
             "directory_unavailable",
             "overloaded",
             "store_unavailable",
+            "policy_denied",
         ]
     );
     for reason in Reason::ALL {
