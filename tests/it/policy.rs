@@ -166,6 +166,25 @@ async fn the_shipped_policies_decide_by_network_credential_and_group() {
     // And `fedgate signins` prints it.
     let table = admin.run(&["signins", "--user", ALICE]).success();
     assert!(table.contains("policy_denied:mobile-blocked-off-activesync"), "{table}");
+
+    // Out of the group in the directory: once the sync says so, the same
+    // (warm) app password is let onto ActiveSync.
+    slapd.modify(&format!(
+        "dn: {}\nchangetype: modify\ndelete: businessCategory\n",
+        Slapd::user_dn("alice")
+    ));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let again = sign_in(addr, EAS, ALICE, &alice_app, OUTSIDE, "alice-app-eas-after").await;
+        if status(&again) == StatusCode::OK {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still refused after leaving the group: {again:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 const CAROL: &str = "carol@example.com";
