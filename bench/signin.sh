@@ -52,6 +52,8 @@ WARM_SPRAY_DURATION=10s
 # Targets from the requirement the figures are checked against.
 TARGET_VS_PROXY=0.85
 TARGET_VS_APR1=3
+# Warm sign-ins with 10 policies against the same fedgate without.
+TARGET_VS_NOPOLICY=0.95
 TARGET_SPRAY_P99_MS=10
 # The unthrottled spray must offer at least this many wrong passwords a
 # second, or it does not test what a flood does to the warm path.
@@ -77,13 +79,14 @@ W=$BENCH_WORKDIR
 cd "$W"
 
 # Set by bench_free_port (through printf -v).
-UP_PORT='' NGX_PORT='' APR1_PORT='' BCRYPT_PORT='' FG_PORT='' FG0_PORT=''
+UP_PORT='' NGX_PORT='' APR1_PORT='' BCRYPT_PORT='' FG_PORT='' FG0_PORT='' FGP_PORT=''
 bench_free_port UP_PORT
 bench_free_port NGX_PORT
 bench_free_port APR1_PORT
 bench_free_port BCRYPT_PORT
 bench_free_port FG_PORT
 bench_free_port FG0_PORT
+bench_free_port FGP_PORT
 
 # --- fedgate store: the user and its app password ------------------------------
 mkdir -p "$W/data"
@@ -118,6 +121,72 @@ cat >>"$W/fedgate0.toml" <<EOF
 
 [auth]
 failure_delay = "0s"
+EOF
+
+# The same fedgate again with a realistic set of 10 client access policies,
+# none of which refuses the measured client: its warm sign-ins walk every
+# rule (one has a group condition on every route, so the user-dependent
+# pass runs on each sign-in too) and end in the default allow.
+sed -e "s/127.0.0.1:$FG_PORT/127.0.0.1:$FGP_PORT/" "$W/fedgate.toml" >"$W/fedgate-policies.toml"
+cat >>"$W/fedgate-policies.toml" <<'EOF'
+
+[[policy]]
+name = "org-passwords-corp-only"
+credentials = ["password"]
+not_networks = ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"]
+action = "deny"
+
+[[policy]]
+name = "known-bad-networks"
+networks = ["198.51.100.0/24", "203.0.113.0/24", "2001:db8:bad::/48"]
+action = "deny"
+
+[[policy]]
+name = "scripted-clients"
+user_agents = ["regex:^(python-requests|Go-http-client|libwww-perl)/", "*sqlmap*"]
+action = "deny"
+
+[[policy]]
+name = "mobile-blocked-off-activesync"
+routes = ["/Microsoft-Server-ActiveSync"]
+groups = ["Mobile-Blocked"]
+action = "deny"
+
+[[policy]]
+name = "departed-staff"
+groups = ["cn=Departed,ou=Groups,dc=contoso,dc=example"]
+action = "deny"
+
+[[policy]]
+name = "enforced-no-passwords"
+credentials = ["password"]
+mfa_states = ["enforced"]
+action = "deny"
+
+[[policy]]
+name = "outlook-web-outside"
+routes = ["/owa", "/ews"]
+user_agents = ["*Outlook*"]
+not_networks = ["10.0.0.0/8"]
+action = "deny"
+
+[[policy]]
+name = "no-sessions-on-dav"
+routes = ["/dav"]
+credentials = ["session"]
+action = "deny"
+
+[[policy]]
+name = "corp-anything"
+networks = ["10.0.0.0/8"]
+credentials = ["password", "session"]
+action = "allow"
+
+[[policy]]
+name = "office-apps"
+credentials = ["app_password"]
+user_agents = ["regex:^(Microsoft Office|Outlook|iOS|Android)"]
+action = "allow"
 EOF
 
 fg_admin() {
@@ -222,6 +291,8 @@ bench_spawn "$W/fedgate.log" "$FEDGATE" --log-format json serve --config "$W/fed
 FG_PID=$BENCH_LAST_PID
 bench_spawn "$W/fedgate0.log" "$FEDGATE" --log-format json serve --config "$W/fedgate0.toml"
 FG0_PID=$BENCH_LAST_PID
+bench_spawn "$W/fedgate-policies.log" "$FEDGATE" --log-format json serve --config "$W/fedgate-policies.toml"
+FGP_PID=$BENCH_LAST_PID
 
 creds=(-u "$BENCH_USER:$APP_PW")
 bench_wait_http upstream "http://127.0.0.1:$UP_PORT/" "$UP_PID" 100 ok ||
@@ -237,13 +308,15 @@ bench_wait_http_with fedgate "http://127.0.0.1:$FG_PORT/" "$FG_PID" 300 ok "${cr
     bench_die "fedgate did not start or refused the app password"
 bench_wait_http_with "fedgate (failure_delay 0s)" "http://127.0.0.1:$FG0_PORT/" "$FG0_PID" 300 ok "${creds[@]}" ||
     bench_die "fedgate with failure_delay 0s did not start or refused the app password"
+bench_wait_http_with "fedgate (10 policies)" "http://127.0.0.1:$FGP_PORT/" "$FGP_PID" 300 ok "${creds[@]}" ||
+    bench_die "fedgate with 10 policies did not start or refused the app password"
 
 # A target that let anyone in would measure nothing: each authenticating
 # target must refuse no credentials and a wrong password.
 status_of() {
     curl -sS -o /dev/null -w '%{http_code}' --max-time 5 "$@" 2>/dev/null || echo 000
 }
-for t in "apr1 $APR1_PORT" "bcrypt $BCRYPT_PORT" "fedgate $FG_PORT" "fedgate0 $FG0_PORT"; do
+for t in "apr1 $APR1_PORT" "bcrypt $BCRYPT_PORT" "fedgate $FG_PORT" "fedgate0 $FG0_PORT" "fedgate-policies $FGP_PORT"; do
     read -r name port <<<"$t"
     for args in "" "-u ${SPRAY_CREDS[0]}"; do
         # Word splitting of $args is intended: none or one -u USER:PASS.
@@ -305,24 +378,25 @@ EOF
 # --- measurement ----------------------------------------------------------------
 # Warm runs: one wrk per target. Spray runs: the warm path of a target
 # measured while the spray hits the same target.
-RUNS=(nginx apr1 bcrypt fedgate spray-fedgate spray0-fedgate spray-bcrypt)
-WARM=(nginx apr1 bcrypt fedgate)
+RUNS=(nginx apr1 bcrypt fedgate fedgate-policies spray-fedgate spray0-fedgate spray-bcrypt)
+WARM=(nginx apr1 bcrypt fedgate fedgate-policies)
 SPRAYS=(spray-fedgate spray0-fedgate spray-bcrypt)
 declare -A LABEL=(
     [nginx]="nginx \`proxy_pass\`, upstream keep-alive, no auth"
     [apr1]="nginx \`auth_basic\`, htpasswd apr1"
     [bcrypt]="nginx \`auth_basic\`, htpasswd bcrypt cost $BCRYPT_COST"
     [fedgate]="fedgate, app password, \`realm = \"cloud\"\`"
+    [fedgate-policies]="fedgate, the same with 10 \`[[policy]]\` rules"
     [spray-fedgate]="fedgate, default \`failure_delay = \"1s\"\`"
     [spray0-fedgate]="fedgate, \`failure_delay = \"0s\"\` (unthrottled spray)"
     [spray-bcrypt]="nginx \`auth_basic\` bcrypt cost $BCRYPT_COST"
 )
 declare -A PORT_OF=(
-    [nginx]=$NGX_PORT [apr1]=$APR1_PORT [bcrypt]=$BCRYPT_PORT [fedgate]=$FG_PORT
+    [nginx]=$NGX_PORT [apr1]=$APR1_PORT [bcrypt]=$BCRYPT_PORT [fedgate]=$FG_PORT [fedgate-policies]=$FGP_PORT
     [spray-fedgate]=$FG_PORT [spray0-fedgate]=$FG0_PORT [spray-bcrypt]=$BCRYPT_PORT
 )
-SERVER_NAMES=(upstream nginx apr1 bcrypt fedgate fedgate0)
-SERVER_PIDS=("$UP_PID" "$NGX_PID" "$APR1_PID" "$BCRYPT_PID" "$FG_PID" "$FG0_PID")
+SERVER_NAMES=(upstream nginx apr1 bcrypt fedgate fedgate0 fedgate-policies)
+SERVER_PIDS=("$UP_PID" "$NGX_PID" "$APR1_PID" "$BCRYPT_PID" "$FG_PID" "$FG0_PID" "$FGP_PID")
 declare -A RPS P50 P99 ERR CPU
 declare -A S_RPS S_401 S_503 S_OTHER S_SOCK
 CLK=$(bench_clk_tck)
@@ -435,6 +509,7 @@ bench_medians "${RUNS[@]}"
 RATIO_PROXY=$(bench_ratio "${MED_RPS[fedgate]}" "${MED_RPS[nginx]}")
 RATIO_APR1=$(bench_ratio "${MED_RPS[fedgate]}" "${MED_RPS[apr1]}")
 RATIO_BCRYPT=$(bench_ratio "${MED_RPS[fedgate]}" "${MED_RPS[bcrypt]}")
+RATIO_POLICIES=$(bench_ratio "${MED_RPS[fedgate-policies]}" "${MED_RPS[fedgate]}")
 SPRAY_P99=${MED_P99[spray-fedgate]}
 SPRAY_P99_MAX=$(for ((r = 1; r <= ROUNDS; r++)); do echo "${P99[$r,spray-fedgate]}"; done | sort -g | tail -n 1)
 SPRAY0_P99=${MED_P99[spray0-fedgate]}
@@ -456,11 +531,12 @@ for t in "${SPRAYS[@]}"; do
     done
 done
 # fedgate's own complaints during the runs (one JSON object per line).
-FG_WARN=$(cat "$W/fedgate.log" "$W/fedgate0.log" | grep -c '"level":"WARN"' || true)
-FG_ERROR=$(cat "$W/fedgate.log" "$W/fedgate0.log" | grep -c '"level":"ERROR"' || true)
+FG_LOGS=("$W/fedgate.log" "$W/fedgate0.log" "$W/fedgate-policies.log")
+FG_WARN=$(cat "${FG_LOGS[@]}" | grep -c '"level":"WARN"' || true)
+FG_ERROR=$(cat "${FG_LOGS[@]}" | grep -c '"level":"ERROR"' || true)
 if [ "$((FG_WARN + FG_ERROR))" -gt 0 ]; then
     bench_log "fedgate logged $FG_WARN warnings and $FG_ERROR errors; distinct messages:"
-    cat "$W/fedgate.log" "$W/fedgate0.log" | grep -E '"level":"(WARN|ERROR)"' |
+    cat "${FG_LOGS[@]}" | grep -E '"level":"(WARN|ERROR)"' |
         sed -n 's/.*"message":"\([^"]*\)".*/\1/p' | sort | uniq -c | sort -rn | head -n 10 >&2 || true
 fi
 
@@ -501,6 +577,12 @@ EOF
     echo "- **fedgate / nginx auth_basic apr1**: req/s **${RATIO_APR1}x**" \
         "(target >= $TARGET_VS_APR1: $(bench_verdict "$RATIO_APR1" '>=' "$TARGET_VS_APR1"))"
     echo "- fedgate / nginx auth_basic bcrypt: req/s ${RATIO_BCRYPT}x (no target; for scale)"
+    echo "- **fedgate with 10 policies / without**: req/s **${RATIO_POLICIES}x**" \
+        "(target >= $TARGET_VS_NOPOLICY: $(bench_verdict "$RATIO_POLICIES" '>=' "$TARGET_VS_NOPOLICY")):" \
+        "a third fedgate on the same store with a set of 10 \`[[policy]]\` rules (networks, globs and" \
+        "regular expressions on the user agent, groups, MFA states), none refusing the measured" \
+        "client, so every sign-in walks them all (one group rule applies on every route, so the" \
+        "rules on the user are asked too)"
     if [ "$WARM_ERR" -ne 0 ]; then
         echo
         echo "**Warning**: $WARM_ERR socket errors or non-2xx answers over the warm runs (see the errors column)."
@@ -577,6 +659,9 @@ EOF
                 rp="$(bench_ratio "${RPS[$r,fedgate]}" "${RPS[$r,nginx]}")x"
                 ra="$(bench_ratio "${RPS[$r,fedgate]}" "${RPS[$r,apr1]}")x"
             fi
+            if [ "$t" = fedgate-policies ]; then
+                rp="$(bench_ratio "${RPS[$r,fedgate-policies]}" "${RPS[$r,fedgate]}")x of fedgate"
+            fi
             case $t in spray*) s1=${S_401[$r,$t]} s5=${S_503[$r,$t]} ;; esac
             printf '| %d | %s | %.0f | %.2f | %.2f | %d | %s | %s | %s | %s |\n' "$r" "$t" \
                 "${RPS[$r,$t]}" "${P50[$r,$t]}" "${P99[$r,$t]}" "${ERR[$r,$t]}" "$rp" "$ra" "$s1" "$s5"
@@ -590,8 +675,8 @@ EOF
     echo "generators, the upstream and the target. In spray runs, \"spray wrk\" is"
     echo "the spraying wrk over the same window."
     echo
-    echo "| round | run | wrk | spray wrk | upstream nginx | nginx proxy | nginx apr1 | nginx bcrypt | fedgate | fedgate (0s delay) |"
-    echo "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+    echo "| round | run | wrk | spray wrk | upstream nginx | nginx proxy | nginx apr1 | nginx bcrypt | fedgate | fedgate (0s delay) | fedgate (10 policies) |"
+    echo "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     for ((r = 1; r <= ROUNDS; r++)); do
         for t in "${RUNS[@]}"; do
             echo "| $r | $t | ${CPU[$r,$t]} |"

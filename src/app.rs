@@ -233,6 +233,7 @@ async fn serve_inner(config: Config, path: Option<&Path>, shutdown: Shutdown) ->
         clock.now_ms(),
     ));
     let auth = Arc::new(auth.with_store_health(Arc::clone(&health)));
+    auth.set_policies(Arc::clone(&config.policies));
     let mut jobs = auth.start_jobs(&shutdown);
     let portal = Portal::new(&config, Arc::clone(&auth), Arc::clone(&store), Arc::new(SystemClock))?.map(Arc::new);
     if let Some(portal) = &portal {
@@ -383,6 +384,7 @@ async fn serve_inner(config: Config, path: Option<&Path>, shutdown: Shutdown) ->
     if let Some(certs) = &certs {
         registry.register(Arc::new(tls::CertReload(Arc::clone(certs))));
     }
+    registry.register(Arc::new(crate::auth::PolicyReload(Arc::clone(&auth))));
     registry.register(Arc::new(RouteTables {
         routes: worker_threads.routes.clone(),
         auth: Some(Arc::clone(&auth)),

@@ -52,6 +52,8 @@ pub struct Event<'a> {
     pub user_agent: &'a str,
     pub success: bool,
     pub reason: Reason,
+    /// The `[[policy]]` that decided, by its reason name.
+    pub policy: Option<&'a str>,
 }
 
 impl Event<'_> {
@@ -66,6 +68,7 @@ impl Event<'_> {
         self.user_agent.hash(&mut h);
         self.success.hash(&mut h);
         self.reason.as_str().hash(&mut h);
+        self.policy.hash(&mut h);
         h.finish()
     }
 
@@ -79,6 +82,7 @@ impl Event<'_> {
             && self.user_agent == r.raw_user_agent
             && self.success == r.record.success
             && self.reason == r.record.reason
+            && self.policy == r.record.policy.as_deref()
     }
 
     fn to_pending(self) -> Pending {
@@ -96,6 +100,7 @@ impl Event<'_> {
                 user_agent: audit_text(self.user_agent, MAX_AUDIT_USER_AGENT_CHARS),
                 success: self.success,
                 reason: self.reason,
+                policy: self.policy.map(str::to_owned),
                 count: 1,
             },
         }
@@ -238,7 +243,7 @@ async fn flush(store: &dyn AuditStore, shared: &Shared, queue: &mut Queue) {
             client = %r.client_ip,
             user_agent = %r.user_agent,
             success = r.success,
-            reason = r.reason.as_str(),
+            reason = %r.reason_text(),
             count = r.count,
             "sign-in"
         );
@@ -293,6 +298,7 @@ mod tests {
             } else {
                 Reason::BadCredentials
             },
+            policy: None,
         }
     }
 
@@ -307,6 +313,27 @@ mod tests {
         b.push(&event("alice@x.example", "iPhone", false), &state);
         let counts: Vec<u32> = b.records.iter().map(|p| p.record.count).collect();
         assert_eq!(counts, vec![3, 1, 1]);
+    }
+
+    #[test]
+    fn denials_by_different_policies_stay_apart() {
+        let state = foldhash::fast::RandomState::default();
+        let mut b = Batch::default();
+        let denied = |policy| Event {
+            reason: Reason::PolicyDenied,
+            policy: Some(policy),
+            ..event("alice@x.example", "iPhone", false)
+        };
+        b.push(&denied("corp-only"), &state);
+        b.push(&denied("corp-only"), &state);
+        b.push(&denied("no-eas"), &state);
+        let kept: Vec<(Option<&str>, u32)> = b
+            .records
+            .iter()
+            .map(|p| (p.record.policy.as_deref(), p.record.count))
+            .collect();
+        assert_eq!(kept, vec![(Some("corp-only"), 2), (Some("no-eas"), 1)]);
+        assert_eq!(b.records[0].record.reason_text(), "policy_denied:corp-only");
     }
 
     #[test]

@@ -20,6 +20,13 @@
 //! ([`crate::directory`]) with a bind; a user the directory knows but the
 //! store does not yet is recorded on their first successful sign-in.
 //!
+//! Client access policies ([`crate::policy`]) are asked twice: with what
+//! the request alone tells (route, network, user agent, the kind of secret
+//! by its shape) before the lockout and before any secret is checked, so a
+//! denied source costs no argon2 and no bind; and with the user known
+//! (groups, MFA state) once the decision table allowed. A denial is
+//! `policy_denied` with the rule's name in the audit record.
+//!
 //! Not here: the lockout rules ([`lockout`], asked before and told after
 //! each check) and the portal's browser sessions.
 
@@ -46,6 +53,7 @@ use crate::config::{AuthConfig, Realm, RouteConfig};
 use crate::directory::{Checked, Directory, Known, LoginName};
 use crate::jobs::Job;
 use crate::model::{AppPasswordId, Clock, CredentialKind, FederatedUser, Reason, Secret, Upn, UserSource};
+use crate::policy::{self, PolicySet};
 use crate::server_key::ServerKey;
 use crate::shutdown::Shutdown;
 use crate::store::health::{HealthState, Transition};
@@ -147,6 +155,10 @@ pub struct Authenticator {
     /// read of a user after a newer one), and when the newest one began:
     /// a sign-in that missed the view waits for one that began after it.
     refreshing: tokio::sync::Mutex<Refreshes>,
+    /// The `[[policy]]` tables in force, replaced whole by a reload. Not
+    /// part of any cached verdict: asked afresh on every sign-in, so a
+    /// reload applies to the next request.
+    policies: std::sync::RwLock<Arc<PolicySet>>,
 }
 
 /// When the newest refresh of the view began, and the newest that
@@ -233,6 +245,19 @@ impl std::fmt::Debug for Authenticator {
 /// unknown user, app password and disabled account alike; locked out;
 /// unavailable).
 pub type PortalPassword = Result<Box<crate::model::User>, SignInRefusal>;
+
+/// The `User-Agent` header as text.
+fn user_agent(head: &Parts) -> &str {
+    head.headers
+        .get(USER_AGENT)
+        .map(|v| std::str::from_utf8(v.as_bytes()).unwrap_or("(not UTF-8)"))
+        .unwrap_or("")
+}
+
+/// The DNs of a user's directory groups (none for cloud-only users).
+fn user_groups(user: Option<&crate::model::User>) -> &[String] {
+    user.and_then(|u| u.directory.as_ref()).map_or(&[], |d| &d.groups)
+}
 
 /// Whether the directory's view of a user differs from the store's.
 fn needs_recording(entry: Option<&UserEntry>, found: &FederatedUser) -> bool {
@@ -322,7 +347,69 @@ impl Authenticator {
             health: Arc::new(StoreHealth::new(DEFAULT_MAX_STALENESS, Instant::now(), loaded_at)),
             refreshing: tokio::sync::Mutex::new(Refreshes::default()),
             sharing: Arc::new(sharing),
+            policies: std::sync::RwLock::new(Arc::new(PolicySet::default())),
         })
+    }
+
+    /// The policies in force.
+    pub fn policies(&self) -> Arc<PolicySet> {
+        // Invariant: the lock is held only to clone or replace an Arc.
+        Arc::clone(&self.policies.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Replaces the policies in force (start-up, reload).
+    pub fn set_policies(&self, policies: Arc<PolicySet>) {
+        *self.policies.write().unwrap_or_else(|p| p.into_inner()) = policies;
+    }
+
+    /// What the policies say about a browser signed in through the portal
+    /// on a `browser = "mfa"` route: nothing to add, or a 403 (audited as
+    /// `policy_denied`; allowed requests are not audited, as sessions are
+    /// not).
+    pub fn session_allowed(
+        &self,
+        route: &RouteConfig,
+        head: &Parts,
+        client: Client,
+        upn: &str,
+    ) -> Result<(), SignInRefusal> {
+        let policies = self.policies();
+        if policies.is_empty() {
+            return Ok(());
+        }
+        let user_agent = user_agent(head);
+        let request = policy::Request {
+            route: policy::RouteRef {
+                name: &route.name,
+                path: &route.path,
+            },
+            ip: client.ip,
+            user_agent,
+            kind: policy::Kind::Session,
+        };
+        let entry = self.index.user_by_upn(upn);
+        let user = entry.as_ref().map(|e| &e.user);
+        let facts = policy::UserFacts {
+            mfa_state: user.map_or(crate::model::MfaState::Disabled, |u| u.mfa_state),
+            groups: user_groups(user),
+        };
+        let Some(rule) = policies.decide(&request, &facts).denied() else {
+            return Ok(());
+        };
+        let audit = Event {
+            at: self.clock.now_ms(),
+            upn_given: upn,
+            user_id: user.map(|u| u.id),
+            route: &route.name,
+            credential: CredentialKind::PortalSession,
+            app_password_name: None,
+            client_ip: client.ip,
+            user_agent,
+            success: false,
+            reason: Reason::PolicyDenied,
+            policy: Some(&rule.reason),
+        };
+        Err(self.refuse(audit, Refusal::Forbidden, Reason::PolicyDenied))
     }
 
     /// Shares `health` with whoever else reports on the store (readiness);
@@ -336,11 +423,7 @@ impl Authenticator {
         if route.realm == Realm::None {
             return Ok(Identity::Anonymous);
         }
-        let user_agent = head
-            .headers
-            .get(USER_AGENT)
-            .map(|v| std::str::from_utf8(v.as_bytes()).unwrap_or("(not UTF-8)"))
-            .unwrap_or("");
+        let user_agent = user_agent(head);
         let mut audit = Event {
             at: self.clock.now_ms(),
             upn_given: "",
@@ -352,6 +435,7 @@ impl Authenticator {
             user_agent,
             success: false,
             reason: Reason::NoCredentials,
+            policy: None,
         };
         let (user_given, secret) = match basic::parse(&head.headers) {
             basic::Presented::None => return Err(self.refuse(audit, Refusal::Unauthorized, Reason::NoCredentials)),
@@ -377,6 +461,28 @@ impl Authenticator {
             (None, false, true) => CredentialKind::None,
             (None, false, false) => CredentialKind::Password,
         };
+
+        // What the request alone tells the policies, before anything is
+        // asked of the lockout, the hashing pool or the directory. (An
+        // empty secret is refused by the decision table whatever they say.)
+        let policies = self.policies();
+        let request = policy::Kind::of(audit.credential).map(|kind| policy::Request {
+            route: policy::RouteRef {
+                name: &route.name,
+                path: &route.path,
+            },
+            ip: client.ip,
+            user_agent,
+            kind,
+        });
+        let early = request.as_ref().map(|r| policies.before_user(r));
+        if let Some(rule) = early.flatten().and_then(policy::Verdict::denied) {
+            audit.policy = Some(&rule.reason);
+            // Held back like any refused secret, so hammering from a
+            // denied network costs a timer, not a core; nothing counted.
+            let refusal = self.refuse(audit, Refusal::Unauthorized, Reason::PolicyDenied);
+            return Err(self.held_back(refusal, client.started).await);
+        }
 
         // A locked account gets no answer about the secret at all; a wrong
         // secret repeated is refused again without asking anyone.
@@ -481,6 +587,30 @@ impl Authenticator {
             ) => Decision::Deny { refusal, reason: first },
             (_, decision) => decision,
         };
+        // The rules that depend on the user, once the credential is known
+        // to be good: a denial then says nothing about the secret (the
+        // same 401, cost and wait as a wrong one) and counts toward
+        // nothing.
+        let decision = match (decision, &request, early) {
+            (Decision::Allow { .. }, Some(request), Some(None)) => {
+                let user = entry.as_ref().map(|e| &e.user);
+                let facts = policy::UserFacts {
+                    mfa_state: user.map_or(crate::model::MfaState::Disabled, |u| u.mfa_state),
+                    groups: user_groups(user),
+                };
+                match policies.decide(request, &facts).denied() {
+                    Some(rule) => {
+                        audit.policy = Some(&rule.reason);
+                        Decision::Deny {
+                            refusal: Refusal::Unauthorized,
+                            reason: Reason::PolicyDenied,
+                        }
+                    }
+                    None => decision,
+                }
+            }
+            (decision, _, _) => decision,
+        };
         self.count_for_lockout(subject, entry.as_deref(), &client, attempt, decision.reason(), !warm);
         match decision {
             Decision::Allow { credential, reason } => {
@@ -534,6 +664,7 @@ impl Authenticator {
             user_agent,
             success: false,
             reason: Reason::BadCredentials,
+            policy: None,
         };
         let subject = lockout_subject(name.as_ref(), entry.as_deref());
         let epoch = self.lockout_epoch(entry.as_deref(), "portal");
@@ -1305,5 +1436,28 @@ impl Authenticator {
     /// Writes what is still buffered; call at shutdown after the jobs ended.
     pub async fn flush(&self) {
         self.flush_last_used().await;
+    }
+}
+
+/// The policies as a part a reload replaces: the new tables were checked
+/// with the new configuration (against the new routes), so preparing has
+/// nothing left to fail on.
+pub struct PolicyReload(pub Arc<Authenticator>);
+
+impl crate::reload::Reloadable for PolicyReload {
+    fn name(&self) -> &'static str {
+        "policies"
+    }
+
+    fn prepare(
+        &self,
+        new: &crate::config::Config,
+    ) -> Result<Box<dyn crate::reload::Commit>, crate::reload::ReloadError> {
+        let (auth, policies) = (Arc::clone(&self.0), Arc::clone(&new.policies));
+        Ok(Box::new(crate::reload::CommitFn(move || {
+            let count = policies.rules().len();
+            auth.set_policies(policies);
+            tracing::info!(policies = count, "policies replaced");
+        })))
     }
 }

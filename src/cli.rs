@@ -80,6 +80,35 @@ pub enum Command {
     Report(ReportCommand),
     /// Mail each user newly put in MFA state `enabled` the enrolment notice.
     Notify(NotifyArgs),
+    /// Ask the `[[policy]]` tables about a sign-in, without signing in.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Which rule decides a sign-in and why: each rule in order, whether it
+    /// matched, and the decision.
+    Test(PolicyTestArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct PolicyTestArgs {
+    /// The user (their groups and MFA state are read from the store).
+    #[arg(long)]
+    pub user: String,
+    /// The route, by its `[[route]] name` (or its path when unnamed).
+    #[arg(long)]
+    pub route: String,
+    /// The client address, as resolved through `[server] trusted_proxies`.
+    #[arg(long, value_name = "IP")]
+    pub from: std::net::IpAddr,
+    /// password, app_password or session.
+    #[arg(long)]
+    pub kind: crate::policy::Kind,
+    /// The client's User-Agent.
+    #[arg(long, default_value = "")]
+    pub agent: String,
 }
 
 #[derive(Debug, Subcommand)]
@@ -354,6 +383,7 @@ pub fn run(cli: Cli) -> ExitCode {
         | Command::Signins(_)
         | Command::Sync(_)
         | Command::AdminEvents { .. }
+        | Command::Policy(_)
         | Command::Store(_) => admin_command(cli),
     };
     match output::failure() {
@@ -392,6 +422,7 @@ fn admin_command(cli: Cli) -> ExitCode {
             Command::Signins(args) => admin::signins(&ctx, args).await,
             Command::Sync(cmd) => admin::sync(&ctx, cmd).await,
             Command::AdminEvents { limit } => admin::admin_events(&ctx, limit).await,
+            Command::Policy(PolicyCommand::Test(args)) => admin::policy_test(&ctx, &args).await,
             Command::Serve
             | Command::CheckConfig
             | Command::Store(_)
@@ -543,6 +574,18 @@ struct ConfigView {
     #[serde(skip_serializing_if = "Option::is_none")]
     sync: Option<SyncView>,
     routes: Vec<RouteView>,
+    policies: Vec<PolicyView>,
+}
+
+#[derive(Serialize)]
+struct PolicyView {
+    index: usize,
+    name: String,
+    reason: String,
+    action: &'static str,
+    conditions: String,
+    /// Decided from the request alone (no conditions on the user).
+    before_secret: bool,
 }
 
 #[derive(serde::Serialize)]
@@ -641,6 +684,19 @@ fn check_config(cli: &Cli) -> ExitCode {
                 upstream_timeout: humantime::format_duration(r.upstream_timeout).to_string(),
             })
             .collect(),
+        policies: config
+            .policies
+            .rules()
+            .iter()
+            .map(|p| PolicyView {
+                index: p.index,
+                name: p.name.clone(),
+                reason: p.reason.clone(),
+                action: p.action.as_str(),
+                conditions: p.describe(),
+                before_secret: !p.needs_user(),
+            })
+            .collect(),
     };
     if cli.json {
         match serde_json::to_string_pretty(&view) {
@@ -722,6 +778,30 @@ fn check_config(cli: &Cli) -> ExitCode {
             upstream,
             r.realm
         );
+    }
+    if view.policies.is_empty() {
+        outln!("policy     none: every sign-in the decision table allows is allowed");
+    }
+    for p in &view.policies {
+        let shown = match p.reason == p.name {
+            true => String::new(),
+            false => format!(" (logged as policy_denied:{})", p.reason),
+        };
+        outln!(
+            "policy[{}] {} {}{shown}: {}, {}",
+            p.index,
+            p.name,
+            p.action,
+            p.conditions,
+            if p.before_secret {
+                "on the request only"
+            } else {
+                "on the user too"
+            }
+        );
+    }
+    if !view.policies.is_empty() {
+        outln!("policy     first match wins; no match: allow");
     }
     ExitCode::SUCCESS
 }

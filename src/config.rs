@@ -65,6 +65,8 @@ pub struct Config {
     /// Enrolment notices (`fedgate notify`); `None` without `[smtp]`.
     pub smtp: Option<SmtpConfig>,
     pub routes: Vec<RouteConfig>,
+    /// The `[[policy]]` tables, checked against the routes.
+    pub policies: std::sync::Arc<crate::policy::PolicySet>,
 }
 
 /// How the connection to the mail server is protected.
@@ -679,6 +681,9 @@ impl TryFrom<FileConfig> for Config {
                 ));
             }
         }
+        let route_names: Vec<&str> = routes.iter().map(|r| r.name.as_str()).collect();
+        let policies = crate::policy::PolicySet::build(&file.policy, &route_names)
+            .map_err(|e| ConfigError::invalid(e.key, e.message))?;
         Ok(Config {
             server,
             admin,
@@ -689,6 +694,7 @@ impl TryFrom<FileConfig> for Config {
             portal,
             smtp,
             routes,
+            policies: std::sync::Arc::new(policies),
         })
     }
 }

@@ -38,6 +38,7 @@ pub mod model;
 pub mod names;
 pub mod notify;
 
+pub mod policy;
 pub mod portal;
 pub mod proxy;
 pub mod reload;

@@ -294,6 +294,9 @@ named_enum! {
         DirectoryUnavailable = "directory_unavailable",
         Overloaded = "overloaded",
         StoreUnavailable = "store_unavailable",
+        /// A `[[policy]]` with `action = "deny"` decided; the record's
+        /// `policy` names it (`policy_denied:<name>` in the sign-in log).
+        PolicyDenied = "policy_denied",
     }
 }
 
@@ -545,12 +548,38 @@ pub struct AuditRecord {
     pub user_agent: String,
     pub success: bool,
     pub reason: Reason,
+    /// The `[[policy]]` that decided (its reason name), for
+    /// `policy_denied`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
     /// How many identical decisions this record stands for (the audit
     /// writer folds repeats within one flush window); `at` is the first.
     pub count: u32,
 }
 
+/// The reason as the sign-in log and the store spell it:
+/// `policy_denied:<name>` when a policy decided, else the code.
+pub fn reason_text(reason: Reason, policy: Option<&str>) -> std::borrow::Cow<'static, str> {
+    match policy {
+        Some(name) => std::borrow::Cow::Owned(format!("{}:{name}", reason.as_str())),
+        None => std::borrow::Cow::Borrowed(reason.as_str()),
+    }
+}
+
+/// Reads what [`reason_text`] wrote.
+pub fn parse_reason_text(text: &str) -> Result<(Reason, Option<String>), ModelError> {
+    match text.split_once(':') {
+        Some((reason, policy)) => Ok((reason.parse()?, Some(policy.to_owned()))),
+        None => Ok((text.parse()?, None)),
+    }
+}
+
 impl AuditRecord {
+    /// See [`reason_text`].
+    pub fn reason_text(&self) -> std::borrow::Cow<'static, str> {
+        reason_text(self.reason, self.policy.as_deref())
+    }
+
     /// The record with its client-supplied text bounded and made printable.
     /// The store applies this on write, so callers need not.
     pub fn clamped(mut self) -> AuditRecord {

@@ -251,11 +251,24 @@ impl Proxy {
         };
         let outcome = match (browser, &self.auth, route.config.realm) {
             (Some(BrowserCheck::Redirect(to)), _, _) => return to,
-            (Some(BrowserCheck::SignedIn(upn)), _, _) => Ok(Identity::User {
-                upn,
-                credential: CredentialKind::PortalSession,
-                app_password: None,
-            }),
+            (Some(BrowserCheck::SignedIn(upn)), auth, _) => {
+                let signed_in = auth::Client {
+                    ip: client.ip,
+                    ip_is_proxy: client.ip_is_proxy,
+                    started: record.started,
+                };
+                match auth
+                    .as_ref()
+                    .map(|a| a.session_allowed(&route.config, &parts, signed_in, &upn))
+                {
+                    Some(Err(refusal)) => Err(refusal.into_response(&self.challenge)),
+                    _ => Ok(Identity::User {
+                        upn,
+                        credential: CredentialKind::PortalSession,
+                        app_password: None,
+                    }),
+                }
+            }
             (None, auth, realm) => {
                 let signing_in = auth::Client {
                     ip: client.ip,

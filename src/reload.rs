@@ -219,6 +219,7 @@ pub fn effective(running: &Config, new: &Config) -> Config {
         server,
         admin,
         routes: new.routes.clone(),
+        policies: std::sync::Arc::clone(&new.policies),
         ..running.clone()
     }
 }

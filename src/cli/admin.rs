@@ -10,7 +10,7 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use super::output::{self, outln};
-use super::{AppPasswordCommand, SettingsCommand, SigninsArgs, StoreCopyArgs, UserCommand};
+use super::{AppPasswordCommand, PolicyTestArgs, SettingsCommand, SigninsArgs, StoreCopyArgs, UserCommand};
 use crate::config::Config;
 use crate::manage::{Actor, LimitsRequest, ManageError, Manager, NarrowRequest, SigninQuery, UserQuery};
 use crate::model::{AppPassword, AppPasswordLimits, Clock, MfaState, Secret, SystemClock, User};
@@ -568,7 +568,8 @@ pub async fn signins(ctx: &Ctx, args: SigninsArgs) -> Result<(), CommandError> {
         let credentials: Vec<String> = records.iter().map(credential).collect();
         let wu = width("USER", records.iter().map(|r| r.upn_given.as_str()), 64);
         let wc = width("CREDENTIAL", credentials.iter().map(String::as_str), 72);
-        let wr = width("REASON", records.iter().map(|r| r.reason.as_str()), 32);
+        let reasons: Vec<String> = records.iter().map(|r| r.reason_text().into_owned()).collect();
+        let wr = width("REASON", reasons.iter().map(String::as_str), 32);
         let wi = width("CLIENT", records.iter().map(|r| r.client_ip.as_str()), 45);
         outln!(
             "{:<20} {:<wu$} {:<8} {:<wc$} {:<wr$} {:<wi$} {:>5} ROUTE",
@@ -580,14 +581,14 @@ pub async fn signins(ctx: &Ctx, args: SigninsArgs) -> Result<(), CommandError> {
             "CLIENT",
             "COUNT"
         );
-        for (r, credential) in records.iter().zip(&credentials) {
+        for ((r, credential), reason) in records.iter().zip(&credentials).zip(&reasons) {
             outln!(
                 "{:<20} {:<wu$} {:<8} {:<wc$} {:<wr$} {:<wi$} {:>5} {}",
                 time(r.at),
                 r.upn_given,
                 if r.success { "success" } else { "failure" },
                 credential,
-                r.reason.as_str(),
+                reason,
                 r.client_ip,
                 r.count,
                 r.route
@@ -714,4 +715,115 @@ fn print_pass(pass: &crate::store::SyncPass) {
     if let Some(message) = &pass.message {
         outln!("{:<12} {message}", "");
     }
+}
+
+#[derive(Serialize)]
+struct PolicyTestView {
+    /// allow or deny.
+    decision: &'static str,
+    /// The deciding rule's name; none when no rule matched (default allow).
+    policy: Option<String>,
+    /// The audit reason a denial is logged with.
+    reason: Option<String>,
+    /// Whether the decision is made before any secret is checked.
+    before_secret: bool,
+    rules: Vec<PolicyRuleView>,
+}
+
+#[derive(Serialize)]
+struct PolicyRuleView {
+    index: usize,
+    name: String,
+    action: &'static str,
+    conditions: String,
+    /// matched, request_differs, user_differs or not_reached.
+    result: &'static str,
+}
+
+/// `fedgate policy test`: which rule decides and why, without signing in.
+pub async fn policy_test(ctx: &Ctx, args: &PolicyTestArgs) -> Result<(), CommandError> {
+    use crate::policy::{Explained, Request, RouteRef, UserFacts, Verdict};
+    let route = ctx.config.routes.iter().find(|r| r.name == args.route).ok_or_else(|| {
+        let names: Vec<&str> = ctx.config.routes.iter().map(|r| r.name.as_str()).collect();
+        input(format!(
+            "--route: no [[route]] is named \"{}\" (known: {})",
+            args.route,
+            names.join(", ")
+        ))
+    })?;
+    let user = ctx.manager.show_user(&args.user).await?.user;
+    let policies = &ctx.config.policies;
+    let request = Request {
+        route: RouteRef {
+            name: &route.name,
+            path: &route.path,
+        },
+        ip: args.from,
+        user_agent: &args.agent,
+        kind: args.kind,
+    };
+    let groups = user.directory.as_ref().map_or(&[][..], |d| &d.groups);
+    let facts = UserFacts {
+        mfa_state: user.mfa_state,
+        groups,
+    };
+    let verdict = policies.decide(&request, &facts);
+    let before_secret = policies.before_user(&request).is_some();
+    let rules = policies
+        .explain(&request, &facts)
+        .into_iter()
+        .map(|(rule, why)| PolicyRuleView {
+            index: rule.index,
+            name: rule.name.clone(),
+            action: rule.action.as_str(),
+            conditions: rule.describe(),
+            result: match why {
+                Some(Explained::Matched) => "matched",
+                Some(Explained::RequestDiffers) => "request_differs",
+                Some(Explained::UserDiffers) => "user_differs",
+                None => "not_reached",
+            },
+        })
+        .collect();
+    let denied = verdict.denied();
+    let view = PolicyTestView {
+        decision: if denied.is_some() { "deny" } else { "allow" },
+        policy: match verdict {
+            Verdict::Rule(rule) => Some(rule.name.clone()),
+            Verdict::Default => None,
+        },
+        reason: denied.map(|rule| format!("policy_denied:{}", rule.reason)),
+        before_secret,
+        rules,
+    };
+    ctx.print(&view, || {
+        let w = width("NAME", view.rules.iter().map(|r| r.name.as_str()), 64);
+        for r in &view.rules {
+            let result = match r.result {
+                "matched" => "MATCHED",
+                "request_differs" => "no (route, network, agent or credential)",
+                "user_differs" => "no (groups or MFA state)",
+                _ => "not reached",
+            };
+            outln!(
+                "policy[{}] {:<w$} {:<5} {}: {}",
+                r.index,
+                r.name,
+                r.action,
+                r.conditions,
+                result
+            );
+        }
+        let when = if view.before_secret {
+            "before any secret is checked"
+        } else {
+            "once the credential is known"
+        };
+        match (&view.policy, &view.reason) {
+            (Some(name), Some(reason)) => outln!("decision: deny by \"{name}\" ({reason}), {when}"),
+            (Some(name), None) => outln!("decision: allow by \"{name}\", {when}"),
+            _ => outln!("decision: allow (no policy matched)"),
+        }
+    });
+    Ok(())
 }

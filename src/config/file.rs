@@ -17,6 +17,8 @@ pub struct FileConfig {
     pub smtp: Option<SmtpFile>,
     #[serde(default)]
     pub route: Vec<RouteFile>,
+    #[serde(default)]
+    pub policy: Vec<crate::policy::PolicyFile>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -90,6 +90,7 @@ fn reasons_are_the_decision_table_codes() {
             "directory_unavailable",
             "overloaded",
             "store_unavailable",
+            "policy_denied",
         ]
     );
     for reason in Reason::ALL {
@@ -188,6 +189,7 @@ fn audit_text_is_bounded_and_printable() {
         user_agent: format!("agent\n{}", "y".repeat(5000)),
         success: false,
         reason: Reason::BadCredentials,
+        policy: None,
         count: 1,
     }
     .clamped();
@@ -205,4 +207,22 @@ fn clocks() {
     assert_eq!(clock.now_ms(), 7);
     // 2020-01-01 in unix ms: the wall clock is past it.
     assert!(SystemClock.now_ms() > 1_577_836_800_000);
+}
+
+#[test]
+fn a_policy_denial_is_kept_as_reason_and_name() {
+    assert_eq!(
+        reason_text(Reason::PolicyDenied, Some("corp-only")),
+        "policy_denied:corp-only"
+    );
+    assert_eq!(reason_text(Reason::Password, None), "password");
+    assert_eq!(
+        parse_reason_text("policy_denied:corp-only").unwrap(),
+        (Reason::PolicyDenied, Some("corp-only".to_owned()))
+    );
+    assert_eq!(
+        parse_reason_text("bad_credentials").unwrap(),
+        (Reason::BadCredentials, None)
+    );
+    assert!(parse_reason_text("nonsense:x").is_err());
 }

@@ -73,6 +73,8 @@ macro_rules! row_decoders {
                 let credential: String = row.try_get("credential").map_err(read())?;
                 let reason: String = row.try_get("reason").map_err(read())?;
                 let user_id: Option<i64> = row.try_get("user_id").map_err(read())?;
+                let (reason, policy) =
+                    crate::model::parse_reason_text(&reason).map_err(|e| corrupt(format!("audit record: {e}")))?;
                 Ok(AuditRecord {
                     at: row.try_get("at").map_err(read())?,
                     upn_given: row.try_get("upn_given").map_err(read())?,
@@ -85,9 +87,8 @@ macro_rules! row_decoders {
                     client_ip: row.try_get("client_ip").map_err(read())?,
                     user_agent: row.try_get("user_agent").map_err(read())?,
                     success: row.try_get("success").map_err(read())?,
-                    reason: reason
-                        .parse::<Reason>()
-                        .map_err(|e| corrupt(format!("audit record: {e}")))?,
+                    reason,
+                    policy,
                     count: u32::try_from(row.try_get::<i64, _>("count").map_err(read())?).unwrap_or(u32::MAX),
                 })
             }

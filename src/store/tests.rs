@@ -139,6 +139,7 @@ fn audit(at: i64, upn_given: &str, user: Option<UserId>, success: bool) -> Audit
         } else {
             Reason::BadCredentials
         },
+        policy: None,
         count: 1,
     }
 }
@@ -882,9 +883,13 @@ async fn audit_is_appended_and_queried_newest_first(f: Fixture) {
     app.credential = CredentialKind::AppPassword;
     app.app_password_name = Some("phone".into());
     app.reason = Reason::AppPassword;
+    // A policy's denial keeps the policy's name.
+    let mut denied = audit(T0 + 2, "mallory@corp.example.com", None, false);
+    denied.reason = Reason::PolicyDenied;
+    denied.policy = Some("corp-only".into());
     let records = [
         audit(T0 + 1, "alice@corp.example.com", Some(alice.id), false),
-        audit(T0 + 2, "mallory@corp.example.com", None, false),
+        denied.clone(),
         app.clone(),
         audit(T0 + 4, "ALICE@corp.example.com", None, false),
     ];
@@ -895,6 +900,7 @@ async fn audit_is_appended_and_queried_newest_first(f: Fixture) {
     let times: Vec<i64> = all.iter().map(|r| r.at - T0).collect();
     assert_eq!(times, [4, 3, 2, 1]);
     assert_eq!(all[1], app);
+    assert_eq!(all[2], denied);
 
     // By user: records resolved to her, and attempts under her name.
     let hers = store

@@ -12,6 +12,7 @@ mod metrics;
 mod nodes;
 mod notify;
 mod ops;
+mod policy;
 mod portal;
 mod proxy;
 mod report;

@@ -37,6 +37,7 @@ fn signin(at: i64, user: Option<UserId>, credential: CredentialKind, success: bo
         } else {
             Reason::BadCredentials
         },
+        policy: None,
         count,
     }
 }

@@ -23,7 +23,7 @@ impl AuditStore for SqliteStore {
                 .bind(&record.client_ip)
                 .bind(&record.user_agent)
                 .bind(record.success)
-                .bind(record.reason.as_str())
+                .bind(record.reason_text().into_owned())
                 .bind(i64::from(record.count.max(1)))
                 .execute(&mut *tx)
                 .await
