@@ -829,19 +829,6 @@ fn schemathesis_finds_no_server_error_or_schema_mismatch() {
     );
 }
 
-/// Waits until `message` has been logged `n` times.
-fn wait_logged(fedgate: &Fedgate, message: &str, n: usize) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while fedgate.events(message).len() < n {
-        assert!(
-            Instant::now() < deadline,
-            "\"{message}\" not logged {n} times; log:\n{}",
-            fedgate.raw_logs()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 #[tokio::test]
 async fn sighup_reads_the_token_file_again_and_a_bad_one_keeps_the_running_tokens() {
     use std::os::unix::fs::PermissionsExt;
@@ -853,7 +840,7 @@ async fn sighup_reads_the_token_file_again_and_a_bad_one_keeps_the_running_token
     // "ci" is taken out and "next" comes in; "ops" stays.
     std::fs::write(&file, format!("ops {TOKEN}\nnext {NEXT}\n")).unwrap();
     fedgate.signal("HUP");
-    wait_logged(&fedgate, "configuration reloaded", 1);
+    fedgate.wait_events("configuration reloaded", 1);
     let status = |token: &'static str| async move {
         call(admin, Method::GET, "/api/v1/users", Some(token), None, Vec::new())
             .await
@@ -872,11 +859,7 @@ async fn sighup_reads_the_token_file_again_and_a_bad_one_keeps_the_running_token
     std::fs::write(&file, format!("ops {TOKEN}\nci {CI_TOKEN}\n")).unwrap();
     std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
     fedgate.signal("HUP");
-    wait_logged(
-        &fedgate,
-        "configuration reload failed: the running configuration is kept",
-        1,
-    );
+    fedgate.wait_events("configuration reload failed: the running configuration is kept", 1);
     assert_eq!(status(NEXT).await, StatusCode::OK);
     assert_eq!(status(CI_TOKEN).await, StatusCode::UNAUTHORIZED);
 }

@@ -2,8 +2,6 @@
 //! keeps its socket, routes added and changed, a broken file keeping the
 //! running configuration, and the reload metrics.
 
-use std::time::{Duration, Instant};
-
 use http::StatusCode;
 
 use super::certs::Ca;
@@ -11,19 +9,6 @@ use super::tls_client::{connect, der_of, get_once, presented, Conn};
 use crate::support::client::get;
 use crate::support::fedgate::Builder;
 use crate::support::Fedgate;
-
-/// Waits until `message` has been logged `n` times.
-fn wait_events(fedgate: &Fedgate, message: &str, n: usize) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while fedgate.events(message).len() < n {
-        assert!(
-            Instant::now() < deadline,
-            "\"{message}\" not logged {n} times; log:\n{}",
-            fedgate.raw_logs()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 /// The value of the sample `name` (with its labels, as printed) in /metrics.
 async fn metric(fedgate: &Fedgate, name: &str) -> Option<f64> {
@@ -62,7 +47,7 @@ async fn a_new_certificate_serves_new_handshakes_and_old_connections_keep_workin
     std::fs::copy(&issued.cert, dir.join("tls/cert.pem")).unwrap();
     std::fs::copy(&issued.key, dir.join("tls/key.pem")).unwrap();
     fedgate.signal("HUP");
-    wait_events(&fedgate, RELOADED, 1);
+    fedgate.wait_events(RELOADED, 1);
 
     let fresh = connect(addr, &ca.file, None)
         .await
@@ -105,7 +90,7 @@ async fn reloaded_routes_are_served_and_a_broken_file_keeps_the_running_ones() {
         .route("/added", "builtin:whoami", "");
     std::fs::write(&config, second.config_text(&dir)).unwrap();
     fedgate.signal("HUP");
-    wait_events(&fedgate, RELOADED, 1);
+    fedgate.wait_events(RELOADED, 1);
     assert_eq!(get(plain, "/added").await.0, StatusCode::OK);
     assert_eq!(get(plain, "/whoami").await.0, StatusCode::UNAUTHORIZED);
     let restart = fedgate.events("changed, needs a restart: the running value is kept");
@@ -115,7 +100,7 @@ async fn reloaded_routes_are_served_and_a_broken_file_keeps_the_running_ones() {
     // A file that does not parse.
     std::fs::write(&config, "[server\nlisten_plain = ").unwrap();
     fedgate.signal("HUP");
-    wait_events(&fedgate, FAILED_LOG, 1);
+    fedgate.wait_events(FAILED_LOG, 1);
     let failed = &fedgate.events(FAILED_LOG)[0];
     assert!(
         failed["error"].as_str().unwrap().contains("fedgate.toml"),
@@ -131,7 +116,7 @@ async fn reloaded_routes_are_served_and_a_broken_file_keeps_the_running_ones() {
     );
     std::fs::write(&config, bad.config_text(&dir)).unwrap();
     fedgate.signal("HUP");
-    wait_events(&fedgate, FAILED_LOG, 2);
+    fedgate.wait_events(FAILED_LOG, 2);
     let failed = &fedgate.events(FAILED_LOG)[1];
     assert!(
         failed["error"].as_str().unwrap().contains("no-such-ca.pem"),
@@ -177,7 +162,7 @@ async fn a_request_in_flight_finishes_on_the_routes_it_started_with() {
     // /slow goes away while its request is in flight.
     std::fs::write(fedgate.config_path(), server(false).config_text(fedgate.dir.path())).unwrap();
     fedgate.signal("HUP");
-    wait_events(&fedgate, RELOADED, 1);
+    fedgate.wait_events(RELOADED, 1);
     assert_eq!(get(plain, "/slow").await.0, StatusCode::NOT_FOUND, "a new request");
 
     release.notify_one();

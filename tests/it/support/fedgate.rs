@@ -382,6 +382,34 @@ impl Fedgate {
         }
     }
 
+    /// Waits until `message` has been logged `n` times (woken by each new
+    /// line, as [`Fedgate::wait_log`]); panics with the log after 20 s.
+    pub fn wait_events(&self, message: &str, n: usize) -> Vec<Value> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let (lock, cvar) = &*self.logs;
+        let mut state = lock.lock().unwrap();
+        loop {
+            let seen: Vec<Value> = state
+                .lines
+                .iter()
+                .filter(|v| v["message"] == message)
+                .cloned()
+                .collect();
+            if seen.len() >= n {
+                return seen;
+            }
+            let now = Instant::now();
+            if now >= deadline || state.closed {
+                panic!(
+                    "\"{message}\" not logged {n} times (closed: {}); log:\n{}",
+                    state.closed,
+                    state.raw.join("\n")
+                );
+            }
+            state = cvar.wait_timeout(state, deadline - now).unwrap().0;
+        }
+    }
+
     /// Peak resident memory of the fedgate process, in KiB.
     pub fn peak_rss_kib(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("proc status");
