@@ -419,11 +419,29 @@ impl Authenticator {
         self
     }
 
+    /// Decides a request that carries its credentials in `Authorization`
+    /// (a proxied request, or one a front proxy describes).
     pub async fn authenticate(&self, route: &RouteConfig, head: &Parts, client: Client) -> Outcome {
         if route.realm == Realm::None {
             return Ok(Identity::Anonymous);
         }
-        let user_agent = user_agent(head);
+        self.authenticate_presented(route, basic::parse(&head.headers), user_agent(head), client)
+            .await
+    }
+
+    /// Decides credentials read elsewhere than from `Authorization` (the
+    /// mail auth_http endpoint's `Auth-User` / `Auth-Pass`), with the same
+    /// decision table, policies, lockout, timing and audit.
+    pub async fn authenticate_presented(
+        &self,
+        route: &RouteConfig,
+        presented: basic::Presented,
+        user_agent: &str,
+        client: Client,
+    ) -> Outcome {
+        if route.realm == Realm::None {
+            return Ok(Identity::Anonymous);
+        }
         let mut audit = Event {
             at: self.clock.now_ms(),
             upn_given: "",
@@ -437,7 +455,7 @@ impl Authenticator {
             reason: Reason::NoCredentials,
             policy: None,
         };
-        let (user_given, secret) = match basic::parse(&head.headers) {
+        let (user_given, secret) = match presented {
             basic::Presented::None => return Err(self.refuse(audit, Refusal::Unauthorized, Reason::NoCredentials)),
             // Nothing readable to check, so nothing to hash: only the wait.
             basic::Presented::Malformed => {

@@ -8,6 +8,7 @@
 //! [`tls`] (rustls set-up), [`error`] (status mapping).
 
 pub mod body;
+pub mod caller;
 pub mod canonical;
 pub mod error;
 pub mod forward;
