@@ -102,25 +102,49 @@ fn io_error<'a>(
     }
 }
 
-/// Loads an existing key file, refusing one that others can read.
-pub fn load(path: &Path, key: &'static str) -> Result<KeyBytes, KeyError> {
-    let io_err = |action| io_error(key, path, action);
-    let mut file = File::open(path).map_err(io_err("cannot open"))?;
-    let meta = file.metadata().map_err(io_err("cannot read metadata"))?;
+/// Why a file that must be private (a key, the admin tokens, a caller
+/// secret) cannot be used; each owner turns it into its own error, which
+/// names its config key.
+#[derive(Debug)]
+pub enum PrivateFileError {
+    Open(io::Error),
+    Metadata(io::Error),
+    NotAFile,
+    /// Readable (or writable) by group or others: the permission bits.
+    Permissions(u32),
+}
+
+/// Opens `path` for reading if it is a regular file that neither group nor
+/// others may read or write.
+pub fn open_private(path: &Path) -> Result<(File, fs::Metadata), PrivateFileError> {
+    let file = File::open(path).map_err(PrivateFileError::Open)?;
+    let meta = file.metadata().map_err(PrivateFileError::Metadata)?;
     if !meta.is_file() {
-        return Err(KeyError::NotAFile {
-            key,
-            path: path.to_owned(),
-        });
+        return Err(PrivateFileError::NotAFile);
     }
     let mode = meta.mode() & 0o7777;
     if mode & 0o077 != 0 {
-        return Err(KeyError::Permissions {
+        return Err(PrivateFileError::Permissions(mode));
+    }
+    Ok((file, meta))
+}
+
+/// Loads an existing key file, refusing one that others can read.
+pub fn load(path: &Path, key: &'static str) -> Result<KeyBytes, KeyError> {
+    let io_err = |action| io_error(key, path, action);
+    let (mut file, meta) = open_private(path).map_err(|e| match e {
+        PrivateFileError::Open(source) => io_err("cannot open")(source),
+        PrivateFileError::Metadata(source) => io_err("cannot read metadata")(source),
+        PrivateFileError::NotAFile => KeyError::NotAFile {
+            key,
+            path: path.to_owned(),
+        },
+        PrivateFileError::Permissions(mode) => KeyError::Permissions {
             key,
             path: path.to_owned(),
             mode,
-        });
-    }
+        },
+    })?;
     // Read at most a little more than the longest valid form, so a wrong
     // file named by mistake is not read whole.
     let mut contents = Zeroizing::new(Vec::with_capacity(KEY_LEN * 2 + 3));

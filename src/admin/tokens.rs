@@ -7,14 +7,14 @@
 //! server runs ([`TokenSet::reload`]); what triggers that is not decided
 //! here.
 
-use std::fs::File;
 use std::io::Read;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
+
+use crate::key_file::{open_private, PrivateFileError};
 
 /// Shortest token accepted, in characters (`openssl rand -hex 32` makes 64).
 pub const MIN_TOKEN_CHARS: usize = 32;
@@ -137,18 +137,14 @@ impl Tokens {
             path: path.to_owned(),
             source,
         };
-        let mut file = File::open(path).map_err(read)?;
-        let meta = file.metadata().map_err(read)?;
-        if !meta.is_file() {
-            return Err(TokenError::NotAFile { path: path.to_owned() });
-        }
-        let mode = meta.mode() & 0o777;
-        if mode & 0o077 != 0 {
-            return Err(TokenError::Permissions {
+        let (mut file, meta) = open_private(path).map_err(|e| match e {
+            PrivateFileError::Open(source) | PrivateFileError::Metadata(source) => read(source),
+            PrivateFileError::NotAFile => TokenError::NotAFile { path: path.to_owned() },
+            PrivateFileError::Permissions(mode) => TokenError::Permissions {
                 path: path.to_owned(),
                 mode,
-            });
-        }
+            },
+        })?;
         if meta.len() > MAX_FILE_BYTES {
             return Err(TokenError::TooLarge { path: path.to_owned() });
         }

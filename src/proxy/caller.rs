@@ -7,14 +7,14 @@
 //! neither the length presented nor how much of it matched shows in the
 //! time an answer takes. It is never logged.
 
-use std::fs::File;
 use std::io::Read;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use http::header::{HeaderMap, HeaderName};
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
+
+use crate::key_file::{open_private, PrivateFileError};
 
 /// Shortest secret accepted: a guessable one protects nothing.
 pub const MIN_SECRET_CHARS: usize = 32;
@@ -76,22 +76,18 @@ impl CallerSecret {
             path: path.to_owned(),
             source,
         };
-        let mut file = File::open(path).map_err(read)?;
-        let meta = file.metadata().map_err(read)?;
-        if !meta.is_file() {
-            return Err(CallerSecretError::NotAFile {
+        let (mut file, meta) = open_private(path).map_err(|e| match e {
+            PrivateFileError::Open(source) | PrivateFileError::Metadata(source) => read(source),
+            PrivateFileError::NotAFile => CallerSecretError::NotAFile {
                 key,
                 path: path.to_owned(),
-            });
-        }
-        let mode = meta.mode() & 0o777;
-        if mode & 0o077 != 0 {
-            return Err(CallerSecretError::Permissions {
+            },
+            PrivateFileError::Permissions(mode) => CallerSecretError::Permissions {
                 key,
                 path: path.to_owned(),
                 mode,
-            });
-        }
+            },
+        })?;
         if meta.len() > MAX_FILE_BYTES {
             return Err(CallerSecretError::TooLarge {
                 key,
