@@ -391,3 +391,35 @@ async fn signins_columns_stay_aligned_with_long_names() {
     }
     assert!(out.contains(&format!("app:{name}")), "{out}");
 }
+
+/// The recipes under config/examples/ (one per kind of service behind
+/// fedgate) and the example configurations beside them are accepted by
+/// `check-config` as they are; a recipe named in the README but missing, or
+/// one that no longer parses, fails here.
+#[test]
+fn every_example_config_passes_check_config() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+    let mut checked = Vec::new();
+    let mut files: Vec<_> = std::fs::read_dir(root.join("examples"))
+        .expect("config/examples")
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.push(root.join("fedgate.toml"));
+    files.push(root.join("active-directory.example.toml"));
+    files.sort();
+    for file in files.iter().filter(|f| f.extension().is_some_and(|e| e == "toml")) {
+        let path = file.display().to_string();
+        let (code, out, err) = run_cli(&["check-config", "--config", &path]);
+        assert_eq!(code, 0, "check-config refused {path}:\n{out}{err}");
+        checked.push(file.file_stem().unwrap().to_string_lossy().into_owned());
+    }
+    for recipe in EXAMPLE_RECIPES {
+        assert!(
+            checked.iter().any(|c| c == recipe),
+            "config/examples/{recipe}.toml is missing"
+        );
+    }
+}
+
+/// The services the README's recipes cover.
+const EXAMPLE_RECIPES: [&str; 3] = ["exchange", "nextcloud", "radicale"];
