@@ -268,6 +268,26 @@ async fn wrong_passwords_lock_the_account_out_without_the_backend_being_asked() 
     assert_eq!(smtp["ok"], false, "{smtp}");
     assert_eq!(smtp["code"], 554, "{smtp}\n{}", nginx.error_log());
 
+    // An nginx without the caller secret is refused by fedgate (403);
+    // nginx takes that for a server error and closes the connection.
+    let stranger = NginxMail::start(&format!("{}{PATH}", fg.plain), "nginx-caller-secret-0123456789abcdeX");
+    let refused = client(&[
+        "imap",
+        "127.0.0.1",
+        &stranger.imap.port().to_string(),
+        ALICE,
+        &app_password,
+    ]);
+    assert_eq!(
+        (&refused["ok"], &refused["closed"]),
+        (&false.into(), &true.into()),
+        "{refused}"
+    );
+    fg.wait_events(
+        "mail auth_http call without the mail_auth.secret_file secret: refused",
+        1,
+    );
+
     assert_eq!(dovecot.login_service_lines(), Vec::<String>::new(), "Dovecot was asked");
     let records = mail_records(&admin, 5);
     let reasons: Vec<&str> = records.iter().filter_map(|r| r["reason"].as_str()).collect();
