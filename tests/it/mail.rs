@@ -444,6 +444,22 @@ async fn the_endpoint_refuses_callers_without_the_secret_and_believes_client_ip_
         "scoped, on smtp: {h:?}"
     );
 
+    // check-config shows the endpoint and reads its secret files.
+    let shown = fg.cli(&["check-config"]).success();
+    for line in [
+        format!("mail_auth  {PATH} (nginx auth_http); callers must send"),
+        "mail_auth  imap -> 127.0.0.1:9 (realm cloud, backend password from password_file)".to_owned(),
+        "mail_auth  pop3 refused (no [[mail_backend]])".to_owned(),
+        "mail_auth  smtp -> 127.0.0.1:9 (realm cloud, user's own password passed on)".to_owned(),
+    ] {
+        assert!(shown.contains(&line), "{line:?} not in:\n{shown}");
+    }
+    let secret = fg.dir.path().join("caller.secret");
+    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let open = fg.cli(&["check-config"]);
+    assert_eq!(open.code, 2, "{open:?}");
+    assert!(open.stderr.contains("mail_auth.secret_file "), "{open:?}");
+
     let records = mail_records(&admin, 5);
     assert!(
         records
