@@ -26,6 +26,10 @@ const ALICE_PASSWORD: &str = "Organizational-Pass-7";
 const BACKEND_SECRET: &str = "dovecot-backend-secret-0123456789";
 const CALLER_SECRET: &str = "nginx-caller-secret-0123456789abcdef";
 const PATH: &str = "/_fedgate/mail";
+/// Mail routes are named in policies by their protocol.
+const POLICY: &str = "[[policy]]\nname = \"no-smtp-from-test-net-3\"\nroutes = [\"smtp\"]\n\
+                      networks = [\"203.0.113.0/24\"]\naction = \"deny\"\n";
+const DENIED_NET_CLIENT: &str = "203.0.113.5";
 
 fn private_file(path: &Path, text: &str) {
     use std::os::unix::fs::OpenOptionsExt;
@@ -72,6 +76,7 @@ fn fedgate(
             .server(&format!("trusted_proxies = [{trusted}]"))
             .section(&format!("[lockout]\nthreshold = {lockout}\nduration = \"60s\"\n"))
             .section(&mail)
+            .section(POLICY)
             .cloud_route("/whoami", "builtin:whoami", "")
             .config_text(dir)
     })
@@ -444,6 +449,26 @@ async fn the_endpoint_refuses_callers_without_the_secret_and_believes_client_ip_
         "scoped, on smtp: {h:?}"
     );
 
+    // A policy naming smtp denies it from its network, IMAP not.
+    let (_, h) = ask(
+        &fg,
+        "127.0.0.2",
+        &nginx_headers(ALICE, &app_password, "smtp", DENIED_NET_CLIENT),
+    )
+    .await;
+    assert_eq!(
+        header(&h, "auth-error-code"),
+        Some("535 5.7.8"),
+        "smtp from a denied network: {h:?}"
+    );
+    let (_, h) = ask(
+        &fg,
+        "127.0.0.2",
+        &nginx_headers(ALICE, &app_password, "imap", DENIED_NET_CLIENT),
+    )
+    .await;
+    assert_eq!(header(&h, "auth-status"), Some("OK"), "imap from that network: {h:?}");
+
     // check-config shows the endpoint and reads its secret files.
     let shown = fg.cli(&["check-config"]).success();
     for line in [
@@ -460,18 +485,26 @@ async fn the_endpoint_refuses_callers_without_the_secret_and_believes_client_ip_
     assert_eq!(open.code, 2, "{open:?}");
     assert!(open.stderr.contains("mail_auth.secret_file "), "{open:?}");
 
-    let records = mail_records(&admin, 5);
-    assert!(
-        records
-            .iter()
-            .any(|r| r["route"] == "smtp" && r["reason"] == "app_password_out_of_scope"),
-        "{records:#?}"
-    );
+    let records = mail_records(&admin, 7);
+    for (route, reason) in [("smtp", "app_password_out_of_scope"), ("smtp", "policy_denied")] {
+        assert!(
+            records.iter().any(|r| r["route"] == route && r["reason"] == reason),
+            "no {route} {reason} in {records:#?}"
+        );
+    }
+    let denied = records.iter().find(|r| r["reason"] == "policy_denied").unwrap();
+    assert_eq!(denied["policy"], "no-smtp-from-test-net-3", "{denied}");
+    assert_eq!(denied["client_ip"], DENIED_NET_CLIENT, "{denied}");
     let ip_of = |reason: &str| {
         let r = records.iter().find(|r| r["reason"] == reason);
         r.unwrap_or_else(|| panic!("no {reason} in {records:#?}"))["client_ip"].clone()
     };
-    assert_eq!(ip_of("app_password"), "198.51.100.7");
+    assert!(
+        records
+            .iter()
+            .any(|r| r["reason"] == "app_password" && r["client_ip"] == "198.51.100.7"),
+        "Client-IP from the trusted proxy: {records:#?}"
+    );
     assert_eq!(
         ip_of("bad_credentials"),
         "127.0.0.1",
