@@ -63,6 +63,8 @@ pub enum ServeError {
     Tokens(#[from] crate::admin::tokens::TokenError),
     #[error("smtp: {0}")]
     Notify(#[from] crate::notify::NotifyError),
+    #[error("{0}")]
+    MailAuth(#[from] crate::mail_auth::MailAuthError),
 }
 
 /// Serves SIGHUP until shutdown: each one reloads (when there is a file to
@@ -101,7 +103,8 @@ impl ServeError {
     /// token file others can read, a bad notice template): exit 2, as for
     /// any configuration error, not 1.
     pub fn is_configuration(&self) -> bool {
-        matches!(self, ServeError::Tokens(_)) || matches!(self, ServeError::Notify(err) if err.is_input())
+        matches!(self, ServeError::Tokens(_) | ServeError::MailAuth(_))
+            || matches!(self, ServeError::Notify(err) if err.is_input())
     }
 }
 
@@ -303,6 +306,16 @@ async fn serve_inner(config: Config, path: Option<&Path>, shutdown: Shutdown) ->
         ));
     }
     tracing::info!(store = %crate::store::redact_url(&config.store.url), "store opened");
+    let mail = match &config.mail {
+        None => None,
+        Some(m) => {
+            let mail = crate::mail_auth::MailAuth::new(m, Arc::clone(&auth))?;
+            for line in crate::mail_auth::MailAuth::describe(m) {
+                tracing::info!(path = %m.path, caller_secret = m.secret_file.is_some(), "mail auth_http: {line}");
+            }
+            Some(Arc::new(mail))
+        }
+    };
 
     // Build the routes once here so that a bad route (an unreadable
     // upstream_ca_file) stops start-up with its message; each worker then
@@ -333,6 +346,7 @@ async fn serve_inner(config: Config, path: Option<&Path>, shutdown: Shutdown) ->
         config: Arc::clone(&config),
         auth: Some(Arc::clone(&auth)),
         portal: portal.clone(),
+        mail,
         connections: Arc::new(Semaphore::new(config.server.limits.max_connections)),
         shutdown: shutdown.clone(),
     });
@@ -364,7 +378,7 @@ async fn serve_inner(config: Config, path: Option<&Path>, shutdown: Shutdown) ->
                         config.store.key_file.clone(),
                         Arc::clone(&clock),
                     )
-                    .with_routes(crate::manage::credential_routes(&config.routes)),
+                    .with_routes(crate::manage::credential_routes(&config)),
                     tokens,
                     syncer: sync_lead.clone(),
                 })

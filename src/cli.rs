@@ -575,6 +575,16 @@ struct ConfigView {
     sync: Option<SyncView>,
     routes: Vec<RouteView>,
     policies: Vec<PolicyView>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mail_auth: Option<MailAuthView>,
+}
+
+#[derive(Serialize)]
+struct MailAuthView {
+    path: String,
+    caller_secret: bool,
+    /// One line per protocol: its backend and realm, or refused.
+    protocols: Vec<String>,
 }
 
 #[derive(Serialize)]
@@ -624,6 +634,13 @@ fn check_config(cli: &Cli) -> ExitCode {
     // reads at start.
     if let Some(path) = config.admin.as_ref().and_then(|a| a.token_file.as_deref()) {
         if let Err(err) = crate::admin::tokens::Tokens::load(path) {
+            eprintln!("fedgate: configuration error: {err}");
+            return ExitCode::from(2);
+        }
+    }
+    // And the mail endpoint's secret files.
+    if let Some(mail) = &config.mail {
+        if let Err(err) = crate::mail_auth::read_files(mail) {
             eprintln!("fedgate: configuration error: {err}");
             return ExitCode::from(2);
         }
@@ -697,6 +714,11 @@ fn check_config(cli: &Cli) -> ExitCode {
                 before_secret: !p.needs_user(),
             })
             .collect(),
+        mail_auth: config.mail.as_ref().map(|m| MailAuthView {
+            path: m.path.clone(),
+            caller_secret: m.secret_file.is_some(),
+            protocols: crate::mail_auth::MailAuth::describe(m),
+        }),
     };
     if cli.json {
         match serde_json::to_string_pretty(&view) {
@@ -778,6 +800,16 @@ fn check_config(cli: &Cli) -> ExitCode {
             upstream,
             r.realm
         );
+    }
+    if let Some(m) = &view.mail_auth {
+        let secret = match m.caller_secret {
+            true => "callers must send mail_auth.secret_file's secret",
+            false => "no caller secret: anyone who reaches the listener may ask",
+        };
+        outln!("mail_auth  {} (nginx auth_http); {secret}", m.path);
+        for line in &m.protocols {
+            outln!("mail_auth  {line}");
+        }
     }
     if view.policies.is_empty() {
         outln!("policy     none: every sign-in the decision table allows is allowed");

@@ -21,8 +21,10 @@ use ipnet::IpNet;
 use crate::directory::template::{Placeholder, Template};
 
 mod file;
+mod mail;
 
 pub use file::FileConfig;
+pub use mail::{MailAuthConfig, MailBackend, MailProtocol};
 
 /// A config problem, always tied to the key it is about.
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +69,8 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     /// The `[[policy]]` tables, checked against the routes.
     pub policies: std::sync::Arc<crate::policy::PolicySet>,
+    /// The nginx mail `auth_http` endpoint; `None` without `[mail_auth]`.
+    pub mail: Option<MailAuthConfig>,
 }
 
 /// How the connection to the mail server is protected.
@@ -681,7 +685,11 @@ impl TryFrom<FileConfig> for Config {
                 ));
             }
         }
-        let route_names: Vec<&str> = routes.iter().map(|r| r.name.as_str()).collect();
+        let mail = mail::mail(file.mail_auth, file.mail_backend, portal.as_ref(), &routes)?;
+        let mut route_names: Vec<&str> = routes.iter().map(|r| r.name.as_str()).collect();
+        if mail.is_some() {
+            route_names.extend(MailProtocol::ALL.map(MailProtocol::as_str));
+        }
         let policies = crate::policy::PolicySet::build(&file.policy, &route_names)
             .map_err(|e| ConfigError::invalid(e.key, e.message))?;
         Ok(Config {
@@ -695,6 +703,7 @@ impl TryFrom<FileConfig> for Config {
             smtp,
             routes,
             policies: std::sync::Arc::new(policies),
+            mail,
         })
     }
 }

@@ -7,6 +7,7 @@
 //! - [`cli`]: the subcommands
 //! - [`proxy`]: listeners, routing, forwarding, the built-in upstream
 //! - [`auth`]: the one place a request is authenticated before forwarding
+//! - [`mail_auth`]: the nginx mail `auth_http` endpoint (IMAP, POP3, SMTP)
 //! - [`admin`]: health, readiness, metrics and the admin API
 //! - [`backup`]: `fedgate backup`, a checked copy of a running SQLite store
 //! - [`manage`]: the administrative operations the CLI and the admin API share
@@ -33,6 +34,7 @@ pub mod instance;
 pub mod jobs;
 pub mod key_file;
 pub mod logging;
+pub mod mail_auth;
 pub mod manage;
 pub mod model;
 pub mod names;

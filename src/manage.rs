@@ -278,12 +278,16 @@ pub struct Manager {
 }
 
 /// Names of the routes that ask for credentials (`[[route]] name`, or the
-/// path of a route without one), in file order.
-pub fn credential_routes(routes: &[crate::config::RouteConfig]) -> Vec<String> {
-    routes
+/// path of a route without one), in file order, then the mail protocols
+/// (`imap`, `pop3`, `smtp`) when the mail endpoint is configured.
+pub fn credential_routes(config: &crate::config::Config) -> Vec<String> {
+    let mail = config.mail.iter().flat_map(|_| crate::config::MailProtocol::ALL);
+    config
+        .routes
         .iter()
         .filter(|r| r.realm != crate::config::Realm::None)
         .map(|r| r.name.clone())
+        .chain(mail.map(|p| p.as_str().to_owned()))
         .collect()
 }
 

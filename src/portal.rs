@@ -208,7 +208,7 @@ impl Portal {
             secrets,
             clock,
             return_routes,
-            routes: crate::manage::credential_routes(&config.routes),
+            routes: crate::manage::credential_routes(config),
         }))
     }
 

@@ -59,6 +59,7 @@ pub struct Proxy {
     portal: Option<Arc<Portal>>,
     portal_metrics: Arc<RouteMetrics>,
     challenge: Challenge,
+    mail: Option<Arc<crate::mail_auth::MailAuth>>,
 }
 
 impl Proxy {
@@ -98,7 +99,14 @@ impl Proxy {
             portal,
             portal_metrics: Arc::new(RouteMetrics::new(crate::telemetry::PORTAL_ROUTE)),
             challenge: Challenge::basic(&config.auth.basic_realm),
+            mail: None,
         })
+    }
+
+    /// Answers nginx's mail `auth_http` requests at `[mail_auth] path`.
+    pub fn with_mail(mut self, mail: Option<Arc<crate::mail_auth::MailAuth>>) -> Proxy {
+        self.mail = mail;
+        self
     }
 
     /// Serves one request. Never fails: every problem becomes a response.
@@ -154,6 +162,12 @@ impl Proxy {
             let mut resp = Response::new(body::empty());
             resp.headers_mut()
                 .insert(header::CONTENT_LENGTH, http::HeaderValue::from_static("0"));
+            return Self::finish(resp, record);
+        }
+        if let Some(mail) = self.mail.as_ref().filter(|m| m.owns(target.path.as_str())) {
+            let resp = mail
+                .handle(req.headers(), &client, &self.trusted_proxies, &mut record)
+                .await;
             return Self::finish(resp, record);
         }
         let portal = self.portal.as_ref().filter(|p| p.owns(target.path.as_str()));

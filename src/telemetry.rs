@@ -204,6 +204,10 @@ fn describe() {
         "Admin API requests refused for a missing or wrong bearer token."
     );
     describe_counter!(
+        "fedgate_mail_auth_callers_refused_total",
+        "Mail auth_http calls refused (403) for a missing or wrong mail_auth.secret_file secret."
+    );
+    describe_counter!(
         "fedgate_config_reloads_total",
         "Configuration reloads (SIGHUP) since start, by result (ok, failed)."
     );
@@ -219,6 +223,12 @@ fn preset(config: &Config) {
     metrics::counter!("fedgate_admin_api_unauthorized_total").absolute(0);
     for route in &config.routes {
         RouteMetrics::new(&route.name);
+    }
+    if let Some(mail) = &config.mail {
+        metrics::counter!("fedgate_mail_auth_callers_refused_total").absolute(0);
+        for backend in &mail.backends {
+            RouteMetrics::new(backend.protocol.as_str());
+        }
     }
     RouteMetrics::new(NO_ROUTE);
     if config.portal.is_some() {

@@ -93,7 +93,7 @@ impl Ctx {
         )
         .await?;
         let manager = Manager::new(Arc::clone(&store), config.store.key_file.clone(), clock)
-            .with_routes(crate::manage::credential_routes(&config.routes));
+            .with_routes(crate::manage::credential_routes(&config));
         Ok(Ctx {
             config,
             store,

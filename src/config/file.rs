@@ -19,6 +19,9 @@ pub struct FileConfig {
     pub route: Vec<RouteFile>,
     #[serde(default)]
     pub policy: Vec<crate::policy::PolicyFile>,
+    pub mail_auth: Option<super::mail::MailAuthFile>,
+    #[serde(default)]
+    pub mail_backend: Vec<super::mail::MailBackendFile>,
 }
 
 #[derive(Debug, Deserialize)]

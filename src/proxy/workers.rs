@@ -90,15 +90,18 @@ pub struct Workers {
 /// upgraded (WebSocket) connections, which outlives any one table.
 pub struct WorkerRoutes {
     tunnels: TaskTracker,
+    mail: Option<Arc<crate::mail_auth::MailAuth>>,
     current: RwLock<Arc<Proxy>>,
 }
 
 impl WorkerRoutes {
     fn new(config: &Config, shared: &Shared) -> Result<WorkerRoutes, tls::TlsError> {
         let tunnels = TaskTracker::new();
-        let proxy = Proxy::new(config, tunnels.clone(), shared.auth.clone(), shared.portal.clone())?;
+        let proxy = Proxy::new(config, tunnels.clone(), shared.auth.clone(), shared.portal.clone())?
+            .with_mail(shared.mail.clone());
         Ok(WorkerRoutes {
             tunnels,
+            mail: shared.mail.clone(),
             current: RwLock::new(Arc::new(proxy)),
         })
     }
@@ -116,7 +119,7 @@ impl WorkerRoutes {
         auth: Option<Arc<Authenticator>>,
         portal: Option<Arc<crate::portal::Portal>>,
     ) -> Result<Proxy, tls::TlsError> {
-        Proxy::new(config, self.tunnels.clone(), auth, portal)
+        Ok(Proxy::new(config, self.tunnels.clone(), auth, portal)?.with_mail(self.mail.clone()))
     }
 
     /// Makes `next` the table of every request that starts from now on.
@@ -130,6 +133,9 @@ pub struct Shared {
     pub config: Arc<Config>,
     pub auth: Option<Arc<Authenticator>>,
     pub portal: Option<Arc<crate::portal::Portal>>,
+    /// The mail `auth_http` endpoint, built once (its `[mail_auth]` keys
+    /// need a restart).
+    pub mail: Option<Arc<crate::mail_auth::MailAuth>>,
     pub connections: Arc<Semaphore>,
     pub shutdown: Shutdown,
 }

@@ -40,6 +40,24 @@ fn routes_and_certificates_come_from_the_new_file_listeners_stay() {
 }
 
 #[test]
+fn the_mail_endpoint_waits_for_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let off = config(dir.path(), "");
+    let on = config(
+        dir.path(),
+        "[mail_auth]\npath = \"/_fedgate/mail\"\n[[mail_backend]]\nprotocol = \"imap\"\naddress = \"127.0.0.1:1143\"",
+    );
+    let moved = config(
+        dir.path(),
+        "[mail_auth]\npath = \"/_fedgate/mail\"\n[[mail_backend]]\nprotocol = \"imap\"\naddress = \"127.0.0.1:1144\"",
+    );
+    assert_eq!(restart_keys(&off, &on), vec!["[mail_auth] and [[mail_backend]]"]);
+    assert_eq!(restart_keys(&on, &moved), vec!["[mail_auth] and [[mail_backend]]"]);
+    assert_eq!(effective(&on, &moved).mail, on.mail, "the running endpoint stays");
+    assert!(restart_keys(&on, &on.clone()).is_empty());
+}
+
+#[test]
 fn store_and_admin_listener_changes_wait_for_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let running = config(dir.path(), "[admin]\nlisten = \"127.0.0.1:9090\"");

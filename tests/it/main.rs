@@ -8,6 +8,7 @@ mod contrib;
 mod directory;
 mod lb;
 mod logs;
+mod mail;
 mod metrics;
 mod nodes;
 mod notify;

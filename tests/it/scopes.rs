@@ -228,7 +228,7 @@ async fn an_app_password_expires_when_the_clock_says_so_warm_or_not() {
         config.store.key_file.clone(),
         Arc::clone(&dyn_clock),
     )
-    .with_routes(credential_routes(&config.routes));
+    .with_routes(credential_routes(&config));
     let actor = Actor {
         name: "cli".into(),
         client: None,

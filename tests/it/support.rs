@@ -7,6 +7,7 @@ pub mod browser;
 pub mod client;
 pub mod fedgate;
 pub mod haproxy;
+pub mod mail;
 pub mod postgres;
 pub mod samba;
 pub mod slapd;
