@@ -17,10 +17,8 @@
 //! Not here: reading the configuration ([`crate::config`]), the caller
 //! secret's file and comparison ([`crate::proxy::caller`]).
 
-use std::fs::File;
 use std::io::Read;
 use std::net::{IpAddr, SocketAddr};
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,6 +31,7 @@ use crate::auth::basic::Presented;
 use crate::auth::refusal::Refusal;
 use crate::auth::{self, Authenticator};
 use crate::config::{BrowserMode, MailAuthConfig, MailProtocol, Realm, RouteConfig, Upstream};
+use crate::key_file::{open_private, PrivateFileError};
 use crate::model::Secret;
 use crate::proxy::body::{self, AccessRecord, ProxyBody};
 use crate::proxy::caller::{CallerSecret, CallerSecretError};
@@ -564,17 +563,16 @@ fn backend_password(key: &str, path: &Path) -> Result<Arc<str>, MailAuthError> {
         path: path.to_owned(),
         message,
     };
-    let mut file = File::open(path).map_err(|e| fail(format!("cannot read: {e}")))?;
-    let meta = file.metadata().map_err(|e| fail(format!("cannot read: {e}")))?;
-    if !meta.is_file() || meta.len() > 4096 {
-        return Err(fail("must be a regular file of one line".into()));
-    }
-    if meta.mode() & 0o077 != 0 {
-        return Err(fail(format!(
-            "has permissions {:04o}; it must not be readable by group or others: run `chmod 600 {}`",
-            meta.mode() & 0o777,
+    let (mut file, meta) = open_private(path).map_err(|e| match e {
+        PrivateFileError::Open(e) | PrivateFileError::Metadata(e) => fail(format!("cannot read: {e}")),
+        PrivateFileError::NotAFile => fail("must be a regular file of one line".into()),
+        PrivateFileError::Permissions(mode) => fail(format!(
+            "has permissions {mode:04o}; it must not be readable by group or others: run `chmod 600 {}`",
             path.display()
-        )));
+        )),
+    })?;
+    if meta.len() > 4096 {
+        return Err(fail("must be a regular file of one line".into()));
     }
     let mut text = Zeroizing::new(String::new());
     file.read_to_string(&mut text)
