@@ -665,12 +665,6 @@ impl TryFrom<FileConfig> for Config {
                 ));
             }
         }
-        if routes.is_empty() {
-            return Err(ConfigError::invalid(
-                "route",
-                "no [[route]] defined: fedgate would answer 404 to everything",
-            ));
-        }
         for (i, a) in routes.iter().enumerate() {
             // Paths that differ only in case are the same route unless both
             // routes match case-sensitively.
@@ -686,6 +680,14 @@ impl TryFrom<FileConfig> for Config {
             }
         }
         let mail = mail::mail(file.mail_auth, file.mail_backend, portal.as_ref(), &routes)?;
+        // A mail-only fedgate (the nginx mail endpoint and nothing else)
+        // needs no route; anything else without one would serve nothing.
+        if routes.is_empty() && mail.is_none() {
+            return Err(ConfigError::invalid(
+                "route",
+                "no [[route]] defined: fedgate would answer 404 to everything",
+            ));
+        }
         let mut route_names: Vec<&str> = routes.iter().map(|r| r.name.as_str()).collect();
         if mail.is_some() {
             route_names.extend(MailProtocol::ALL.map(MailProtocol::as_str));
