@@ -46,6 +46,8 @@ pub enum ServeError {
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
     #[error(transparent)]
+    Routes(#[from] crate::proxy::BuildError),
+    #[error(transparent)]
     Workers(#[from] workers::WorkerError),
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),

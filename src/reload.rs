@@ -265,13 +265,14 @@ pub fn restart_keys(running: &Config, new: &Config) -> Vec<&'static str> {
         (None, None) => {}
         _ => keys.push("[admin]"),
     }
-    let sections: [(&'static str, bool); 6] = [
+    let sections: [(&'static str, bool); 7] = [
         ("[store]", differs(&running.store, &new.store)),
         ("[smtp]", differs(&running.smtp, &new.smtp)),
         ("[auth] and [lockout]", differs(&running.auth, &new.auth)),
         ("[directory]", differs(&running.directory, &new.directory)),
         ("[sync]", differs(&running.sync, &new.sync)),
         ("[portal]", differs(&running.portal, &new.portal)),
+        ("[forward_auth]", differs(&running.forward_auth, &new.forward_auth)),
     ];
     keys.extend(sections.iter().filter(|(_, changed)| *changed).map(|(key, _)| *key));
     keys
