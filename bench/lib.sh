@@ -105,6 +105,26 @@ bench_nginx_bin() {
     fi
 }
 
+# bench_fedgate_app_password CONFIG USER
+# Makes the store of the fedgate config CONFIG, adds USER in MFA state
+# `enforced` (a Basic client must use an app password), allows app passwords
+# and creates one; leaves it in APP_PW. The commands' output goes to
+# fedgate-admin.log in the work dir.
+bench_fedgate_app_password() {
+    local config=$1 user=$2 log=$BENCH_WORKDIR/fedgate-admin.log created
+    "$FEDGATE" --config "$config" store init >>"$log" 2>&1 || bench_die "fedgate store init failed"
+    "$FEDGATE" --config "$config" user add "$user" --state enforced >>"$log" 2>&1 ||
+        bench_die "fedgate user add failed"
+    "$FEDGATE" --config "$config" settings set allow-app-passwords true >>"$log" 2>&1 ||
+        bench_die "fedgate settings set failed"
+    created=$("$FEDGATE" --config "$config" app-password create "$user" --name wrk --json 2>>"$log") ||
+        bench_die "fedgate app-password create failed"
+    # The JSON is pretty-printed; pick the one "password" field without a
+    # JSON tool, which a minimal machine may lack.
+    APP_PW=$(printf '%s\n' "$created" | sed -n 's/^[[:space:]]*"password":[[:space:]]*"\([^"]*\)".*/\1/p')
+    [ -n "$APP_PW" ] || bench_die "no password in app-password create output: $created"
+}
+
 # --- work dir and process tracking -------------------------------------------
 
 # Creates BENCH_WORKDIR and installs the cleanup trap. Everything a benchmark

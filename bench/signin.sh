@@ -189,22 +189,9 @@ user_agents = ["regex:^(Microsoft Office|Outlook|iOS|Android)"]
 action = "allow"
 EOF
 
-fg_admin() {
-    "$FEDGATE" --config "$W/fedgate.toml" "$@" 2>>"$W/fedgate-admin.log"
-}
-fg_admin store init >>"$W/fedgate-admin.log" || bench_die "fedgate store init failed"
 # Enforced MFA: the state in which a Basic client must use an app password,
 # which is the sign-in this benchmark is about.
-fg_admin user add "$BENCH_USER" --state enforced >>"$W/fedgate-admin.log" ||
-    bench_die "fedgate user add failed"
-fg_admin settings set allow-app-passwords true >>"$W/fedgate-admin.log" ||
-    bench_die "fedgate settings set failed"
-created=$(fg_admin app-password create "$BENCH_USER" --name wrk --json) ||
-    bench_die "fedgate app-password create failed"
-# The JSON is pretty-printed; pick the one "password" field without a JSON
-# tool, which a minimal machine may lack.
-APP_PW=$(printf '%s\n' "$created" | sed -n 's/^[[:space:]]*"password":[[:space:]]*"\([^"]*\)".*/\1/p')
-[ -n "$APP_PW" ] || bench_die "no password in app-password create output: $created"
+bench_fedgate_app_password "$W/fedgate.toml" "$BENCH_USER"
 
 # The same credential signs in everywhere, so every target gets the same
 # request bytes.

@@ -46,6 +46,8 @@ pub enum ServeError {
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
     #[error(transparent)]
+    Routes(#[from] crate::proxy::BuildError),
+    #[error(transparent)]
     Workers(#[from] workers::WorkerError),
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
@@ -100,11 +102,13 @@ const DIRECTORY_PROBE: Duration = Duration::from_secs(30);
 
 impl ServeError {
     /// A file the configuration names that cannot be used as it is (a
-    /// token file others can read, a bad notice template): exit 2, as for
+    /// token file others can read, a bad notice template, a forward-auth
+    /// secret file): exit 2, as for
     /// any configuration error, not 1.
     pub fn is_configuration(&self) -> bool {
         matches!(self, ServeError::Tokens(_) | ServeError::MailAuth(_))
             || matches!(self, ServeError::Notify(err) if err.is_input())
+            || matches!(self, ServeError::Routes(crate::proxy::BuildError::CallerSecret(_)))
     }
 }
 

@@ -836,6 +836,11 @@ impl Authenticator {
         self.index.user_by_id(id)
     }
 
+    /// The user with this UPN as the running server knows them.
+    pub fn user_by_upn(&self, upn: &str) -> Option<Arc<UserEntry>> {
+        self.index.user_by_upn(upn)
+    }
+
     pub fn allow_app_passwords(&self) -> bool {
         self.index.allow_app_passwords()
     }

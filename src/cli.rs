@@ -573,6 +573,8 @@ struct ConfigView {
     directory: Option<DirectoryView>,
     #[serde(skip_serializing_if = "Option::is_none")]
     sync: Option<SyncView>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    forward_auth: Option<ForwardAuthView>,
     routes: Vec<RouteView>,
     policies: Vec<PolicyView>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -585,6 +587,13 @@ struct MailAuthView {
     caller_secret: bool,
     /// One line per protocol: its backend and realm, or refused.
     protocols: Vec<String>,
+}
+
+#[derive(Serialize)]
+struct ForwardAuthView {
+    path: String,
+    /// The header a caller secret is required in; `None`: any caller.
+    secret_header: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -645,6 +654,13 @@ fn check_config(cli: &Cli) -> ExitCode {
             return ExitCode::from(2);
         }
     }
+    // And the forward-auth caller secret, read by every route table.
+    if let Some(fa) = &config.forward_auth {
+        if let Err(err) = crate::proxy::forward_auth::Endpoint::load(fa) {
+            eprintln!("fedgate: configuration error: {err}");
+            return ExitCode::from(2);
+        }
+    }
     let mut listeners = Vec::new();
     for a in &config.server.listen {
         listeners.push(ListenerView {
@@ -686,6 +702,10 @@ fn check_config(cli: &Cli) -> ExitCode {
             interval: humantime::format_duration(s.interval).to_string(),
             full_every: humantime::format_duration(s.full_every).to_string(),
             change_attribute: s.change_attribute.clone(),
+        }),
+        forward_auth: config.forward_auth.as_ref().map(|f| ForwardAuthView {
+            path: f.path.clone(),
+            secret_header: f.secret_file.as_ref().map(|_| f.secret_header.to_string()),
         }),
         routes: config
             .routes
@@ -787,9 +807,20 @@ fn check_config(cli: &Cli) -> ExitCode {
             smtp.template.display()
         );
     }
+    if let Some(f) = &view.forward_auth {
+        let caller = match &f.secret_header {
+            Some(h) => format!("callers must send the secret in {h}"),
+            None => "any caller (no secret_file)".to_owned(),
+        };
+        outln!(
+            "forward_auth  on at {} and {}/... on every main listener; {caller}",
+            f.path,
+            f.path
+        );
+    }
     for (r, rc) in view.routes.iter().zip(&config.routes) {
         let upstream = match rc.upstream {
-            Upstream::Whoami => r.upstream.clone(),
+            Upstream::Whoami | Upstream::DecideOnly => r.upstream.clone(),
             Upstream::Http(_) => format!("{} (timeout {})", r.upstream, r.upstream_timeout),
         };
         outln!(

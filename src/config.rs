@@ -66,6 +66,8 @@ pub struct Config {
     pub portal: Option<PortalConfig>,
     /// Enrolment notices (`fedgate notify`); `None` without `[smtp]`.
     pub smtp: Option<SmtpConfig>,
+    /// The forward-auth endpoint for front proxies; `None` when off.
+    pub forward_auth: Option<ForwardAuthConfig>,
     pub routes: Vec<RouteConfig>,
     /// The `[[policy]]` tables, checked against the routes.
     pub policies: std::sync::Arc<crate::policy::PolicySet>,
@@ -133,6 +135,20 @@ pub struct PortalConfig {
     pub session_idle: Duration,
     /// A session ends this long after sign-in, used or not.
     pub session_absolute: Duration,
+}
+
+/// `[forward_auth]`: the endpoint front proxies (nginx `auth_request`,
+/// Caddy `forward_auth`, Traefik ForwardAuth, Envoy `ext_authz`) ask for a
+/// decision about a request they describe.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForwardAuthConfig {
+    /// Path on the main listeners, without a trailing slash
+    /// (`/_fedgate/auth`); `path/...` is Envoy's prefix form.
+    pub path: String,
+    /// The caller secret's file; without it any caller may ask.
+    pub secret_file: Option<PathBuf>,
+    /// The header the caller secret is expected in.
+    pub secret_header: HeaderName,
 }
 
 /// Which directory server software: picks defaults for change tracking and
@@ -337,6 +353,9 @@ pub enum Upstream {
     Http(Uri),
     /// `builtin:whoami`: shows what the proxy established about the request.
     Whoami,
+    /// No `upstream`: the route only decides (forward auth, mail); a
+    /// request proxied to it is answered 404.
+    DecideOnly,
 }
 
 impl std::fmt::Display for Upstream {
@@ -344,6 +363,7 @@ impl std::fmt::Display for Upstream {
         match self {
             Upstream::Http(uri) => write!(f, "{uri}"),
             Upstream::Whoami => f.write_str("builtin:whoami"),
+            Upstream::DecideOnly => f.write_str("none (decide only)"),
         }
     }
 }
@@ -638,6 +658,7 @@ impl TryFrom<FileConfig> for Config {
         let sync = sync(file.sync, directory.as_ref())?;
         let portal = portal(file.portal)?;
         let smtp = file.smtp.map(|f| smtp(f, portal.as_ref())).transpose()?;
+        let forward_auth = file.forward_auth.map(forward_auth).transpose()?;
 
         let mut routes = Vec::with_capacity(file.route.len());
         for (index, r) in file.route.into_iter().enumerate() {
@@ -656,6 +677,9 @@ impl TryFrom<FileConfig> for Config {
                     ),
                 ));
             }
+        }
+        if let Some(f) = &forward_auth {
+            forward_auth_overlaps(f, portal.as_ref(), &routes)?;
         }
         if portal.is_none() {
             if let Some(r) = routes.iter().find(|r| r.browser == BrowserMode::Mfa) {
@@ -680,6 +704,20 @@ impl TryFrom<FileConfig> for Config {
             }
         }
         let mail = mail::mail(file.mail_auth, file.mail_backend, portal.as_ref(), &routes)?;
+        if let (Some(m), Some(f)) = (&mail, &forward_auth) {
+            // The forward-auth endpoint answers its path and everything
+            // under it (Envoy's prefix form), in any ASCII case.
+            let (mp, fp) = (m.path.to_ascii_lowercase(), f.path.to_ascii_lowercase());
+            if mp == fp || mp.starts_with(&format!("{}/", fp.trim_end_matches('/'))) {
+                return Err(ConfigError::invalid(
+                    "mail_auth.path",
+                    format!(
+                        "\"{}\" is at or under forward_auth.path \"{}\", which the forward-auth endpoint answers",
+                        m.path, f.path
+                    ),
+                ));
+            }
+        }
         // A mail-only fedgate (the nginx mail endpoint and nothing else)
         // needs no route; anything else without one would serve nothing.
         if routes.is_empty() && mail.is_none() {
@@ -703,6 +741,7 @@ impl TryFrom<FileConfig> for Config {
             sync,
             portal,
             smtp,
+            forward_auth,
             routes,
             policies: std::sync::Arc::new(policies),
             mail,
@@ -855,6 +894,90 @@ fn smtp_timeout(text: Option<&str>) -> Result<Duration, ConfigError> {
         ));
     }
     Ok(timeout)
+}
+
+fn forward_auth(f: file::ForwardAuthFile) -> Result<ForwardAuthConfig, ConfigError> {
+    let Some(raw) = f.path else {
+        return Err(ConfigError::invalid(
+            "forward_auth.path",
+            "required to turn the endpoint on, for example \"/_fedgate/auth\"",
+        ));
+    };
+    let path = raw.trim_end_matches('/');
+    let plain = path.len() >= 2
+        && path.starts_with('/')
+        && !path.contains(['?', '#'])
+        && !path.chars().any(char::is_whitespace)
+        && crate::proxy::canonical::canonical_path(path).is_ok_and(|c| c.is_unchanged() && c.is_plain());
+    if !plain {
+        return Err(ConfigError::invalid(
+            "forward_auth.path",
+            format!("expected a canonical path below \"/\" such as \"/_fedgate/auth\", got \"{raw}\""),
+        ));
+    }
+    let secret_header = match f.secret_header.as_deref() {
+        None => HeaderName::from_static("x-fedgate-secret"),
+        Some(h) => HeaderName::from_bytes(h.as_bytes())
+            .ok()
+            .filter(|n| !crate::proxy::forward_auth::is_reserved_header(n))
+            .ok_or_else(|| {
+                ConfigError::invalid(
+                    "forward_auth.secret_header",
+                    format!(
+                        "expected a header name of its own such as \"X-Fedgate-Secret\" (not one that \
+                         describes the request or carries credentials), got \"{h}\""
+                    ),
+                )
+            })?,
+    };
+    Ok(ForwardAuthConfig {
+        path: path.to_owned(),
+        secret_file: match f.secret_file.as_deref() {
+            None => None,
+            Some(p) => Some(non_empty_path("forward_auth.secret_file", Some(p), "")?),
+        },
+        secret_header,
+    })
+}
+
+/// Whether `a` is `b` or lies below it, as paths that fold ASCII case.
+fn path_within(a: &str, b: &str) -> bool {
+    let Some(head) = a.get(..b.len()) else {
+        return false;
+    };
+    head.eq_ignore_ascii_case(b) && (b.ends_with('/') || a.len() == b.len() || a[b.len()..].starts_with('/'))
+}
+
+/// The endpoint is answered before the portal and routes, so nothing they
+/// serve may sit at or below its path, and it may not share the portal's.
+/// A route above it (`/`, the usual catch-all) is fine: it keeps every
+/// other path.
+fn forward_auth_overlaps(
+    f: &ForwardAuthConfig,
+    portal: Option<&PortalConfig>,
+    routes: &[RouteConfig],
+) -> Result<(), ConfigError> {
+    if let Some(p) = portal {
+        if path_within(&f.path, &p.path) || path_within(&p.path, &f.path) {
+            return Err(ConfigError::invalid(
+                "forward_auth.path",
+                format!(
+                    "\"{}\" overlaps portal.path \"{}\": give the endpoint a path of its own",
+                    f.path, p.path
+                ),
+            ));
+        }
+    }
+    if let Some(r) = routes.iter().find(|r| path_within(&r.path, &f.path)) {
+        return Err(ConfigError::invalid(
+            format!("route[{}].path", r.index),
+            format!(
+                "\"{}\" is at or under forward_auth.path \"{}\", which the forward-auth endpoint answers",
+                r.path, f.path
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn portal(p: Option<file::PortalFile>) -> Result<Option<PortalConfig>, ConfigError> {
@@ -1241,7 +1364,10 @@ fn route(
             Some(h)
         }
     };
-    let upstream = parse_upstream(&r.upstream).map_err(|m| ConfigError::invalid(key("upstream"), m))?;
+    let upstream = match r.upstream.as_deref() {
+        None => Upstream::DecideOnly,
+        Some(u) => parse_upstream(u).map_err(|m| ConfigError::invalid(key("upstream"), m))?,
+    };
     let upstream_ca_file = match r.upstream_ca_file.as_deref() {
         None | Some("") => None,
         Some(p) => {

@@ -538,7 +538,7 @@ fn protocol_route(protocol: MailProtocol, realm: Realm) -> RouteConfig {
         name: protocol.as_str().to_owned(),
         host: None,
         path: String::new(),
-        upstream: Upstream::Whoami,
+        upstream: Upstream::DecideOnly,
         upstream_ca_file: None,
         upstream_timeout: Duration::from_secs(60),
         upstream_connect_timeout: Duration::from_secs(10),

@@ -47,8 +47,15 @@ fn invisible(c: char) -> bool {
 }
 
 fn fold(s: &str) -> String {
-    let lowered: String = s.nfkc().collect::<String>().to_lowercase();
-    let normal: String = lowered.nfkc().collect();
+    // ASCII is its own NFKC form and lower-cases as ASCII: the usual name
+    // skips the two normalisation passes, which cost a sign-in more than
+    // the warm credential lookup does.
+    let normal: String = if s.is_ascii() {
+        s.to_ascii_lowercase()
+    } else {
+        let lowered: String = s.nfkc().collect::<String>().to_lowercase();
+        lowered.nfkc().collect()
+    };
     let mut out = String::with_capacity(normal.len());
     for word in normal.split_whitespace() {
         if !out.is_empty() {

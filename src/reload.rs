@@ -265,7 +265,7 @@ pub fn restart_keys(running: &Config, new: &Config) -> Vec<&'static str> {
         (None, None) => {}
         _ => keys.push("[admin]"),
     }
-    let sections: [(&'static str, bool); 7] = [
+    let sections: [(&'static str, bool); 8] = [
         ("[store]", differs(&running.store, &new.store)),
         ("[smtp]", differs(&running.smtp, &new.smtp)),
         ("[auth] and [lockout]", differs(&running.auth, &new.auth)),
@@ -274,6 +274,7 @@ pub fn restart_keys(running: &Config, new: &Config) -> Vec<&'static str> {
         ("[portal]", differs(&running.portal, &new.portal)),
         // The endpoint reads its secret files once, at start.
         ("[mail_auth] and [[mail_backend]]", differs(&running.mail, &new.mail)),
+        ("[forward_auth]", differs(&running.forward_auth, &new.forward_auth)),
     ];
     keys.extend(sections.iter().filter(|(_, changed)| *changed).map(|(key, _)| *key));
     keys

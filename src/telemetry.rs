@@ -208,6 +208,10 @@ fn describe() {
         "Mail auth_http calls refused (403) for a missing or wrong mail_auth.secret_file secret."
     );
     describe_counter!(
+        "fedgate_forward_auth_callers_refused_total",
+        "Forward-auth requests refused (403) because the caller did not send the caller secret."
+    );
+    describe_counter!(
         "fedgate_config_reloads_total",
         "Configuration reloads (SIGHUP) since start, by result (ok, failed)."
     );
@@ -221,6 +225,9 @@ fn describe() {
 /// The series that must exist before anything happens.
 fn preset(config: &Config) {
     metrics::counter!("fedgate_admin_api_unauthorized_total").absolute(0);
+    if config.forward_auth.is_some() {
+        metrics::counter!("fedgate_forward_auth_callers_refused_total").absolute(0);
+    }
     for route in &config.routes {
         RouteMetrics::new(&route.name);
     }

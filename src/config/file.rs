@@ -15,6 +15,7 @@ pub struct FileConfig {
     pub portal: Option<PortalFile>,
     pub lockout: Option<LockoutFile>,
     pub smtp: Option<SmtpFile>,
+    pub forward_auth: Option<ForwardAuthFile>,
     #[serde(default)]
     pub route: Vec<RouteFile>,
     #[serde(default)]
@@ -43,6 +44,14 @@ pub struct SmtpFile {
     pub template: Option<String>,
     pub portal_url: Option<String>,
     pub organization: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForwardAuthFile {
+    pub path: Option<String>,
+    pub secret_file: Option<String>,
+    pub secret_header: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -168,7 +177,7 @@ pub struct RouteFile {
     pub name: Option<String>,
     pub host: Option<String>,
     pub path: String,
-    pub upstream: String,
+    pub upstream: Option<String>,
     pub upstream_ca_file: Option<String>,
     pub upstream_timeout: Option<String>,
     pub upstream_connect_timeout: Option<String>,

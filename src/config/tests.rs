@@ -421,3 +421,55 @@ fn smtp_requires_a_host_a_sender_and_the_portal_url() {
     let msg = smtp_error("host = \"h.example\"\nunknown = 1");
     assert!(msg.contains("unknown"), "{msg}");
 }
+
+#[test]
+fn forward_auth_needs_a_path_of_its_own() {
+    let with = |table: &str| parse(&format!("{MINIMAL}\n{table}"));
+    let c = with("[forward_auth]\npath = \"/_fedgate/auth/\"\n").unwrap();
+    let f = c.forward_auth.unwrap();
+    assert_eq!(f.path, "/_fedgate/auth");
+    assert_eq!(f.secret_header, "x-fedgate-secret");
+    assert_eq!(f.secret_file, None);
+    assert!(parse(MINIMAL).unwrap().forward_auth.is_none());
+
+    let err = |table: &str| with(table).unwrap_err().to_string();
+    assert!(err("[forward_auth]\nsecret_file = \"x\"\n").starts_with("forward_auth.path: required"));
+    for bad in ["_fedgate", "/", "/a/../b", "/a//b", "/a?b", "/a%2Fb"] {
+        let e = err(&format!("[forward_auth]\npath = \"{bad}\"\n"));
+        assert!(
+            e.starts_with("forward_auth.path: expected a canonical path"),
+            "{bad}: {e}"
+        );
+    }
+    // A route above the endpoint keeps every other path.
+    with("[forward_auth]\npath = \"/WhoAmI/auth\"\n").unwrap();
+    // A route at or under the endpoint is refused; one above it is fine.
+    let e = err("[forward_auth]\npath = \"/WHOAMI\"\n");
+    assert!(
+        e.starts_with("route[0].path: \"/whoami\" is at or under forward_auth.path \"/WHOAMI\""),
+        "{e}"
+    );
+    with("[forward_auth]\npath = \"/whoami-auth\"\n").unwrap();
+    let catch_all = MINIMAL.replace("path = \"/whoami\"", "path = \"/\"");
+    parse(&format!("{catch_all}\n[forward_auth]\npath = \"/_fedgate/auth\"\n")).unwrap();
+    // Nor may it share the portal's path, either way round.
+    for (portal, endpoint) in [("/portal", "/portal/auth"), ("/p/q", "/p"), ("/portal", "/Portal")] {
+        let e = err(&format!(
+            "[portal]\npath = \"{portal}\"\n[forward_auth]\npath = \"{endpoint}\"\n"
+        ));
+        assert!(e.starts_with("forward_auth.path: ") && e.contains("portal.path"), "{e}");
+    }
+    for header in ["Authorization", "X-Forwarded-For", "Remote-User", "bad header"] {
+        let e = err(&format!(
+            "[forward_auth]\npath = \"/_fedgate/auth\"\nsecret_header = \"{header}\"\n"
+        ));
+        assert!(e.starts_with("forward_auth.secret_header: "), "{e}");
+    }
+}
+
+#[test]
+fn a_route_without_upstream_only_decides() {
+    let c = parse(&MINIMAL.replace("upstream = \"builtin:whoami\"\n", "")).unwrap();
+    assert_eq!(c.routes[0].upstream, Upstream::DecideOnly);
+    assert_eq!(c.routes[0].upstream.to_string(), "none (decide only)");
+}

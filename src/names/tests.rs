@@ -1,4 +1,5 @@
 use proptest::prelude::*;
+use unicode_normalization::UnicodeNormalization;
 
 use super::*;
 
@@ -61,6 +62,16 @@ proptest! {
             prop_assert!(once.len() <= MAX_NAME_BYTES);
             prop_assert!(!ascii || once.is_ascii());
         }
+    }
+
+    #[test]
+    fn ascii_folds_as_the_full_unicode_folding_would(given in "[ -~\t]{0,40}") {
+        let full: String = {
+            let lowered: String = given.nfkc().collect::<String>().to_lowercase();
+            let normal: String = lowered.nfkc().collect();
+            normal.split_whitespace().collect::<Vec<_>>().join(" ")
+        };
+        prop_assert_eq!(fold(&given), full);
     }
 
     #[test]

@@ -48,6 +48,9 @@ pub struct AccessRecord {
     pub upstream: Option<Arc<str>>,
     pub status: u16,
     pub user: Option<String>,
+    /// Why the request was refused before any route's sign-in, where the
+    /// status alone does not say (`no_route` at the forward-auth endpoint).
+    pub reason: Option<&'static str>,
     pub bytes: u64,
     pub complete: bool,
     /// Held until the response is over so the connection counts as busy.
@@ -72,6 +75,7 @@ impl Drop for AccessRecord {
             route = self.route.as_deref().unwrap_or("-"),
             upstream = self.upstream.as_deref().unwrap_or("-"),
             user = self.user.as_deref().unwrap_or("-"),
+            reason = self.reason,
             complete = self.complete,
             "request"
         );

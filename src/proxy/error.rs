@@ -26,6 +26,15 @@ pub enum ProxyError {
     UpstreamTimeout,
     #[error("fedgate cannot serve this route right now")]
     Unavailable,
+    /// The forward-auth endpoint's caller lacks the caller secret. Never a
+    /// 401: a front proxy would pass a Basic prompt on to the client.
+    #[error("the caller did not present the forward-auth secret")]
+    CallerRefused,
+    /// No route decides the request a front proxy described: refused, so
+    /// that a path nobody configured is never let through (a 404 would
+    /// become nginx's 500).
+    #[error("no route decides the described request")]
+    NoDecidingRoute,
 }
 
 impl ProxyError {
@@ -36,6 +45,7 @@ impl ProxyError {
             ProxyError::UpstreamUnavailable | ProxyError::BadGateway(_) => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::CallerRefused | ProxyError::NoDecidingRoute => StatusCode::FORBIDDEN,
         }
     }
 
@@ -51,6 +61,7 @@ impl ProxyError {
                 "504 Gateway Timeout: the service behind this address did not answer in time\n"
             }
             ProxyError::Unavailable => "503 Service Unavailable: try again shortly\n",
+            ProxyError::CallerRefused | ProxyError::NoDecidingRoute => "403 Forbidden\n",
         };
         text_response(status, text)
     }

@@ -27,7 +27,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::task::TaskTracker;
 
 use super::listener::Server;
-use super::{tls, Proxy};
+use super::Proxy;
 use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::reload::{Commit, CommitFn, ReloadError, Reloadable};
@@ -95,7 +95,7 @@ pub struct WorkerRoutes {
 }
 
 impl WorkerRoutes {
-    fn new(config: &Config, shared: &Shared) -> Result<WorkerRoutes, tls::TlsError> {
+    fn new(config: &Config, shared: &Shared) -> Result<WorkerRoutes, super::BuildError> {
         let tunnels = TaskTracker::new();
         let proxy = Proxy::new(config, tunnels.clone(), shared.auth.clone(), shared.portal.clone())?
             .with_mail(shared.mail.clone());
@@ -118,7 +118,7 @@ impl WorkerRoutes {
         config: &Config,
         auth: Option<Arc<Authenticator>>,
         portal: Option<Arc<crate::portal::Portal>>,
-    ) -> Result<Proxy, tls::TlsError> {
+    ) -> Result<Proxy, super::BuildError> {
         Ok(Proxy::new(config, self.tunnels.clone(), auth, portal)?.with_mail(self.mail.clone()))
     }
 
@@ -216,7 +216,7 @@ pub enum WorkerError {
     #[error("cannot start worker threads: {0}")]
     Threads(std::io::Error),
     #[error(transparent)]
-    Routes(#[from] tls::TlsError),
+    Routes(#[from] super::BuildError),
 }
 
 fn run_worker(

@@ -188,3 +188,17 @@ fn a_failing_one_step_part_stops_the_commits_and_a_good_reload_applies_all() {
     assert_eq!(done.applied, vec!["admin tokens (2 tokens)", "first", "second"]);
     assert!(done.needs_restart.is_empty());
 }
+
+#[test]
+fn turning_forward_auth_on_off_or_moving_it_waits_for_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let off = config(dir.path(), "");
+    let on = config(dir.path(), "[forward_auth]\npath = \"/_fedgate/auth\"");
+    let moved = config(dir.path(), "[forward_auth]\npath = \"/_auth\"");
+    assert_eq!(restart_keys(&off, &on), vec!["[forward_auth]"]);
+    assert_eq!(restart_keys(&on, &moved), vec!["[forward_auth]"]);
+    assert_eq!(restart_keys(&on, &off), vec!["[forward_auth]"]);
+    let next = effective(&on, &moved);
+    assert_eq!(next.forward_auth, on.forward_auth, "the running endpoint stays");
+    assert!(restart_keys(&on, &on).is_empty());
+}

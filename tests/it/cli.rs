@@ -429,7 +429,7 @@ fn every_example_config_passes_check_config() {
 }
 
 /// The services the README's recipes cover.
-const EXAMPLE_RECIPES: [&str; 4] = ["dovecot", "exchange", "nextcloud", "radicale"];
+const EXAMPLE_RECIPES: [&str; 5] = ["dovecot", "exchange", "nextcloud", "radicale", "sogo"];
 
 /// Points every secret file an example names that does not exist here
 /// (`secret_file`, `password_file` of the caller and backend secrets,

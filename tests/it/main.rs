@@ -6,6 +6,7 @@ mod adversarial;
 mod cli;
 mod contrib;
 mod directory;
+mod forward_auth;
 mod lb;
 mod logs;
 mod mail;

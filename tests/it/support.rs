@@ -4,15 +4,18 @@
 
 pub mod admin;
 pub mod browser;
+pub mod caddy;
 pub mod client;
 pub mod fedgate;
 pub mod haproxy;
 pub mod mail;
+pub mod nginx;
 pub mod postgres;
 pub mod samba;
 pub mod slapd;
 pub mod smtp;
 pub mod upstream;
+pub mod watched;
 
 pub use client::Client;
 pub use fedgate::Fedgate;

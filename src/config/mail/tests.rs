@@ -77,6 +77,14 @@ fn bad_values_name_their_key() {
             "[mail_auth]\npath = \"/microsoft-server-activesync\"\n",
             "mail_auth.path: \"/microsoft-server-activesync\" is route[0].path too",
         ),
+        (
+            "[forward_auth]\npath = \"/_fedgate\"\n[mail_auth]\npath = \"/_Fedgate/mail\"\n",
+            "mail_auth.path: \"/_Fedgate/mail\" is at or under forward_auth.path \"/_fedgate\"",
+        ),
+        (
+            "[forward_auth]\npath = \"/_fedgate/x\"\n[mail_auth]\npath = \"/_fedgate/x\"\n",
+            "mail_auth.path: \"/_fedgate/x\" is at or under forward_auth.path",
+        ),
         ("[mail_auth]\npath = \"/m\"\nmax_attempts = 0\n", "mail_auth.max_attempts: must be between 1 and 20"),
         ("[mail_auth]\npath = \"/m\"\nwait = \"1500ms\"\n", "mail_auth.wait: whole seconds"),
         ("[mail_auth]\npath = \"/m\"\nwait = \"31s\"\n", "mail_auth.wait: whole seconds"),

@@ -4,36 +4,18 @@
 //! stats socket. The system's haproxy service and `/etc/haproxy` are never
 //! used.
 //!
-//! haproxy runs under a small `sh` watchdog whose standard input is a pipe
-//! held by the [`Haproxy`]: when the pipe closes (the value is dropped, or
-//! the test process ends in any way, SIGKILL included) the watchdog stops
-//! haproxy by its PID and waits for it, so no balancer outlives its test.
+//! haproxy runs under the [`super::watched`] watchdog, so no balancer
+//! outlives its test.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read};
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 
-/// Starts `"$@"` (haproxy) in the background with its output on the
-/// watchdog's standard error, prints its PID, lets go of its own output
-/// (so that the pipes close exactly when haproxy exits), then waits for its
-/// standard input to close and stops haproxy. SIGINT and SIGHUP from a
-/// terminal are ignored: the watchdog must outlive the test to clean up.
-const WATCHDOG: &str = r#""$@" >&2 &
-pid=$!
-echo "$pid"
-exec >/dev/null 2>&1
-trap '' INT HUP
-read -r _
-kill "$pid"
-wait "$pid"
-"#;
+use super::watched::{free_port, Watched};
 
 /// Attempts with a fresh port when another process takes the chosen one
 /// before haproxy binds it.
@@ -46,20 +28,9 @@ const POLL: Duration = Duration::from_millis(10);
 pub struct Haproxy {
     /// The frontend the config binds (the `listen` given to its closure).
     pub addr: SocketAddr,
-    /// haproxy's own PID (not the watchdog's).
-    pid: u32,
-    watchdog: Child,
-    /// Closing it stops haproxy (see the module doc).
-    stdin: Option<ChildStdin>,
-    output: Arc<Mutex<Output>>,
+    process: Watched,
     stats_socket: PathBuf,
     _dir: tempfile::TempDir,
-}
-
-#[derive(Default)]
-struct Output {
-    lines: Vec<String>,
-    closed: bool,
 }
 
 /// One row of `show stat`: a frontend, a backend or one of its servers,
@@ -111,13 +82,10 @@ impl Haproxy {
             proxies(addr)
         );
         std::fs::write(&config, text).expect("write haproxy config");
-        let (pid, watchdog, stdin, output) = spawn(&config);
+        let process = Watched::spawn(binary(), &["-db".as_ref(), "-f".as_ref(), config.as_os_str()], &[]);
         let haproxy = Haproxy {
             addr,
-            pid,
-            watchdog,
-            stdin: Some(stdin),
-            output,
+            process,
             stats_socket,
             _dir: dir,
         };
@@ -149,11 +117,11 @@ impl Haproxy {
     /// What haproxy printed so far: warnings and alerts, such as a server
     /// going down, with their reason.
     pub fn output(&self) -> String {
-        lock(&self.output).lines.join("\n")
+        self.process.output()
     }
 
     fn exited(&self) -> bool {
-        lock(&self.output).closed
+        self.process.exited()
     }
 
     /// Every row of `show stat`.
@@ -189,23 +157,6 @@ impl Haproxy {
         let mut text = String::new();
         socket.read_to_string(&mut text).await?;
         Ok(parse_stats(&text))
-    }
-}
-
-impl Drop for Haproxy {
-    fn drop(&mut self) {
-        drop(self.stdin.take());
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while matches!(self.watchdog.try_wait(), Ok(None)) {
-            if Instant::now() >= deadline {
-                // haproxy ignored SIGTERM; the watchdog still waits for it,
-                // so the PID cannot have been reused.
-                let _ = Command::new("kill").args(["-KILL", &self.pid.to_string()]).status();
-                let _ = self.watchdog.wait();
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
     }
 }
 
@@ -250,40 +201,6 @@ fn parse_stats(text: &str) -> Vec<Stat> {
         .collect()
 }
 
-fn spawn(config: &std::path::Path) -> (u32, Child, ChildStdin, Arc<Mutex<Output>>) {
-    let mut watchdog = Command::new("sh")
-        .args(["-c", WATCHDOG, "sh", binary(), "-db", "-f"])
-        .arg(config)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn the haproxy watchdog (sh)");
-    let stdin = watchdog.stdin.take().expect("stdin is piped");
-    let stdout = watchdog.stdout.take().expect("stdout is piped");
-    let stderr = watchdog.stderr.take().expect("stderr is piped");
-    let mut pid_line = String::new();
-    BufReader::new(stdout)
-        .read_line(&mut pid_line)
-        .expect("read haproxy's PID");
-    let pid = pid_line
-        .trim()
-        .parse()
-        .unwrap_or_else(|_| panic!("the watchdog printed {pid_line:?}, not haproxy's PID"));
-    let output: Arc<Mutex<Output>> = Arc::default();
-    let sink = Arc::clone(&output);
-    std::thread::spawn(move || read_lines(stderr, &sink));
-    (pid, watchdog, stdin, output)
-}
-
-fn read_lines(stream: impl Read, sink: &Mutex<Output>) {
-    for line in BufReader::new(stream).lines() {
-        let Ok(line) = line else { break };
-        lock(sink).lines.push(line);
-    }
-    lock(sink).closed = true;
-}
-
 /// haproxy lives in /usr/sbin, which is not on every user's PATH.
 fn binary() -> &'static str {
     if std::path::Path::new("/usr/sbin/haproxy").exists() {
@@ -291,16 +208,4 @@ fn binary() -> &'static str {
     } else {
         "haproxy"
     }
-}
-
-/// A loopback address free right now; another process may take it before
-/// haproxy binds it, which [`Haproxy::start`] survives.
-fn free_port() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free loopback port")
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
