@@ -131,6 +131,10 @@ auth_site() {
             proxy_set_header Content-Length "";
             proxy_set_header X-Original-URI \$request_uri;
             proxy_set_header X-Original-Method \$request_method;
+            # A client's own copies of the other convention are dropped (fedgate
+            # refuses a request described twice).
+            proxy_set_header X-Forwarded-Uri "";
+            proxy_set_header X-Forwarded-Method "";
             proxy_set_header X-Forwarded-For \$remote_addr;
             proxy_set_header X-Forwarded-Proto \$scheme;
             proxy_set_header X-Forwarded-Host \$host;

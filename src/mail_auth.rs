@@ -305,7 +305,8 @@ impl Answer {
                     h.insert("auth-server", v);
                 }
                 h.insert("auth-port", HeaderValue::from(server.port()));
-                if let Some(v) = user.and_then(|u| HeaderValue::from_str(&u).ok()) {
+                // A UPN beyond ASCII goes as its UTF-8 bytes.
+                if let Some(v) = user.and_then(|u| HeaderValue::from_bytes(u.as_bytes()).ok()) {
                     h.insert("auth-user", v);
                 }
                 if let Some(mut v) = pass.and_then(|p| HeaderValue::from_str(&p).ok()) {
@@ -472,6 +473,15 @@ impl MailAuth {
             Ok(identity) => {
                 let upn = identity.user().map(str::to_owned);
                 record.user = upn.clone();
+                // The backend is told the canonical user or nothing at all:
+                // never the name as typed in its place.
+                let sendable = upn
+                    .as_deref()
+                    .is_some_and(|u| HeaderValue::from_bytes(u.as_bytes()).is_ok());
+                if self.rewrite_user && !sendable {
+                    tracing::warn!(user = ?upn, "mail sign-in allowed, but its user cannot be sent to nginx as Auth-User");
+                    return refused(MailRefusal::SignIn(Refusal::Unavailable)).into_response();
+                }
                 Answer::Ok {
                     server: backend.address,
                     user: upn.filter(|_| self.rewrite_user),

@@ -160,6 +160,16 @@ impl Registry {
     fn try_reload(&self) -> Result<Reloaded, ReloadError> {
         let new = Config::load(&self.path)?;
         let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(key) = endpoint_moved(&running, &new) {
+            // The new routes and policies were checked against the new
+            // endpoint; run beside the old one they could be shadowed by
+            // it, or name mail protocols it no longer serves.
+            return Err(ReloadError::part(
+                key,
+                "added, removed or moved: the new routes and policies were checked against it, so nothing \
+                 is reloaded; restart to apply",
+            ));
+        }
         let next = effective(&running, &new);
         let needs_restart = restart_keys(&running, &new);
         let mut prepared = Vec::with_capacity(self.parts.len());
@@ -221,6 +231,20 @@ pub fn effective(running: &Config, new: &Config) -> Config {
         routes: new.routes.clone(),
         policies: std::sync::Arc::clone(&new.policies),
         ..running.clone()
+    }
+}
+
+/// The endpoint on the main listeners whose path a reload would leave
+/// different from the one the new file's routes were checked against.
+pub fn endpoint_moved(running: &Config, new: &Config) -> Option<&'static str> {
+    let forward = |c: &Config| c.forward_auth.as_ref().map(|f| f.path.clone());
+    let mail = |c: &Config| c.mail.as_ref().map(|m| m.path.clone());
+    if forward(running) != forward(new) {
+        Some("forward_auth.path")
+    } else if mail(running) != mail(new) {
+        Some("mail_auth.path")
+    } else {
+        None
     }
 }
 

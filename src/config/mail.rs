@@ -150,6 +150,14 @@ pub(super) fn mail(
             format!("not a valid header name: \"{header_text}\""),
         )
     })?;
+    // nginx's own headers describe the sign-in; the secret cannot be one.
+    let reserved = ["host", "client-ip", "client-host", "connection", "content-length"];
+    if secret_header.as_str().starts_with("auth-") || reserved.contains(&secret_header.as_str()) {
+        return Err(ConfigError::invalid(
+            "mail_auth.secret_header",
+            format!("\"{header_text}\" is a header nginx sends to describe the sign-in: choose another name"),
+        ));
+    }
     if m.secret_header.is_some() && secret_file.is_none() {
         return Err(ConfigError::invalid(
             "mail_auth.secret_header",
@@ -184,11 +192,31 @@ pub(super) fn mail(
         }
         parsed.push(backend);
     }
+    let rewrite_user = m.rewrite_user.unwrap_or(false);
+    // A backend secret opens every mailbox: it goes only to the caller
+    // that proves to be nginx, and only with the identity fedgate decided.
+    if let Some(i) = parsed.iter().position(|b| b.password_file.is_some()) {
+        let key = format!("mail_backend[{i}].password_file");
+        if secret_file.is_none() {
+            return Err(ConfigError::invalid(
+                key,
+                "the backend's secret would be answered to whoever calls the endpoint (it is on every \
+                 main listener): set mail_auth.secret_file so that only nginx can ask",
+            ));
+        }
+        if !rewrite_user {
+            return Err(ConfigError::invalid(
+                key,
+                "with the backend's secret, the backend must be told the canonical user, not the name \
+                 as typed: set mail_auth.rewrite_user = true",
+            ));
+        }
+    }
     Ok(Some(MailAuthConfig {
         path,
         secret_file,
         secret_header,
-        rewrite_user: m.rewrite_user.unwrap_or(false),
+        rewrite_user,
         max_attempts,
         wait,
         backends: parsed,

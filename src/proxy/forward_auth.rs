@@ -117,6 +117,11 @@ pub enum DescribeError {
     BadMethod(&'static str),
     #[error("{0} is not a path (with an optional query) starting with \"/\"")]
     NotOriginForm(&'static str),
+    /// Two conventions at once: one of them was written by the client
+    /// (a front proxy sets its own family and passes the client's other
+    /// headers through), and which is unknowable.
+    #[error("the request is described twice ({0}); a front proxy sets one convention only")]
+    Mixed(&'static str),
 }
 
 impl DescribeError {
@@ -162,17 +167,43 @@ fn single<'a>(
     }
 }
 
-/// Reads the original method and URI, in this order of preference:
-/// `X-Forwarded-Method` / `X-Forwarded-Uri` (Caddy, Traefik), then
-/// `X-Original-Method` / `X-Original-URI` (nginx), then the endpoint
-/// request's own method and, for a path below the endpoint (`rest`, with
-/// the request's `query`), that path (Envoy).
+/// Reads the original method and URI from one of three conventions:
+/// `X-Forwarded-Method` / `X-Forwarded-Uri` (Caddy, Traefik),
+/// `X-Original-Method` / `X-Original-URI` (nginx), or the endpoint
+/// request's own method and the path below the endpoint (`rest`, with the
+/// request's `query`: Envoy).
+///
+/// A description in two conventions at once is refused: front proxies pass
+/// the client's own headers to the auth request, so a client behind nginx
+/// can add `X-Forwarded-Uri` (or one behind Caddy `X-Original-URI`, or one
+/// behind Envoy either) to have another request decided than the one that
+/// is proxied.
 pub fn describe<'a>(
     headers: &'a HeaderMap,
     own_method: &Method,
     rest: &'a str,
     query: Option<&'a str>,
 ) -> Result<Described<'a>, DescribeError> {
+    let forwarded = headers.contains_key(&X_FORWARDED_METHOD) || headers.contains_key(&X_FORWARDED_URI);
+    let original = headers.contains_key(&X_ORIGINAL_METHOD) || headers.contains_key(&X_ORIGINAL_URI);
+    match (forwarded, original, rest.is_empty()) {
+        (true, true, _) => {
+            return Err(DescribeError::Mixed(
+                "X-Forwarded-Method/-Uri and X-Original-Method/-URI",
+            ))
+        }
+        (true, false, false) => {
+            return Err(DescribeError::Mixed(
+                "X-Forwarded-Method/-Uri and a path below the endpoint",
+            ))
+        }
+        (false, true, false) => {
+            return Err(DescribeError::Mixed(
+                "X-Original-Method/-URI and a path below the endpoint",
+            ))
+        }
+        _ => {}
+    }
     let method = match single(headers, &X_FORWARDED_METHOD, "X-Forwarded-Method")? {
         Some(m) => Some((m, "X-Forwarded-Method")),
         None => single(headers, &X_ORIGINAL_METHOD, "X-Original-Method")?.map(|m| (m, "X-Original-Method")),

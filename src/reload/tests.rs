@@ -55,6 +55,18 @@ fn the_mail_endpoint_waits_for_a_restart() {
     assert_eq!(restart_keys(&on, &moved), vec!["[mail_auth] and [[mail_backend]]"]);
     assert_eq!(effective(&on, &moved).mail, on.mail, "the running endpoint stays");
     assert!(restart_keys(&on, &on.clone()).is_empty());
+    // A backend moved leaves the endpoint where the routes were checked
+    // against it; the endpoint itself turned on, off or moved does not.
+    assert_eq!(endpoint_moved(&on, &moved), None);
+    assert_eq!(endpoint_moved(&off, &on), Some("mail_auth.path"));
+    assert_eq!(endpoint_moved(&on, &off), Some("mail_auth.path"));
+    let elsewhere = config(
+        dir.path(),
+        "[mail_auth]\npath = \"/_fedgate/mail2\"\n[[mail_backend]]\nprotocol = \"imap\"\naddress = \"127.0.0.1:1143\"",
+    );
+    assert_eq!(endpoint_moved(&on, &elsewhere), Some("mail_auth.path"));
+    let forward = config(dir.path(), "[forward_auth]\npath = \"/_fedgate/auth\"");
+    assert_eq!(endpoint_moved(&off, &forward), Some("forward_auth.path"));
 }
 
 #[test]

@@ -35,7 +35,6 @@ path = "/_fedgate/mail"
 [[mail_backend]]
 protocol = "imap"
 address = "127.0.0.1:1143"
-password_file = "config/imap.password"
 
 [[mail_backend]]
 protocol = "smtp"
@@ -53,9 +52,18 @@ realm = "onprem"
     assert_eq!(m.wait, Duration::from_secs(2));
     let imap = m.backend(MailProtocol::Imap).unwrap();
     assert_eq!(imap.realm, Realm::Cloud);
-    assert_eq!(imap.password_file.as_deref(), Some(Path::new("config/imap.password")));
+    assert_eq!(imap.password_file, None);
     assert_eq!(m.backend(MailProtocol::Smtp).unwrap().realm, Realm::Onprem);
     assert_eq!(m.backend(MailProtocol::Pop3), None);
+
+    // A backend secret needs the caller secret and the canonical user.
+    let c = parse(
+        "[mail_auth]\npath = \"/m\"\nsecret_file = \"s\"\nrewrite_user = true\n\
+         [[mail_backend]]\nprotocol = \"imap\"\naddress = \"127.0.0.1:1143\"\npassword_file = \"config/imap.password\"\n",
+    )
+    .unwrap();
+    let imap = c.mail.unwrap().backend(MailProtocol::Imap).unwrap().clone();
+    assert_eq!(imap.password_file.as_deref(), Some(Path::new("config/imap.password")));
 }
 
 #[test]
@@ -76,6 +84,22 @@ fn bad_values_name_their_key() {
         (
             "[mail_auth]\npath = \"/microsoft-server-activesync\"\n",
             "mail_auth.path: \"/microsoft-server-activesync\" is route[0].path too",
+        ),
+        (
+            "[mail_auth]\npath = \"/m\"\nrewrite_user = true\n[[mail_backend]]\nprotocol = \"imap\"\naddress = \"127.0.0.1:1\"\npassword_file = \"p\"\n",
+            "mail_backend[0].password_file: the backend's secret would be answered to whoever calls the endpoint",
+        ),
+        (
+            "[mail_auth]\npath = \"/m\"\nsecret_file = \"s\"\n[[mail_backend]]\nprotocol = \"imap\"\naddress = \"127.0.0.1:1\"\npassword_file = \"p\"\n",
+            "mail_backend[0].password_file: with the backend's secret, the backend must be told the canonical user",
+        ),
+        (
+            "[mail_auth]\npath = \"/m\"\nsecret_file = \"s\"\nsecret_header = \"Auth-Pass\"\n",
+            "mail_auth.secret_header: \"Auth-Pass\" is a header nginx sends",
+        ),
+        (
+            "[mail_auth]\npath = \"/m\"\nsecret_file = \"s\"\nsecret_header = \"Client-IP\"\n",
+            "mail_auth.secret_header: \"Client-IP\" is a header nginx sends",
         ),
         (
             "[forward_auth]\npath = \"/_fedgate\"\n[mail_auth]\npath = \"/_Fedgate/mail\"\n",

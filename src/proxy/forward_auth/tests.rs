@@ -12,14 +12,9 @@ fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
 }
 
 #[test]
-fn forwarded_headers_win_over_original_ones_and_the_request_itself() {
-    let h = headers(&[
-        ("x-forwarded-method", "PROPFIND"),
-        ("x-original-method", "DELETE"),
-        ("x-forwarded-uri", "/dav/a?x=1"),
-        ("x-original-uri", "/other"),
-    ]);
-    let d = describe(&h, &Method::GET, "/envoy", None).unwrap();
+fn each_convention_describes_on_its_own() {
+    let h = headers(&[("x-forwarded-method", "PROPFIND"), ("x-forwarded-uri", "/dav/a?x=1")]);
+    let d = describe(&h, &Method::GET, "", None).unwrap();
     assert_eq!(d.method.as_str(), "PROPFIND");
     assert_eq!(d.uri, "/dav/a?x=1");
     assert_eq!(d.split(), ("/dav/a", Some("x=1")));
@@ -27,6 +22,39 @@ fn forwarded_headers_win_over_original_ones_and_the_request_itself() {
     let h = headers(&[("x-original-method", "POST"), ("x-original-uri", "/mail/sync")]);
     let d = describe(&h, &Method::GET, "", None).unwrap();
     assert_eq!((d.method.as_str(), &*d.uri), ("POST", "/mail/sync"));
+}
+
+/// A client behind nginx (which sets X-Original-*) adding X-Forwarded-Uri,
+/// one behind Caddy adding X-Original-URI, or one behind Envoy adding
+/// either: never decided, whichever family it is.
+#[test]
+fn a_description_in_two_conventions_is_refused() {
+    let mixes: [(&[(&str, &str)], &str); 5] = [
+        (
+            &[
+                ("x-original-method", "GET"),
+                ("x-original-uri", "/mail"),
+                ("x-forwarded-uri", "/public"),
+            ],
+            "",
+        ),
+        (&[("x-original-uri", "/mail"), ("x-forwarded-method", "GET")], ""),
+        (
+            &[
+                ("x-forwarded-method", "GET"),
+                ("x-forwarded-uri", "/mail"),
+                ("x-original-uri", "/public"),
+            ],
+            "",
+        ),
+        (&[("x-forwarded-uri", "/public")], "/mail"),
+        (&[("x-original-method", "GET")], "/mail"),
+    ];
+    for (pairs, rest) in mixes {
+        let err = describe(&headers(pairs), &Method::GET, rest, None).unwrap_err();
+        assert!(matches!(err, DescribeError::Mixed(_)), "{pairs:?} {rest:?}: {err}");
+        assert_eq!(err.reason(), "forward_auth_bad_description");
+    }
 }
 
 #[test]
