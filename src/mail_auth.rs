@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{HeaderMap, HeaderValue, Response, StatusCode};
+use http::{HeaderMap, HeaderValue, Response};
 use ipnet::IpNet;
 use zeroize::Zeroizing;
 
@@ -35,7 +35,7 @@ use crate::key_file::{open_private, PrivateFileError};
 use crate::model::Secret;
 use crate::proxy::body::{self, AccessRecord, ProxyBody};
 use crate::proxy::caller::{CallerSecret, CallerSecretError};
-use crate::proxy::error::text_response;
+use crate::proxy::error::ProxyError;
 use crate::proxy::forward::{canonical_ip, ClientInfo};
 use crate::telemetry::RouteMetrics;
 
@@ -421,7 +421,7 @@ impl MailAuth {
                     header = %secret.header(),
                     "mail auth_http call without the mail_auth.secret_file secret: refused"
                 );
-                return text_response(StatusCode::FORBIDDEN, "403 Forbidden\n");
+                return ProxyError::CallerRefused.into_response();
             }
         }
         let request = read_request(headers);

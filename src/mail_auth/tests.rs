@@ -1,5 +1,6 @@
 use super::*;
 use http::HeaderValue;
+use http::StatusCode;
 
 fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
     let mut h = HeaderMap::new();

@@ -62,7 +62,9 @@ async fn a_backup_taken_under_writes_restores_into_a_working_server() {
             n
         })
     };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while written.load(Ordering::Acquire) < 2 {
+        assert!(std::time::Instant::now() < deadline, "the sign-in load never got going");
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     let target = first.dir.path().join("backup.db");
