@@ -159,9 +159,30 @@ pub enum DirectoryKind {
     ActiveDirectory,
 }
 
+/// `[sync] mode`: how directory changes reach fedgate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncMode {
+    /// Told by the directory as changes happen (RFC 4533 content
+    /// synchronisation on OpenLDAP, change notifications on AD), where the
+    /// directory supports it; passes every `interval` otherwise.
+    Push,
+    /// Incremental passes every `interval`.
+    Poll,
+}
+
+impl SyncMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SyncMode::Push => "push",
+            SyncMode::Poll => "poll",
+        }
+    }
+}
+
 /// `[sync]`: carrying directory changes into the store.
 #[derive(Debug, Clone)]
 pub struct SyncConfig {
+    pub mode: SyncMode,
     /// Between incremental passes.
     pub interval: Duration,
     /// Between full reconciliations (which find deletions).
@@ -1030,6 +1051,7 @@ fn sync(s: Option<file::SyncFile>, directory: Option<&DirectoryConfig>) -> Resul
     }
     let s = s.unwrap_or(file::SyncFile {
         enabled: None,
+        mode: None,
         interval: None,
         full_every: None,
         change_attribute: None,
@@ -1067,7 +1089,18 @@ fn sync(s: Option<file::SyncFile>, directory: Option<&DirectoryConfig>) -> Resul
             format!("a share between 0.0 and 1.0 (0.10 is 10%), got {max_change_share}"),
         ));
     }
+    let mode = match s.mode.as_deref().map(str::trim) {
+        None | Some("push") => SyncMode::Push,
+        Some("poll") => SyncMode::Poll,
+        Some(other) => {
+            return Err(ConfigError::invalid(
+                "sync.mode",
+                format!("expected \"push\" or \"poll\", got \"{other}\""),
+            ))
+        }
+    };
     Ok(Some(SyncConfig {
+        mode,
         interval: duration("sync.interval", s.interval.as_deref(), "60s")?,
         full_every: duration("sync.full_every", s.full_every.as_deref(), "15m")?,
         change_attribute: attribute(

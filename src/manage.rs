@@ -22,7 +22,7 @@ use crate::model::{
     AdminEvent, AppPassword, AppPasswordLimits, AppPasswordName, AuditRecord, Clock, MfaState, Secret, Settings, Upn,
     User, UserSource,
 };
-use crate::store::{AuditFilter, BulkApplied, LineError, StateLine, Store, StoreError, SyncLead, SyncPass};
+use crate::store::{AuditFilter, BulkApplied, LineError, PushStatus, StateLine, Store, StoreError, SyncLead, SyncPass};
 
 /// Most users one page of a listing holds.
 pub const MAX_PAGE: u32 = 1000;
@@ -250,9 +250,19 @@ pub struct SyncStatus {
     pub leader: Option<SyncLead>,
     pub incremental: Option<SyncPass>,
     pub full: Option<SyncPass>,
-    /// Seconds since the last completed pass.
+    /// Seconds since the store was last known current with the directory:
+    /// the last completed pass, or the last heartbeat of a connected push
+    /// search.
     pub lag_seconds: Option<i64>,
+    /// Push sync's persistent search, as its node last reported it; `None`
+    /// when no node ever ran one (`[sync] mode = "poll"`). A report older
+    /// than [`PUSH_REPORT_STALE_MS`] is shown as not connected.
+    pub push: Option<PushStatus>,
 }
+
+/// How old a push sync report may be before it is taken as from a node
+/// that is gone (the search reports at least every 5 s).
+pub const PUSH_REPORT_STALE_MS: i64 = 30_000;
 
 /// Which sign-in records [`Manager::signins`] returns, as an operator
 /// writes them.
@@ -829,11 +839,27 @@ impl Manager {
         let now = self.clock.now_ms();
         let last_completed = self.store.last_completed_sync_at().await?;
         let leader = self.store.sync_lead().await?.filter(|lead| lead.until > now);
+        let push = self.store.push_status().await?.map(|mut push| {
+            if push.connected && now - push.updated_at > PUSH_REPORT_STALE_MS {
+                push.connected = false;
+                push.error = Some(format!(
+                    "no report from {} for {} s",
+                    push.node,
+                    (now - push.updated_at) / 1000
+                ));
+            }
+            push
+        });
+        let current_at = match push.as_ref().filter(|p| p.connected) {
+            Some(p) => Some(last_completed.map_or(p.updated_at, |at| at.max(p.updated_at))),
+            None => last_completed,
+        };
         Ok(SyncStatus {
             leader,
-            lag_seconds: last_completed.map(|at| (now - at).max(0) / 1000),
+            lag_seconds: current_at.map(|at| (now - at).max(0) / 1000),
             incremental,
             full,
+            push,
         })
     }
 

@@ -137,6 +137,7 @@ pub trait Store:
     + ChangeFeed
     + SyncStore
     + SyncLease
+    + PushStore
     + SessionStore
     + AuditStore
     + LockoutStore
@@ -328,8 +329,10 @@ pub trait ChangeFeed: Send + Sync {
     /// so a server reads the feed at once instead of at its next poll:
     /// PostgreSQL's `LISTEN`/`NOTIFY` on [`CHANGES_CHANNEL`]. Also notified
     /// when the listening connection comes back after a loss, since
-    /// announcements made meanwhile were not heard. `None` where polling is
-    /// the only way (SQLite).
+    /// announcements made meanwhile were not heard. SQLite has no such
+    /// channel: it is notified when this process applied directory
+    /// changes (the sync's own writes), and other processes' writes wait
+    /// for the poll. `None` where polling is the only way.
     fn change_signal(&self) -> Option<Arc<tokio::sync::Notify>> {
         None
     }
@@ -389,6 +392,59 @@ pub trait SyncLease: Send + Sync {
     /// Gives the lead up (a node shutting down), so another node takes it
     /// at its next try instead of waiting for it to run out.
     fn release_sync_lead<'a>(&'a self, node: &'a str) -> StoreFuture<'a, ()>;
+}
+
+/// What the persistent search of push sync keeps in the store: where it
+/// resumes, and how it is doing (for `fedgate sync status`, read by
+/// processes other than the sync leader's).
+pub trait PushStore: Send + Sync {
+    /// Where the persistent search resumes; `None` when it must start
+    /// from scratch.
+    fn push_cookie(&self) -> StoreFuture<'_, Option<PushCookie>>;
+
+    /// Saves (or, with `None`, forgets) the resume point. Saved after the
+    /// changes up to it are applied, so a crash in between replays them
+    /// (every change being idempotent) and never skips one.
+    fn save_push_cookie<'a>(&'a self, cookie: Option<&'a PushCookie>) -> StoreFuture<'a, ()>;
+
+    fn record_push_status<'a>(&'a self, status: &'a PushStatus) -> StoreFuture<'a, ()>;
+
+    /// The last status a leader reported; `None` when none ever did.
+    fn push_status(&self) -> StoreFuture<'_, Option<PushStatus>>;
+}
+
+/// An RFC 4533 sync cookie, and the server that gave it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PushCookie {
+    pub value: Vec<u8>,
+    pub server: String,
+}
+
+/// The persistent search of push sync, as its node last reported it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct PushStatus {
+    /// The node holding (or trying to hold) the persistent search.
+    pub node: String,
+    /// `syncrepl` (RFC 4533) or `notification` (AD).
+    pub method: String,
+    /// The server it is connected to, or was last.
+    pub server: Option<String>,
+    pub connected: bool,
+    /// Connected since, or down since (unix ms; RFC 3339 when serialised).
+    #[serde(serialize_with = "crate::model::ser_opt_time")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub since: Option<i64>,
+    /// When the directory last told of a change.
+    #[serde(serialize_with = "crate::model::ser_opt_time")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub last_change_at: Option<i64>,
+    /// When this status was written; a status much older than the
+    /// heartbeat is from a node that is gone.
+    #[serde(serialize_with = "crate::model::ser_time")]
+    #[schema(value_type = String, format = DateTime)]
+    pub updated_at: i64,
+    /// Why it is down, when it is.
+    pub error: Option<String>,
 }
 
 /// Which node leads the directory sync (see [`SyncLease::take_sync_lead`]).

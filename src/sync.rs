@@ -20,12 +20,14 @@
 //! with a full pass at once.
 
 pub mod plan;
+mod push;
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::config::{DirectoryKind, SyncConfig};
+use crate::config::{DirectoryKind, SyncConfig, SyncMode};
 use crate::directory::client::{attribute, LdapDirectory, SyncSession};
 use crate::directory::template::Template;
 use crate::directory::DirectoryError;
@@ -91,8 +93,21 @@ pub struct Syncer {
     holder: String,
     last_full: Mutex<Option<Instant>>,
     lead: Mutex<Lead>,
-    /// Notified when this node takes the lead, so it runs a pass at once.
-    lead_taken: Arc<tokio::sync::Notify>,
+    /// Runs a scheduled pass at once: notified when this node takes the
+    /// lead, when the push connection goes down, and when AD notifies a
+    /// change.
+    wake: Arc<tokio::sync::Notify>,
+    /// An incremental pass is wanted even though push sync is up (an AD
+    /// notification, a push connection that just went down).
+    pass_wanted: AtomicBool,
+    /// A full pass is wanted at the next wake (push sync was told of a
+    /// deletion it cannot match without `entryUUID` anchors).
+    full_wanted: AtomicBool,
+    /// One pass or push batch at a time in this process (the store's lease
+    /// keeps other processes out; this process holds it under one name).
+    applying: tokio::sync::Mutex<()>,
+    /// Push sync's state on this node.
+    push: Mutex<push::PushState>,
     /// AD: whether the service account could read `CN=Deleted Objects`
     /// when last checked (each full pass), so a change is logged once.
     tombstones_readable: Mutex<Option<bool>>,
@@ -113,7 +128,11 @@ impl Syncer {
             holder: crate::model::this_node(),
             last_full: Mutex::new(None),
             lead: Mutex::new(Lead::default()),
-            lead_taken: Arc::new(tokio::sync::Notify::new()),
+            wake: Arc::new(tokio::sync::Notify::new()),
+            pass_wanted: AtomicBool::new(false),
+            full_wanted: AtomicBool::new(false),
+            applying: tokio::sync::Mutex::new(()),
+            push: Mutex::new(push::PushState::default()),
             tombstones_readable: Mutex::new(None),
         }
     }
@@ -121,6 +140,7 @@ impl Syncer {
     /// Runs one pass unless another process holds the lease; with `wait`,
     /// waits up to a minute for it first.
     pub async fn run(&self, kind: PassKind, force: bool, wait: bool) -> Result<SyncPass, Busy> {
+        let _applying = self.applying.lock().await;
         let started = Instant::now();
         loop {
             let until = self.clock.now_ms() + LEASE.as_millis() as i64;
@@ -510,7 +530,7 @@ impl Syncer {
                     metrics::gauge!("fedgate_sync_leader", "node" => self.holder.clone()).set(1.0);
                     metrics::gauge!("fedgate_sync_leader_since_seconds", "node" => self.holder.clone())
                         .set(now as f64 / 1000.0);
-                    self.lead_taken.notify_one();
+                    self.wake.notify_one();
                 }
             }
             Ok(false) => {
@@ -569,18 +589,24 @@ impl Syncer {
         };
         let this = Arc::clone(self);
         let stop = shutdown.clone();
-        let wake = Some(Arc::clone(&self.lead_taken));
+        let wake = Some(Arc::clone(&self.wake));
         let passes = Job::every_or_when("sync", this.config.interval, wake, shutdown.clone(), move || {
             let (this, stop) = (Arc::clone(&this), stop.clone());
             async move {
                 if !this.leading() {
                     return;
                 }
-                let kind = if this.full_due() {
+                let wanted = this.pass_wanted.swap(false, Ordering::SeqCst);
+                let kind = if this.full_due() || this.full_wanted.swap(false, Ordering::SeqCst) {
                     PassKind::Full
                 } else {
                     PassKind::Incremental
                 };
+                // While the directory pushes its changes, incremental
+                // passes run only when a notification asks for one.
+                if kind == PassKind::Incremental && this.push_up() && !wanted {
+                    return;
+                }
                 // A pass cut short by shutdown has applied whole batches
                 // only (each is one transaction); the next one redoes the
                 // rest. The lease is handed back so a restart need not wait.
@@ -594,12 +620,24 @@ impl Syncer {
                 }
             }
         });
+        let mut jobs = vec![lead, passes];
+        match self.config.mode {
+            SyncMode::Push => jobs.push(self.start_push(shutdown)),
+            SyncMode::Poll => tracing::info!(
+                mode = "poll",
+                method = "none",
+                reason = "sync.mode = \"poll\"",
+                interval = ?self.config.interval,
+                "sync mode"
+            ),
+        }
         let this = Arc::clone(self);
         let status = Job::now_and_every("sync.status", this.config.interval, shutdown.clone(), move || {
             let this = Arc::clone(&this);
             async move { this.publish_status().await }
         });
-        vec![lead, passes, status]
+        jobs.push(status);
+        jobs
     }
 
     /// Shows the newest passes in the store (whichever node ran them) in
@@ -614,8 +652,13 @@ impl Syncer {
             }
             Err(err) => tracing::debug!(error = %err, "cannot read the last sync passes for the metrics"),
         }
-        if let Ok(Some(at)) = self.store.last_completed_sync_at().await {
-            crate::telemetry::sync_completed_at(at);
+        // A persistent search that is up holds the store as current as a
+        // pass that just completed would.
+        let pushed = self.push_current_at();
+        match (self.store.last_completed_sync_at().await, pushed) {
+            (Ok(at), Some(pushed)) => crate::telemetry::sync_completed_at(at.unwrap_or(0).max(pushed)),
+            (Ok(Some(at)), None) => crate::telemetry::sync_completed_at(at),
+            _ => {}
         }
     }
 }

@@ -137,6 +137,14 @@ fn describe() {
         Unit::Seconds,
         "How long the newest pass of each kind took."
     );
+    describe_counter!(
+        "fedgate_sync_changes_received_total",
+        "Changes the directory pushed to this node (push sync), by kind (add, modify, rename, delete)."
+    );
+    describe_gauge!(
+        "fedgate_sync_push_connected",
+        "1 while this node's persistent search (push sync) is connected and caught up, else 0."
+    );
     describe_gauge!(
         "fedgate_sync_leader",
         "1 while this node leads the sync (schedules the passes), else 0."
@@ -293,7 +301,26 @@ fn preset(config: &Config) {
             }
             metrics::gauge!("fedgate_sync_last_pass_duration_seconds", "kind" => kind).set(0.0);
         }
+        metrics::gauge!("fedgate_sync_push_connected").set(0.0);
+        for kind in PUSH_CHANGE_KINDS {
+            metrics::counter!("fedgate_sync_changes_received_total", "kind" => *kind).absolute(0);
+        }
     }
+}
+
+/// The `kind` labels of `fedgate_sync_changes_received_total`.
+pub const PUSH_CHANGE_KINDS: &[&str] = &["add", "modify", "rename", "delete"];
+
+/// Changes the directory pushed, by kind (one of [`PUSH_CHANGE_KINDS`]).
+pub fn sync_changes_received(kind: &'static str, count: usize) {
+    if count > 0 {
+        metrics::counter!("fedgate_sync_changes_received_total", "kind" => kind).increment(count as u64);
+    }
+}
+
+/// Whether this node's persistent search is connected and caught up.
+pub fn sync_push_connected(connected: bool) {
+    metrics::gauge!("fedgate_sync_push_connected").set(if connected { 1.0 } else { 0.0 });
 }
 
 /// The request counters and duration histogram of one route, made once

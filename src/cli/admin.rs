@@ -683,9 +683,10 @@ pub async fn sync(ctx: &Ctx, cmd: crate::cli::SyncCommand) -> Result<(), Command
                     }
                 }
                 match status.lag_seconds {
-                    Some(lag) => outln!("lag          {lag} s since the last completed pass"),
+                    Some(lag) => outln!("lag          {lag} s since the store was last known current"),
                     None => outln!("lag          no pass has completed yet"),
                 }
+                outln!("{}", push_line(sync.mode, status.push.as_ref()));
                 match &status.leader {
                     Some(lead) => outln!("leader       {} since {}", lead.node, time(lead.since)),
                     None => outln!("leader       none (no fedgate serve with [sync] is running)"),
@@ -693,6 +694,39 @@ pub async fn sync(ctx: &Ctx, cmd: crate::cli::SyncCommand) -> Result<(), Command
             });
             Ok(())
         }
+    }
+}
+
+/// The `push` line of `fedgate sync status`.
+fn push_line(mode: crate::config::SyncMode, push: Option<&crate::store::PushStatus>) -> String {
+    let last = |p: &crate::store::PushStatus| match p.last_change_at {
+        Some(at) => time(at),
+        None => "never".into(),
+    };
+    match (mode, push) {
+        (crate::config::SyncMode::Poll, _) => "push         off (sync.mode = \"poll\")".into(),
+        (_, None) => "push         not started (no fedgate serve with [sync] has run push sync)".into(),
+        (_, Some(p)) if p.method == "none" => format!(
+            "push         unsupported by the directory{}: polling every interval",
+            p.server.as_deref().map(|s| format!(" ({s})")).unwrap_or_default()
+        ),
+        (_, Some(p)) if p.connected => format!(
+            "push         connected ({}) to {} since {} on {}; last change {}{}",
+            p.method,
+            p.server.as_deref().unwrap_or("?"),
+            p.since.map(time).unwrap_or_default(),
+            p.node,
+            last(p),
+            p.error.as_deref().map(|e| format!("; {e}")).unwrap_or_default()
+        ),
+        (_, Some(p)) => format!(
+            "push         down ({}) since {} on {}: polling every interval; last change {}{}",
+            p.method,
+            p.since.map(time).unwrap_or_default(),
+            p.node,
+            last(p),
+            p.error.as_deref().map(|e| format!("; {e}")).unwrap_or_default()
+        ),
     }
 }
 

@@ -131,6 +131,7 @@ pub struct PortalFile {
 #[serde(deny_unknown_fields)]
 pub struct SyncFile {
     pub enabled: Option<bool>,
+    pub mode: Option<String>,
     pub interval: Option<String>,
     pub full_every: Option<String>,
     pub change_attribute: Option<String>,

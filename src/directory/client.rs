@@ -38,6 +38,8 @@ use crate::config::{DirectoryBind, DirectoryConfig};
 use crate::model::{DirectoryAttributes, FederatedUser, Secret, Upn};
 use crate::telemetry;
 
+pub mod push;
+
 /// LDAP result codes this client tells apart.
 mod rc {
     pub const SUCCESS: u32 = 0;

@@ -27,7 +27,9 @@
 //!   target (two databases that now part ways) are never taken for one
 //!   store;
 //! - the sync lease and the sync lead: their holders are processes of the
-//!   source's site, whose names mean nothing to the target's nodes;
+//!   source's site, whose names mean nothing to the target's nodes; and
+//!   the push sync's status, which those processes report (its resume
+//!   cookie is copied, like the sync mark);
 //! - the lockout events: counts of the last hours, which the target's
 //!   nodes start afresh, as after a restart of every node;
 //! - the schema version: opening brings both stores to this fedgate's
@@ -175,7 +177,12 @@ pub const TABLES: &[Table] = &[
         key: "id",
         identity: false,
         singleton: true,
-        columns: &[("mark", Text), ("mark_server", Text)],
+        columns: &[
+            ("mark", Text),
+            ("mark_server", Text),
+            ("push_cookie", Text),
+            ("push_cookie_server", Text),
+        ],
     },
     Table {
         name: "sync_passes",
@@ -274,7 +281,8 @@ pub const TABLES: &[Table] = &[
 pub const LEFT_OUT_TABLES: &[&str] = &["changes", "store_meta", "schema_version", "lockout_events"];
 
 /// Columns of copied tables a copy leaves behind: the one-row tables' `id`
-/// (always 1), the sync lease and the sync lead (see the module doc).
+/// (always 1), the sync lease, the sync lead and the push status (see the
+/// module doc).
 pub const LEFT_OUT_COLUMNS: &[(&str, &str)] = &[
     ("settings", "id"),
     ("sync_state", "id"),
@@ -283,6 +291,14 @@ pub const LEFT_OUT_COLUMNS: &[(&str, &str)] = &[
     ("sync_state", "leader"),
     ("sync_state", "leader_since"),
     ("sync_state", "leader_until"),
+    ("sync_state", "push_node"),
+    ("sync_state", "push_method"),
+    ("sync_state", "push_server"),
+    ("sync_state", "push_connected"),
+    ("sync_state", "push_since"),
+    ("sync_state", "push_last_change_at"),
+    ("sync_state", "push_updated_at"),
+    ("sync_state", "push_error"),
 ];
 
 /// A consistent view of a store being copied from: what every table held

@@ -29,9 +29,10 @@ use sqlx::{Postgres, QueryBuilder, Row, Transaction};
 
 use super::{
     AdminEventStore, AppPasswordStore, AppliedChanges, AuditFilter, AuditStore, BulkApplied, Change, ChangeFeed,
-    ChangeKind, DirectoryChange, LastUsed, NewAppPassword, NewTotp, OpenMode, PortalSession, SessionStore,
-    SettingsStore, StateLine, Store, StoreAccess, StoreError, StoreFuture, StoredTotp, SyncLead, SyncLease, SyncMark,
-    SyncPass, SyncStore, TotpLimit, TotpStore, UpsertOutcome, Upserted, UserStore, LOCKOUT_CHANNEL,
+    ChangeKind, DirectoryChange, LastUsed, NewAppPassword, NewTotp, OpenMode, PortalSession, PushCookie, PushStatus,
+    PushStore, SessionStore, SettingsStore, StateLine, Store, StoreAccess, StoreError, StoreFuture, StoredTotp,
+    SyncLead, SyncLease, SyncMark, SyncPass, SyncStore, TotpLimit, TotpStore, UpsertOutcome, Upserted, UserStore,
+    LOCKOUT_CHANNEL,
 };
 use crate::app_password::MAX_APP_PASSWORDS_PER_USER;
 use crate::model::{
@@ -89,6 +90,7 @@ const MIGRATIONS: &[Migration] = migrations![
     12 "enrolment_notices" "postgres/migrations/0012_enrolment_notices.sql",
     13 "admin_events" "postgres/migrations/0013_admin_events.sql",
     14 "app_password_limits" "postgres/migrations/0014_app_password_limits.sql",
+    15 "sync_push" "postgres/migrations/0015_sync_push.sql",
 ];
 
 /// The advisory lock (transaction-scoped) that writers of the change feed

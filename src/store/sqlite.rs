@@ -26,9 +26,9 @@ use sqlx::{QueryBuilder, Row, Sqlite, Transaction};
 
 use super::{
     AdminEventStore, AppPasswordStore, AppliedChanges, AuditFilter, AuditStore, BulkApplied, Change, ChangeFeed,
-    ChangeKind, DirectoryChange, LastUsed, NewAppPassword, NewTotp, OpenMode, PortalSession, SessionStore,
-    SettingsStore, StateLine, Store, StoreError, StoreFuture, StoredTotp, SyncLead, SyncLease, SyncMark, SyncPass,
-    SyncStore, TotpLimit, TotpStore, UpsertOutcome, Upserted, UserStore,
+    ChangeKind, DirectoryChange, LastUsed, NewAppPassword, NewTotp, OpenMode, PortalSession, PushCookie, PushStatus,
+    PushStore, SessionStore, SettingsStore, StateLine, Store, StoreError, StoreFuture, StoredTotp, SyncLead, SyncLease,
+    SyncMark, SyncPass, SyncStore, TotpLimit, TotpStore, UpsertOutcome, Upserted, UserStore,
 };
 use crate::app_password::MAX_APP_PASSWORDS_PER_USER;
 use crate::model::{
@@ -87,6 +87,7 @@ const MIGRATIONS: &[Migration] = migrations![
     12 "enrolment_notices" "migrations/0012_enrolment_notices.sql",
     13 "admin_events" "migrations/0013_admin_events.sql",
     14 "app_password_limits" "migrations/0014_app_password_limits.sql",
+    15 "sync_push" "migrations/0015_sync_push.sql",
 ];
 
 /// Several processes share the file; a writer waits this long for another
@@ -153,6 +154,10 @@ pub struct SqliteStore {
     /// connections still read the old file, so nothing they say is true of
     /// the store any more.
     lost: std::sync::OnceLock<String>,
+    /// Notified after this process applied directory changes, so its
+    /// sign-in view picks them up at once instead of at the next poll of
+    /// the change feed (other processes' writes are found by that poll).
+    changed: Arc<tokio::sync::Notify>,
 }
 
 impl fmt::Debug for SqliteStore {
@@ -255,6 +260,7 @@ impl SqliteStore {
             file,
             store_id,
             lost: std::sync::OnceLock::new(),
+            changed: Arc::new(tokio::sync::Notify::new()),
         })
     }
 

@@ -92,6 +92,19 @@ impl Fixture {
     }
 }
 
+/// Takes schema 15 (push sync) back out of a SQLite store, for tests that
+/// rebuild what an older fedgate left.
+pub(crate) const UNDO_SYNC_PUSH: &str = "ALTER TABLE sync_state DROP COLUMN push_cookie;
+     ALTER TABLE sync_state DROP COLUMN push_cookie_server;
+     ALTER TABLE sync_state DROP COLUMN push_node;
+     ALTER TABLE sync_state DROP COLUMN push_method;
+     ALTER TABLE sync_state DROP COLUMN push_server;
+     ALTER TABLE sync_state DROP COLUMN push_connected;
+     ALTER TABLE sync_state DROP COLUMN push_since;
+     ALTER TABLE sync_state DROP COLUMN push_last_change_at;
+     ALTER TABLE sync_state DROP COLUMN push_updated_at;
+     ALTER TABLE sync_state DROP COLUMN push_error;";
+
 fn new_app_password(user: UserId, name: &str, n: u32) -> NewAppPassword {
     let mut tag = [0u8; 32];
     tag[..4].copy_from_slice(&n.to_be_bytes());
@@ -1782,6 +1795,7 @@ async fn app_passwords_from_before_limits_come_through_the_upgrade_unlimited() {
     .execute(&pool)
     .await
     .unwrap();
+    sqlx::raw_sql(UNDO_SYNC_PUSH).execute(&pool).await.unwrap();
     pool.close().await;
     let store = f.open_again().await;
     let listed = store.list_app_passwords(user.id).await.unwrap();

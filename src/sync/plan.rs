@@ -27,14 +27,22 @@ pub struct Plan {
 pub struct Guard {
     pub disables: usize,
     pub deletes: usize,
+    /// Disables and deletions push sync applied shortly before (see
+    /// [`Plan::guard_after`]).
+    pub recent: usize,
     pub synced_users: usize,
     pub limit: usize,
 }
 
 impl Guard {
     pub fn message(&self) -> String {
+        let recent = if self.recent > 0 {
+            format!(", after {} disabled or deleted shortly before", self.recent)
+        } else {
+            String::new()
+        };
         format!(
-            "stopped by the mass-change guard: the pass would disable {} and delete {} of {} synced users \
+            "stopped by the mass-change guard: the pass would disable {} and delete {} of {} synced users{recent} \
              (more than {}); nothing was changed. Check directory.base_dn and the filters; if the change is \
              intended, run `fedgate sync run --force`",
             self.disables, self.deletes, self.synced_users, self.limit
@@ -46,14 +54,36 @@ impl Plan {
     /// The guard's verdict: `Some` when the pass would disable or delete
     /// more than `share` of the synced users and more than `floor` users.
     pub fn guard(&self, share: f64, floor: usize) -> Option<Guard> {
+        self.guard_after(0, share, floor)
+    }
+
+    /// Like [`Plan::guard`], counting `recent` disables and deletions
+    /// already applied: push sync applies changes as they come, so a mass
+    /// change arrives as many small plans that only add up past the limit.
+    pub fn guard_after(&self, recent: usize, share: f64, floor: usize) -> Option<Guard> {
         let limit = ((self.synced_users as f64 * share).floor() as usize).max(floor);
-        (self.disables + self.deletes > limit).then_some(Guard {
+        (recent + self.disables + self.deletes > limit).then_some(Guard {
             disables: self.disables,
             deletes: self.deletes,
+            recent,
             synced_users: self.synced_users,
             limit,
         })
     }
+}
+
+/// The anchors of live federated users that a refresh's present phase
+/// did not name (as present, changed or added): gone from the directory.
+/// Users without an anchor cannot be told apart this way and are left to
+/// the full passes.
+pub fn absent(existing: &[User], named: &HashSet<String>) -> Vec<String> {
+    existing
+        .iter()
+        .filter(|u| u.source == UserSource::Federated && !u.deleted)
+        .filter_map(|u| u.directory.as_ref().and_then(|d| d.anchor.as_deref()))
+        .filter(|anchor| !named.contains(&anchor.to_ascii_lowercase()))
+        .map(str::to_owned)
+        .collect()
 }
 
 /// Matches the directory's users to the store's (by anchor, then UPN) and
@@ -278,5 +308,44 @@ mod tests {
         let small = &existing[..5];
         assert!(plan(true, small, Vec::new(), &[], false).guard(0.10, 10).is_none());
         assert!(plan(true, small, Vec::new(), &[], false).guard(0.10, 2).is_some());
+    }
+
+    #[test]
+    fn the_guard_counts_what_push_applied_shortly_before() {
+        let users: Vec<FederatedUser> = (0..100).map(|i| found(&format!("u{i}"), true)).collect();
+        let existing: Vec<User> = users.iter().enumerate().map(|(i, u)| stored(i as i64 + 1, u)).collect();
+        // One more disable, as push sync sees a mass change: one at a time.
+        let one = vec![FederatedUser {
+            enabled: false,
+            ..users[0].clone()
+        }];
+        let plan = plan(false, &existing, one, &[], false);
+        assert_eq!(plan.disables, 1);
+        assert!(plan.guard_after(9, 0.10, 10).is_none(), "10 of 100 is within 10%");
+        let guard = plan.guard_after(10, 0.10, 10).expect("the eleventh trips it");
+        assert_eq!((guard.disables, guard.recent, guard.limit), (1, 10, 10));
+        assert!(
+            guard.message().contains("10 disabled or deleted shortly before"),
+            "{}",
+            guard.message()
+        );
+        assert!(!plan.guard(0.10, 10).is_some_and(|g| g.recent > 0));
+    }
+
+    #[test]
+    fn a_present_phase_finds_the_users_it_did_not_name() {
+        let users: Vec<FederatedUser> = ["a", "b", "c"].iter().map(|n| found(n, true)).collect();
+        let mut existing: Vec<User> = users.iter().enumerate().map(|(i, u)| stored(i as i64 + 1, u)).collect();
+        // Already deleted, cloud, and anchorless users are never "absent".
+        existing[2].deleted = true;
+        let mut cloud = stored(4, &found("d", true));
+        cloud.source = UserSource::Cloud;
+        existing.push(cloud);
+        let mut anchorless = stored(5, &found("e", true));
+        anchorless.directory.as_mut().unwrap().anchor = None;
+        existing.push(anchorless);
+        // Named in any case: anchors are compared case-insensitively.
+        let named: HashSet<String> = ["ANCHOR-A".to_ascii_lowercase()].into_iter().collect();
+        assert_eq!(absent(&existing, &named), vec!["anchor-b".to_owned()]);
     }
 }

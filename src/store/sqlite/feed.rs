@@ -61,6 +61,10 @@ impl ChangeFeed for SqliteStore {
                 .map_err(db("read the change feed"))
         })
     }
+
+    fn change_signal(&self) -> Option<Arc<tokio::sync::Notify>> {
+        Some(Arc::clone(&self.changed))
+    }
 }
 
 /// The most changes one [`super::ChangeFeed::changes_since`] call returns.

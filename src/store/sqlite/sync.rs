@@ -116,6 +116,7 @@ impl SyncStore for SqliteStore {
                     }
                 }
                 commit(tx).await?;
+                self.changed.notify_one();
             }
             Ok(applied)
         })
@@ -317,6 +318,106 @@ impl SyncLease for SqliteStore {
             .await
             .map_err(db("give up the sync lead"))?;
             commit(tx).await
+        })
+    }
+}
+
+impl PushStore for SqliteStore {
+    fn push_cookie(&self) -> StoreFuture<'_, Option<PushCookie>> {
+        Box::pin(async move {
+            let row: Option<(Option<String>, Option<String>)> =
+                sqlx::query_as("SELECT push_cookie, push_cookie_server FROM sync_state WHERE id = 1")
+                    .fetch_optional(self.live_pool()?)
+                    .await
+                    .map_err(db("read the push sync cookie"))?;
+            Ok(match row {
+                Some((Some(value), Some(server))) => {
+                    use base64::Engine as _;
+                    // A cookie that does not decode is no resume point:
+                    // the search starts from scratch.
+                    base64::engine::general_purpose::STANDARD
+                        .decode(value)
+                        .ok()
+                        .map(|value| PushCookie { value, server })
+                }
+                _ => None,
+            })
+        })
+    }
+
+    fn save_push_cookie<'a>(&'a self, cookie: Option<&'a PushCookie>) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            use base64::Engine as _;
+            let value = cookie.map(|c| base64::engine::general_purpose::STANDARD.encode(&c.value));
+            let mut tx = self.write_tx().await?;
+            sqlx::query("UPDATE sync_state SET push_cookie = ?, push_cookie_server = ? WHERE id = 1")
+                .bind(value)
+                .bind(cookie.map(|c| c.server.as_str()))
+                .execute(&mut *tx)
+                .await
+                .map_err(db("save the push sync cookie"))?;
+            commit(tx).await
+        })
+    }
+
+    fn record_push_status<'a>(&'a self, status: &'a PushStatus) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            let mut tx = self.write_tx().await?;
+            sqlx::query(
+                "UPDATE sync_state SET push_node = ?, push_method = ?, push_server = ?, push_connected = ?,
+                     push_since = ?, push_last_change_at = ?, push_updated_at = ?, push_error = ?
+                 WHERE id = 1",
+            )
+            .bind(&status.node)
+            .bind(&status.method)
+            .bind(&status.server)
+            .bind(status.connected)
+            .bind(status.since)
+            .bind(status.last_change_at)
+            .bind(status.updated_at)
+            .bind(&status.error)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("record the push sync status"))?;
+            commit(tx).await
+        })
+    }
+
+    fn push_status(&self) -> StoreFuture<'_, Option<PushStatus>> {
+        Box::pin(async move {
+            type Row = (
+                Option<String>,
+                Option<String>,
+                Option<String>,
+                bool,
+                Option<i64>,
+                Option<i64>,
+                Option<i64>,
+                Option<String>,
+            );
+            let row: Option<Row> = sqlx::query_as(
+                "SELECT push_node, push_method, push_server, push_connected, push_since, push_last_change_at,
+                        push_updated_at, push_error
+                 FROM sync_state WHERE id = 1",
+            )
+            .fetch_optional(self.live_pool()?)
+            .await
+            .map_err(db("read the push sync status"))?;
+            Ok(match row {
+                Some((Some(node), Some(method), server, connected, since, last_change_at, Some(updated_at), error)) => {
+                    Some(PushStatus {
+                        node,
+                        method,
+                        server,
+                        connected,
+                        since,
+                        last_change_at,
+                        updated_at,
+                        error,
+                    })
+                }
+                _ => None,
+            })
         })
     }
 }

@@ -292,6 +292,7 @@ async fn the_upgrade_backfills_each_user_as_they_are_then() {
     .execute(&pool)
     .await
     .unwrap();
+    sqlx::raw_sql(super::UNDO_SYNC_PUSH).execute(&pool).await.unwrap();
     pool.close().await;
     clock.set(T0 + 5_000);
     let store = f.open_again().await;
