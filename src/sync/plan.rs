@@ -329,7 +329,7 @@ mod tests {
             "{}",
             guard.message()
         );
-        assert!(!plan.guard(0.10, 10).is_some_and(|g| g.recent > 0));
+        assert!(plan.guard(0.10, 10).is_none_or(|g| g.recent == 0));
     }
 
     #[test]
