@@ -504,10 +504,55 @@ impl Authenticator {
 
         // A locked account gets no answer about the secret at all; a wrong
         // secret repeated is refused again without asking anyone.
-        let subject = lockout_subject(name.as_ref(), entry.as_deref());
-        let epoch = self.lockout_epoch(entry.as_deref(), route.realm.as_str());
+        let context = route.realm.as_str();
+        let mut subject = lockout_subject(name.as_ref(), entry.as_deref());
+        let mut epoch = self.lockout_epoch(entry.as_deref(), context);
+        let mut check = self.lockout.check(
+            subject,
+            client.ip,
+            lockout::Attempt::new(secret.expose(), epoch),
+            Instant::now(),
+        );
+        // The view could not be refreshed for longer than the bound: a
+        // revocation may be missing from it.
+        let stale = self.health.is_stale();
+        // A name not in the view: perhaps made a moment ago elsewhere, or
+        // recorded in the store by its own first sign-in and not read back
+        // yet. (One that cannot name anybody, say of another domain, is not
+        // looked for.) When catching up finds the account, the sign-in is
+        // the account's: the lockout is asked again for the account, and
+        // the attempt is counted there, as the next one (answered from the
+        // view) will be. Counted under the name, guesses made before the
+        // view's next refresh spent a budget nobody consults once the view
+        // has the account: extra guesses for whoever started right after a
+        // user's first sign-in.
+        //
+        // Asked under the name first, caught up only when that is clear: a
+        // locked name is refused at once, with no wait for a refresh (a
+        // flood of locked junk names costs no store reads), and a name the
+        // view has is one lookup as before. An account the view lacked is
+        // refused as soon as it is known, still with nothing checked. The
+        // name's counter is not merged into the account's: it holds what
+        // was guessed before the account existed here, from strangers only
+        // (a name has no familiar sources), and merging would let those
+        // guesses lock the user's own devices out.
+        let mut entry = entry;
+        let mut current = true;
+        if check == lockout::Check::Clear && !stale && !mistyped && entry.is_none() && name.is_some() {
+            current = self.catch_up(Instant::now()).await;
+            if let Some(found) = self.resolve(&user_given).1 {
+                subject = lockout_subject(name.as_ref(), Some(&*found));
+                epoch = self.lockout_epoch(Some(&*found), context);
+                check = self.lockout.check(
+                    subject,
+                    client.ip,
+                    lockout::Attempt::new(secret.expose(), epoch),
+                    Instant::now(),
+                );
+                entry = Some(found);
+            }
+        }
         let attempt = lockout::Attempt::new(secret.expose(), epoch);
-        let check = self.lockout.check(subject, client.ip, attempt, Instant::now());
         let locked_out = matches!(check, lockout::Check::Locked(_));
         let Verification {
             verified,
@@ -516,44 +561,30 @@ impl Authenticator {
             warm,
         } = match check {
             lockout::Check::Locked(_) => Verified::Invalid.into(),
-            // The view could not be refreshed for longer than the bound: a
-            // revocation may be missing from it.
-            _ if self.health.is_stale() => Verified::StoreUnavailable.into(),
+            _ if stale => Verified::StoreUnavailable.into(),
             lockout::Check::KnownWrong { from_here: true, .. } => Verification::repeat(),
             lockout::Check::KnownWrong { from_here: false, .. } => self.dummy_verification().await,
             // Costs what a wrong app password costs; nothing is asked.
             lockout::Check::Clear if mistyped => self.dummy_verification().await,
+            // The view lacks the name and the store could not be read: the
+            // user may be missing from the view, so this is not answered
+            // as a wrong secret.
+            lockout::Check::Clear if !current && entry.is_none() => Verified::StoreUnavailable.into(),
             lockout::Check::Clear => {
-                // A name not in the view: perhaps made a moment ago
-                // elsewhere. (One that cannot name anybody, say of another
-                // domain, is not looked for.)
-                let mut current = true;
-                let caught_up = if entry.is_none() && name.is_some() {
-                    current = self.catch_up(Instant::now()).await;
-                    self.resolve(&user_given).1
-                } else {
-                    None
-                };
                 let asker = Asker {
                     subject,
                     ip: client.ip,
                     epoch,
                 };
-                let mut verification = if !current && caught_up.is_none() {
-                    Verified::StoreUnavailable.into()
-                } else {
-                    self.verify(
-                        route.realm,
-                        name.as_ref(),
-                        caught_up.as_deref().or(entry.as_deref()),
-                        &secret,
-                        app_password,
-                        asker,
-                    )
-                    .await
-                };
-                verification.fresh = verification.fresh.or(caught_up);
-                verification
+                self.verify(
+                    route.realm,
+                    name.as_ref(),
+                    entry.as_deref(),
+                    &secret,
+                    app_password,
+                    asker,
+                )
+                .await
             }
         };
         let verified = match verified {
