@@ -18,7 +18,7 @@ use fedgate::auth::refusal::Refusal;
 use fedgate::auth::{Authenticator, Client, Outcome};
 use fedgate::config::Config;
 use fedgate::directory::{Directory, LdapDirectory};
-use fedgate::model::{Clock, Reason, SystemClock};
+use fedgate::model::{Clock, Reason, Secret, SystemClock};
 use fedgate::shutdown::Shutdown;
 use fedgate::store::OpenMode;
 
@@ -74,6 +74,14 @@ async fn without_refreshes(slapd: &Slapd, dir: &std::path::Path) -> (Authenticat
     (auth, config)
 }
 
+fn client(from: Ipv4Addr) -> Client {
+    Client {
+        ip: IpAddr::V4(from),
+        ip_is_proxy: false,
+        started: Instant::now(),
+    }
+}
+
 async fn sign_in(auth: &Authenticator, config: &Config, from: Ipv4Addr, password: &str) -> Outcome {
     let head = http::Request::builder()
         .uri("/mail")
@@ -82,12 +90,7 @@ async fn sign_in(auth: &Authenticator, config: &Config, from: Ipv4Addr, password
         .unwrap()
         .into_parts()
         .0;
-    let client = Client {
-        ip: IpAddr::V4(from),
-        ip_is_proxy: false,
-        started: Instant::now(),
-    };
-    auth.authenticate(&config.routes[0], &head, client).await
+    auth.authenticate(&config.routes[0], &head, client(from)).await
 }
 
 /// alice's first sign-in records her; the view does not have her yet. A
@@ -134,4 +137,41 @@ async fn a_user_the_view_has_not_caught_up_with_is_counted_as_the_account() {
     );
     // Her phone signed her in: it is familiar, and has a counter of its own.
     assert!(sign_in(&auth, &config, phone, ALICE_PW).await.is_ok());
+}
+
+/// The portal's password step the same way: it used to look nobody up
+/// again, so its guesses in the window were counted under the name until
+/// the view's refresh, and under the account after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_portal_guess_before_the_view_has_the_user_is_counted_as_the_account() {
+    let slapd = Slapd::start();
+    slapd.add_user("alice", ALICE, ALICE_PW);
+    let dir = tempfile::tempdir().unwrap();
+    let (auth, config) = without_refreshes(&slapd, dir.path()).await;
+    let stranger = Ipv4Addr::new(198, 51, 100, 7);
+    let portal = |password: &str| {
+        let password = Secret::from(password);
+        let auth = &auth;
+        async move { auth.portal_password(ALICE, &password, client(stranger), "test").await }
+    };
+
+    assert!(sign_in(&auth, &config, Ipv4Addr::new(192, 0, 2, 10), ALICE_PW)
+        .await
+        .is_ok());
+    assert!(auth.user_by_upn(ALICE).is_none(), "the view has alice already");
+    let refused = portal("wrong password 0").await.unwrap_err();
+    assert_eq!(refused.reason, Reason::BadCredentials);
+    // The view's refresh, as the job would run it a moment later.
+    auth.refresh().await.unwrap();
+    assert!(auth.user_by_upn(ALICE).is_some());
+    for i in 1..3 {
+        let refused = portal(&format!("wrong password {i}")).await.unwrap_err();
+        assert_eq!(refused.reason, Reason::BadCredentials, "guess {i}");
+    }
+    let refused = portal("wrong password 3").await.unwrap_err();
+    assert_eq!(
+        (refused.refusal, refused.reason),
+        (Refusal::TooManyAttempts, Reason::LockedOut),
+        "three wrong portal passwords for alice did not lock her account's counter"
+    );
 }
