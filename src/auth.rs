@@ -291,6 +291,17 @@ struct Asker<'a> {
     epoch: u64,
 }
 
+/// What the lockout said before a secret is checked, and about whom.
+struct Asked<'n> {
+    subject: Option<lockout::Subject<'n>>,
+    epoch: u64,
+    check: lockout::Check,
+    /// The user the name resolved to, in the view or once caught up.
+    entry: Option<Arc<UserEntry>>,
+    /// False when catching up could not read the store.
+    current: bool,
+}
+
 /// The facts about a request the sign-in path needs besides its headers.
 #[derive(Debug, Clone, Copy)]
 pub struct Client {
@@ -502,12 +513,28 @@ impl Authenticator {
             return Err(self.held_back(refusal, client.started).await);
         }
 
+        // The view could not be refreshed for longer than the bound: a
+        // revocation may be missing from it.
+        let stale = self.health.is_stale();
         // A locked account gets no answer about the secret at all; a wrong
         // secret repeated is refused again without asking anyone.
-        let subject = lockout_subject(name.as_ref(), entry.as_deref());
-        let epoch = self.lockout_epoch(entry.as_deref(), route.realm.as_str());
+        let Asked {
+            subject,
+            epoch,
+            check,
+            entry,
+            current,
+        } = self
+            .ask_lockout(
+                name.as_ref(),
+                entry,
+                secret.expose(),
+                client.ip,
+                route.realm.as_str(),
+                !stale && !mistyped,
+            )
+            .await;
         let attempt = lockout::Attempt::new(secret.expose(), epoch);
-        let check = self.lockout.check(subject, client.ip, attempt, Instant::now());
         let locked_out = matches!(check, lockout::Check::Locked(_));
         let Verification {
             verified,
@@ -516,44 +543,30 @@ impl Authenticator {
             warm,
         } = match check {
             lockout::Check::Locked(_) => Verified::Invalid.into(),
-            // The view could not be refreshed for longer than the bound: a
-            // revocation may be missing from it.
-            _ if self.health.is_stale() => Verified::StoreUnavailable.into(),
+            _ if stale => Verified::StoreUnavailable.into(),
             lockout::Check::KnownWrong { from_here: true, .. } => Verification::repeat(),
             lockout::Check::KnownWrong { from_here: false, .. } => self.dummy_verification().await,
             // Costs what a wrong app password costs; nothing is asked.
             lockout::Check::Clear if mistyped => self.dummy_verification().await,
+            // The view lacks the name and the store could not be read: the
+            // user may be missing from the view, so this is not answered
+            // as a wrong secret.
+            lockout::Check::Clear if !current && entry.is_none() => Verified::StoreUnavailable.into(),
             lockout::Check::Clear => {
-                // A name not in the view: perhaps made a moment ago
-                // elsewhere. (One that cannot name anybody, say of another
-                // domain, is not looked for.)
-                let mut current = true;
-                let caught_up = if entry.is_none() && name.is_some() {
-                    current = self.catch_up(Instant::now()).await;
-                    self.resolve(&user_given).1
-                } else {
-                    None
-                };
                 let asker = Asker {
                     subject,
                     ip: client.ip,
                     epoch,
                 };
-                let mut verification = if !current && caught_up.is_none() {
-                    Verified::StoreUnavailable.into()
-                } else {
-                    self.verify(
-                        route.realm,
-                        name.as_ref(),
-                        caught_up.as_deref().or(entry.as_deref()),
-                        &secret,
-                        app_password,
-                        asker,
-                    )
-                    .await
-                };
-                verification.fresh = verification.fresh.or(caught_up);
-                verification
+                self.verify(
+                    route.realm,
+                    name.as_ref(),
+                    entry.as_deref(),
+                    &secret,
+                    app_password,
+                    asker,
+                )
+                .await
             }
         };
         let verified = match verified {
@@ -684,16 +697,31 @@ impl Authenticator {
             reason: Reason::BadCredentials,
             policy: None,
         };
-        let subject = lockout_subject(name.as_ref(), entry.as_deref());
-        let epoch = self.lockout_epoch(entry.as_deref(), "portal");
+        let stale = self.health.is_stale();
+        let app_password_shaped = app_password::is_app_password_shaped(secret.expose());
+        let Asked {
+            subject,
+            epoch,
+            check,
+            entry,
+            current,
+        } = self
+            .ask_lockout(
+                name.as_ref(),
+                entry,
+                secret.expose(),
+                client.ip,
+                "portal",
+                !stale && !app_password_shaped,
+            )
+            .await;
         let attempt = lockout::Attempt::new(secret.expose(), epoch);
-        let check = self.lockout.check(subject, client.ip, attempt, Instant::now());
         let locked_out = matches!(check, lockout::Check::Locked(_));
         let verified = if locked_out {
             Verification::from(Verified::Invalid)
-        } else if self.health.is_stale() {
+        } else if stale {
             Verification::from(Verified::StoreUnavailable)
-        } else if app_password::is_app_password_shaped(secret.expose()) {
+        } else if app_password_shaped {
             // App passwords are for devices; the portal wants the person.
             // Nothing of their shape is a directory password. (Before the
             // repeat check, so a repeat is refused as what it is.)
@@ -706,6 +734,9 @@ impl Authenticator {
             Verification::repeat()
         } else if matches!(check, lockout::Check::KnownWrong { from_here: false, .. }) {
             self.dummy_verification().await
+        } else if !current && entry.is_none() {
+            // As on the Basic path: the view may lack the user.
+            Verification::from(Verified::StoreUnavailable)
         } else {
             let asker = Asker {
                 subject,
@@ -748,6 +779,66 @@ impl Authenticator {
         Err(self.held_back(refusal, client.started).await)
     }
 
+    /// Asks the lockout about a sign-in: for the user the view has, or
+    /// for the name when it has none. A name not in the view, when the
+    /// answer is clear and `may_catch_up`, is looked for once more after
+    /// catching up (perhaps made a moment ago elsewhere, or recorded in the
+    /// store by its own first sign-in and not read back yet; a name that
+    /// cannot name anybody, say of another domain, is not looked for), and
+    /// the lockout asked again for the account it found.
+    async fn ask_lockout<'n>(
+        &self,
+        name: Option<&'n LoginName>,
+        entry: Option<Arc<UserEntry>>,
+        secret: &str,
+        ip: IpAddr,
+        context: &str,
+        may_catch_up: bool,
+    ) -> Asked<'n> {
+        let ask = |entry: Option<&UserEntry>| {
+            let subject = lockout_subject(name, entry);
+            let epoch = self.lockout_epoch(entry, context);
+            let check = self
+                .lockout
+                .check(subject, ip, lockout::Attempt::new(secret, epoch), Instant::now());
+            (subject, epoch, check)
+        };
+        let (subject, epoch, check) = ask(entry.as_deref());
+        let mut asked = Asked {
+            subject,
+            epoch,
+            check,
+            entry,
+            current: true,
+        };
+        let Some(name) = name.filter(|_| may_catch_up && check == lockout::Check::Clear && asked.entry.is_none())
+        else {
+            return asked;
+        };
+        asked.current = self.catch_up(Instant::now()).await;
+        // Once caught up, the sign-in is the account's: asked for the
+        // account and counted there, as the next one (answered from the
+        // view) will be. Counted under the name, guesses made before the
+        // view's next refresh spent a budget nobody consults once the view
+        // has the account: extra guesses for whoever started right after a
+        // user's first sign-in.
+        //
+        // Asked under the name first, caught up only when that is clear: a
+        // locked name is refused at once, with no wait for a refresh (a
+        // flood of locked junk names costs no store reads), and a name the
+        // view has is one lookup as before. An account the view lacked is
+        // refused as soon as it is known, still with nothing checked. The
+        // name's counter is not merged into the account's: it holds what
+        // was guessed before the account existed here, from strangers only
+        // (a name has no familiar sources), and merging would let those
+        // guesses lock the user's own devices out.
+        if let Some(found) = self.user_named(name) {
+            (asked.subject, asked.epoch, asked.check) = ask(Some(&*found));
+            asked.entry = Some(found);
+        }
+        asked
+    }
+
     /// The name as given, folded once ([`crate::names`]) and parsed, and
     /// the user it names in the index. Without a directory only UPNs are
     /// names; fedgate matches them exactly on the folded form, so non-ASCII
@@ -757,12 +848,16 @@ impl Authenticator {
             Some(d) => LoginName::parse(given, d.directory.domain(), d.directory.allow_non_ascii_logins()),
             None => Upn::parse(given).ok().map(LoginName::Upn),
         };
-        let entry = match &name {
-            Some(LoginName::Upn(upn)) => self.index.user_by_upn(upn.as_str()),
-            Some(LoginName::Login(login)) => self.index.user_by_login(login),
-            None => None,
-        };
+        let entry = name.as_ref().and_then(|name| self.user_named(name));
         (name, entry)
+    }
+
+    /// The user a parsed name names in the index.
+    fn user_named(&self, name: &LoginName) -> Option<Arc<UserEntry>> {
+        match name {
+            LoginName::Upn(upn) => self.index.user_by_upn(upn.as_str()),
+            LoginName::Login(login) => self.index.user_by_login(login),
+        }
     }
 
     /// What a refused secret was refused against: any change to the user

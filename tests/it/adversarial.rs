@@ -7,10 +7,12 @@
 //! hosts, upgrades, smuggling), [`lockout`] (names, budgets, timing),
 //! [`store`] (a store that vanishes or breaks under a running server),
 //! [`refusal`] (what a refusal costs and when it is sent), [`abandon`]
-//! (sign-ins abandoned mid-check still count).
+//! (sign-ins abandoned mid-check still count), [`view`] (the lockout while
+//! the in-memory view lags the store).
 
 mod abandon;
 mod lockout;
 mod refusal;
 mod request;
 mod store;
+mod view;
