@@ -1536,6 +1536,48 @@ mod tests {
         assert!(!slapd.log().contains("err=4 "), "{}", slapd.log());
     }
 
+    /// A refreshOnly content synchronisation (`-E '!sync=ro'`, critical)
+    /// as the service account: the LDIF of the users, or the tool's error.
+    fn refresh_only(slapd: &Slapd) -> Result<String, String> {
+        let mut cmd = slapd.tool("ldapsearch", &slapd.url());
+        cmd.args(["-LLL", "-o", "ldif_wrap=no", "-E", "!sync=ro", "-D", SERVICE_DN, "-y"])
+            .arg(slapd.service_password_file())
+            .args(["-b", Slapd::PEOPLE_DN, "(objectClass=inetOrgPerson)", "uid"]);
+        stdout_or_error(cmd)
+    }
+
+    #[test]
+    fn slapd_kill_keeps_the_data_and_syncprov_turns_off_and_on_at_restarts() {
+        let mut slapd = Slapd::start_with_syncprov();
+        slapd.add_user("alice", "alice@example.com", "pw");
+        slapd.add_user("bob", "bob@example.com", "pw");
+        slapd.delete_user("bob");
+        slapd.kill();
+        let down = slapd
+            .whoami(Transport::Plain, &Slapd::user_dn("alice"), "pw")
+            .unwrap_err();
+        assert!(down.contains("Can't contact LDAP server"), "{down}");
+        slapd.restart();
+        let synced = refresh_only(&slapd).unwrap();
+        assert_eq!(ldif_values(&synced, "uid"), ["alice"], "after SIGKILL");
+
+        slapd.set_syncprov(false);
+        slapd.restart();
+        let refused = refresh_only(&slapd).unwrap_err();
+        assert!(refused.contains("Critical extension is unavailable (12)"), "{refused}");
+        // Ordinary searches go on.
+        let password = slapd.service_password();
+        let found = slapd
+            .search_as(Some((SERVICE_DN, &password)), Slapd::PEOPLE_DN, "(uid=alice)", &["uid"])
+            .unwrap();
+        assert_eq!(ldif_values(&found, "uid"), ["alice"]);
+
+        slapd.set_syncprov(true);
+        slapd.restart();
+        assert_eq!(ldif_values(&refresh_only(&slapd).unwrap(), "uid"), ["alice"]);
+        assert_eq!(slapd.log().matches("slapd starting").count(), 4);
+    }
+
     /// A running `ldapsearch`, killed when dropped.
     struct Persistent(Child);
 
