@@ -537,16 +537,29 @@ async fn a_pushed_mass_change_trips_the_guard_until_sync_run_force() {
     // nothing more is applied while the guard holds.
     let held = disabled_upns(&admin).len();
     assert!(held <= 10, "{held} users disabled past the guard");
+    // One more disable: watched until push has received it (the counter of
+    // received modifies moves), or for as long as a pushed change may take
+    // if a guarded push reads no more; refused at no point.
+    let metrics = fedgate.admin.expect("admin listener");
+    let received = || metric(metrics, "fedgate_sync_changes_received_total", "kind=\"modify\"");
+    let before = received().await.unwrap_or(0.0);
     slapd.disable_user("g39");
-    let held_since = Instant::now();
-    while held_since.elapsed() < Duration::from_secs(2) {
+    let watched = Instant::now();
+    loop {
         assert_eq!(
             SignIn::new(fedgate.plain, &last, &app).send().await.0,
             StatusCode::OK,
             "push applied a change while the guard held"
         );
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        if received().await.unwrap_or(0.0) > before || watched.elapsed() > PUSHED {
+            break;
+        }
+        tokio::time::sleep(POLL).await;
     }
+    signed_in(
+        &SignIn::new(fedgate.plain, &last, &app).send().await,
+        "g39 under the guard",
+    );
     assert_eq!(disabled_upns(&admin).len(), held);
 
     // The operator forces a pass: everything is applied, and push applies
@@ -706,6 +719,39 @@ async fn sync_status_and_metrics_show_the_push_connection_and_changes_by_kind() 
     let push = &status_json(&fedgate.admin())["push"];
     assert_eq!(push["mode"], "poll", "{push}");
     assert_eq!(push["connected"], false, "{push}");
+}
+
+/// The fault proxy carries fedgate's LDAP sessions, and its cut is what
+/// the push tests take it for: a directory fedgate cannot reach. Polling
+/// a slapd without syncprov (so in either mode), a pass through the cut
+/// proxy fails naming the proxy, and a pass after the restore applies
+/// what changed meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passes_through_a_cut_fault_proxy_fail_and_resume_after_the_restore() {
+    let slapd = Slapd::start();
+    slapd.add_user("q0", &mail("q0"), PW);
+    let port = slapd.url().rsplit(':').next().unwrap().parse::<u16>().unwrap();
+    let proxy = FaultProxy::start(SocketAddr::from(([127, 0, 0, 1], port)));
+    let url = format!("ldap://{}", proxy.addr());
+    let fedgate = serve_at(&slapd, &url, "interval = \"1s\"\nfull_every = \"10m\"");
+    wait_first_pass(&fedgate);
+    assert!(proxy.accepted() >= 1, "the pass did not go through the proxy");
+    let upn = mail("q0");
+    let app = warm_app_passwords(&fedgate, std::slice::from_ref(&upn)).await.remove(0);
+    let q0 = SignIn::new(fedgate.plain, &upn, &app);
+
+    proxy.cut();
+    let cut_at = unix_ms();
+    let failed = fedgate.wait_log(Duration::from_secs(10), |v| {
+        v["message"] == "sync pass" && v["outcome"] == "failed" && v["started_at"].as_i64() >= Some(cut_at)
+    });
+    assert!(failed.to_string().contains(&proxy.port().to_string()), "{failed}");
+    slapd.disable_user("q0");
+    signed_in(&q0.send().await, "q0 while the directory cannot be reached");
+
+    proxy.restore();
+    refused_within(&q0, PUSHED, &fedgate, "q0, disabled while cut").await;
+    assert_eq!(user_show(&fedgate.admin(), &upn)["enabled"], false);
 }
 
 /// The `[directory]` and `[sync]` tables for the DC (at `url`, its own

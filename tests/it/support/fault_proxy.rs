@@ -82,6 +82,10 @@ impl FaultProxy {
         self.addr
     }
 
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
     /// Closes every open connection (both sides) and refuses new ones
     /// (accepted, then closed at once) until [`FaultProxy::restore`].
     pub fn cut(&self) {
