@@ -27,7 +27,7 @@ const POLL: Duration = Duration::from_millis(20);
 /// The `[directory]` table of the README's Active Directory example, for
 /// the test DC: search-then-bind as the service account, with `extra`
 /// lines (which may override `urls`).
-fn ad_section(dc: &Samba, extra: &str) -> String {
+pub(crate) fn ad_section(dc: &Samba, extra: &str) -> String {
     let urls = if extra.contains("urls =") {
         String::new()
     } else {
@@ -68,7 +68,7 @@ fn fedgate(sections: &[String]) -> Fedgate {
 }
 
 /// A password AD's complexity rule accepts.
-fn password_of(login: &str) -> String {
+pub(crate) fn password_of(login: &str) -> String {
     format!("Pw-{login}-7x")
 }
 

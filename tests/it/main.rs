@@ -17,6 +17,7 @@ mod ops;
 mod policy;
 mod portal;
 mod proxy;
+mod push;
 mod report;
 mod scopes;
 mod signin;

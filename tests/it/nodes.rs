@@ -121,6 +121,15 @@ async fn a_revocation_on_one_node_is_enforced_by_the_other() {
     assert_eq!(metric(b.admin.unwrap(), "fedgate_store_listening").await, 1.0);
 }
 
+/// A node of `db` with the directory and sync tables `sections`, and an
+/// `onprem` route at /onprem.
+pub(crate) fn sync_node(db: &Database, sections: &[String]) -> crate::support::fedgate::Builder {
+    sections
+        .iter()
+        .fold(db.node(), |b, s| b.section(s))
+        .route_in("onprem", "/onprem", "builtin:whoami", "")
+}
+
 /// A metric's value from a node's `/metrics` (summed over its labels).
 pub(crate) async fn metric(admin: std::net::SocketAddr, name: &str) -> f64 {
     let (status, _, body) = crate::support::client::get(admin, "/metrics").await;
@@ -150,12 +159,7 @@ async fn one_node_leads_the_sync_and_another_takes_over_when_it_dies() {
         directory_section(&slapd, Slapd::PEOPLE_DN, "timeout = \"2s\""),
         sync_section("interval = \"1s\"\nfull_every = \"10m\""),
     ];
-    let node = || {
-        sections
-            .iter()
-            .fold(db.node(), |b, s| b.section(s))
-            .route_in("onprem", "/onprem", "builtin:whoami", "")
-    };
+    let node = || sync_node(&db, &sections);
     let mut a = node().start();
     a.wait_log(Duration::from_secs(10), |v| {
         v["message"] == "leading the directory sync"

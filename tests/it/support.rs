@@ -6,6 +6,7 @@ pub mod admin;
 pub mod browser;
 pub mod caddy;
 pub mod client;
+pub mod fault_proxy;
 pub mod fedgate;
 pub mod haproxy;
 pub mod mail;

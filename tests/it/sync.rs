@@ -96,7 +96,7 @@ fn fast_sync(slapd: &Slapd) -> [String; 2] {
 
 /// A config with `sections` plus a `cloud` route at /whoami and an `onprem`
 /// one at /onprem/whoami.
-fn builder(sections: &[String]) -> crate::support::fedgate::Builder {
+pub(crate) fn builder(sections: &[String]) -> crate::support::fedgate::Builder {
     sections
         .iter()
         .fold(Fedgate::builder(), |b, s| b.section(s))
@@ -215,7 +215,7 @@ fn assert_counts(pass: &Value, want: &[(&str, u64)]) {
 }
 
 /// Non-deleted users by UPN, from `user list`.
-fn users(admin: &Admin) -> BTreeMap<String, Value> {
+pub(crate) fn users(admin: &Admin) -> BTreeMap<String, Value> {
     let list = admin.run(&["--json", "user", "list"]).json();
     list.as_array()
         .unwrap_or_else(|| panic!("user list printed {list}"))
@@ -224,14 +224,14 @@ fn users(admin: &Admin) -> BTreeMap<String, Value> {
         .collect()
 }
 
-fn user_show(admin: &Admin, upn: &str) -> Value {
+pub(crate) fn user_show(admin: &Admin, upn: &str) -> Value {
     admin.run(&["--json", "user", "show", upn]).json()
 }
 
 /// Whether the store holds `upn` as deleted: `user show` either shows the
 /// record with `"deleted": true` or refuses, saying it is deleted. Panics
 /// when the store has no such user at all.
-fn is_deleted(admin: &Admin, upn: &str) -> bool {
+pub(crate) fn is_deleted(admin: &Admin, upn: &str) -> bool {
     let out = admin.run(&["--json", "user", "show", upn]);
     if out.code == 0 {
         let user: Value = serde_json::from_str(&out.stdout).expect("user show JSON");
@@ -281,13 +281,13 @@ pub(crate) async fn eventually<T>(
 }
 
 /// The server's first pass, a full one run at start, completed.
-fn wait_first_pass(fedgate: &Fedgate) -> Value {
+pub(crate) fn wait_first_pass(fedgate: &Fedgate) -> Value {
     fedgate.wait_log(Duration::from_secs(20), |v| {
         v["message"] == "sync pass" && v["kind"] == "full" && v["outcome"] == "completed"
     })
 }
 
-fn passes(fedgate: &Fedgate) -> Vec<Value> {
+pub(crate) fn passes(fedgate: &Fedgate) -> Vec<Value> {
     fedgate.events("sync pass")
 }
 
@@ -674,7 +674,7 @@ async fn paged_sync_reads_2500_users_past_an_ad_like_size_limit() {
 
 /// `uid`s `from..to` of the generated users, disabled (or enabled) in one
 /// call each.
-fn set_disabled(slapd: &Slapd, prefix: &str, range: std::ops::Range<usize>, disabled: bool) {
+pub(crate) fn set_disabled(slapd: &Slapd, prefix: &str, range: std::ops::Range<usize>, disabled: bool) {
     for n in range {
         let uid = format!("{prefix}{n}");
         if disabled {
@@ -685,7 +685,7 @@ fn set_disabled(slapd: &Slapd, prefix: &str, range: std::ops::Range<usize>, disa
     }
 }
 
-fn disabled_upns(admin: &Admin) -> Vec<String> {
+pub(crate) fn disabled_upns(admin: &Admin) -> Vec<String> {
     users(admin)
         .into_iter()
         .filter(|(_, u)| u["enabled"] == false)
@@ -804,7 +804,7 @@ fn identities(users: &BTreeMap<String, Value>) -> BTreeMap<String, [Value; 4]> {
 }
 
 /// Lines in `log` asking for entries under `base`.
-fn searches_under(log: &str, base: &str) -> usize {
+pub(crate) fn searches_under(log: &str, base: &str) -> usize {
     let needle = format!("SRCH base=\"{base}\"");
     log.lines().filter(|l| l.contains(&needle)).count()
 }

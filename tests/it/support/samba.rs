@@ -192,6 +192,12 @@ impl Samba {
         }
     }
 
+    /// The DC's loopback address, which its certificate names (a
+    /// [`super::fault_proxy::FaultProxy`] in front of it listens there too).
+    pub fn ip(&self) -> Ipv4Addr {
+        self.ip
+    }
+
     pub fn ldap_url(&self) -> String {
         format!("ldap://{}", self.ip)
     }

@@ -26,10 +26,21 @@
 //!   paged search gets every entry whatever the total. The rootdn, and so
 //!   every administrative call of the harness, is never limited.
 //!
+//! # Content synchronisation
+//!
+//! [`Slapd::start_with_syncprov`] adds the `syncprov` overlay, so RFC 4533
+//! refreshAndPersist searches (the service account's included: its
+//! searches have no size or time limit there) see every add, modify,
+//! modrdn and delete as it happens, and a stored cookie resumes after a
+//! restart. [`Slapd::start`] leaves it out: its root DSE does not
+//! advertise the Sync Request control, as a directory that cannot push.
+//!
 //! # Outages
 //!
-//! [`Slapd::stop`] and [`Slapd::restart`] take the server away and back,
-//! refusing connections meanwhile; [`Slapd::pause`] and [`Slapd::resume`]
+//! [`Slapd::stop`] (SIGTERM) or [`Slapd::kill`] (SIGKILL, a crash) and
+//! [`Slapd::restart`] take the server away and back, refusing connections
+//! meanwhile; [`Slapd::set_syncprov`] decides whether it comes back with
+//! the overlay; [`Slapd::pause`] and [`Slapd::resume`]
 //! (SIGSTOP and SIGCONT) imitate a server that stops answering, with open
 //! connections and new ones accepted by the kernel but never served.
 //!
@@ -160,6 +171,8 @@ pub struct Slapd {
     size_limit: Option<u32>,
     /// Stopped with SIGSTOP by [`Slapd::pause`].
     paused: AtomicBool,
+    /// Runs the `syncprov` overlay (see [`Slapd::start_with_syncprov`]).
+    syncprov: bool,
 }
 
 impl Slapd {
@@ -169,7 +182,21 @@ impl Slapd {
     /// Starts a fresh server (see the module doc) and waits until it accepts
     /// connections; panics with slapd's output if it does not start.
     pub fn start() -> Slapd {
-        Slapd::launch(Slapd::best_disable(), None)
+        Slapd::launch(Slapd::best_disable(), None, false)
+    }
+
+    /// Like [`Slapd::start`], with RFC 4533 content synchronisation: the
+    /// `syncprov` overlay (stacked after ppolicy), which makes the root DSE
+    /// advertise the Sync Request control (1.3.6.1.4.1.4203.1.9.1.1) and
+    /// serves refreshOnly and refreshAndPersist searches, deletions included (its session log
+    /// keeps them for a resumed cookie). The service account's searches
+    /// have no size or time limit (`limits`), as a persistent search never
+    /// ends: under a limit (slapd's default is 500 entries) slapd would end
+    /// it with sizeLimitExceeded (4). A plain
+    /// [`Slapd::start`] runs without the overlay, so a client sees a
+    /// directory that cannot push.
+    pub fn start_with_syncprov() -> Slapd {
+        Slapd::launch(Slapd::best_disable(), None, true)
     }
 
     /// Like [`Slapd::start`], but searches by anybody other than the rootdn
@@ -180,7 +207,7 @@ impl Slapd {
     /// control gets every entry, page by page
     /// (`sizelimit size.soft=N size.hard=N size.prtotal=unlimited`).
     pub fn start_with_size_limit(limit: u32) -> Slapd {
-        Slapd::launch(Slapd::best_disable(), Some(limit))
+        Slapd::launch(Slapd::best_disable(), Some(limit), false)
     }
 
     fn best_disable() -> Disable {
@@ -191,7 +218,7 @@ impl Slapd {
         }
     }
 
-    fn launch(disable: Disable, size_limit: Option<u32>) -> Slapd {
+    fn launch(disable: Disable, size_limit: Option<u32>, syncprov: bool) -> Slapd {
         let dir = tempfile::Builder::new().prefix("slapd-").tempdir().expect("temp dir");
         let mut slapd = Slapd {
             dir,
@@ -207,6 +234,7 @@ impl Slapd {
             carried_binds: 0,
             size_limit,
             paused: AtomicBool::new(false),
+            syncprov,
         };
         slapd.write_files();
         slapd.load_initial_entries();
@@ -391,6 +419,13 @@ impl Slapd {
             .unwrap_or_else(|| panic!("no entryUUID for {uid} in:\n{out}"))
     }
 
+    /// The controls the root DSE advertises (`supportedControl`), read as
+    /// the rootdn.
+    pub fn supported_controls(&self) -> Vec<String> {
+        let out = self.admin_search("", "base", "(objectClass=*)", &["supportedControl"]);
+        ldif_values(&out, "supportedControl")
+    }
+
     /// Searches the tree as the rootdn and returns the LDIF; counted as an
     /// administrative bind, not by [`Slapd::bind_count`].
     pub fn admin_search(&self, base: &str, scope: &str, filter: &str, attrs: &[&str]) -> String {
@@ -553,6 +588,27 @@ impl Slapd {
     /// Stops the server with SIGTERM and waits for it to exit; the database
     /// and ports are kept for [`Slapd::restart`]. A no-op when stopped.
     pub fn stop(&mut self) {
+        self.halt("TERM");
+    }
+
+    /// Kills the server with SIGKILL, as a crash would, and waits for it to
+    /// exit; as with [`Slapd::stop`], the database (written before the
+    /// kill: the kernel still holds it) and ports stay for
+    /// [`Slapd::restart`]. A no-op when stopped.
+    pub fn kill(&mut self) {
+        self.halt("KILL");
+    }
+
+    /// Turns the `syncprov` overlay on or off (see
+    /// [`Slapd::start_with_syncprov`]) from the next [`Slapd::restart`]:
+    /// a directory whose persistent searches stop working while its
+    /// ordinary searches go on.
+    pub fn set_syncprov(&mut self, on: bool) {
+        self.syncprov = on;
+        std::fs::write(self.dir.path().join("slapd.conf"), self.config_text()).expect("write slapd.conf");
+    }
+
+    fn halt(&mut self, sig: &str) {
         if self.child.is_none() {
             return;
         }
@@ -564,7 +620,7 @@ impl Slapd {
         }
         let mut child = self.child.take().expect("running");
         let termed = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
+            .args([&format!("-{sig}"), &child.id().to_string()])
             .stderr(Stdio::null())
             .status()
             .is_ok_and(|s| s.success());
@@ -580,7 +636,7 @@ impl Slapd {
                     let _ = child.kill();
                     let _ = child.wait();
                     panic!(
-                        "slapd still ran {} s after SIGTERM; log:\n{}",
+                        "slapd still ran {} s after SIG{sig}; log:\n{}",
                         STOP_TIMEOUT.as_secs(),
                         self.log()
                     );
@@ -732,6 +788,9 @@ impl Slapd {
             if self.disable == Disable::Ppolicy {
                 c.push_str("moduleload ppolicy\n");
             }
+            if self.syncprov {
+                c.push_str("moduleload syncprov\n");
+            }
         }
         c.push_str(&format!(
             "pidfile \"{}\"\nargsfile \"{}\"\n",
@@ -761,6 +820,13 @@ impl Slapd {
         // Sparse, so the size costs nothing; no fsync, since tests never
         // outlive the machine.
         c.push_str("maxsize 1073741824\ndbnosync\nindex objectClass,uid,mail,entryUUID eq\n");
+        if self.syncprov {
+            // syncprov looks entries up by entryCSN when it answers a cookie.
+            c.push_str("index entryCSN eq\n");
+            c.push_str(&format!(
+                "limits dn.exact=\"{SERVICE_DN}\" size=unlimited time=unlimited\n"
+            ));
+        }
         match self.disable {
             Disable::Ppolicy => {
                 // The policy's pwdLockout makes ppolicy honour
@@ -771,6 +837,11 @@ impl Slapd {
             Disable::EmployeeType => {
                 c.push_str("access to filter=(employeeType=disabled) attrs=userPassword\n    by * none\n");
             }
+        }
+        if self.syncprov {
+            // Checkpoint the context CSN every 100 writes or 10 minutes; the
+            // session log lets a resumed cookie learn of deletions.
+            c.push_str("overlay syncprov\nsyncprov-checkpoint 100 10\nsyncprov-sessionlog 10000\n");
         }
         c.push_str(&format!(
             "access to attrs=userPassword\n    by anonymous auth\n    by * none\n\
@@ -1226,7 +1297,7 @@ mod tests {
 
     #[test]
     fn slapd_disable_and_enable_with_employee_type() {
-        let slapd = Slapd::launch(Disable::EmployeeType, None);
+        let slapd = Slapd::launch(Disable::EmployeeType, None, false);
         assert_eq!(slapd.disabled_filter(), "(employeeType=disabled)");
         check_disable(slapd);
     }
@@ -1387,6 +1458,134 @@ mod tests {
             )
             .unwrap();
         assert_eq!(ldif_values(&found, "uid").len(), 1100);
+    }
+
+    /// The RFC 4533 Sync Request control, which syncprov serves.
+    const SYNC_REQUEST: &str = "1.3.6.1.4.1.4203.1.9.1.1";
+
+    #[test]
+    fn slapd_syncprov_serves_the_service_account_a_persistent_search() {
+        assert!(
+            !Slapd::start().supported_controls().iter().any(|c| c == SYNC_REQUEST),
+            "a plain slapd advertises content synchronisation"
+        );
+        let slapd = Slapd::start_with_syncprov();
+        assert!(
+            slapd.supported_controls().iter().any(|c| c == SYNC_REQUEST),
+            "{:?}",
+            slapd.supported_controls()
+        );
+        slapd.add_user("alice", "alice@example.com", "pw");
+        slapd.add_user("bob", "bob@example.com", "pw");
+        slapd.disable_user("alice");
+        assert_eq!(
+            slapd.whoami(Transport::Plain, &Slapd::user_dn("bob"), "pw"),
+            ok_dn("bob"),
+            "binds work under the overlay"
+        );
+
+        // refreshAndPersist as the service account: the refresh phase
+        // returns both users, then the search stays open and reports each
+        // change as it happens.
+        let mut cmd = slapd.tool("ldapsearch", &slapd.url());
+        cmd.args(["-LLL", "-o", "ldif_wrap=no", "-E", "!sync=rp", "-D", SERVICE_DN, "-y"])
+            .arg(slapd.service_password_file())
+            .args(["-b", Slapd::PEOPLE_DN, "(objectClass=inetOrgPerson)", "mail"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut search = Persistent(cmd.spawn().expect("spawn ldapsearch"));
+        let out: Arc<Mutex<String>> = Arc::default();
+        let _reader = collect(search.0.stdout.take().expect("piped"), Arc::clone(&out));
+        let _errors = collect(search.0.stderr.take().expect("piped"), Arc::clone(&out));
+        let mut wait_for = |what: &str| {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !out.lock().unwrap().contains(what) {
+                if let Some(status) = search.0.try_wait().unwrap() {
+                    panic!("ldapsearch ended ({status}) before {what:?}:\n{}", out.lock().unwrap());
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "no {what:?} from the persistent search:\n{}\nslapd log:\n{}",
+                    out.lock().unwrap(),
+                    slapd.log()
+                );
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        };
+        wait_for("mail: bob@example.com");
+        wait_for("mail: alice@example.com");
+        slapd.add_user("carol", "carol@example.com", "pw");
+        wait_for("mail: carol@example.com");
+        slapd.rename_user("carol", "caroline");
+        wait_for(&format!("dn: {}", Slapd::user_dn("caroline")));
+        slapd.delete_user("bob");
+        // A deletion comes as the entry's DN with a delete sync state and
+        // no attributes; ldapsearch prints the DN again.
+        let deleted = |out: &str| out.matches(&format!("dn: {}", Slapd::user_dn("bob"))).count();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while deleted(&out.lock().unwrap()) < 2 {
+            assert!(
+                Instant::now() < deadline,
+                "no deletion reported:\n{}",
+                out.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(search.0.try_wait().unwrap().is_none(), "the persistent search ended");
+        assert!(!slapd.log().contains("err=4 "), "{}", slapd.log());
+    }
+
+    /// A refreshOnly content synchronisation (`-E '!sync=ro'`, critical)
+    /// as the service account: the LDIF of the users, or the tool's error.
+    fn refresh_only(slapd: &Slapd) -> Result<String, String> {
+        let mut cmd = slapd.tool("ldapsearch", &slapd.url());
+        cmd.args(["-LLL", "-o", "ldif_wrap=no", "-E", "!sync=ro", "-D", SERVICE_DN, "-y"])
+            .arg(slapd.service_password_file())
+            .args(["-b", Slapd::PEOPLE_DN, "(objectClass=inetOrgPerson)", "uid"]);
+        stdout_or_error(cmd)
+    }
+
+    #[test]
+    fn slapd_kill_keeps_the_data_and_syncprov_turns_off_and_on_at_restarts() {
+        let mut slapd = Slapd::start_with_syncprov();
+        slapd.add_user("alice", "alice@example.com", "pw");
+        slapd.add_user("bob", "bob@example.com", "pw");
+        slapd.delete_user("bob");
+        slapd.kill();
+        let down = slapd
+            .whoami(Transport::Plain, &Slapd::user_dn("alice"), "pw")
+            .unwrap_err();
+        assert!(down.contains("Can't contact LDAP server"), "{down}");
+        slapd.restart();
+        let synced = refresh_only(&slapd).unwrap();
+        assert_eq!(ldif_values(&synced, "uid"), ["alice"], "after SIGKILL");
+
+        slapd.set_syncprov(false);
+        slapd.restart();
+        let refused = refresh_only(&slapd).unwrap_err();
+        assert!(refused.contains("Critical extension is unavailable (12)"), "{refused}");
+        // Ordinary searches go on.
+        let password = slapd.service_password();
+        let found = slapd
+            .search_as(Some((SERVICE_DN, &password)), Slapd::PEOPLE_DN, "(uid=alice)", &["uid"])
+            .unwrap();
+        assert_eq!(ldif_values(&found, "uid"), ["alice"]);
+
+        slapd.set_syncprov(true);
+        slapd.restart();
+        assert_eq!(ldif_values(&refresh_only(&slapd).unwrap(), "uid"), ["alice"]);
+        assert_eq!(slapd.log().matches("slapd starting").count(), 4);
+    }
+
+    /// A running `ldapsearch`, killed when dropped.
+    struct Persistent(Child);
+
+    impl Drop for Persistent {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
     }
 
     #[test]
