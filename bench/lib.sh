@@ -389,6 +389,28 @@ userPassword: $(bench_ssha "$4")
 EOF
 }
 
+# bench_ldif_policy BASE POLICY_DN
+# ou=policies and the default password policy of the ppolicy overlay, as
+# LDIF on stdout: pwdLockout makes ppolicy honour pwdAccountLockedTime (how
+# these benchmarks disable a user); pwdMaxFailure 0 never locks on failed
+# binds.
+bench_ldif_policy() {
+    cat <<EOF
+dn: ou=policies,$1
+objectClass: organizationalUnit
+ou: policies
+
+dn: $2
+objectClass: device
+objectClass: pwdPolicy
+cn: default
+pwdAttribute: userPassword
+pwdLockout: TRUE
+pwdMaxFailure: 0
+
+EOF
+}
+
 # bench_slapd_need [CMD:PKG...]: installs slapd and the ldap-utils clients
 # (plus any further CMD:PKG given) and checks that back_mdb is there. slapd
 # lives in /usr/sbin, which a non-login shell may lack on its PATH.
@@ -466,6 +488,20 @@ bench_slapd_start() {
     bench_die "slapd did not accept the bind of $dn at $uri"
 }
 
+# bench_slapd_fresh DB_DIR CONF SUFFIX LDIF URI BIND_DN PASSWORD_FILE [OLD_PID]
+# Stops the slapd OLD_PID (when given), empties DB_DIR (CONF's database
+# directory), loads LDIF into it and starts slapd again as
+# bench_slapd_start does: a benchmark's rounds each start from the same
+# directory. The new PID is left in BENCH_LAST_PID.
+bench_slapd_fresh() {
+    local db=$1 conf=$2 suffix=$3 ldif=$4 uri=$5 dn=$6 pw=$7 old=${8-}
+    [ -z "$old" ] || bench_slapd_stop "$old"
+    rm -rf "$db"
+    mkdir -p "$db"
+    bench_slapd_load "$conf" "$suffix" "$ldif"
+    bench_slapd_start "$conf" "$uri" "$dn" "$pw"
+}
+
 # bench_slapd_stop PID: stops a slapd started by bench_slapd_start (SIGTERM:
 # it closes its database cleanly), waits for it and drops it from the
 # cleanup list, for a benchmark that reloads the directory between rounds.
@@ -478,6 +514,92 @@ bench_slapd_stop() {
     done
     bench_alive "$pid" && kill -KILL "$pid" 2>/dev/null
     bench_reap "$pid" || true
+}
+
+# bench_slapd_mdb SUFFIX ROOTDN PASSWORD_FILE DB_DIR: the head of a back_mdb
+# database section (1 GiB map, the rootdn's password stored as {SSHA});
+# the caller adds its indexes, rules and overlays.
+bench_slapd_mdb() {
+    cat <<EOF
+
+database mdb
+maxsize 1073741824
+suffix "$1"
+rootdn "$2"
+rootpw $(bench_ssha "$3")
+directory $4
+EOF
+}
+
+# bench_slapd_acl SERVICE_DN: the access rules of a directory that fedgate
+# reads as SERVICE_DN: passwords are only for binding, everything else is
+# readable by the service account and by each user for their own entry.
+bench_slapd_acl() {
+    cat <<EOF
+access to attrs=userPassword
+    by anonymous auth
+    by * none
+access to *
+    by dn.exact="$1" read
+    by self read
+    by * none
+EOF
+}
+
+# bench_slapd_syncprov_db SERVICE_DN
+# The database lines RFC 4533 content synchronisation (syncrepl) needs, for
+# a benchmark that opts in: the indexes syncprov looks entries up by, and
+# no size or time limit for SERVICE_DN, whose refresh reads every entry in
+# one search. Goes in the database section, before any overlay; the
+# overlay itself is bench_slapd_syncprov_overlay, and the global part must
+# load the module (bench_slapd_conf_head DIR ... syncprov).
+bench_slapd_syncprov_db() {
+    echo "index entryCSN,entryUUID eq"
+    echo "limits dn.exact=\"$1\" size=unlimited time=unlimited"
+}
+
+# bench_slapd_syncprov_overlay: the syncprov overlay, after the database's
+# other overlays (ppolicy): a context checkpoint every 100 writes or 10
+# minutes, and a session log of 10000 changes, so that a consumer resuming
+# with a cookie gets the changes (deletions included) without a full
+# refresh.
+bench_slapd_syncprov_overlay() {
+    echo "overlay syncprov"
+    echo "syncprov-checkpoint 100 10"
+    echo "syncprov-sessionlog 10000"
+}
+
+# bench_slapd_monitor_db READER_DN
+# A cn=Monitor database (back-monitor, built into Debian's slapd) that only
+# READER_DN may read, for counting the operations the server completes.
+# Goes after the other databases.
+bench_slapd_monitor_db() {
+    cat <<EOF
+
+database monitor
+access to *
+    by dn.exact="$1" read
+    by * none
+EOF
+}
+
+# bench_slapd_ops URI BIND_DN PASSWORD_FILE
+# The operations slapd has completed since it started, from cn=Monitor: one
+# "TYPE COUNT" line per operation type (bind, search, modify, ...) and
+# "total COUNT". The read itself adds a bind, a search and an unbind; a
+# caller that wants the operations of others measures that once and
+# subtracts it.
+bench_slapd_ops() {
+    ldapsearch -x -LLL -o ldif-wrap=no -H "$1" -D "$2" -y "$3" \
+        -b cn=Operations,cn=Monitor -s sub '(objectClass=*)' monitorOpCompleted \
+        2>>"$BENCH_WORKDIR/monitor.log" |
+        awk '
+            /^dn: cn=Operations,cn=Monitor$/ { t = "total"; next }
+            /^dn: cn=[^,]*,cn=Operations,cn=Monitor$/ {
+                t = tolower(substr($2, 4, index($2, ",") - 4)); next
+            }
+            /^monitorOpCompleted: / && t != "" { print t, $2; n++ }
+            END { if (n == 0) exit 1 }'
 }
 
 bench_slapd_version() {

@@ -123,13 +123,9 @@ mkdir -p "$W/slapd/db"
 # rootdn ends with sizeLimitExceeded after $SIZE_LIMIT entries; a paged one
 # (RFC 2696) gets every entry.
 sizelimit size.soft=$SIZE_LIMIT size.hard=$SIZE_LIMIT size.prtotal=unlimited
-
-database mdb
-maxsize 1073741824
-suffix "$BASE"
-rootdn "$ADMIN_DN"
-rootpw $(bench_ssha "$W/admin.password")
-directory $W/slapd/db
+EOF
+    bench_slapd_mdb "$BASE" "$ADMIN_DN" "$W/admin.password" "$W/slapd/db"
+    cat <<EOF
 index objectClass eq
 index mail,uid,entryUUID eq
 # Serves (modifyTimestamp>=MARK) too: generalizedTime equality keys sort.
@@ -147,15 +143,7 @@ access to filter=(employeeType=disabled) attrs=userPassword
     by * none
 EOF
     fi
-    cat <<EOF
-access to attrs=userPassword
-    by anonymous auth
-    by * none
-access to *
-    by dn.exact="$SERVICE_DN" read
-    by self read
-    by * none
-EOF
+    bench_slapd_acl "$SERVICE_DN"
 } >"$W/slapd.conf"
 chmod 0600 "$W/slapd.conf"
 grep -q '^rootpw {SSHA}' "$W/slapd.conf" || bench_die "slapd.conf has no rootpw (see slappasswd.log)"
@@ -164,20 +152,7 @@ bench_log "writing $DIR_USERS directory users"
 {
     bench_ldif_base "$BASE" "$PEOPLE" "$SERVICE_DN" "$W/ldap.password"
     if [ "$DISABLE_MECH" = ppolicy ]; then
-        cat <<EOF
-dn: ou=policies,$BASE
-objectClass: organizationalUnit
-ou: policies
-
-dn: $POLICY_DN
-objectClass: device
-objectClass: pwdPolicy
-cn: default
-pwdAttribute: userPassword
-pwdLockout: TRUE
-pwdMaxFailure: 0
-
-EOF
+        bench_ldif_policy "$BASE" "$POLICY_DN"
     fi
     # Users 1..N, each last changed at its own time, 5 minutes apart and
     # ending a day ago, as in a directory that grew over the past year.
@@ -253,14 +228,8 @@ LDAP_PID=''
 # that paging works and leaves the database in the page cache.
 directory_load() {
     local n
-    if [ -n "$LDAP_PID" ]; then
-        bench_slapd_stop "$LDAP_PID"
-        LDAP_PID=''
-    fi
-    rm -rf "$W/slapd/db"
-    mkdir -p "$W/slapd/db"
-    bench_slapd_load "$W/slapd.conf" "$BASE" "$W/directory.ldif"
-    bench_slapd_start "$W/slapd.conf" "$LDAP_URI" "$SERVICE_DN" "$W/ldap.password"
+    bench_slapd_fresh "$W/slapd/db" "$W/slapd.conf" "$BASE" "$W/directory.ldif" "$LDAP_URI" \
+        "$SERVICE_DN" "$W/ldap.password" "$LDAP_PID"
     LDAP_PID=$BENCH_LAST_PID
     n=$(ldapsearch "${SERVICE[@]}" -LLL -b "$PEOPLE" -E "pr=$PAGE_SIZE/noprompt" \
         "$SYNC_FILTER" 1.1 2>>"$W/ldapsearch.log" | grep -c '^dn:') || true
