@@ -204,8 +204,6 @@ ops_delta() {
 }
 
 # --- fedgate --------------------------------------------------------------------
-# The build knows `[sync] mode` once the push sync is in; before that, it
-# rejects the key and only polls.
 # directory_toml: fedgate's [directory] section.
 directory_toml() {
     cat <<EOF
@@ -219,40 +217,14 @@ login_filter = "(&(objectClass=inetOrgPerson)(uid={login}))"
 disabled_filter = "(pwdAccountLockedTime=*)"
 EOF
 }
-mkdir -p "$W/probe"
-{
-    cat <<EOF
-[store]
-url = "sqlite://$W/probe/fedgate.db"
-key_file = "$W/probe/fedgate.key"
-
-EOF
-    directory_toml
-    printf '\n[sync]\nmode = "poll"\n'
-} >"$W/probe.toml"
-if "$FEDGATE" --config "$W/probe.toml" check-config >"$W/probe.log" 2>&1; then
-    HAS_MODE=1
-else
-    grep -q 'sync\.mode' "$W/probe.log" ||
-        bench_die "fedgate refuses the probe config for another reason: $(cat "$W/probe.log")"
-    HAS_MODE=0
-    case " $MODES " in
-    *" push "*)
-        bench_die "this fedgate build has no [sync] mode (it answers: $(head -c 300 "$W/probe.log")): the push sync is not in it; run with MODES=poll"
-        ;;
-    esac
-    bench_log "this build has no [sync] mode: poll mode runs without the key (polling is all it does)"
-fi
-
 # fedgate_config MODE: the config of MODE's fedgate.
 fedgate_config() {
-    local mode=$1 mode_line='' interval
+    local mode=$1 interval
     if [ "$mode" = push ]; then
         interval=300s
     else
         interval=1s
     fi
-    [ "$HAS_MODE" = 1 ] && mode_line="mode = \"$mode\""
     cat <<EOF
 [server]
 listen = []
@@ -281,7 +253,7 @@ source_threshold = 0
 $(directory_toml)
 
 [sync]
-$mode_line
+mode = "$mode"
 interval = "$interval"
 full_every = "24h"
 # The trials disable or delete up to $((TRIALS + DELETES)) users of $DIR_USERS within
@@ -372,9 +344,7 @@ run_mode() {
     else
         wait_log "$log" "sync pass" '.kind == "full" and .outcome == "completed"' "$fg_pid" 600 \
             "first full pass"
-        if [ "$HAS_MODE" = 1 ]; then
-            wait_log "$log" "sync mode" '.mode == "poll"' "$fg_pid" 100 'a "sync mode" line saying mode poll'
-        fi
+        wait_log "$log" "sync mode" '.mode == "poll"' "$fg_pid" 100 'a "sync mode" line saying mode poll'
     fi
     MODE_LINE[$mode]=$(log_lines "$log" "sync mode" | head -n 1 |
         jq -r '"mode \(.mode), method \(.method), reason: \(.reason)"')
@@ -501,7 +471,7 @@ mass-change guard would stop them), and:
 
 - **push**: \`[sync] mode = "push"\`, \`interval = "300s"\` (no incremental pass
   runs while the persistent search is up, so only push explains a refusal);
-- **poll**: \`[sync] mode = "poll"\`$([ "$HAS_MODE" = 1 ] || echo " (this build has no \`mode\` key, so the line is left out: it only polls)"), \`interval = "1s"\`.
+- **poll**: \`[sync] mode = "poll"\`, \`interval = "1s"\`.
 
 Each mode starts from the reloaded directory and an empty store; fedgate's
 first full pass creates the users; each trial user ($TRIAL_USERS) and load user
@@ -538,7 +508,7 @@ EOF
             echo "| $kind | $n | $ok | $p50 | $p99 | $max | $write | $fails${why:+ ($why)} |"
         done <"$W/stats.tsv"
         echo
-        echo "- sync mode: ${MODE_LINE[$mode]:-no \"sync mode\" log line (this build only polls)}"
+        echo "- sync mode: ${MODE_LINE[$mode]:-no \"sync mode\" log line}"
         [ -n "${PUSH_LINE[$mode]}" ] && echo "- \`fedgate sync status\` after the trials: \`${PUSH_LINE[$mode]}\`"
         echo "- passes this fedgate ran (\`fedgate_sync_passes_total\`): ${PASSES[$mode]}"
         echo "- changes received by push (\`fedgate_sync_changes_received_total\`): ${CHANGES[$mode]}"
