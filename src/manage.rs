@@ -246,6 +246,10 @@ pub struct CreatedAppPassword {
 /// The directory sync as the store records it.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct SyncStatus {
+    /// `[sync] mode` of the configuration that answers (`push` or `poll`);
+    /// absent where it has no `[sync]`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mode: Option<&'static str>,
     /// The node scheduling passes, unless its lead has run out.
     pub leader: Option<SyncLead>,
     pub incremental: Option<SyncPass>,
@@ -855,6 +859,7 @@ impl Manager {
             None => last_completed,
         };
         Ok(SyncStatus {
+            mode: None,
             leader,
             lag_seconds: current_at.map(|at| (now - at).max(0) / 1000),
             incremental,

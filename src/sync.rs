@@ -578,6 +578,11 @@ impl Syncer {
     /// The scheduled passes of `fedgate serve`: the lead job, and on the
     /// leader a full pass as soon as it takes the lead, then incremental
     /// ones every `interval` and a full one every `full_every`.
+    /// `[sync] mode`.
+    pub fn mode(&self) -> SyncMode {
+        self.config.mode
+    }
+
     pub fn start_jobs(self: &Arc<Self>, shutdown: &Shutdown) -> Vec<Job> {
         let lead = {
             let this = Arc::clone(self);

@@ -674,7 +674,8 @@ pub async fn sync(ctx: &Ctx, cmd: crate::cli::SyncCommand) -> Result<(), Command
             }
         }
         crate::cli::SyncCommand::Status => {
-            let status = ctx.manager.sync_status().await?;
+            let mut status = ctx.manager.sync_status().await?;
+            status.mode = Some(sync.mode.as_str());
             ctx.print(&status, || {
                 for (name, pass) in [("incremental", &status.incremental), ("full", &status.full)] {
                     match pass {

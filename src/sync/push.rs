@@ -639,7 +639,7 @@ impl Syncer {
 
     async fn hold(&self, guard: &Guard, server: &str) {
         let message = guard.message();
-        tracing::warn!(server = %server, message = %message, "sync push guarded");
+        tracing::warn!(server = %server, detail = %message, "sync push guarded");
         {
             let mut push = self.push.lock().unwrap_or_else(|p| p.into_inner());
             push.guarded_at = Some(self.clock.now_ms());
@@ -713,9 +713,10 @@ impl Syncer {
     async fn push_connected(&self, server: &str, resumed: bool) {
         let method = self.method_name();
         tracing::info!(server = %server, method, resumed, "sync push connected");
-        {
+        let after_loss = {
             let now = self.clock.now_ms();
             let mut push = self.push.lock().unwrap_or_else(|p| p.into_inner());
+            let after_loss = !push.backoff.is_zero();
             push.up = true;
             push.server = Some(server.to_owned());
             push.since = Some(now);
@@ -725,6 +726,16 @@ impl Syncer {
             }
             push.backoff = Duration::ZERO;
             push.next_attempt = None;
+            after_loss
+        };
+        // A resumed refresh reports the deletions the server's session log
+        // holds, and a slapd that was killed lost the log's newest part
+        // (it lives in memory): a full pass after every reconnect finds
+        // who is gone. (AD's reconnect pass reads the tombstones instead.)
+        if after_loss && resumed && self.method_name() == "syncrepl" {
+            tracing::info!(server = %server, "sync push resumed after a loss: a full pass follows, for deletions the directory may not have kept");
+            self.full_wanted.store(true, Ordering::SeqCst);
+            self.wake.notify_one();
         }
         crate::telemetry::sync_push_connected(true);
         self.record_push().await;
