@@ -292,10 +292,13 @@ struct Asker<'a> {
 }
 
 /// What the lockout said before a secret is checked, and about whom.
-struct Asked<'n> {
+struct Asked<'n, 's> {
     subject: Option<lockout::Subject<'n>>,
     epoch: u64,
     check: lockout::Check,
+    /// The secret under the epoch it was asked in, to count it later.
+    attempt: lockout::Attempt<'s>,
+    locked_out: bool,
     /// The user the name resolved to, in the view or once caught up.
     entry: Option<Arc<UserEntry>>,
     /// False when catching up could not read the store.
@@ -522,6 +525,8 @@ impl Authenticator {
             subject,
             epoch,
             check,
+            attempt,
+            locked_out,
             entry,
             current,
         } = self
@@ -534,8 +539,6 @@ impl Authenticator {
                 !stale && !mistyped,
             )
             .await;
-        let attempt = lockout::Attempt::new(secret.expose(), epoch);
-        let locked_out = matches!(check, lockout::Check::Locked(_));
         let Verification {
             verified,
             fresh,
@@ -703,6 +706,8 @@ impl Authenticator {
             subject,
             epoch,
             check,
+            attempt,
+            locked_out,
             entry,
             current,
         } = self
@@ -715,8 +720,6 @@ impl Authenticator {
                 !stale && !app_password_shaped,
             )
             .await;
-        let attempt = lockout::Attempt::new(secret.expose(), epoch);
-        let locked_out = matches!(check, lockout::Check::Locked(_));
         let verified = if locked_out {
             Verification::from(Verified::Invalid)
         } else if stale {
@@ -786,15 +789,15 @@ impl Authenticator {
     /// store by its own first sign-in and not read back yet; a name that
     /// cannot name anybody, say of another domain, is not looked for), and
     /// the lockout asked again for the account it found.
-    async fn ask_lockout<'n>(
+    async fn ask_lockout<'n, 's>(
         &self,
         name: Option<&'n LoginName>,
-        entry: Option<Arc<UserEntry>>,
-        secret: &str,
+        mut entry: Option<Arc<UserEntry>>,
+        secret: &'s str,
         ip: IpAddr,
         context: &str,
         may_catch_up: bool,
-    ) -> Asked<'n> {
+    ) -> Asked<'n, 's> {
         let ask = |entry: Option<&UserEntry>| {
             let subject = lockout_subject(name, entry);
             let epoch = self.lockout_epoch(entry, context);
@@ -803,40 +806,40 @@ impl Authenticator {
                 .check(subject, ip, lockout::Attempt::new(secret, epoch), Instant::now());
             (subject, epoch, check)
         };
-        let (subject, epoch, check) = ask(entry.as_deref());
-        let mut asked = Asked {
+        let (mut subject, mut epoch, mut check) = ask(entry.as_deref());
+        let mut current = true;
+        if let Some(name) = name.filter(|_| may_catch_up && check == lockout::Check::Clear && entry.is_none()) {
+            current = self.catch_up(Instant::now()).await;
+            // Once caught up, the sign-in is the account's: asked for the
+            // account and counted there, as the next one (answered from the
+            // view) will be. Counted under the name, guesses made before the
+            // view's next refresh spent a budget nobody consults once the view
+            // has the account: extra guesses for whoever started right after a
+            // user's first sign-in.
+            //
+            // Asked under the name first, caught up only when that is clear: a
+            // locked name is refused at once, with no wait for a refresh (a
+            // flood of locked junk names costs no store reads), and a name the
+            // view has is one lookup as before. An account the view lacked is
+            // refused as soon as it is known, still with nothing checked. The
+            // name's counter is not merged into the account's: it holds what
+            // was guessed before the account existed here, from strangers only
+            // (a name has no familiar sources), and merging would let those
+            // guesses lock the user's own devices out.
+            if let Some(found) = self.user_named(name) {
+                (subject, epoch, check) = ask(Some(&*found));
+                entry = Some(found);
+            }
+        }
+        Asked {
             subject,
             epoch,
             check,
+            attempt: lockout::Attempt::new(secret, epoch),
+            locked_out: matches!(check, lockout::Check::Locked(_)),
             entry,
-            current: true,
-        };
-        let Some(name) = name.filter(|_| may_catch_up && check == lockout::Check::Clear && asked.entry.is_none())
-        else {
-            return asked;
-        };
-        asked.current = self.catch_up(Instant::now()).await;
-        // Once caught up, the sign-in is the account's: asked for the
-        // account and counted there, as the next one (answered from the
-        // view) will be. Counted under the name, guesses made before the
-        // view's next refresh spent a budget nobody consults once the view
-        // has the account: extra guesses for whoever started right after a
-        // user's first sign-in.
-        //
-        // Asked under the name first, caught up only when that is clear: a
-        // locked name is refused at once, with no wait for a refresh (a
-        // flood of locked junk names costs no store reads), and a name the
-        // view has is one lookup as before. An account the view lacked is
-        // refused as soon as it is known, still with nothing checked. The
-        // name's counter is not merged into the account's: it holds what
-        // was guessed before the account existed here, from strangers only
-        // (a name has no familiar sources), and merging would let those
-        // guesses lock the user's own devices out.
-        if let Some(found) = self.user_named(name) {
-            (asked.subject, asked.epoch, asked.check) = ask(Some(&*found));
-            asked.entry = Some(found);
+            current,
         }
-        asked
     }
 
     /// The name as given, folded once ([`crate::names`]) and parsed, and

@@ -142,33 +142,15 @@ impl Syncer {
     pub async fn run(&self, kind: PassKind, force: bool, wait: bool) -> Result<SyncPass, Busy> {
         let _applying = self.applying.lock().await;
         let started = Instant::now();
-        loop {
-            let until = self.clock.now_ms() + LEASE.as_millis() as i64;
-            let dead = match self.dead_holder().await {
-                Some(dead) => Some(dead),
-                None => self
-                    .lead
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .took_over_from
-                    .clone(),
-            };
-            match self.store.take_sync_lease(&self.holder, until, dead.as_deref()).await {
-                Ok(true) => {
-                    self.lead.lock().unwrap_or_else(|p| p.into_inner()).took_over_from = None;
-                    break;
-                }
-                Ok(false) if wait && started.elapsed() < LEASE_WAIT => {
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-                Ok(false) => return Err(Busy),
-                Err(err) => {
-                    // Without the lease nothing is written; report the pass
-                    // as failed like any other store failure.
-                    let pass = self.failed(kind, self.clock.now_ms(), started, None, &PassError::Store(err));
-                    log_pass(&pass);
-                    return Ok(pass);
-                }
+        match self.take_lease(wait).await {
+            Ok(true) => {}
+            Ok(false) => return Err(Busy),
+            Err(err) => {
+                // Without the lease nothing is written; report the pass
+                // as failed like any other store failure.
+                let pass = self.failed(kind, self.clock.now_ms(), started, None, &PassError::Store(err));
+                log_pass(&pass);
+                return Ok(pass);
             }
         }
         // Renewed while the pass runs, so a long pass keeps it and a
@@ -190,6 +172,36 @@ impl Syncer {
             tracing::warn!(error = %err, "cannot release the sync lease; it expires by itself");
         }
         Ok(pass)
+    }
+
+    /// Takes the sync lease; with `wait`, waits up to [`LEASE_WAIT`] while
+    /// another process holds it. False when it is still held. A holder
+    /// that is gone (its process dead on this host, or a node this one took
+    /// the lead from) is taken over at once.
+    async fn take_lease(&self, wait: bool) -> Result<bool, StoreError> {
+        let started = Instant::now();
+        loop {
+            let until = self.clock.now_ms() + LEASE.as_millis() as i64;
+            let dead = match self.dead_holder().await {
+                Some(dead) => Some(dead),
+                None => self
+                    .lead
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .took_over_from
+                    .clone(),
+            };
+            if self.store.take_sync_lease(&self.holder, until, dead.as_deref()).await? {
+                self.lead.lock().unwrap_or_else(|p| p.into_inner()).took_over_from = None;
+                return Ok(true);
+            }
+            if !wait || started.elapsed() >= LEASE_WAIT {
+                return Ok(false);
+            }
+            // The holder renews every LEASE_RENEW and releases when done:
+            // a short retry finds the release soon after it happens.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 
     /// A lease holder on this host whose process is gone (killed mid-pass):

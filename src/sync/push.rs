@@ -526,7 +526,12 @@ impl Syncer {
             self.wake.notify_one();
         }
         let _applying = self.applying.lock().await;
-        self.take_lease().await?;
+        if !self.take_lease(true).await? {
+            return Err(PassError::Directory(DirectoryError::Unavailable {
+                server: "sync lease".into(),
+                reason: "another process held the sync lease for a minute: pushed changes wait for it".into(),
+            }));
+        }
         let result = self.plan_and_apply(pending, found, by_uuid).await;
         if let Err(err) = self.store.release_sync_lease(&self.holder).await {
             tracing::warn!(error = %err, "cannot release the sync lease; it expires by itself");
@@ -586,25 +591,6 @@ impl Syncer {
             );
         }
         Ok(Ok(counts))
-    }
-
-    /// Takes the store's sync lease for one batch, waiting (up to a minute)
-    /// for a pass another process runs.
-    async fn take_lease(&self) -> Result<(), PassError> {
-        let started = Instant::now();
-        loop {
-            let until = self.clock.now_ms() + super::LEASE.as_millis() as i64;
-            if self.store.take_sync_lease(&self.holder, until, None).await? {
-                return Ok(());
-            }
-            if started.elapsed() >= super::LEASE_WAIT {
-                return Err(PassError::Directory(DirectoryError::Unavailable {
-                    server: "sync lease".into(),
-                    reason: "another process held the sync lease for a minute: pushed changes wait for it".into(),
-                }));
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
     }
 
     /// Disables and deletions push applied within the last `full_every`.
