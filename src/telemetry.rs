@@ -112,6 +112,14 @@ fn describe() {
         "Time of one user bind, by directory server."
     );
     describe_counter!(
+        "fedgate_directory_operations_total",
+        "LDAP requests sent to the directory servers (sign-ins, probes, sync passes and push), by op (bind, search, abandon, unbind); a search read in pages counts once."
+    );
+    describe_counter!(
+        "fedgate_directory_connections_total",
+        "Connections opened to the directory servers (sign-ins, probes, sync passes and push)."
+    );
+    describe_counter!(
         "fedgate_directory_errors_total",
         "Directory operations that failed (sign-in checks and sync passes), by kind (unavailable, timeout, busy, service_bind)."
     );
@@ -285,6 +293,10 @@ fn preset(config: &Config) {
             let _ = metrics::histogram!("fedgate_directory_bind_seconds", "server" => url.clone());
         }
         let _ = metrics::histogram!("fedgate_directory_check_seconds");
+        for op in DIRECTORY_OPERATIONS {
+            metrics::counter!("fedgate_directory_operations_total", "op" => *op).absolute(0);
+        }
+        metrics::counter!("fedgate_directory_connections_total").absolute(0);
         for kind in DirectoryError::KINDS {
             metrics::counter!("fedgate_directory_errors_total", "kind" => *kind).absolute(0);
         }
@@ -398,6 +410,21 @@ pub fn signin(kind: CredentialKind, success: bool, reason: Reason) {
 /// Counts a failed directory operation.
 pub fn directory_error(err: &DirectoryError) {
     metrics::counter!("fedgate_directory_errors_total", "kind" => err.kind()).increment(1);
+}
+
+/// LDAP operations this process sends to directory servers, by operation:
+/// what fedgate costs the directory, sign-ins, probes and sync together.
+pub const DIRECTORY_OPERATIONS: &[&str] = &["bind", "search", "abandon", "unbind"];
+
+/// One LDAP request sent (`op` one of [`DIRECTORY_OPERATIONS`]).
+pub fn directory_operation(op: &'static str) {
+    debug_assert!(DIRECTORY_OPERATIONS.contains(&op));
+    metrics::counter!("fedgate_directory_operations_total", "op" => op).increment(1);
+}
+
+/// One connection opened to a directory server.
+pub fn directory_connection() {
+    metrics::counter!("fedgate_directory_connections_total").increment(1);
 }
 
 /// Whether the directory server at `url` answered the last connection.

@@ -235,6 +235,7 @@ impl LdapDirectory {
             let attempt = tokio::time::timeout(remaining, LdapConnAsync::with_settings(settings, &server.url)).await;
             let reason = match attempt {
                 Ok(Ok((conn, ldap))) => {
+                    telemetry::directory_connection();
                     let url = server.url.clone();
                     tokio::spawn(async move {
                         if let Err(err) = conn.drive().await {
@@ -290,9 +291,11 @@ impl LdapDirectory {
             .await;
             let up = match attempt {
                 Ok(Ok((conn, mut ldap))) => {
+                    telemetry::directory_connection();
                     // Bounded, so a server that stops answering after the
                     // connect cannot hold the probe (or shutdown) up.
                     let driver = tokio::spawn(conn.drive());
+                    telemetry::directory_operation("unbind");
                     let _ = tokio::time::timeout(self.config.connect_timeout, ldap.unbind()).await;
                     driver.abort();
                     true
@@ -348,6 +351,7 @@ impl LdapDirectory {
         let remaining = Self::remaining(deadline).ok_or(DirectoryError::Timeout(self.config.timeout))?;
         // Invariant: a Search bind always has its password (read in `new`).
         let password = self.service_password.as_ref().map_or("", Secret::expose);
+        telemetry::directory_operation("bind");
         let result = conn.ldap.with_timeout(remaining).simple_bind(dn, password).await;
         match result {
             Ok(r) if r.rc == rc::SUCCESS => {
@@ -383,6 +387,7 @@ impl LdapDirectory {
         deadline: Instant,
     ) -> Result<Found, OpError> {
         let remaining = Self::remaining(deadline).ok_or_else(|| OpError::Connection("timed out".into()))?;
+        telemetry::directory_operation("search");
         let result = ldap
             .with_timeout(remaining)
             .with_search_options(
@@ -431,6 +436,7 @@ impl LdapDirectory {
         };
         let remaining = Self::remaining(deadline).ok_or_else(|| OpError::Connection("timed out".into()))?;
         let filter = filter.render(Values { upn: "", login: "" });
+        telemetry::directory_operation("search");
         let result = ldap
             .with_timeout(remaining)
             .search(dn, Scope::Base, &filter, ["1.1"])
@@ -519,6 +525,7 @@ impl LdapDirectory {
             };
             let remaining = Self::remaining(deadline).ok_or(DirectoryError::Timeout(self.config.timeout))?;
             let started = Instant::now();
+            telemetry::directory_operation("bind");
             let bound = conn
                 .ldap
                 .with_timeout(remaining)
@@ -572,6 +579,7 @@ impl LdapDirectory {
         let mut conn = self.connect(deadline).await?;
         let password = self.service_password.as_ref().map_or("", Secret::expose);
         let server = self.url(&conn).to_owned();
+        telemetry::directory_operation("bind");
         match conn
             .ldap
             .with_timeout(self.config.timeout)
@@ -860,6 +868,7 @@ impl SyncSession<'_> {
         let container = format!("CN=Deleted Objects,{root}");
         let ldap = self.ldap.with_timeout(self.directory.config.timeout);
         ldap.with_controls(vec![show_deleted()]);
+        telemetry::directory_operation("search");
         let result = ldap
             .search(&container, Scope::Base, "(objectClass=*)", ["isDeleted"])
             .await
@@ -905,6 +914,7 @@ impl SyncSession<'_> {
         if !controls.is_empty() {
             ldap.with_controls(controls);
         }
+        telemetry::directory_operation("search");
         let mut stream = ldap
             .streaming_search_with(
                 PagedResults::new(page),
@@ -944,6 +954,7 @@ impl SyncSession<'_> {
 
     /// One attribute of the root DSE (`highestCommittedUSN` on AD).
     pub async fn root_attribute(&mut self, name: &str) -> Result<Option<String>, DirectoryError> {
+        telemetry::directory_operation("search");
         let result = self
             .ldap
             .with_timeout(self.directory.config.timeout)
@@ -962,6 +973,7 @@ impl SyncSession<'_> {
     }
 
     pub async fn close(mut self) {
+        telemetry::directory_operation("unbind");
         let _ = self.ldap.unbind().await;
     }
 }

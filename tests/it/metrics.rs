@@ -137,6 +137,11 @@ async fn every_series_is_listed_on_a_fresh_server() {
         ("fedgate_directory_bind_seconds_count", &[("server", &url)]),
         ("fedgate_directory_errors_total", &[("kind", "unavailable")]),
         ("fedgate_directory_errors_total", &[("kind", "timeout")]),
+        ("fedgate_directory_operations_total", &[("op", "bind")]),
+        ("fedgate_directory_operations_total", &[("op", "search")]),
+        ("fedgate_directory_operations_total", &[("op", "abandon")]),
+        ("fedgate_directory_operations_total", &[("op", "unbind")]),
+        ("fedgate_directory_connections_total", &[]),
         ("fedgate_sync_passes_total", &[("kind", "full"), ("outcome", "failed")]),
         (
             "fedgate_sync_passes_total",
@@ -293,6 +298,8 @@ async fn series_move_with_sign_ins_lockouts_and_sync_passes() {
         ("fedgate_argon2_seconds_count", &[]),
         ("fedgate_argon2_wait_seconds_count", &[]),
         ("fedgate_directory_bind_seconds_count", &[("server", &url)]),
+        ("fedgate_directory_operations_total", &[("op", "search")]),
+        ("fedgate_directory_connections_total", &[]),
         ("fedgate_lockouts_total", &[("scope", "account")]),
         ("fedgate_lockout_refusals_total", &[]),
         ("fedgate_lockout_entries", &[("scope", "account")]),
@@ -309,4 +316,43 @@ async fn series_move_with_sign_ins_lockouts_and_sync_passes() {
     for secret in [ALICE, CAROL, "127.0.0.1\""] {
         assert!(!text.contains(secret), "/metrics names {secret}");
     }
+}
+
+/// `fedgate_directory_operations_total` is what the directory sees: the
+/// binds it counts match slapd's own count (`cn=Monitor`) exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn directory_operations_count_what_the_directory_counts() {
+    let slapd = Slapd::start();
+    slapd.add_user("alice", ALICE, ALICE_PW);
+    let fg = server(&slapd, "1h");
+    let admin = fg.admin.unwrap();
+    // After the first full pass, nothing else binds until the sign-ins.
+    until(admin, "a completed full pass", |s| {
+        value(
+            s,
+            "fedgate_sync_passes_total",
+            &[("kind", "full"), ("outcome", "completed")],
+        ) >= Some(1.0)
+    })
+    .await;
+    let binds = |s: &[Sample]| value(s, "fedgate_directory_operations_total", &[("op", "bind")]).unwrap();
+    let fedgate_before = binds(&scrape(admin).await);
+    let slapd_before = slapd.bind_count();
+
+    // A directory password (cold: verified by a bind) and two wrong ones
+    // (each a bind of its own; none cached).
+    SignIn::new(fg.plain, ALICE, ALICE_PW)
+        .until(StatusCode::OK, Duration::from_millis(50))
+        .await;
+    for wrong in ["not alice 1", "not alice 2"] {
+        let (status, _, _) = SignIn::new(fg.plain, ALICE, wrong).send().await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{wrong}");
+    }
+    let slapd_binds = slapd.bind_count() - slapd_before;
+    let fedgate_binds = binds(&scrape(admin).await) - fedgate_before;
+    assert!(slapd_binds >= 3, "slapd counted {slapd_binds} binds for three sign-ins");
+    assert_eq!(
+        fedgate_binds, slapd_binds as f64,
+        "fedgate counted {fedgate_binds} binds, slapd {slapd_binds}"
+    );
 }

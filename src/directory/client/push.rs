@@ -23,6 +23,7 @@ use ldap3::{Scope, SearchStream};
 
 use super::{attribute, construct, domain_root, rc, show_deleted, SyncSession};
 use crate::directory::DirectoryError;
+use crate::telemetry;
 
 /// RFC 4533's sync request control, which `syncprov` advertises.
 pub const SYNC_REQUEST_OID: &str = "1.3.6.1.4.1.4203.1.9.1.1";
@@ -122,6 +123,7 @@ pub enum NotifiedKind {
 impl SyncSession<'_> {
     /// The root DSE's `supportedControl` values.
     pub async fn supported_controls(&mut self) -> Result<Vec<String>, DirectoryError> {
+        telemetry::directory_operation("search");
         let result = self
             .ldap
             .with_timeout(self.directory.config.timeout)
@@ -147,6 +149,7 @@ impl SyncSession<'_> {
     /// TCP alone cannot tell a server that stopped answering (paused,
     /// wedged) from one with nothing to say.
     pub async fn heartbeat(&mut self) -> Result<(), DirectoryError> {
+        telemetry::directory_operation("search");
         self.ldap
             .with_timeout(self.directory.config.timeout)
             .search("", Scope::Base, "(objectClass=*)", ["1.1"])
@@ -171,6 +174,7 @@ impl SyncSession<'_> {
         });
         let mut ldap = self.ldap.clone();
         ldap.with_controls(vec![RawControl { crit: true, ..control }]);
+        telemetry::directory_operation("search");
         let stream = ldap
             .streaming_search(
                 &config.base_dn,
@@ -287,6 +291,7 @@ impl SyncSession<'_> {
         let mut ldap = self.ldap.clone();
         ldap.with_controls(controls);
         // AD accepts only this filter on a notification search.
+        telemetry::directory_operation("search");
         ldap.streaming_search(base, scope, "(objectClass=*)", attributes)
             .await
             .map_err(|e| self.unavailable(e.to_string()))
@@ -404,7 +409,9 @@ impl SyncStream {
     /// Ends the search (abandons it on the server) and the connection.
     pub async fn close(mut self) {
         let id = self.stream.ldap_handle().last_id();
+        telemetry::directory_operation("abandon");
         let _ = self.stream.ldap_handle().abandon(id).await;
+        telemetry::directory_operation("unbind");
         let _ = self.stream.ldap_handle().unbind().await;
     }
 
@@ -455,9 +462,11 @@ impl NotificationStream {
     pub async fn close(mut self) {
         for stream in &mut self.streams {
             let id = stream.ldap_handle().last_id();
+            telemetry::directory_operation("abandon");
             let _ = stream.ldap_handle().abandon(id).await;
         }
         if let Some(stream) = self.streams.first_mut() {
+            telemetry::directory_operation("unbind");
             let _ = stream.ldap_handle().unbind().await;
         }
     }
