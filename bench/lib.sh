@@ -506,6 +506,12 @@ bench_slapd_fresh() {
 # it closes its database cleanly), waits for it and drops it from the
 # cleanup list, for a benchmark that reloads the directory between rounds.
 bench_slapd_stop() {
+    bench_stop "$1"
+}
+
+# bench_stop PID: stops a server started with bench_spawn (SIGTERM, SIGKILL
+# after 10 s), waits for it and drops it from the cleanup list.
+bench_stop() {
     local pid=$1 i
     kill -TERM "$pid" 2>/dev/null || true
     for ((i = 0; i < 100; i++)); do

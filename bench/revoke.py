@@ -106,8 +106,10 @@ def setup(args):
 
 
 def ldap_write(args, ldif_text=None, delete_dn=None):
-    """One directory write as the rootdn; returns when the tool has exited,
-    that is, when the server has acknowledged the write."""
+    """One directory write as the directory's administrator (slapd's rootdn,
+    AD's domain administrator); returns when the tool has exited, that is,
+    when the server has acknowledged the write. LDAPS needs LDAPTLS_CACERT
+    in the environment."""
     auth = ["-x", "-H", args.ldap_uri, "-D", args.admin_dn, "-y", args.admin_pw]
     if delete_dn is not None:
         cmd, stdin = ["ldapdelete", *auth, delete_dn], None
@@ -141,20 +143,31 @@ def trials(args):
             out.flush()
 
 
+def writes(directory, local, renamed):
+    """The user's DN and the LDIF of a disable and of a rename on one
+    directory: slapd (a ppolicy lock; `mail` is the UPN) or AD
+    (ACCOUNTDISABLE in userAccountControl; userPrincipalName)."""
+    if directory == "ad":
+        return (f"CN={local}", "replace: userAccountControl\nuserAccountControl: 546\n",
+                f"replace: userPrincipalName\nuserPrincipalName: {renamed}\n")
+    return (f"uid={local}", "add: pwdAccountLockedTime\npwdAccountLockedTime: 000001010000Z\n",
+            f"replace: mail\nmail: {renamed}\n")
+
+
 def trial(args, proxy, kind, upn, password, poll):
-    local = upn.split("@", 1)[0]
-    dn = f"uid={local},{args.people}"
+    local, domain = upn.split("@", 1)
+    renamed = f"renamed-{local}@{domain}"
+    rdn, disable, rename = writes(args.directory, local, renamed)
+    dn = f"{rdn},{args.people}"
     status, _ = proxy.request("GET", "/", headers=basic(upn, password))
     if status != 200:
         return ["error", "", "", "0", f"answered {status} before the write"]
     try:
         started = time.perf_counter()
         if kind == "disable":
-            ldap_write(args, f"dn: {dn}\nchangetype: modify\nadd: pwdAccountLockedTime\n"
-                       "pwdAccountLockedTime: 000001010000Z\n")
+            ldap_write(args, f"dn: {dn}\nchangetype: modify\n{disable}")
         elif kind == "rename":
-            ldap_write(args, f"dn: {dn}\nchangetype: modify\nreplace: mail\n"
-                       f"mail: renamed-{local}@example.com\n")
+            ldap_write(args, f"dn: {dn}\nchangetype: modify\n{rename}")
         else:
             ldap_write(args, delete_dn=dn)
         t0 = time.perf_counter()
@@ -183,7 +196,7 @@ def trial(args, proxy, kind, upn, password, poll):
     if kind == "rename":
         # A rename keeps the user and their app passwords: the new name signs
         # in with the same one.
-        status, _ = proxy.request("GET", "/", headers=basic(f"renamed-{local}@example.com", password))
+        status, _ = proxy.request("GET", "/", headers=basic(renamed, password))
         detail = (detail + " " if detail else "") + f"new name answered {status}"
     return ["refused", f"{(answered - t0) * 1e3:.1f}", write_ms, str(polls), detail]
 
@@ -233,6 +246,7 @@ def main():
     a = sub.add_parser("trials")
     for k in ("mode", "fedgate", "ldap-uri", "admin-dn", "admin-pw", "people", "creds", "out"):
         a.add_argument(f"--{k}", required=True)
+    a.add_argument("--directory", choices=["slapd", "ad"], default="slapd")
     for k in ("disables", "renames", "deletes", "seed"):
         a.add_argument(f"--{k}", type=int, required=True)
     for k in ("timeout", "poll-ms", "jitter-ms"):

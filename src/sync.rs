@@ -447,13 +447,36 @@ impl Syncer {
         }
         plan.seen = seen;
         plan.errors = errors;
-        if let Some(guard) = plan.guard(self.config.max_change_share, self.config.guard_floor) {
+        // Passes AD's change notifications start run as changes come, so a
+        // mass change arrives as many small passes: counted together, as
+        // push counts its batches.
+        // Once a pass completed after the guard tripped (`sync run
+        // --force`, in this process or another), what came before no
+        // longer counts.
+        let notified = kind == PassKind::Incremental && self.notified();
+        let recent = if notified {
+            self.guard_holds().await;
+            self.recent_destructive()
+        } else {
+            0
+        };
+        if let Some(guard) = plan.guard_after(recent, self.config.max_change_share, self.config.guard_floor) {
             if !force {
+                if notified {
+                    self.note_guarded();
+                }
                 return Ok((plan, Err(guard), None));
             }
             tracing::warn!(message = %guard.message(), "mass-change guard overridden with --force");
         }
         let applied = self.store.apply_directory_changes(&plan.changes).await?;
+        if force {
+            // The operator has seen the change: what came before it no
+            // longer counts against the next ones.
+            self.forget_destructive();
+        } else if notified {
+            self.note_destructive(applied.disabled + applied.deleted);
+        }
         let new_mark = usn_mark.or(highest).or_else(|| mark.map(|m| m.value.clone()));
         Ok((plan, Ok(applied), new_mark))
     }

@@ -580,10 +580,7 @@ impl Syncer {
         counts.disabled = applied.disabled;
         counts.enabled = applied.enabled;
         counts.destructive = applied.disabled + applied.deleted;
-        if counts.destructive > 0 {
-            let mut push = self.push.lock().unwrap_or_else(|p| p.into_inner());
-            push.recent.push_back((Instant::now(), counts.destructive));
-        }
+        self.note_destructive(counts.destructive);
         if applied.revoked > 0 {
             tracing::info!(
                 users = applied.revoked,
@@ -593,8 +590,39 @@ impl Syncer {
         Ok(Ok(counts))
     }
 
+    /// Counts disables and deletions push (or a pass a notification
+    /// started) applied, for the guard.
+    pub(super) fn note_destructive(&self, n: usize) {
+        if n > 0 {
+            let mut push = self.push.lock().unwrap_or_else(|p| p.into_inner());
+            push.recent.push_back((Instant::now(), n));
+        }
+    }
+
+    /// A pass a notification started met the guard: from now until a
+    /// pass completes, see [`Syncer::guard_holds`].
+    pub(super) fn note_guarded(&self) {
+        let now = self.clock.now_ms();
+        self.push
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .guarded_at
+            .get_or_insert(now);
+    }
+
+    /// Forgets them (a forced pass completed).
+    pub(super) fn forget_destructive(&self) {
+        self.push.lock().unwrap_or_else(|p| p.into_inner()).recent.clear();
+    }
+
+    /// Whether AD's change notifications are what starts passes now.
+    pub(super) fn notified(&self) -> bool {
+        let push = self.push.lock().unwrap_or_else(|p| p.into_inner());
+        push.up && push.support == Some(Some(PushMethod::Notification))
+    }
+
     /// Disables and deletions push applied within the last `full_every`.
-    fn recent_destructive(&self) -> usize {
+    pub(super) fn recent_destructive(&self) -> usize {
         let mut push = self.push.lock().unwrap_or_else(|p| p.into_inner());
         let window = self.config.full_every;
         while push.recent.front().is_some_and(|(at, _)| at.elapsed() > window) {
@@ -606,7 +634,7 @@ impl Syncer {
     /// Whether the guard still holds push changes back: until a pass
     /// completes after it tripped (`fedgate sync run --force`, or a pass
     /// that found the directory back to normal).
-    async fn guard_holds(&self) -> bool {
+    pub(super) async fn guard_holds(&self) -> bool {
         let Some(since) = self.push.lock().unwrap_or_else(|p| p.into_inner()).guarded_at else {
             return false;
         };
@@ -675,6 +703,9 @@ impl Syncer {
                         self.push.lock().unwrap_or_else(|p| p.into_inner()).last_change_at = Some(self.clock.now_ms());
                         self.pass_wanted.store(true, Ordering::SeqCst);
                         self.wake.notify_one();
+                        // For `sync status` in other processes, as a
+                        // syncrepl batch records it.
+                        self.record_push().await;
                     }
                     Err(err) => break Ended::Lost(err),
                 },

@@ -28,6 +28,11 @@ const POLL: Duration = Duration::from_millis(20);
 /// the test DC: search-then-bind as the service account, with `extra`
 /// lines (which may override `urls`).
 pub(crate) fn ad_section(dc: &Samba, extra: &str) -> String {
+    ad_section_under(dc, samba::BASE_DN, extra)
+}
+
+/// [`ad_section`] with `base_dn` at `base`.
+pub(crate) fn ad_section_under(dc: &Samba, base: &str, extra: &str) -> String {
     let urls = if extra.contains("urls =") {
         String::new()
     } else {
@@ -49,7 +54,7 @@ pub(crate) fn ad_section(dc: &Samba, extra: &str) -> String {
         dc.ca_file().display(),
         dc.service_upn(),
         dc.service_password_file().display(),
-        samba::BASE_DN,
+        base,
         samba::NETBIOS,
     )
 }

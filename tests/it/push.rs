@@ -14,6 +14,11 @@
 //! persistent search per store, held by the sync leader; `sync status` and
 //! `/metrics`.
 //!
+//! On the DC: disables, deletions, UPN changes, renames and moves by
+//! notification; a base below the domain's root; the guard over passes
+//! that notifications start; one watcher per store, the sync leader; a
+//! cut or stalled connection.
+//!
 //! Faults on the way to the shared DC go through a
 //! [`FaultProxy`](crate::support::fault_proxy::FaultProxy): the DC itself
 //! is never paused or restarted, as other tests use it meanwhile. Each
@@ -25,13 +30,13 @@ use std::time::{Duration, Instant};
 use http::StatusCode;
 use serde_json::Value;
 
-use crate::ad::{ad_section, password_of};
+use crate::ad::{ad_section, ad_section_under, password_of};
 use crate::nodes::sync_node;
 use crate::signin::{signed_in, SignIn};
 use crate::support::admin::Admin;
 use crate::support::fault_proxy::FaultProxy;
 use crate::support::postgres::Database;
-use crate::support::samba::Samba;
+use crate::support::samba::{self, Samba};
 use crate::support::slapd::Slapd;
 use crate::support::Fedgate;
 use crate::sync::{
@@ -778,7 +783,7 @@ fn ad_push_sections(dc: &Samba, url: &str) -> Vec<String> {
 fn ad_serve(sections: &[String]) -> Fedgate {
     sections
         .iter()
-        .fold(Fedgate::builder(), |b, s| b.section(s))
+        .fold(Fedgate::builder().admin(), |b, s| b.section(s))
         .cloud_route("/whoami", "builtin:whoami", "")
         .start()
 }
@@ -862,4 +867,208 @@ async fn ad_notifications_survive_a_cut_connection_and_a_stall_is_noticed() {
     nth(&fedgate, "sync push connected", connected_before + 1);
     dc.disable(&Samba::user_dn(logins[3]));
     refused_within(&app_of(3), PUSHED, &fedgate, "AD disable after the stall").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ad_pushes_a_upn_change_a_rename_and_a_move_and_status_and_metrics_show_them() {
+    let dc = Samba::shared();
+    let logins = ["pushupn", "pushren", "pushmove", "pushstay"];
+    for login in logins {
+        dc.add_user(login, &password_of(login));
+    }
+    let fedgate = ad_serve(&ad_push_sections(dc, &dc.ldaps_url()));
+    let (upns, apps) = ad_users(&fedgate, &logins).await;
+    event(&fedgate, "sync push connected");
+    let admin = fedgate.admin();
+    let metrics = fedgate.admin.expect("admin listener");
+    let app_of = |i: usize| SignIn::new(fedgate.plain, &upns[i], &apps[i]);
+    let status = status_json(&admin);
+    assert_eq!(status["mode"], "push", "{status}");
+    assert_eq!(status["push"]["method"], NOTIFICATION, "{status}");
+    assert_eq!(status["push"]["connected"], true, "{status}");
+    assert_eq!(status["push"]["server"], dc.ldaps_url(), "{status}");
+    assert_eq!(metric(metrics, "fedgate_sync_push_connected", "").await, Some(1.0));
+
+    // A new UPN: the old name is refused, the user and the app password
+    // carry over to the new one.
+    let new_upn = Samba::upn("pushupn2");
+    dc.modify(&format!(
+        "dn: {}\nchangetype: modify\nreplace: userPrincipalName\nuserPrincipalName: {new_upn}\n-\n",
+        Samba::user_dn(logins[0])
+    ));
+    refused_within(&app_of(0), PUSHED, &fedgate, "AD: the old UPN").await;
+    SignIn::new(fedgate.plain, &new_upn, &apps[0])
+        .until(StatusCode::OK, POLL)
+        .await;
+
+    // Renamed (new CN, sAMAccountName and UPN): the same user.
+    let renamed_dn = dc.rename(&Samba::user_dn(logins[1]), "pushren2");
+    refused_within(&app_of(1), PUSHED, &fedgate, "AD: the name before the rename").await;
+    let renamed = Samba::upn("pushren2");
+    SignIn::new(fedgate.plain, &renamed, &apps[1])
+        .until(StatusCode::OK, POLL)
+        .await;
+    assert_eq!(user_show(&admin, &renamed)["directory"]["dn"], renamed_dn);
+
+    // Moved to another OU within the base: the same user at a new DN.
+    let moved_dn = dc.move_to(&Samba::user_dn(logins[2]), samba::MOVED_DN);
+    eventually("the moved user's new DN", PUSHED, Some(&fedgate), || {
+        (user_show(&admin, &upns[2])["directory"]["dn"] == moved_dn).then_some(())
+    })
+    .await;
+    signed_in(&app_of(2).send().await, "the moved user");
+    signed_in(&app_of(3).send().await, "the untouched user");
+
+    assert!(
+        metric(metrics, "fedgate_sync_changes_received_total", "kind=\"modify\"")
+            .await
+            .is_some_and(|v| v >= 3.0),
+        "{}",
+        fedgate.raw_logs()
+    );
+    let push = status_json(&admin)["push"].clone();
+    assert!(push["last_change_at"].is_string(), "{push}");
+}
+
+/// Windows refuses a subtree notification below a naming context's root,
+/// so for an OU as `base_dn` the domain's root is watched: changes in the
+/// OU arrive, and a mass change there, arriving as many notified passes,
+/// trips the guard until `sync run --force`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ad_push_under_an_ou_watches_the_domain_and_a_mass_change_trips_the_guard() {
+    let dc = Samba::shared();
+    let ou = format!("OU=PushGuard,{}", samba::BASE_DN);
+    dc.modify(&format!("dn: {ou}\nchangetype: add\nobjectClass: organizationalUnit\n"));
+    let logins: Vec<String> = (0..12).map(|i| format!("pushg{i}")).collect();
+    let dns: Vec<String> = logins
+        .iter()
+        .map(|login| {
+            dc.add_user_under(login, &ou, &password_of(login));
+            format!("CN={login},{ou}")
+        })
+        .collect();
+    let sections = vec![
+        ad_section_under(
+            dc,
+            &ou,
+            &format!(
+                "urls = [\"{}\"]\ntimeout = \"2s\"\nconnect_timeout = \"2s\"",
+                dc.ldaps_url()
+            ),
+        ),
+        format!("[sync]\n{PUSH_ONLY}\nmax_change_share = 0.10\nguard_floor = 3\n"),
+    ];
+    let fedgate = ad_serve(&sections);
+    let login_refs: Vec<&str> = logins.iter().map(String::as_str).collect();
+    let (upns, apps) = ad_users(&fedgate, &login_refs).await;
+    event(&fedgate, "sync push connected");
+    let admin = fedgate.admin();
+    assert_eq!(users(&admin).len(), 12, "only the OU's users are synced");
+    let app_of = |i: usize| SignIn::new(fedgate.plain, &upns[i], &apps[i]);
+
+    // Disables in the OU arrive by notification, each in a pass of its
+    // own (applied before the next is made): three are within
+    // max(10 % of 12, 3); the fourth, counted with them, trips the guard.
+    for (i, dn) in dns[..3].iter().enumerate() {
+        dc.disable(dn);
+        refused_within(&app_of(i), PUSHED, &fedgate, "AD: a disable in the OU").await;
+    }
+    dc.disable(&dns[3]);
+    let guarded = fedgate.wait_log(Duration::from_secs(30), |v| {
+        v["message"] == "sync pass" && v["outcome"] == "guarded"
+    });
+    assert!(guarded.to_string().contains("--force"), "{guarded}");
+    signed_in(&app_of(3).send().await, "the disable the guard holds back");
+    // More of the mass change: held back too.
+    for dn in &dns[4..8] {
+        dc.disable(dn);
+    }
+    assert_eq!(disabled_upns(&admin).len(), 3);
+    signed_in(&app_of(8).send().await, "a user the mass change did not touch");
+
+    let forced = admin.run(&["--json", "sync", "run", "--force"]).json();
+    assert_eq!(forced["outcome"], "completed", "{forced}");
+    assert_eq!(disabled_upns(&admin).len(), 8);
+    refused_within(
+        &app_of(7),
+        PUSHED,
+        &fedgate,
+        "AD: the last of the mass change after --force",
+    )
+    .await;
+    // After --force, what came before counts no more: one more disable is
+    // pushed again.
+    dc.disable(&dns[9]);
+    refused_within(&app_of(9), PUSHED, &fedgate, "AD: a disable after --force").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ad_notifications_are_held_by_the_sync_leader_only_and_another_takes_over() {
+    let dc = Samba::shared();
+    let logins = ["pushlead0", "pushlead1"];
+    for login in logins {
+        dc.add_user(login, &password_of(login));
+    }
+    let db = Database::new();
+    // The lead lasts one interval past the leader's last renewal.
+    let sections = vec![
+        ad_section(
+            dc,
+            &format!(
+                "urls = [\"{}\"]\ntimeout = \"2s\"\nconnect_timeout = \"2s\"",
+                dc.ldaps_url()
+            ),
+        ),
+        "[sync]\ninterval = \"1s\"\nfull_every = \"10m\"\n".to_owned(),
+    ];
+    let node = || sync_node(&db, &sections);
+    let mut a = node().start();
+    a.wait_log(Duration::from_secs(10), |v| {
+        v["message"] == "leading the directory sync"
+    });
+    wait_pushing(&a);
+    let b = node().start();
+    let upns: Vec<String> = logins.iter().map(|l| Samba::upn(l)).collect();
+    let apps = warm_app_passwords(&b, &upns).await;
+
+    // A change reaches B through A's notifications and the store; B
+    // watches nothing.
+    dc.disable(&Samba::user_dn(logins[0]));
+    refused_within(
+        &SignIn::new(b.plain, &upns[0], &apps[0]),
+        PUSHED,
+        &b,
+        "AD: a disable notified to the leader",
+    )
+    .await;
+    assert!(!a.events("sync pass").is_empty(), "{}", a.raw_logs());
+    assert!(
+        b.events("sync push connected").is_empty(),
+        "B watched the DC: {}",
+        b.raw_logs()
+    );
+    let status = status_json(&b.admin());
+    assert_eq!(status["push"]["method"], NOTIFICATION, "{status}");
+    assert!(
+        status["push"]["node"]
+            .as_str()
+            .is_some_and(|n| n.ends_with(&format!(":{}", a.pid()))),
+        "{status}"
+    );
+
+    // A dies: B leads and watches the DC itself.
+    a.signal("KILL");
+    a.wait_exit(Duration::from_secs(10)).expect("A exits after SIGKILL");
+    b.wait_log(Duration::from_secs(10), |v| {
+        v["message"] == "leading the directory sync"
+    });
+    event(&b, "sync push connected");
+    dc.delete(&Samba::user_dn(logins[1]));
+    refused_within(
+        &SignIn::new(b.plain, &upns[1], &apps[1]),
+        PUSHED,
+        &b,
+        "AD: a deletion notified to B",
+    )
+    .await;
 }

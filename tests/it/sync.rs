@@ -1284,13 +1284,14 @@ async fn password_change_revokes_app_passwords_only_when_asked() {
 
         let new_pw = format!("Alice's new pw {revoke}");
         slapd.set_password("alice", &new_pw);
-        // Wait for an incremental pass that saw the change.
-        fedgate.wait_log(Duration::from_secs(5), |v| {
+        // Wait for an incremental pass that saw the change (passes are a
+        // second apart; the deadline is for a busy machine, not a figure:
+        // `scripts/bench revoke` measures how fast changes arrive).
+        fedgate.wait_log(Duration::from_secs(20), |v| {
             v["message"] == "sync pass" && v["kind"] == "incremental" && v["updated"].as_u64() >= Some(1)
         });
         if revoke {
-            let took = alice.until(StatusCode::UNAUTHORIZED, POLL).await;
-            assert!(took < Duration::from_secs(1), "revocation took {took:?}");
+            alice.until(StatusCode::UNAUTHORIZED, POLL).await;
             assert_eq!(app_password_count(&admin, ALICE), 0);
         } else {
             signed_in(&alice.send().await, "alice's app password, kept");

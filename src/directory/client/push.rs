@@ -110,6 +110,9 @@ pub struct SyncStream {
 pub struct NotificationStream {
     streams: Vec<SearchStream<'static, String, Vec<String>>>,
     server: String,
+    /// When the domain's root is watched for a `base_dn` below it: that
+    /// base ([`dn_key`]), outside which the users' stream is ignored.
+    within: Option<String>,
 }
 
 /// What an AD change notification says about the object.
@@ -230,12 +233,20 @@ impl SyncSession<'_> {
         let config = &self.directory.config;
         let attributes = vec!["uSNCreated".to_owned(), "uSNChanged".to_owned(), "isDeleted".to_owned()];
         let base = config.base_dn.clone();
+        let root = domain_root(&base);
+        // Windows takes a subtree notification only on a naming context's
+        // root (ERROR_DS_SUBTREE_NOTIFY_NOT_NC_HEAD otherwise): for a base
+        // below it, the domain's root is watched and the rest ignored.
+        let (watched, within) = match &root {
+            Some(root) if dn_key(root) != dn_key(&base) => (root.clone(), Some(dn_key(&base))),
+            _ => (base.clone(), None),
+        };
         let users = self
-            .notification(&base, Scope::Subtree, false, attributes.clone())
+            .notification(&watched, Scope::Subtree, false, attributes.clone())
             .await?;
         let mut streams = vec![users];
         let mut deletions = false;
-        if let Some(root) = domain_root(&base) {
+        if let Some(root) = root {
             let container = format!("CN=Deleted Objects,{root}");
             match self.notification(&container, Scope::OneLevel, true, attributes).await {
                 Ok(mut stream) => {
@@ -268,6 +279,7 @@ impl SyncSession<'_> {
             NotificationStream {
                 streams,
                 server: self.server.clone(),
+                within,
             },
             deletions,
         ))
@@ -423,6 +435,20 @@ impl SyncStream {
     }
 }
 
+/// A DN compared as AD compares them for this purpose: RDNs trimmed,
+/// ASCII case folded.
+fn dn_key(dn: &str) -> String {
+    dn.split(',')
+        .map(|rdn| rdn.trim().to_ascii_lowercase())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Whether the DN `key` is `base` or under it (both [`dn_key`]s).
+fn is_within(key: &str, base: &str) -> bool {
+    key == base || key.strip_suffix(base).is_some_and(|head| head.ends_with(','))
+}
+
 impl NotificationStream {
     /// Waits for the next notification.
     pub async fn next(&mut self) -> Result<NotifiedKind, DirectoryError> {
@@ -446,6 +472,15 @@ impl NotificationStream {
             let Some(entry) = construct(entry) else {
                 return Err(self.unavailable("malformed notification entry".into()));
             };
+            // The users' stream is the first; tombstones have left the base.
+            if index == 0
+                && self
+                    .within
+                    .as_deref()
+                    .is_some_and(|base| !is_within(&dn_key(&entry.dn), base))
+            {
+                continue;
+            }
             let deleted = attribute(&entry, "isDeleted").is_some_and(|v| v.eq_ignore_ascii_case("TRUE"));
             let created = attribute(&entry, "uSNCreated");
             let changed = attribute(&entry, "uSNChanged");
@@ -522,5 +557,25 @@ mod tests {
             Some(PushMethod::Notification)
         );
         assert_eq!(PushMethod::of(&controls(&["1.2.840.113556.1.4.319"])), None);
+    }
+
+    #[test]
+    fn notifications_under_the_base_are_told_from_the_rest_of_the_domain() {
+        let base = dn_key("OU=Staff, DC=corp,DC=Example,DC=com");
+        assert_eq!(base, "ou=staff,dc=corp,dc=example,dc=com");
+        for dn in [
+            "CN=alice,OU=Staff,DC=corp,DC=example,DC=com",
+            "cn=bob,ou=Team,ou=staff,dc=corp,dc=example,dc=com",
+            "OU=Staff,DC=corp,DC=example,DC=com",
+        ] {
+            assert!(is_within(&dn_key(dn), &base), "{dn}");
+        }
+        for dn in [
+            "CN=carol,CN=Users,DC=corp,DC=example,DC=com",
+            "CN=dave,OU=OldStaff,DC=corp,DC=example,DC=com",
+            "DC=corp,DC=example,DC=com",
+        ] {
+            assert!(!is_within(&dn_key(dn), &base), "{dn}");
+        }
     }
 }
