@@ -99,6 +99,8 @@ positive LOAD_CONNS "$LOAD_CONNS"
 positive LOAD_DELAY_MS "$LOAD_DELAY_MS" 0
 positive SEED "$SEED" 0
 TRIAL_USERS=$((TRIALS + RENAMES + DELETES))
+# Above every disable and deletion of a run (push counts them together).
+GUARD_FLOOR=$((TRIALS + DELETES >= 1000 ? TRIALS + DELETES + 1 : 1000))
 DIR_USERS=${DIR_USERS:-1000}
 positive DIR_USERS "$DIR_USERS" $((TRIAL_USERS + LOAD_USERS))
 # The DC's users are bulk0000 to bulk9999.
@@ -404,7 +406,7 @@ urls = ["ldaps://$AD_IP"]
 ca_file = "$W/ad/tls/ca.pem"
 bind_dn = "$AD_SERVICE"
 bind_password_file = "$W/ad/service.password"
-base_dn = "$AD_BASE"
+base_dn = "$AD_BULK"
 user_filter = "(&(objectCategory=person)(objectClass=user)(userPrincipalName={upn}))"
 login_filter = "(&(objectCategory=person)(objectClass=user)(sAMAccountName={login}))"
 domain = "$AD_NETBIOS"
@@ -453,7 +455,7 @@ interval = "$interval"
 full_every = "24h"
 # The trials disable or delete up to $((TRIALS + DELETES)) users of $DIR_USERS within
 # minutes, on purpose: the mass-change guard would stop them.
-guard_floor = 1000
+guard_floor = $GUARD_FLOOR
 
 [[route]]
 path = "/"
@@ -627,7 +629,7 @@ run_mode() {
     LOST[$run]=$(log_lines "$log" "sync push lost" | wc -l)
     PUSH_LINE[$run]=$("$FEDGATE" --config "$cfg" sync status 2>>"$W/fedgate-admin.log" | grep '^push ' || true)
     WARNS[$run]=$(jq -r 'select(.level == "WARN" or .level == "ERROR") | ((.fields // {}) + .) | .message' "$log" 2>/dev/null |
-        sort | uniq -c | sort -rn | head -n 5 | awk '{ c = $1; $1 = ""; printf "%s%s x%d", sep, substr($0, 2), c; sep = "; " }')
+        sort | uniq -c | sort -rn | head -n 5 | awk '{ c = $1; $1 = ""; printf "%s%s x%d", sep, substr($0, 2), c; sep = "; " }' || true)
     [ -z "${WARNS[$run]}" ] || bench_log "$run: fedgate warned: ${WARNS[$run]}"
 
     kill -TERM "$fg_pid" 2>/dev/null || true
@@ -681,7 +683,7 @@ listener with one \`realm = "cloud"\` route to \`builtin:whoami\`,
 ends in a refusal from the one client address, hundreds of accounts in
 all, which the spray throttle would otherwise answer with 429; JSON logs to
 a file), all on loopback. \`[sync] full_every = "24h"\` (no full pass during
-the trials) and \`guard_floor = 1000\` (the trials disable and delete
+the trials) and \`guard_floor = $GUARD_FLOOR\` (the trials disable and delete
 hundreds of users within minutes on purpose; the mass-change guard would
 stop them), and:
 
@@ -708,7 +710,9 @@ The directories:
   with $DIR_USERS users under \`$AD_BULK\`, its files copied back from before the
   first start before each mode; read as \`$AD_SERVICE\` (an ordinary user,
   allowed to list and read \`CN=Deleted Objects\`) over LDAPS with
-  \`kind = "active_directory"\` and base \`$AD_BASE\`. Disable: \`replace:
+  \`kind = "active_directory"\` and \`base_dn = "$AD_BULK"\` (an OU: notifications
+  are then registered on the domain's root, the only place Windows takes a
+  subtree notification, and those outside the OU ignored). Disable: \`replace:
   userAccountControl\` = 546 (ACCOUNTDISABLE); rename: \`replace:
   userPrincipalName\`; delete: \`ldapdelete\`; as the domain administrator
   over LDAPS.

@@ -449,21 +449,22 @@ impl Syncer {
         plan.errors = errors;
         // Passes AD's change notifications start run as changes come, so a
         // mass change arrives as many small passes: counted together, as
-        // push counts its batches.
-        // Once a pass completed after the guard tripped (`sync run
-        // --force`, in this process or another), what came before no
-        // longer counts.
+        // push counts its batches. While the guard holds, every pass counts
+        // them, so that what it held back is not let through piecemeal by a
+        // pass that sees only the rest (a full pass, polling while push is
+        // down). Once a pass completed after the guard tripped (`sync run
+        // --force`, in this process or another), they no longer count.
+        let holds = self.guard_holds().await;
         let notified = kind == PassKind::Incremental && self.notified();
-        let recent = if notified {
-            self.guard_holds().await;
+        let recent = if holds || notified {
             self.recent_destructive()
         } else {
             0
         };
         if let Some(guard) = plan.guard_after(recent, self.config.max_change_share, self.config.guard_floor) {
             if !force {
-                if notified {
-                    self.note_guarded();
+                if holds || notified {
+                    self.note_guarded(&guard).await;
                 }
                 return Ok((plan, Err(guard), None));
             }

@@ -973,8 +973,11 @@ impl SyncSession<'_> {
     }
 
     pub async fn close(mut self) {
-        telemetry::directory_operation("unbind");
-        let _ = self.ldap.unbind().await;
+        // Not sent (and not counted) when a stream of this session has
+        // ended the connection already.
+        if self.ldap.unbind().await.is_ok() {
+            telemetry::directory_operation("unbind");
+        }
     }
 }
 

@@ -599,15 +599,19 @@ impl Syncer {
         }
     }
 
-    /// A pass a notification started met the guard: from now until a
-    /// pass completes, see [`Syncer::guard_holds`].
-    pub(super) fn note_guarded(&self) {
-        let now = self.clock.now_ms();
-        self.push
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .guarded_at
-            .get_or_insert(now);
+    /// The guard stopped a push batch or a pass: changes wait from now
+    /// until a pass completes, see [`Syncer::guard_holds`]. The first trip
+    /// counts, so that a pass completing after it (`sync run --force` in
+    /// another process) ends the hold even when later passes met the guard
+    /// again before they learnt of it.
+    pub(super) async fn note_guarded(&self, guard: &Guard) {
+        {
+            let now = self.clock.now_ms();
+            let mut push = self.push.lock().unwrap_or_else(|p| p.into_inner());
+            push.guarded_at.get_or_insert(now);
+            push.error = Some(guard.message());
+        }
+        self.record_push().await;
     }
 
     /// Forgets them (a forced pass completed).
@@ -652,14 +656,8 @@ impl Syncer {
     }
 
     async fn hold(&self, guard: &Guard, server: &str) {
-        let message = guard.message();
-        tracing::warn!(server = %server, detail = %message, "sync push guarded");
-        {
-            let mut push = self.push.lock().unwrap_or_else(|p| p.into_inner());
-            push.guarded_at = Some(self.clock.now_ms());
-            push.error = Some(message);
-        }
-        self.record_push().await;
+        tracing::warn!(server = %server, detail = %guard.message(), "sync push guarded");
+        self.note_guarded(guard).await;
     }
 
     /// AD: change notifications for as long as they last; each starts an
@@ -689,6 +687,7 @@ impl Syncer {
         let mut heartbeat = tokio::time::interval(self.heartbeat_every());
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         heartbeat.reset();
+        let mut recorded: Option<Instant> = None;
         let ended = loop {
             tokio::select! {
                 notified = stream.next() => match notified {
@@ -704,8 +703,12 @@ impl Syncer {
                         self.pass_wanted.store(true, Ordering::SeqCst);
                         self.wake.notify_one();
                         // For `sync status` in other processes, as a
-                        // syncrepl batch records it.
-                        self.record_push().await;
+                        // syncrepl batch records it; at most every second
+                        // (the heartbeat records it too).
+                        if recorded.is_none_or(|at: Instant| at.elapsed() >= Duration::from_secs(1)) {
+                            self.record_push().await;
+                            recorded = Some(Instant::now());
+                        }
                     }
                     Err(err) => break Ended::Lost(err),
                 },

@@ -979,11 +979,19 @@ async fn ad_push_under_an_ou_watches_the_domain_and_a_mass_change_trips_the_guar
     });
     assert!(guarded.to_string().contains("--force"), "{guarded}");
     signed_in(&app_of(3).send().await, "the disable the guard holds back");
-    // More of the mass change: held back too.
+    // More of the mass change: held back too, once a pass has seen it all.
     for dn in &dns[4..8] {
         dc.disable(dn);
     }
+    fedgate.wait_log(Duration::from_secs(30), |v| {
+        v["message"] == "sync pass" && v["outcome"] == "guarded" && v["disabled"].as_u64() >= Some(5)
+    });
     assert_eq!(disabled_upns(&admin).len(), 3);
+    let push = status_json(&admin)["push"].clone();
+    assert!(
+        push["error"].as_str().is_some_and(|e| e.contains("--force")),
+        "sync status shows the guard: {push}"
+    );
     signed_in(&app_of(8).send().await, "a user the mass change did not touch");
 
     let forced = admin.run(&["--json", "sync", "run", "--force"]).json();

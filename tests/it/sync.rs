@@ -1283,7 +1283,25 @@ async fn password_change_revokes_app_passwords_only_when_asked() {
         bob.until(StatusCode::OK, POLL).await;
 
         let new_pw = format!("Alice's new pw {revoke}");
-        slapd.set_password("alice", &new_pw);
+        // pwdChangedTime has whole seconds: a change within the second of
+        // the one before (alice's creation, say) would not show. Set again
+        // until it does.
+        let changed_time = || {
+            let ldif = slapd.admin_search(&Slapd::user_dn("alice"), "base", "(objectClass=*)", &["pwdChangedTime"]);
+            ldif.lines()
+                .find(|l| l.starts_with("pwdChangedTime:"))
+                .map(str::to_owned)
+        };
+        let before = changed_time();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            slapd.set_password("alice", &new_pw);
+            if changed_time() != before {
+                break;
+            }
+            assert!(Instant::now() < deadline, "pwdChangedTime stayed {before:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         // Wait for an incremental pass that saw the change (passes are a
         // second apart; the deadline is for a busy machine, not a figure:
         // `scripts/bench revoke` measures how fast changes arrive).

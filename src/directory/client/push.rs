@@ -238,7 +238,7 @@ impl SyncSession<'_> {
         // root (ERROR_DS_SUBTREE_NOTIFY_NOT_NC_HEAD otherwise): for a base
         // below it, the domain's root is watched and the rest ignored.
         let (watched, within) = match &root {
-            Some(root) if dn_key(root) != dn_key(&base) => (root.clone(), Some(dn_key(&base))),
+            Some(root) if dn_key(root) != dn_key(&base) => (root.clone(), Some(dn_key(&self.server_dn(&base).await?))),
             _ => (base.clone(), None),
         };
         let users = self
@@ -283,6 +283,25 @@ impl SyncSession<'_> {
             },
             deletions,
         ))
+    }
+
+    /// `dn` as the server spells it (its own case, spacing and escapes),
+    /// for comparing with the DNs notifications carry.
+    async fn server_dn(&mut self, dn: &str) -> Result<String, DirectoryError> {
+        telemetry::directory_operation("search");
+        let result = self
+            .ldap
+            .with_timeout(self.directory.config.timeout)
+            .search(dn, Scope::Base, "(objectClass=*)", ["1.1"])
+            .await
+            .and_then(|r| r.success())
+            .map_err(|e| self.unavailable(format!("cannot read base_dn {dn}: {e}")))?;
+        Ok(result
+            .0
+            .into_iter()
+            .next()
+            .and_then(construct)
+            .map_or_else(|| dn.to_owned(), |e| e.dn))
     }
 
     async fn notification(
@@ -423,8 +442,9 @@ impl SyncStream {
         let id = self.stream.ldap_handle().last_id();
         telemetry::directory_operation("abandon");
         let _ = self.stream.ldap_handle().abandon(id).await;
-        telemetry::directory_operation("unbind");
-        let _ = self.stream.ldap_handle().unbind().await;
+        if self.stream.ldap_handle().unbind().await.is_ok() {
+            telemetry::directory_operation("unbind");
+        }
     }
 
     fn unavailable(&self, reason: String) -> DirectoryError {
@@ -436,10 +456,11 @@ impl SyncStream {
 }
 
 /// A DN compared as AD compares them for this purpose: RDNs trimmed,
-/// ASCII case folded.
+/// case folded. Both sides come from the server (see
+/// [`SyncSession::server_dn`]), so its spelling is the same on both.
 fn dn_key(dn: &str) -> String {
     dn.split(',')
-        .map(|rdn| rdn.trim().to_ascii_lowercase())
+        .map(|rdn| rdn.trim().to_lowercase())
         .collect::<Vec<_>>()
         .join(",")
 }
@@ -501,8 +522,9 @@ impl NotificationStream {
             let _ = stream.ldap_handle().abandon(id).await;
         }
         if let Some(stream) = self.streams.first_mut() {
-            telemetry::directory_operation("unbind");
-            let _ = stream.ldap_handle().unbind().await;
+            if stream.ldap_handle().unbind().await.is_ok() {
+                telemetry::directory_operation("unbind");
+            }
         }
     }
 
