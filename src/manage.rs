@@ -838,7 +838,8 @@ impl Manager {
             .await?)
     }
 
-    pub async fn sync_status(&self) -> Result<SyncStatus, ManageError> {
+    /// `mode`: `[sync] mode` of the configuration that answers.
+    pub async fn sync_status(&self, mode: Option<&'static str>) -> Result<SyncStatus, ManageError> {
         let (incremental, full) = self.store.last_sync_passes().await?;
         let now = self.clock.now_ms();
         let last_completed = self.store.last_completed_sync_at().await?;
@@ -859,7 +860,7 @@ impl Manager {
             None => last_completed,
         };
         Ok(SyncStatus {
-            mode: None,
+            mode,
             leader,
             lag_seconds: current_at.map(|at| (now - at).max(0) / 1000),
             incremental,

@@ -852,9 +852,10 @@ async fn usage_report(api: &Api, call: Call) -> Result<Reply, ApiError> {
     responses((status = 200, description = "The last pass of each kind, the lag and the leader", body = SyncStatus)))]
 async fn sync_status(api: &Api, call: Call) -> Result<Reply, ApiError> {
     call.query(&[])?;
-    let mut status = api.manager.sync_status().await?;
-    status.mode = api.syncer.as_ref().map(|s| s.mode().as_str());
-    ok(&status)
+    ok(&api
+        .manager
+        .sync_status(api.syncer.as_ref().map(|s| s.mode().as_str()))
+        .await?)
 }
 
 #[utoipa::path(post, path = "/api/v1/sync/run", tag = "sync", params(SyncRunParams),

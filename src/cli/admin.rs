@@ -674,8 +674,7 @@ pub async fn sync(ctx: &Ctx, cmd: crate::cli::SyncCommand) -> Result<(), Command
             }
         }
         crate::cli::SyncCommand::Status => {
-            let mut status = ctx.manager.sync_status().await?;
-            status.mode = Some(sync.mode.as_str());
+            let status = ctx.manager.sync_status(Some(sync.mode.as_str())).await?;
             ctx.print(&status, || {
                 for (name, pass) in [("incremental", &status.incremental), ("full", &status.full)] {
                     match pass {

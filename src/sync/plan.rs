@@ -52,14 +52,10 @@ impl Guard {
 
 impl Plan {
     /// The guard's verdict: `Some` when the pass would disable or delete
-    /// more than `share` of the synced users and more than `floor` users.
-    pub fn guard(&self, share: f64, floor: usize) -> Option<Guard> {
-        self.guard_after(0, share, floor)
-    }
-
-    /// Like [`Plan::guard`], counting `recent` disables and deletions
-    /// already applied: push sync applies changes as they come, so a mass
-    /// change arrives as many small plans that only add up past the limit.
+    /// more than `share` of the synced users and more than `floor` users,
+    /// counting `recent` disables and deletions already applied: push sync
+    /// applies changes as they come, so a mass change arrives as many small
+    /// plans that only add up past the limit.
     pub fn guard_after(&self, recent: usize, share: f64, floor: usize) -> Option<Guard> {
         let limit = ((self.synced_users as f64 * share).floor() as usize).max(floor);
         (recent + self.disables + self.deletes > limit).then_some(Guard {
@@ -291,7 +287,7 @@ mod tests {
         let existing: Vec<User> = users.iter().enumerate().map(|(i, u)| stored(i as i64 + 1, u)).collect();
         // A mistyped base_dn: nothing found, everyone would be deleted.
         let wiped = plan(true, &existing, Vec::new(), &[], false);
-        let guard = wiped.guard(0.10, 10).unwrap();
+        let guard = wiped.guard_after(0, 0.10, 10).unwrap();
         assert_eq!((guard.deletes, guard.limit), (100, 10));
         assert!(guard.message().contains("--force"));
         // 10 of 100 is within 10%.
@@ -303,11 +299,17 @@ mod tests {
                 ..u.clone()
             })
             .collect();
-        assert!(plan(true, &existing, some, &[], false).guard(0.10, 10).is_none());
+        assert!(plan(true, &existing, some, &[], false)
+            .guard_after(0, 0.10, 10)
+            .is_none());
         // Small directories: the floor keeps a few changes from tripping it.
         let small = &existing[..5];
-        assert!(plan(true, small, Vec::new(), &[], false).guard(0.10, 10).is_none());
-        assert!(plan(true, small, Vec::new(), &[], false).guard(0.10, 2).is_some());
+        assert!(plan(true, small, Vec::new(), &[], false)
+            .guard_after(0, 0.10, 10)
+            .is_none());
+        assert!(plan(true, small, Vec::new(), &[], false)
+            .guard_after(0, 0.10, 2)
+            .is_some());
     }
 
     #[test]
@@ -329,7 +331,7 @@ mod tests {
             "{}",
             guard.message()
         );
-        assert!(plan.guard(0.10, 10).is_none_or(|g| g.recent == 0));
+        assert!(plan.guard_after(0, 0.10, 10).is_none_or(|g| g.recent == 0));
     }
 
     #[test]

@@ -243,6 +243,44 @@ fn polling(fedgate: &Fedgate) -> Value {
     mode
 }
 
+/// Starts the node that will lead the sync and waits for its push
+/// connection.
+fn start_leader(node: crate::support::fedgate::Builder) -> Fedgate {
+    let a = node.start();
+    a.wait_log(Duration::from_secs(10), |v| {
+        v["message"] == "leading the directory sync"
+    });
+    wait_pushing(&a);
+    a
+}
+
+/// B, a node of the same store, has opened no push connection, and its
+/// `sync status` names A's as the one; returns that status.
+fn only_a_pushes(a: &Fedgate, b: &Fedgate) -> Value {
+    assert!(
+        b.events("sync push connected").is_empty(),
+        "B opened a push connection: {}",
+        b.raw_logs()
+    );
+    let status = status_json(&b.admin());
+    assert!(
+        status["push"]["node"]
+            .as_str()
+            .is_some_and(|n| n.ends_with(&format!(":{}", a.pid()))),
+        "{status}"
+    );
+    status
+}
+
+/// Kills the leader A and waits for B to lead.
+fn kill_leader(a: &mut Fedgate, b: &Fedgate) {
+    a.signal("KILL");
+    a.wait_exit(Duration::from_secs(10)).expect("A exits after SIGKILL");
+    b.wait_log(Duration::from_secs(10), |v| {
+        v["message"] == "leading the directory sync"
+    });
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn push_is_chosen_where_the_directory_supports_it_and_poll_otherwise() {
     // syncprov advertised and no mode set: push, by syncrepl.
@@ -599,11 +637,7 @@ async fn only_the_sync_leader_holds_the_persistent_search_and_another_takes_over
     // The lead lasts one interval past the leader's last renewal.
     let sections = sections_at(&slapd, &slapd.url(), "interval = \"1s\"\nfull_every = \"10m\"");
     let node = || sync_node(&db, &sections);
-    let mut a = node().start();
-    a.wait_log(Duration::from_secs(10), |v| {
-        v["message"] == "leading the directory sync"
-    });
-    wait_pushing(&a);
+    let mut a = start_leader(node());
     let b = node().start();
     let upns = [mail("carol"), mail("dave")];
     let apps = warm_app_passwords(&b, &upns).await;
@@ -618,26 +652,11 @@ async fn only_the_sync_leader_holds_the_persistent_search_and_another_takes_over
     )
     .await;
     assert!(!a.events("sync push applied").is_empty(), "{}", a.raw_logs());
-    assert!(
-        b.events("sync push connected").is_empty(),
-        "B opened a search: {}",
-        b.raw_logs()
-    );
     assert!(b.events("leading the directory sync").is_empty());
-    let status = status_json(&b.admin());
-    assert!(
-        status["push"]["node"]
-            .as_str()
-            .is_some_and(|n| n.ends_with(&format!(":{}", a.pid()))),
-        "{status}"
-    );
+    only_a_pushes(&a, &b);
 
     // A dies: B leads, opens the search from the stored cookie, applies.
-    a.signal("KILL");
-    a.wait_exit(Duration::from_secs(10)).expect("A exits after SIGKILL");
-    b.wait_log(Duration::from_secs(10), |v| {
-        v["message"] == "leading the directory sync"
-    });
+    kill_leader(&mut a, &b);
     let connected = event(&b, "sync push connected");
     assert_eq!(
         connected["resumed"], true,
@@ -1030,11 +1049,7 @@ async fn ad_notifications_are_held_by_the_sync_leader_only_and_another_takes_ove
         "[sync]\ninterval = \"1s\"\nfull_every = \"10m\"\n".to_owned(),
     ];
     let node = || sync_node(&db, &sections);
-    let mut a = node().start();
-    a.wait_log(Duration::from_secs(10), |v| {
-        v["message"] == "leading the directory sync"
-    });
-    wait_pushing(&a);
+    let mut a = start_leader(node());
     let b = node().start();
     let upns: Vec<String> = logins.iter().map(|l| Samba::upn(l)).collect();
     let apps = warm_app_passwords(&b, &upns).await;
@@ -1050,26 +1065,11 @@ async fn ad_notifications_are_held_by_the_sync_leader_only_and_another_takes_ove
     )
     .await;
     assert!(!a.events("sync pass").is_empty(), "{}", a.raw_logs());
-    assert!(
-        b.events("sync push connected").is_empty(),
-        "B watched the DC: {}",
-        b.raw_logs()
-    );
-    let status = status_json(&b.admin());
+    let status = only_a_pushes(&a, &b);
     assert_eq!(status["push"]["method"], NOTIFICATION, "{status}");
-    assert!(
-        status["push"]["node"]
-            .as_str()
-            .is_some_and(|n| n.ends_with(&format!(":{}", a.pid()))),
-        "{status}"
-    );
 
     // A dies: B leads and watches the DC itself.
-    a.signal("KILL");
-    a.wait_exit(Duration::from_secs(10)).expect("A exits after SIGKILL");
-    b.wait_log(Duration::from_secs(10), |v| {
-        v["message"] == "leading the directory sync"
-    });
+    kill_leader(&mut a, &b);
     event(&b, "sync push connected");
     dc.delete(&Samba::user_dn(logins[1]));
     refused_within(
